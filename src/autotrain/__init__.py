@@ -1,0 +1,3 @@
+"""aitraining: ORPO preference fine-tuning for causal language models."""
+
+__version__ = "0.1.0"

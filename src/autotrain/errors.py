@@ -1,0 +1,35 @@
+"""Typed errors for problems the user can fix.
+
+Every error carries one line that names what to fix: the file, the line or row, and the column where
+there is one. The CLI prints that line and exits 2; the Python API raises the exception.
+"""
+
+from __future__ import annotations
+
+
+class AutoTrainError(Exception):
+    """A problem with the user's input, reported as one line."""
+
+    exit_code = 2
+
+
+class ParamsError(AutoTrainError):
+    """A parameter value that cannot work."""
+
+
+class DataError(AutoTrainError):
+    """A data file, row or column that cannot be used."""
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None, column: str | None = None):
+        where = []
+        if path is not None:
+            where.append(str(path) + (f":{line}" if line is not None else ""))
+        if column is not None:
+            where.append(f"column '{column}'")
+        prefix = ", ".join(where)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+        self.path, self.line, self.column = path, line, column
+
+
+class ModelError(AutoTrainError):
+    """A model path or config that cannot be loaded."""
