@@ -1,0 +1,80 @@
+"""Collators: per-pair token ids -> the tensors one forward pass needs.
+
+Whatever the layout, a collator names the log-prob *targets* explicitly rather than through shifted label
+tensors, so the loss never needs to know the layout:
+
+- `input_ids`, `attention_mask`: what the model reads;
+- `hidden_index` [K]: for each target, the flat index (row * T + t) of the hidden state that predicts it;
+- `target_ids` [K]: the token predicted there;
+- `target_seq` [K]: which sequence it belongs to: pair i's chosen is sequence i, its rejected is B + i;
+- `in_completion` [K]: the target is a completion token (it enters the mean log-prob of its sequence);
+- `in_nll` [K]: the target enters the NLL term (chosen completion tokens; also the chosen sequence's prompt
+  tokens with `orpo_prompt_loss`);
+- `num_pairs`: B.
+
+Only targets are listed, so the LM head runs on K positions instead of every position of every row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class PaddedCollator:
+    """The reference layout: chosen and rejected as separate rows, right-padded to the batch's longest.
+
+    Two pairs, prompt_ids=[[5, 6], [7]], chosen_ids=[[8, 2], [9, 2]], rejected_ids=[[10, 2], [11, 12, 2]],
+    pad 0, prompt_loss False:
+
+        input_ids      = [[5, 6, 8, 2],      # pair 0 chosen    (sequence 0)
+                          [7, 9, 2, 0],      # pair 1 chosen    (sequence 1)
+                          [5, 6, 10, 2],     # pair 0 rejected  (sequence 2)
+                          [7, 11, 12, 2]]    # pair 1 rejected  (sequence 3)
+        attention_mask = [[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1]]
+        hidden_index   = [1, 2,  4, 5,  9, 10,  12, 13, 14]
+        target_ids     = [8, 2,  9, 2,  10, 2,  11, 12, 2]
+        target_seq     = [0, 0,  1, 1,  2, 2,   3, 3, 3]
+        in_completion  = all True
+        in_nll         = [T, T,  T, T,  F, F,   F, F, F]
+
+    With prompt_loss True, the chosen rows also list their prompt targets (6 at hidden_index 0 for pair 0; pair 1's
+    prompt has one token, which nothing predicts), with in_completion False and in_nll True.
+    """
+
+    pad_id: int
+    prompt_loss: bool = False
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        pairs = len(features)
+        rows = [f["prompt_ids"] + f["chosen_ids"] for f in features]
+        rows += [f["prompt_ids"] + f["rejected_ids"] for f in features]
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        hidden_index, target_ids, target_seq, in_completion, in_nll = [], [], [], [], []
+        for seq, ids in enumerate(rows):
+            input_ids[seq, : len(ids)] = torch.tensor(ids)
+            attention_mask[seq, : len(ids)] = 1
+            prompt_len = len(features[seq % pairs]["prompt_ids"])
+            chosen = seq < pairs
+            first = 1 if (chosen and self.prompt_loss) else prompt_len
+            for t in range(max(first, 1), len(ids)):
+                hidden_index.append(seq * width + t - 1)
+                target_ids.append(ids[t])
+                target_seq.append(seq)
+                in_completion.append(t >= prompt_len)
+                in_nll.append(chosen)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "hidden_index": torch.tensor(hidden_index, dtype=torch.long),
+            "target_ids": torch.tensor(target_ids, dtype=torch.long),
+            "target_seq": torch.tensor(target_seq, dtype=torch.long),
+            "in_completion": torch.tensor(in_completion, dtype=torch.bool),
+            "in_nll": torch.tensor(in_nll, dtype=torch.bool),
+            "num_pairs": pairs,
+        }

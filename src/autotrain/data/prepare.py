@@ -1,0 +1,52 @@
+"""Data stage entry point: params + tokenizer -> tokenized train (and validation) splits.
+
+Everything here runs before the model's weights are loaded, so bad data fails fast and costs nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from autotrain.data.render import Columns, Renderer, pick_template, resolve_columns
+from autotrain.data.sources import load_split
+from autotrain.data.tokenize import Limits, TokenizedSplit, resolve_block_size, tokenize_split
+from autotrain.trainers.clm.params import LLMTrainingParams
+
+logger = logging.getLogger("autotrain")
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    train: TokenizedSplit
+    valid: TokenizedSplit | None
+    columns: Columns
+    template: str | None  # the chat template used; saved with the tokenizer so inference renders the same way
+    limits: Limits
+
+
+def prepare_data(params: LLMTrainingParams, tokenizer: Any, model_max: int | None) -> PreparedData:
+    train_raw = load_split(params.data_path, params.train_split, is_train=True)
+    valid_raw = load_split(params.data_path, params.valid_split, is_train=False) if params.valid_split else None
+    columns = resolve_columns(params, train_raw)
+    template = pick_template(tokenizer, params.chat_template)
+    limits = Limits(
+        max_prompt_length=params.max_prompt_length,
+        max_completion_length=params.max_completion_length,
+        block_size=resolve_block_size(params.block_size, model_max),
+    )
+    renderer = Renderer(tokenizer, template, columns)
+    train = tokenize_split(train_raw, renderer, tokenizer, limits)
+    valid = None
+    if valid_raw is not None:
+        resolve_columns(params, valid_raw)  # the same columns must exist there too
+        valid = tokenize_split(valid_raw, renderer, tokenizer, limits)
+    logger.info(
+        "data: %d train pairs%s; template: %s; block size %d",
+        len(train),
+        f", {len(valid)} validation pairs" if valid is not None else "",
+        "none" if template is None else (params.chat_template or "tokenizer's"),
+        limits.block_size,
+    )
+    return PreparedData(train, valid, columns, template, limits)

@@ -1,0 +1,227 @@
+"""Preference rows -> (prompt, chosen, rejected) strings, through the chat template.
+
+The prompt is rendered once, with `add_generation_prompt=True`. A completion is what the template writes after
+that prompt when the assistant turn follows: the assistant content plus whatever closes the turn. The prompt
+therefore appears exactly once in each sequence, and never under the completion's loss.
+
+Rows come in three shapes, all three accepted:
+- strings: {"prompt": "2+2?", "chosen": "4", "rejected": "5"};
+- conversational: the prompt is a message list, chosen/rejected an assistant message (a list or a string);
+- full conversations: chosen and rejected are whole message lists that share the prompt as a common prefix
+  (with or without a prompt column).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from autotrain.data.sources import RawSplit
+from autotrain.errors import DataError
+from autotrain.trainers.clm.params import LLMTrainingParams
+
+logger = logging.getLogger("autotrain")
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+ZEPHYR_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+NAMED_TEMPLATES = {"chatml": CHATML_TEMPLATE, "zephyr": ZEPHYR_TEMPLATE}
+TEMPLATE_MARKERS = {"chatml": ("<|im_start|>", "<|im_end|>"), "zephyr": ("<|user|>", "<|assistant|>")}
+ROLES = ("system", "user", "assistant", "tool")
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which columns hold the prompt, the chosen and the rejected completion (prompt may be absent)."""
+
+    prompt: str | None
+    chosen: str
+    rejected: str
+
+
+def resolve_columns(params: LLMTrainingParams, split: RawSplit) -> Columns:
+    """Pick the columns, falling back to prompt/chosen/rejected when the user named none, and say so."""
+    present = split.columns
+    explicit = params.model_fields_set
+    chosen = params.text_column
+    if "text_column" not in explicit and chosen not in present and "chosen" in present:
+        chosen = "chosen"
+        logger.info("text_column not given and the data has no 'text' column: using 'chosen'")
+    prompt = params.prompt_text_column
+    if prompt is None and "prompt" in present:
+        prompt = "prompt"
+        logger.info("prompt_text_column not given: using the data's 'prompt' column")
+    rejected = params.rejected_text_column
+    if rejected is None:
+        if "rejected" not in present:
+            raise DataError(
+                f"no rejected column: pass --rejected-text-column; columns present: {', '.join(present)}",
+                path=split.source,
+            )
+        rejected = "rejected"
+        logger.info("rejected_text_column not given: using the data's 'rejected' column")
+    for name in (prompt, chosen, rejected):
+        if name is not None and name not in present:
+            raise DataError(f"missing; columns present: {', '.join(present)}", path=split.source, column=name)
+    return Columns(prompt, chosen, rejected)
+
+
+def pick_template(tokenizer: Any, choice: str | None) -> str | None:
+    """The Jinja chat template to use, or None for plain prompt + completion + EOS."""
+    own = getattr(tokenizer, "chat_template", None)
+    if choice is None:
+        return own or None
+    if choice == "none":
+        return None
+    if choice == "tokenizer":
+        if not own:
+            raise DataError("chat_template='tokenizer' but the tokenizer has no chat template; use chatml, zephyr or none")
+        return own
+    split_markers = [m for m in TEMPLATE_MARKERS[choice] if len(tokenizer.tokenize(m)) != 1]
+    if split_markers:
+        logger.warning(
+            "chat_template=%s: the tokenizer has no single token for %s, so the markers train as plain text",
+            choice,
+            ", ".join(split_markers),
+        )
+    return NAMED_TEMPLATES[choice]
+
+
+@dataclass(frozen=True)
+class RenderedPair:
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+class Renderer:
+    """Turns rows into strings with one template; checks the shape of every value on the way."""
+
+    def __init__(self, tokenizer: Any, template: str | None, columns: Columns):
+        self.tokenizer, self.template, self.columns = tokenizer, template, columns
+        self._shape: str | None = None  # "text" or "messages": one dataset uses one shape
+
+    def __call__(self, split: RawSplit, index: int) -> RenderedPair:
+        row, where = split.rows[index], split.where(index)
+        cols = self.columns
+        prompt = _value(row, cols.prompt, where) if cols.prompt else None
+        chosen = _value(row, cols.chosen, where)
+        rejected = _value(row, cols.rejected, where)
+        conversational = any(isinstance(v, list) for v in (prompt, chosen, rejected))
+        shape = "messages" if conversational else "text"
+        if self._shape is None:
+            self._shape = shape
+        elif shape != self._shape:
+            raise DataError(
+                f"{where}: mixes plain-string and conversational rows; earlier rows are "
+                f"{'conversational' if self._shape == 'messages' else 'plain strings'}"
+            )
+        if not conversational:
+            if prompt is None:
+                raise DataError(f"{where}: plain-string rows need a prompt column (--prompt-text-column)")
+            if self.template is None:
+                return RenderedPair(prompt, chosen, rejected)
+            prompt = [{"role": "user", "content": prompt}]
+        if self.template is None:
+            raise DataError(
+                f"{where}: conversational rows need a chat template and this tokenizer has none; "
+                "pass --chat-template chatml (or zephyr)"
+            )
+        prompt_msgs, chosen_msgs, rejected_msgs = _split_conversation(prompt, chosen, rejected, cols, where)
+        prompt_text = self._render(prompt_msgs, generation=True)
+        return RenderedPair(
+            prompt_text,
+            self._completion(prompt_msgs, prompt_text, chosen_msgs, where),
+            self._completion(prompt_msgs, prompt_text, rejected_msgs, where),
+        )
+
+    def _render(self, messages: Messages, generation: bool) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, chat_template=self.template, tokenize=False, add_generation_prompt=generation
+        )
+
+    def _completion(self, prompt_msgs: Messages, prompt_text: str, answer: Messages, where: str) -> str:
+        full = self._render(prompt_msgs + answer, generation=False)
+        if not full.startswith(prompt_text):
+            raise DataError(
+                f"{where}: the chat template renders the prompt differently once an answer follows, so the "
+                "completion cannot be separated from it; pass --chat-template chatml"
+            )
+        return full[len(prompt_text) :]
+
+
+def _value(row: dict[str, Any], column: str, where: str) -> str | Messages:
+    value = row.get(column)
+    if value is None or (isinstance(value, str | list) and len(value) == 0):
+        raise DataError(f"{where}, column '{column}': empty or null value")
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        value = [value]
+    if isinstance(value, list):
+        for message in value:
+            _check_message(message, column, where)
+        return value
+    raise DataError(
+        f"{where}, column '{column}': expected text or a list of messages, got {type(value).__name__} {value!r}"
+    )
+
+
+def _check_message(message: Any, column: str, where: str) -> None:
+    if not isinstance(message, dict) or "role" not in message or "content" not in message:
+        raise DataError(f"{where}, column '{column}': each message needs 'role' and 'content', got {message!r}")
+    if message["role"] not in ROLES:
+        raise DataError(
+            f"{where}, column '{column}': unknown role '{message['role']}'; expected one of {', '.join(ROLES)}"
+        )
+    if not isinstance(message["content"], str):
+        raise DataError(f"{where}, column '{column}': message content must be text, got {message['content']!r}")
+
+
+def _as_answer(value: str | Messages) -> Messages:
+    return [{"role": "assistant", "content": value}] if isinstance(value, str) else value
+
+
+def _split_conversation(
+    prompt: str | Messages | None, chosen: str | Messages, rejected: str | Messages, cols: Columns, where: str
+) -> tuple[Messages, Messages, Messages]:
+    """Split into (prompt messages, chosen answer messages, rejected answer messages)."""
+    chosen_msgs, rejected_msgs = _as_answer(chosen), _as_answer(rejected)
+    if prompt is None:
+        # Full conversations: the prompt is the longest common prefix that ends before an assistant turn.
+        shared = 0
+        while (
+            shared < min(len(chosen_msgs), len(rejected_msgs)) - 1
+            and chosen_msgs[shared] == rejected_msgs[shared]
+        ):
+            shared += 1
+        while shared > 0 and chosen_msgs[shared - 1]["role"] == "assistant":
+            shared -= 1
+        if shared == 0:
+            raise DataError(
+                f"{where}: with no prompt column, chosen and rejected must be conversations that share the "
+                "prompt turns as a common prefix"
+            )
+        prompt_msgs = chosen_msgs[:shared]
+    else:
+        prompt_msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    answers = []
+    for name, msgs in ((cols.chosen, chosen_msgs), (cols.rejected, rejected_msgs)):
+        if msgs[: len(prompt_msgs)] == prompt_msgs and len(msgs) > len(prompt_msgs):
+            msgs = msgs[len(prompt_msgs) :]  # a full conversation that repeats the prompt
+        if msgs[0]["role"] != "assistant":
+            raise DataError(f"{where}, column '{name}': the answer must start with an assistant message")
+        answers.append(msgs)
+    return prompt_msgs, answers[0], answers[1]

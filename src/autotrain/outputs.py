@@ -1,0 +1,139 @@
+"""What a run leaves in <project_name>/: weights, tokenizer, params without secrets, metrics, model card.
+
+Layout:
+- full fine-tune: config.json + model.safetensors (+ generation_config.json) at the top;
+- LoRA: adapter_config.json + adapter_model.safetensors at the top; with `merge_adapter`, the merged full model is
+  at the top instead and the adapter moves to adapter/ (a folder holding both would make transformers load the
+  base model plus the adapter, not the merged weights);
+- tokenizer files with the chat template used in training; training_params.json; metrics.jsonl; README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from autotrain.trainers.clm.params import LLMTrainingParams
+
+logger = logging.getLogger("autotrain")
+
+METRICS_FILE = "metrics.jsonl"
+PARAMS_FILE = "training_params.json"
+ADAPTER_DIR = "adapter"
+
+
+class MetricsFile(TrainerCallback):
+    """Appends one JSON object per logged step to metrics.jsonl."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D102
+        if logs and state.is_world_process_zero:
+            record = {**logs, "step": state.global_step}
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+
+def read_metrics(project: Path) -> list[dict[str, Any]]:
+    path = project / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def save_model(trainer: Any, tokenizer: Any, template: str | None, params: LLMTrainingParams, project: Path) -> None:
+    """Save weights and tokenizer in the layout above."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if template is not None:
+        tokenizer.chat_template = template
+    if params.peft and params.merge_adapter:
+        model.save_pretrained(project / ADAPTER_DIR)
+        tokenizer.save_pretrained(project / ADAPTER_DIR)
+        merged = model.merge_and_unload()
+        merged.config.use_cache = True
+        merged.save_pretrained(project)
+    else:
+        if not params.peft:
+            model.config.use_cache = True
+        model.save_pretrained(project)
+    tokenizer.save_pretrained(project)
+
+
+def final_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
+    """The last value of each metric logged during the run (train and eval)."""
+    final: dict[str, float] = {}
+    for record in records:
+        for key, value in record.items():
+            if isinstance(value, int | float) and not (isinstance(value, float) and math.isnan(value)):
+                final[key] = value
+    return final
+
+
+def before_after(records: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]] | None:
+    """The first and last evaluation (step 0 is before any training)."""
+    evals = [r for r in records if "eval_loss" in r]
+    if not evals:
+        return None
+    return evals[0], evals[-1]
+
+
+def write_card(project: Path, params: LLMTrainingParams, base_model: str, data: Any, records: list[dict]) -> None:
+    """README.md: base model, data, parameters, final metrics, and before/after evaluation where there is one."""
+    final = final_metrics(records)
+    lines = [
+        "---",
+        "library_name: transformers",
+        f"base_model: {base_model}",
+        "tags: [aitraining, orpo, preference-tuning]",
+        "---",
+        f"# {Path(params.project_name).name}",
+        "",
+        f"Fine-tuned with aitraining's **{params.trainer.upper()}** trainer from `{base_model}`"
+        + (" with LoRA adapters." if params.peft else " (all weights)."),
+        "",
+        "## Data",
+        f"- source: `{params.data_path}` (train split `{params.train_split}`: {len(data.train)} pairs)",
+        f"- columns: prompt `{data.columns.prompt}`, chosen `{data.columns.chosen}`, "
+        f"rejected `{data.columns.rejected}`",
+    ]
+    if data.valid is not None:
+        lines.append(f"- validation split `{params.valid_split}`: {len(data.valid)} pairs")
+    else:
+        lines.append("- no validation split was given, so nothing was evaluated on held-out data")
+    for split_name, split in (("train", data.train), ("validation", data.valid)):
+        for reason, count in (split.dropped.items() if split is not None else []):
+            lines.append(f"- {split_name}: {count} pairs dropped ({reason})")
+    comparison = before_after(records)
+    if comparison is not None:
+        before, after = comparison
+        lines += ["", "## Validation: before -> after training", "", "| metric | before | after |", "|---|---|---|"]
+        for key in ("eval_rewards/accuracies", "eval_loss", "eval_nll_loss", "eval_rewards/margins"):
+            if key in before and key in after:
+                lines.append(f"| {key.removeprefix('eval_')} | {before[key]:.4f} | {after[key]:.4f} |")
+    lines += ["", "## Final metrics", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {key} | {value:.6g} |" for key, value in sorted(final.items()) if key not in ("step",)]
+    lines += ["", "## Parameters", "", "```json", json.dumps(params.public_dict(), indent=2), "```", ""]
+    (project / "README.md").write_text("\n".join(lines))
+
+
+def push_to_hub(project: Path, params: LLMTrainingParams) -> str:
+    """Upload the project folder (not checkpoints or tracker logs); the token is passed, never stored."""
+    from huggingface_hub import HfApi
+
+    token = params.token.get_secret_value() if params.token else None
+    api = HfApi(token=token)
+    repo_id = f"{params.username}/{Path(params.project_name).name}"
+    api.create_repo(repo_id, private=True, exist_ok=True)
+    api.upload_folder(
+        folder_path=str(project),
+        repo_id=repo_id,
+        ignore_patterns=["checkpoint-*", "checkpoint-*/**", "runs/**", "wandb/**", "*.log"],
+    )
+    logger.info("pushed to the hub as %s", repo_id)
+    return repo_id

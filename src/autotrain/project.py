@@ -1,0 +1,172 @@
+"""AutoTrainProject: check the params, prepare the data, train, save; return what was made.
+
+Order matters: every check that can fail on the user's input (params, project folder, model path, data) runs
+before any weights are loaded and before anything is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autotrain.errors import ParamsError
+from autotrain.trainers.clm.params import LLMTrainingParams
+
+logger = logging.getLogger("autotrain")
+
+BACKENDS = ("local",)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    output_dir: Path
+    metrics: dict[str, float] = field(default_factory=dict)  # last logged value of each metric
+    adapter_dir: Path | None = None  # LoRA adapter folder (output_dir itself when not merged)
+    hub_repo: str | None = None
+
+
+class AutoTrainProject:
+    """One training run. `process=True` (the default) validates and tokenizes the data before training;
+    data is always validated before the model loads, so `process=False` changes nothing and is accepted only
+    for compatibility with scripts written for the parent tool."""
+
+    def __init__(self, params: LLMTrainingParams, backend: str = "local", process: bool = True):
+        if not isinstance(params, LLMTrainingParams):
+            raise ParamsError(f"params must be LLMTrainingParams, got {type(params).__name__}")
+        if backend not in BACKENDS:
+            raise ParamsError(f"backend '{backend}' is not available; supported: {', '.join(BACKENDS)}")
+        self.params, self.backend, self.process = params, backend, process
+
+    def create(self) -> RunResult:
+        return run(self.params)
+
+
+def check_project_folder(project: Path) -> None:
+    if project.exists() and not project.is_dir():
+        raise ParamsError(f"project_name: {project} exists and is a file")
+    if project.is_dir() and any(project.iterdir()):
+        finished = (project / "training_params.json").exists()
+        what = "a finished run" if finished else "files from an earlier run"
+        raise ParamsError(
+            f"project_name: {project} already holds {what}; choose another --project-name or delete the folder"
+        )
+
+
+def check_device(params: LLMTrainingParams) -> None:
+    import torch
+
+    if params.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ParamsError("mixed_precision: fp16 needs a CUDA GPU; on CPU leave it unset (fp32)")
+    if params.mixed_precision == "bf16" and not torch.cuda.is_available():
+        logger.warning("mixed_precision bf16 on CPU is far slower than fp32 on most CPUs")
+
+
+def training_arguments(params: LLMTrainingParams, project: Path, train_pairs: int, has_valid: bool) -> Any:
+    """Map the params onto transformers' TrainingArguments: each field that the loop owns goes here."""
+    from transformers import TrainingArguments
+
+    steps_per_epoch = math.ceil(math.ceil(train_pairs / params.batch_size) / params.gradient_accumulation)
+    total = params.max_steps if params.max_steps > 0 else steps_per_epoch * params.epochs
+    logging_steps = params.logging_steps if params.logging_steps > 0 else max(1, min(25, total // 20))
+    report_to = [] if params.log == "none" else [params.log]
+    return TrainingArguments(
+        output_dir=str(project),
+        num_train_epochs=params.epochs,
+        max_steps=params.max_steps,
+        per_device_train_batch_size=params.batch_size,
+        per_device_eval_batch_size=params.batch_size,
+        learning_rate=params.lr,
+        gradient_accumulation_steps=params.gradient_accumulation,
+        warmup_steps=params.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        optim=params.optimizer,
+        lr_scheduler_type=params.scheduler,
+        weight_decay=params.weight_decay,
+        max_grad_norm=params.max_grad_norm,
+        seed=params.seed,
+        data_seed=params.seed,
+        bf16=params.mixed_precision == "bf16",
+        fp16=params.mixed_precision == "fp16",
+        gradient_checkpointing=not params.disable_gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        logging_strategy="steps",
+        logging_steps=logging_steps,
+        eval_strategy="epoch" if has_valid else "no",
+        eval_on_start=has_valid,
+        save_strategy="epoch",
+        save_total_limit=params.save_total_limit,
+        report_to=report_to,
+        run_name=Path(params.project_name).name,
+        remove_unused_columns=False,  # the collator reads prompt_ids/chosen_ids/rejected_ids
+        dataloader_pin_memory=False,
+        disable_tqdm=not _interactive(),
+    )
+
+
+def _interactive() -> bool:
+    import sys
+
+    return sys.stderr.isatty()
+
+
+def _tracker_environment(params: LLMTrainingParams, project: Path) -> None:
+    if params.log == "wandb":
+        os.environ.setdefault("WANDB_DIR", str(project))
+        os.environ.setdefault("WANDB_PROJECT", Path(params.project_name).name)
+        if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
+            os.environ["WANDB_MODE"] = "offline"
+            logger.info("wandb: no WANDB_API_KEY, logging offline under %s/wandb (sync later with `wandb sync`)", project)
+    if params.log == "tensorboard":
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(project / "runs"))
+
+
+def run(params: LLMTrainingParams) -> RunResult:
+    """Train in this process and return the result; raise on any failure."""
+    from autotrain import defaults, models, outputs
+    from autotrain.data.prepare import prepare_data
+
+    project = Path(params.project_name).expanduser().resolve()
+    check_project_folder(project)
+    check_device(params)
+    model_path = defaults.resolve_model(params.model)
+    models.check_model_path(model_path)
+    tokenizer = models.load_tokenizer(model_path, params.trust_remote_code)
+    config = models.load_config(model_path, params.trust_remote_code)
+    data = prepare_data(params, tokenizer, models.model_max_length(config))
+
+    from datasets import Dataset
+    from transformers import set_seed
+
+    from autotrain.data.collate import PaddedCollator
+    from autotrain.trainers.clm.trainer import PreferenceTrainer
+
+    set_seed(params.seed)  # before the model: LoRA's initial weights depend on it
+    model = models.load_model(params, model_path)
+    args = training_arguments(params, project, len(data.train), data.valid is not None)
+    project.mkdir(parents=True, exist_ok=True)
+    _tracker_environment(params, project)
+    trainer = PreferenceTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_dict(data.train.as_dict()),
+        eval_dataset=Dataset.from_dict(data.valid.as_dict()) if data.valid is not None else None,
+        data_collator=PaddedCollator(pad_id=tokenizer.pad_token_id, prompt_loss=params.orpo_prompt_loss),
+        processing_class=tokenizer,
+        callbacks=[outputs.MetricsFile(project / outputs.METRICS_FILE)],
+        method=params.trainer,
+        beta=params.dpo_beta,
+    )
+    trainer.train()
+    outputs.save_model(trainer, tokenizer, data.template, params, project)
+    params.save_json(project / outputs.PARAMS_FILE)
+    records = outputs.read_metrics(project)
+    outputs.write_card(project, params, params.model, data, records)
+    hub_repo = outputs.push_to_hub(project, params) if params.push_to_hub else None
+    adapter_dir = None
+    if params.peft:
+        adapter_dir = project / outputs.ADAPTER_DIR if params.merge_adapter else project
+    logger.info("done: outputs in %s", project)
+    return RunResult(project, outputs.final_metrics(records), adapter_dir, hub_repo)

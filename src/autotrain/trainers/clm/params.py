@@ -1,0 +1,183 @@
+"""LLMTrainingParams: the one typed schema for a training run.
+
+It is validated once, at construction, and never mutated: what reaches the trainer is what the user built.
+Values that depend on the data or the model (which columns to use, the auto logging interval, the real block
+size) are resolved into separate objects downstream, never written back here.
+
+Each field's description is its documentation: the CLI's flags and `--help` are generated from it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from autotrain.errors import ParamsError
+
+DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
+SAMPLE_DATA = "embedded:sample-pairs"
+
+# The trainers this release implements. `sft`, `default` and `dpo` are planned; naming one is a clear error.
+TRAINER_NAMES: tuple[str, ...] = ("orpo",)
+PLANNED_TRAINERS: tuple[str, ...] = ("sft", "default", "dpo")
+
+# Fields whose values are secrets: never written to disk, never logged.
+SECRET_FIELDS: frozenset[str] = frozenset({"token"})
+
+
+class LLMTrainingParams(BaseModel):
+    """Parameters of one fine-tuning run (ORPO by default)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=(), validate_default=True)
+
+    # --- Data and model -------------------------------------------------------------------------------------
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="Base model: a local folder or a hub id. Default: the embedded SmolLM2-135M-Instruct.",
+    )
+    project_name: str = Field("project-name", description="Output folder of the run.")
+    data_path: str = Field(
+        SAMPLE_DATA,
+        description="A .jsonl/.json/.csv/.parquet file, a folder of split files (train.*, validation.*), "
+        "a datasets save_to_disk folder or a datasets hub id. Default: the bundled sample pairs.",
+    )
+    train_split: str = Field("train", description="Split to train on.")
+    valid_split: str | None = Field(None, description="Split to evaluate on (none by default).")
+    text_column: str = Field(
+        "text",
+        description="Column of the chosen completion. If left at 'text' and the data has no 'text' but a "
+        "'chosen' column, 'chosen' is used.",
+    )
+    prompt_text_column: str | None = Field(
+        None, description="Column of the prompt. Default: 'prompt' when the data has one."
+    )
+    rejected_text_column: str | None = Field(
+        None, description="Column of the rejected completion. Default: 'rejected' when the data has one."
+    )
+    trust_remote_code: bool = Field(False, description="Allow the model's own Python code from its repository.")
+
+    # --- Method ---------------------------------------------------------------------------------------------
+    trainer: str = Field("orpo", description=f"Training method: {', '.join(TRAINER_NAMES)}.")
+    dpo_beta: float = Field(0.1, ge=0, description="ORPO's lambda: the weight of the odds-ratio term.")
+    max_prompt_length: int = Field(128, ge=1, description="Prompt tokens kept; a longer prompt keeps its end.")
+    max_completion_length: int | None = Field(
+        None, ge=1, description="Completion tokens kept (chosen and rejected each); none means no cap."
+    )
+    block_size: int = Field(
+        -1, description="Cap on prompt + completion tokens; -1 means min(model maximum, 1024)."
+    )
+    orpo_prompt_loss: bool = Field(
+        False,
+        description="Put the prompt tokens under the NLL term too (as TRL does). Off: the NLL covers only the "
+        "chosen completion, as the ORPO paper defines it.",
+    )
+
+    # --- Optimisation ---------------------------------------------------------------------------------------
+    epochs: int = Field(1, ge=1, description="Passes over the training data.")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps; -1 means epochs decide.")
+    batch_size: int = Field(2, ge=1, description="Pairs per device per micro-batch.")
+    lr: float = Field(3e-5, gt=0, description="Peak learning rate.")
+    gradient_accumulation: int = Field(4, ge=1, description="Micro-batches per optimizer step.")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of steps spent warming up the learning rate.")
+    optimizer: str = Field("adamw_torch", description="Optimizer name, as transformers' `optim` takes it.")
+    scheduler: str = Field("linear", description="Learning-rate schedule, as transformers' `lr_scheduler_type`.")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    seed: int = Field(42, description="Seed of initialisation, dropout and data order.")
+    mixed_precision: Literal["fp16", "bf16"] | None = Field(
+        None, description="Mixed precision on a GPU: fp16 or bf16; none trains in fp32."
+    )
+    disable_gradient_checkpointing: bool = Field(
+        False, description="Turn off gradient checkpointing (faster, more memory)."
+    )
+
+    # --- LoRA -----------------------------------------------------------------------------------------------
+    peft: bool = Field(False, description="Train LoRA adapters instead of all weights.")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
+    target_modules: str = Field(
+        "all-linear", description="Modules that get adapters: 'all-linear' or comma-separated names."
+    )
+    merge_adapter: bool = Field(
+        True, description="Also save a merged full model (the adapter is kept in <project>/adapter)."
+    )
+
+    # --- Chat template --------------------------------------------------------------------------------------
+    chat_template: Literal["tokenizer", "chatml", "zephyr", "none"] | None = Field(
+        None, description="Chat template: none given uses the tokenizer's own where it has one, else no template."
+    )
+
+    # --- Logging and saving ---------------------------------------------------------------------------------
+    log: Literal["none", "tensorboard", "wandb"] = Field("none", description="Experiment tracker.")
+    logging_steps: int = Field(-1, description="Log every N optimizer steps; -1 chooses from the data size.")
+    save_total_limit: int = Field(1, ge=1, description="Checkpoints kept.")
+
+    # --- Hub ------------------------------------------------------------------------------------------------
+    push_to_hub: bool = Field(False, description="Upload the result to the hub as <username>/<project_name>.")
+    username: str | None = Field(None, description="Hub user or organisation for push_to_hub.")
+    token: SecretStr | None = Field(None, description="Hub token (never written to disk).")
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ParamsError(_one_line(exc)) from None
+
+    @field_validator("trainer")
+    @classmethod
+    def _known_trainer(cls, value: str) -> str:
+        if value in TRAINER_NAMES:
+            return value
+        supported = ", ".join(TRAINER_NAMES)
+        if value in PLANNED_TRAINERS:
+            raise ValueError(f"'{value}' is not available in this release; supported: {supported}")
+        raise ValueError(f"unknown trainer '{value}'; supported: {supported}")
+
+    @field_validator("block_size")
+    @classmethod
+    def _block_size(cls, value: int) -> int:
+        if value != -1 and value < 2:
+            raise ValueError("must be -1 (automatic) or at least 2")
+        return value
+
+    @field_validator("logging_steps", "max_steps")
+    @classmethod
+    def _positive_or_auto(cls, value: int) -> int:
+        if value != -1 and value < 1:
+            raise ValueError("must be -1 (automatic) or at least 1")
+        return value
+
+    @model_validator(mode="after")
+    def _hub(self) -> LLMTrainingParams:
+        if self.push_to_hub and not self.username:
+            raise ValueError("push_to_hub needs --username")
+        return self
+
+    # --- Serialisation without secrets ----------------------------------------------------------------------
+    def public_dict(self) -> dict[str, Any]:
+        """All fields as JSON values, secrets removed."""
+        return self.model_dump(mode="json", exclude=set(SECRET_FIELDS))
+
+    def save_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.public_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load_json(cls, path: str | Path) -> LLMTrainingParams:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def _one_line(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "params"
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown parameter"
+        elif err["type"] == "literal_error":
+            message = f"got {err['input']!r}; {message[0].lower()}{message[1:]}"
+        parts.append(f"{field}: {message}")
+    return "invalid parameters: " + "; ".join(parts)

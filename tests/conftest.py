@@ -1,0 +1,114 @@
+"""Tiny in-process models and tokenizers: no downloads, built in milliseconds.
+
+The tokenizers are character-level with a hand-written vocabulary, so expected token ids can be written by hand
+in the tests (`char_ids`), independently of the code under test:
+    0 <unk>, 1 <s>, 2 </s>, 3 <|im_start|>, 4 <|im_end|>, 5.. printable ASCII (id = ord(c) - 27), 100 newline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+SPECIALS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+UNK, BOS, EOS, IM_START, IM_END = range(5)
+NEWLINE = 100
+VOCAB_SIZE = 101
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def char_ids(text: str) -> list[int]:
+    """The test's own statement of the vocabulary: one id per character."""
+    return [NEWLINE if c == "\n" else ord(c) - 27 for c in text]
+
+
+def make_tokenizer(chat: bool):
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
+    vocab.update({chr(o): o - 27 for o in range(32, 127)})
+    vocab["\n"] = NEWLINE
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    if not chat:  # a base model's tokenizer: BOS before every text it encodes with special tokens
+        core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", BOS)])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        unk_token="<unk>",
+        bos_token=None if chat else "<s>",
+        eos_token="<|im_end|>" if chat else "</s>",
+        pad_token="</s>" if chat else None,
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"] if chat else None,
+    )
+    if chat:
+        tok.chat_template = CHATML
+    return tok
+
+
+def make_model_dir(folder: Path, chat: bool, seed: int = 0) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        bos_token_id=BOS,
+        eos_token_id=IM_END if chat else EOS,
+        pad_token_id=EOS,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    make_tokenizer(chat).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def chat_model(tmp_path_factory) -> Path:
+    """A tiny Llama with a ChatML chat tokenizer."""
+    return make_model_dir(tmp_path_factory.mktemp("chat-model"), chat=True)
+
+
+@pytest.fixture(scope="session")
+def base_model(tmp_path_factory) -> Path:
+    """A tiny Llama whose tokenizer has no chat template and adds BOS."""
+    return make_model_dir(tmp_path_factory.mktemp("base-model"), chat=False)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def arithmetic_pairs(count: int, start: int = 0) -> list[dict]:
+    """Short string pairs: correct sum chosen, wrong sum rejected."""
+    rows = []
+    for i in range(start, start + count):
+        a, b = i % 7 + 1, i % 5 + 2
+        rows.append({"prompt": f"{a}+{b}=", "chosen": f"{a + b}", "rejected": f"{a + b + 1}"})
+    return rows
+
+
+@pytest.fixture
+def pairs_file(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "pairs.jsonl", arithmetic_pairs(12))
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logs():
+    logging.getLogger("autotrain").setLevel(logging.INFO)
+    yield
