@@ -1,0 +1,128 @@
+"""The ORPO loss (Hong, Lee & Thorne 2024, "ORPO: Monolithic Preference Optimization without Reference Model",
+arXiv 2403.07691) as a pure function of per-sequence log-probs.
+
+This module imports nothing but torch: the caller computes the log-probs (see autotrain.logprobs), this module
+turns them into the loss and its named parts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["OrpoOutput", "log1mexp", "orpo_loss"]
+
+_LN2 = math.log(2.0)
+
+# Largest log P that orpo_loss lets through. At log P = 0 (P = 1), which a float32 mean log-prob reaches when the
+# model is near-certain of every token, log(1 - P) is -inf: the log-odds are +inf (NaN for chosen == rejected
+# == 0), and backward multiplies logsigmoid's zero slope by log1mexp's infinite one (NaN). Near 0 the derivative
+# of the log-odds is 1 / (1 - P) ~ -1 / log P, so the cap also bounds it by 1 / 1e-7 = 1e7: finite in float32 and
+# bf16 and after a sum over a batch (not in fp16, whose max is 65504: pass float32 logps). log P > -1e-7 means
+# P > 0.9999999; there the log-odds are capped at -log(1e-7) ~ 16.1 and that sequence gets no gradient from the
+# odds-ratio term (its NLL term still applies). Float32 resolves values near -1e-7 finely, so below the cap
+# nothing changes.
+LOGP_MAX = -1e-7
+
+
+def log1mexp(x: Tensor) -> Tensor:
+    """log(1 - exp(x)) for x <= 0, accurate over the whole range (Maechler 2012, "Accurately computing
+    log(1-exp(-|a|)) assessed by the Rmpfr package").
+
+    Two branches, split at x = -ln 2:
+      * x < -ln 2: exp(x) < 1/2, so 1 - exp(x) has no cancellation and log1p(-exp(x)) is accurate even where
+        exp(x) is far below float eps (where log(1 - exp(x)) rounds to 0);
+      * x >= -ln 2: 1 - exp(x) cancels, but -expm1(x) computes it without cancellation, so log(-expm1(x)).
+    log1mexp(0) = -inf; x > 0 gives NaN. Each branch is fed an input clamped to its own side of -ln 2, so the
+    branch torch.where discards never produces an inf/NaN that would leak into the gradient (0 * inf = NaN).
+    Computed in x's dtype; callers wanting float32 accuracy pass float32.
+    """
+    low = x < -_LN2
+    split = torch.full_like(x, -_LN2)
+    below = torch.log1p(-torch.exp(torch.where(low, x, split)))
+    above = torch.log(-torch.expm1(torch.where(low, split, x)))
+    return torch.where(low, below, above)
+
+
+@dataclass(frozen=True)
+class OrpoOutput:
+    """ORPO's loss and its parts. Per-pair tensors are [B]; scalars are 0-dim. All float32 (float64 for float64
+    inputs). `loss`, `nll`, `or_loss`, `log_odds` and `log_odds_ratio` are attached to the autograd graph (detach
+    them before logging); the rewards are detached."""
+
+    loss: Tensor  # scalar: nll + beta * or_loss
+    nll: Tensor  # scalar: the nll passed in (upcast)
+    or_loss: Tensor  # scalar: mean over pairs of -logsigmoid(log_odds), not weighted by beta
+    log_odds: Tensor  # [B]: log-odds(chosen) - log-odds(rejected)   (TRL logs its mean as "log_odds_chosen")
+    log_odds_ratio: Tensor  # [B]: logsigmoid(log_odds)              (TRL logs its mean as "log_odds_ratio")
+    chosen_rewards: Tensor  # [B]: beta * chosen_logps, detached     ("rewards/chosen")
+    rejected_rewards: Tensor  # [B]: beta * rejected_logps, detached ("rewards/rejected")
+
+
+def _compute_dtype(*tensors: Tensor) -> torch.dtype:
+    dtype = torch.float32
+    for t in tensors:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def orpo_loss(chosen_logps: Tensor, rejected_logps: Tensor, nll: Tensor, beta: float) -> OrpoOutput:
+    """ORPO: L = NLL + beta * mean over pairs of -log sigmoid(log-odds(chosen) - log-odds(rejected)).
+
+    Conventions:
+      * `chosen_logps` / `rejected_logps` are [B], one entry per preference pair: the MEAN (not the sum) of the
+        per-token log-probs log p(y_t | x, y_<t) over that sequence's completion tokens only, i.e. the response
+        tokens the model predicts after the prompt, including the closing EOS/end-of-turn token the template
+        appends; prompt tokens and padding do not count. Values are <= 0. P = exp(mean) is the paper's
+        length-normalised likelihood P_theta(y|x).
+      * odds(y) = P / (1 - P), log-odds(y) = log P - log(1 - P), with log(1 - P) = log1mexp(log P). log P is
+        first clamped to at most LOGP_MAX = -1e-7 (P = 1 would give infinite log-odds and NaN gradients).
+      * `log_odds` = log-odds(chosen) - log-odds(rejected): positive when the model prefers the chosen response.
+        `or_loss` = mean over pairs of -log sigmoid(log_odds) >= 0, lower is better; it is minimised by raising
+        the chosen odds relative to the rejected ones.
+      * `nll` is the paper's SFT term, a scalar the caller computes: the mean negative log-likelihood (positive)
+        over the CHOSEN completion tokens of the whole batch, averaged per token, not per sequence (rejected
+        tokens and padding excluded; prompt tokens excluded unless the caller opts into a prompt loss). It is
+        passed through unchanged (upcast) and gradients flow into it.
+      * `beta` is ORPO's lambda, the weight of the odds-ratio term (the paper uses 0.1 to 0.25; the CLI calls it
+        `dpo_beta` for compatibility with autotrain). beta = 0 gives loss == nll. It also scales the logged
+        rewards, as TRL does.
+
+    Computed in float32 (bf16/fp16 inputs are upcast; float64 inputs stay float64). Finite loss and gradients for
+    any logps in [-1e4, 0], 0 included. Algebraically the same as TRL's ORPOTrainer, whose
+    log_odds = (c - r) - (log1p(-exp(c)) - log1p(-exp(r))) and loss = nll - beta * logsigmoid(log_odds).mean().
+    """
+    if chosen_logps.dim() != 1 or chosen_logps.shape != rejected_logps.shape:
+        raise ValueError(
+            f"orpo_loss needs chosen_logps and rejected_logps of the same shape [B], got "
+            f"{tuple(chosen_logps.shape)} and {tuple(rejected_logps.shape)}"
+        )
+    if chosen_logps.numel() == 0:
+        raise ValueError("orpo_loss needs at least one preference pair, got B = 0")
+    if nll.dim() != 0:
+        raise ValueError(f"orpo_loss needs nll as a scalar (0-dim) tensor, got shape {tuple(nll.shape)}")
+    dtype = _compute_dtype(chosen_logps, rejected_logps, nll)
+    chosen = chosen_logps.to(dtype)
+    rejected = rejected_logps.to(dtype)
+    nll = nll.to(dtype)
+
+    def log_odds_of(logp: Tensor) -> Tensor:
+        logp = logp.clamp(max=LOGP_MAX)
+        return logp - log1mexp(logp)
+
+    log_odds = log_odds_of(chosen) - log_odds_of(rejected)
+    log_odds_ratio = F.logsigmoid(log_odds)
+    or_loss = -log_odds_ratio.mean()
+    return OrpoOutput(
+        loss=nll + beta * or_loss,
+        nll=nll,
+        or_loss=or_loss,
+        log_odds=log_odds,
+        log_odds_ratio=log_odds_ratio,
+        chosen_rewards=(beta * chosen).detach(),
+        rejected_rewards=(beta * rejected).detach(),
+    )
