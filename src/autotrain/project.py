@@ -90,8 +90,7 @@ def training_arguments(params: LLMTrainingParams, project: Path, train_pairs: in
         data_seed=params.seed,
         bf16=params.mixed_precision == "bf16",
         fp16=params.mixed_precision == "fp16",
-        gradient_checkpointing=not params.disable_gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        **_checkpointing_args(TrainingArguments, not params.disable_gradient_checkpointing),
         logging_strategy="steps",
         logging_steps=logging_steps,
         eval_strategy="epoch" if has_valid else "no",
@@ -104,6 +103,14 @@ def training_arguments(params: LLMTrainingParams, project: Path, train_pairs: in
         dataloader_pin_memory=False,
         disable_tqdm=not _interactive(),
     )
+
+
+def _checkpointing_args(arguments_class: Any, enabled: bool) -> dict[str, Any]:
+    """transformers 5.x renamed gradient_checkpointing to activation_checkpointing; use whichever exists."""
+    fields = arguments_class.__dataclass_fields__
+    name = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+    # Non-reentrant checkpointing needs no input grads, so it works with frozen embeddings under LoRA.
+    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False}}
 
 
 def _interactive() -> bool:

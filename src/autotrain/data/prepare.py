@@ -40,7 +40,7 @@ def prepare_data(params: LLMTrainingParams, tokenizer: Any, model_max: int | Non
     train = tokenize_split(train_raw, renderer, tokenizer, limits)
     valid = None
     if valid_raw is not None:
-        resolve_columns(params, valid_raw)  # the same columns must exist there too
+        columns.check(valid_raw)  # the same columns must exist there too
         valid = tokenize_split(valid_raw, renderer, tokenizer, limits)
     logger.info(
         "data: %d train pairs%s; template: %s; block size %d",

@@ -50,6 +50,12 @@ class Columns:
     chosen: str
     rejected: str
 
+    def check(self, split: RawSplit) -> None:
+        present = split.columns
+        for name in (self.prompt, self.chosen, self.rejected):
+            if name is not None and name not in present:
+                raise DataError(f"missing; columns present: {', '.join(present)}", path=split.source, column=name)
+
 
 def resolve_columns(params: LLMTrainingParams, split: RawSplit) -> Columns:
     """Pick the columns, falling back to prompt/chosen/rejected when the user named none, and say so."""
@@ -72,10 +78,9 @@ def resolve_columns(params: LLMTrainingParams, split: RawSplit) -> Columns:
             )
         rejected = "rejected"
         logger.info("rejected_text_column not given: using the data's 'rejected' column")
-    for name in (prompt, chosen, rejected):
-        if name is not None and name not in present:
-            raise DataError(f"missing; columns present: {', '.join(present)}", path=split.source, column=name)
-    return Columns(prompt, chosen, rejected)
+    columns = Columns(prompt, chosen, rejected)
+    columns.check(split)
+    return columns
 
 
 def pick_template(tokenizer: Any, choice: str | None) -> str | None:

@@ -137,6 +137,20 @@ class LLMTrainingParams(BaseModel):
             raise ValueError(f"'{value}' is not available in this release; supported: {supported}")
         raise ValueError(f"unknown trainer '{value}'; supported: {supported}")
 
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, value: str) -> str:
+        from transformers.training_args import OptimizerNames
+
+        return _one_of(value, [o.value for o in OptimizerNames], "optimizer")
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str) -> str:
+        from transformers.trainer_utils import SchedulerType
+
+        return _one_of(value, [s.value for s in SchedulerType], "scheduler")
+
     @field_validator("block_size")
     @classmethod
     def _block_size(cls, value: int) -> int:
@@ -168,6 +182,16 @@ class LLMTrainingParams(BaseModel):
     @classmethod
     def load_json(cls, path: str | Path) -> LLMTrainingParams:
         return cls(**json.loads(Path(path).read_text()))
+
+
+def _one_of(value: str, known: list[str], what: str) -> str:
+    if value in known:
+        return value
+    import difflib
+
+    close = difflib.get_close_matches(value, known, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(known)}"
+    raise ValueError(f"unknown {what} '{value}'{hint}")
 
 
 def _one_line(exc: ValidationError) -> str:
