@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
             params = params_from_args(args)
             result = AutoTrainProject(params=params, backend="local", process=True).create()
-            print(f"outputs: {result.output_dir}")
+            print(result.summary())
         return 0
     except AutoTrainError as exc:
         if args.verbose:

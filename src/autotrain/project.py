@@ -27,6 +27,18 @@ class RunResult:
     metrics: dict[str, float] = field(default_factory=dict)  # last logged value of each metric
     adapter_dir: Path | None = None  # LoRA adapter folder (output_dir itself when not merged)
     hub_repo: str | None = None
+    evaluation: tuple[dict[str, float], dict[str, float]] | None = None  # first and last eval, when validated
+
+    def summary(self) -> str:
+        lines = [f"outputs: {self.output_dir}"]
+        if self.evaluation is not None:
+            before, after = self.evaluation
+            key = "eval_rewards/accuracies"
+            lines.append(
+                f"validation preference accuracy (chosen log-odds > rejected): {before[key]:.3f} before training "
+                f"(step {before['step']}), {after[key]:.3f} after (step {after['step']})"
+            )
+        return "\n".join(lines)
 
 
 class AutoTrainProject:
@@ -176,4 +188,4 @@ def run(params: LLMTrainingParams) -> RunResult:
     if params.peft:
         adapter_dir = project / outputs.ADAPTER_DIR if params.merge_adapter else project
     logger.info("done: outputs in %s", project)
-    return RunResult(project, outputs.final_metrics(records), adapter_dir, hub_repo)
+    return RunResult(project, outputs.final_metrics(records), adapter_dir, hub_repo, outputs.before_after(records))

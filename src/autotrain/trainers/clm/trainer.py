@@ -52,7 +52,9 @@ def orpo_step(model: torch.nn.Module, batch: dict[str, Any], beta: float) -> tup
         "log_odds_chosen": out.log_odds.detach().mean(),
         "rewards/chosen": out.chosen_rewards.mean(),
         "rewards/rejected": out.rejected_rewards.mean(),
-        "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float().mean(),
+        # Compared on log-probs, not rewards, so the accuracy stays meaningful at beta = 0 (log-odds are monotone in
+        # log P, so this is "chosen log-odds beat rejected").
+        "rewards/accuracies": (seqs.chosen > seqs.rejected).float().mean(),
         "rewards/margins": (out.chosen_rewards - out.rejected_rewards).mean(),
         "logps/chosen": seqs.chosen.detach().mean(),
         "logps/rejected": seqs.rejected.detach().mean(),
