@@ -156,7 +156,6 @@ def run(params: LLMTrainingParams) -> RunResult:
     config = models.load_config(model_path, params.trust_remote_code)
     data = prepare_data(params, tokenizer, models.model_max_length(config))
 
-    from datasets import Dataset
     from transformers import set_seed
 
     from autotrain.data.collate import PaddedCollator
@@ -170,8 +169,8 @@ def run(params: LLMTrainingParams) -> RunResult:
     trainer = PreferenceTrainer(
         model=model,
         args=args,
-        train_dataset=Dataset.from_dict(data.train.as_dict()),
-        eval_dataset=Dataset.from_dict(data.valid.as_dict()) if data.valid is not None else None,
+        train_dataset=data.train.dataset,
+        eval_dataset=data.valid.dataset if data.valid is not None else None,
         data_collator=PaddedCollator(pad_id=tokenizer.pad_token_id, prompt_loss=params.orpo_prompt_loss),
         processing_class=tokenizer,
         callbacks=[outputs.MetricsFile(project / outputs.METRICS_FILE)],

@@ -45,6 +45,13 @@ class TokenizedSplit:
     def as_dict(self) -> dict[str, list[list[int]]]:
         return {"prompt_ids": self.prompt_ids, "chosen_ids": self.chosen_ids, "rejected_ids": self.rejected_ids}
 
+    @property
+    def dataset(self) -> Any:
+        """The pairs as a `datasets.Dataset` with prompt_ids / chosen_ids / rejected_ids columns."""
+        from datasets import Dataset
+
+        return Dataset.from_dict(self.as_dict())
+
 
 def resolve_block_size(block_size: int, model_max: int | None) -> int:
     """-1 means min(model maximum, 1024)."""
