@@ -33,3 +33,18 @@ class DataError(AutoTrainError):
 
 class ModelError(AutoTrainError):
     """A model path or config that cannot be loaded."""
+
+
+class TrainingError(AutoTrainError):
+    """Training itself failed (for example a non-finite loss); the message names the step and what to do."""
+
+    exit_code = 1
+
+
+class TrainingInterrupted(AutoTrainError):
+    """SIGINT or SIGTERM stopped training after a checkpoint was saved; exit code 130 or 143 as a shell expects."""
+
+    def __init__(self, message: str, *, signal_number: int, checkpoint: str | None):
+        super().__init__(message)
+        self.exit_code = 128 + signal_number
+        self.checkpoint = checkpoint

@@ -18,11 +18,12 @@ logger = logging.getLogger("autotrain")
 
 
 def check_model_path(model: str) -> None:
-    """A local-looking path must exist and hold a config; anything else is left to the hub loader."""
+    """A local-looking path must exist and hold a config and safetensors; anything else goes to the hub loader."""
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelError(f"{model}: the folder has no config.json, so it is not a transformers model folder")
+        _require_safetensors(model)
         return
     if path.exists():
         raise ModelError(f"{model}: a model must be a folder (or a hub id), not a file")
@@ -58,7 +59,7 @@ def load_model(params: LLMTrainingParams, model: str) -> torch.nn.Module:
         model,
         dtype=torch.float32,
         trust_remote_code=params.trust_remote_code,
-        use_safetensors=_has_safetensors(model),
+        use_safetensors=_require_safetensors(model),
     )
     # The KV cache is useless in training and conflicts with gradient checkpointing.
     net.config.use_cache = False
@@ -67,12 +68,10 @@ def load_model(params: LLMTrainingParams, model: str) -> torch.nn.Module:
     return net
 
 
-def _has_safetensors(model: str) -> bool | None:
-    """Local folders must hold safetensors (no pickle loading); hub ids are left to transformers' preference."""
+def _require_safetensors(model: str) -> bool:
+    """Weights load from safetensors only: a pickle file can run code when it is loaded."""
     path = Path(model).expanduser()
-    if not path.is_dir():
-        return None
-    if not any(path.glob("*.safetensors")):
+    if path.is_dir() and not any(path.glob("*.safetensors")):
         raise ModelError(f"{model}: no *.safetensors weights; only safetensors are loaded (no pickle files)")
     return True
 

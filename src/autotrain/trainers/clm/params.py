@@ -28,10 +28,20 @@ PLANNED_TRAINERS: tuple[str, ...] = ("sft", "default", "dpo")
 SECRET_FIELDS: frozenset[str] = frozenset({"token"})
 
 
-class LLMTrainingParams(BaseModel):
-    """Parameters of one fine-tuning run (ORPO by default)."""
+class Schema(BaseModel):
+    """A frozen, strict params schema whose validation errors are one-line ParamsErrors."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=(), validate_default=True)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ParamsError(_one_line(exc)) from None
+
+
+class LLMTrainingParams(Schema):
+    """Parameters of one fine-tuning run (ORPO by default)."""
 
     # --- Data and model -------------------------------------------------------------------------------------
     model: str = Field(
@@ -115,17 +125,17 @@ class LLMTrainingParams(BaseModel):
     log: Literal["none", "tensorboard", "wandb"] = Field("none", description="Experiment tracker.")
     logging_steps: int = Field(-1, description="Log every N optimizer steps; -1 chooses from the data size.")
     save_total_limit: int = Field(1, ge=1, description="Checkpoints kept.")
+    save_steps: int = Field(-1, description="Save a checkpoint every N optimizer steps; -1 saves at each epoch end.")
+    resume_from_checkpoint: str | None = Field(
+        None,
+        description="Resume an interrupted run: 'auto' (the newest checkpoint, or start fresh if there is none), "
+        "'latest' (the newest checkpoint, which must exist) or a checkpoint folder.",
+    )
 
     # --- Hub ------------------------------------------------------------------------------------------------
     push_to_hub: bool = Field(False, description="Upload the result to the hub as <username>/<project_name>.")
     username: str | None = Field(None, description="Hub user or organisation for push_to_hub.")
     token: SecretStr | None = Field(None, description="Hub token (never written to disk).")
-
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            raise ParamsError(_one_line(exc)) from None
 
     @field_validator("trainer")
     @classmethod
@@ -158,7 +168,7 @@ class LLMTrainingParams(BaseModel):
             raise ValueError("must be -1 (automatic) or at least 2")
         return value
 
-    @field_validator("logging_steps", "max_steps")
+    @field_validator("logging_steps", "max_steps", "save_steps")
     @classmethod
     def _positive_or_auto(cls, value: int) -> int:
         if value != -1 and value < 1:

@@ -1,0 +1,61 @@
+"""The CLI is generated from the params schema: every field is a flag, spelled both ways, with its help."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from autotrain.cli import build_parser, params_from_args
+from autotrain.trainers.clm.params import TRAINER_NAMES, LLMTrainingParams
+
+
+def parse(*flags: str) -> LLMTrainingParams:
+    return params_from_args(build_parser().parse_args(["llm", "--train", *flags]))
+
+
+def test_every_field_is_a_flag_in_help():
+    done = subprocess.run([sys.executable, "-m", "autotrain", "llm", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0
+    for name, info in LLMTrainingParams.model_fields.items():
+        assert f"--{name.replace('_', '-')}" in done.stdout, name
+        assert info.description.split()[0] in done.stdout, name
+
+
+def test_kebab_and_snake_case_and_typed_values():
+    params = parse("--lora-r", "4", "--lora_alpha", "8", "--lr", "2e-4", "--max-completion-length", "none",
+                   "--chat-template", "none", "--mixed_precision", "none", "--valid-split", "validation")
+    assert (params.lora_r, params.lora_alpha, params.lr) == (4, 8, 2e-4)
+    assert params.max_completion_length is None and params.mixed_precision is None
+    assert params.chat_template == "none"  # 'none' is a real choice here: no template
+    assert params.valid_split == "validation"
+
+
+def test_booleans_default_true_can_be_switched_off_and_defaults_stay_unset():
+    assert parse().merge_adapter is True and parse("--no-merge-adapter").merge_adapter is False
+    assert parse("--peft").peft is True and parse("--no-peft").peft is False
+    # Only typed flags reach the params: the rest stay defaults, and the params know which were chosen.
+    assert parse("--lr", "1e-4").model_fields_set == {"lr"}
+
+
+def test_bad_values_are_rejected_by_argparse_or_params():
+    with pytest.raises(SystemExit):
+        parse("--chat-template", "llama")
+    with pytest.raises(Exception, match="lr: Input should be greater than 0"):
+        parse("--lr", "0")
+
+
+def test_trainer_choices_are_the_registry():
+    from autotrain.trainers.clm.trainer import METHODS
+
+    assert tuple(METHODS) == TRAINER_NAMES
+
+
+def test_param_errors_exit_2_with_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "autotrain", "llm", "--train", "--trainer", "dpo"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "error: invalid parameters: trainer: 'dpo' is not available in this release; supported: orpo"
+    )
