@@ -225,7 +225,12 @@ def test_validation_is_evaluated_before_and_after(tmp_path, chat_model):
     evals = [r for r in map(json.loads, lines) if "eval_loss" in r]
     assert [e["step"] for e in evals] == [0, 4]
     assert {"eval_rewards/accuracies", "eval_nll_loss", "eval_rewards/margins"} <= set(evals[0])
-    assert "before -> after" in (result.output_dir / "README.md").read_text()
+    card = (result.output_dir / "README.md").read_text()
+    assert "before -> after" in card and "![training curves](plots/training.png)" in card
+    from PIL import Image
+
+    with Image.open(result.output_dir / "plots" / "training.png") as image:
+        assert image.size[0] > 4 * image.size[1]  # four panels side by side
 
 
 def test_tensorboard_writes_event_files(tmp_path, chat_model, monkeypatch):

@@ -17,7 +17,8 @@ import typing
 from typing import Any, Literal
 
 from autotrain import __version__
-from autotrain.errors import AutoTrainError
+from autotrain.errors import AutoTrainError, ParamsError, TrainingInterrupted
+from autotrain.inference import InferenceParams
 from autotrain.trainers.clm.params import LLMTrainingParams
 
 logger = logging.getLogger("autotrain")
@@ -41,13 +42,15 @@ def _converter(kind: Any, optional: bool) -> Any:
     return convert
 
 
-def add_param_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per LLMTrainingParams field."""
-    for name, info in LLMTrainingParams.model_fields.items():
+def add_param_flags(parser: Any, schema: type = LLMTrainingParams, skip: frozenset[str] = frozenset()) -> None:
+    """One flag per field of a params schema (LLMTrainingParams by default)."""
+    for name, info in schema.model_fields.items():
+        if name in skip:
+            continue
         kind, optional = _unwrap_optional(info.annotation)
         flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
         default = info.default.get_secret_value() if hasattr(info.default, "get_secret_value") else info.default
-        help_text = f"{info.description} (default: {default})"
+        help_text = f"{info.description} " + ("(required)" if info.is_required() else f"(default: {default})")
         if kind is bool:
             parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=help_text)
@@ -72,14 +75,29 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     llm = commands.add_parser("llm", help="Fine-tune a causal language model.", allow_abbrev=False)
     llm.add_argument("--train", action="store_true", help="Run training.")
+    llm.add_argument("--inference", action="store_true", help="Answer prompts with a trained project (JSON lines).")
     llm.add_argument("--verbose", action="store_true", help="Show tracebacks and library logs.")
     add_param_flags(llm.add_argument_group("training parameters"))
+    add_param_flags(llm.add_argument_group("inference parameters"), InferenceParams,
+                    skip=frozenset(LLMTrainingParams.model_fields))
     return parser
 
 
 def params_from_args(args: argparse.Namespace) -> LLMTrainingParams:
-    values = {k: v for k, v in vars(args).items() if k in LLMTrainingParams.model_fields}
-    return LLMTrainingParams(**values)
+    given = vars(args)
+    stray = sorted(k for k in given if k in InferenceParams.model_fields and k not in LLMTrainingParams.model_fields)
+    if stray:
+        raise ParamsError(f"--{stray[0].replace('_', '-')} is an inference flag; use it with --inference, not --train")
+    return LLMTrainingParams(**{k: v for k, v in given.items() if k in LLMTrainingParams.model_fields})
+
+
+def inference_params_from_args(args: argparse.Namespace) -> InferenceParams:
+    given = vars(args)
+    stray = sorted(k for k in given if k in LLMTrainingParams.model_fields and k not in InferenceParams.model_fields)
+    if stray:
+        raise ParamsError(f"--{stray[0].replace('_', '-')} is a training flag; --inference takes --project-name "
+                          "and the --inference-* flags")
+    return InferenceParams(**{k: v for k, v in given.items() if k in InferenceParams.model_fields})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,14 +108,28 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_libraries()
     try:
         if args.command == "llm":
-            if not args.train:
-                parser.error("llm: say what to do: --train")
+            if args.train == args.inference:
+                parser.error("llm: say what to do: --train or --inference")
+            if args.inference:
+                import json
+
+                from autotrain.inference import generate
+
+                for answer in generate(inference_params_from_args(args)):
+                    print(json.dumps(answer, ensure_ascii=False), flush=True)
+                return 0
             from autotrain.project import AutoTrainProject
 
             params = params_from_args(args)
             result = AutoTrainProject(params=params, backend="local", process=True).create()
             print(result.summary())
         return 0
+    except TrainingInterrupted as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        if exc.checkpoint is not None:
+            print("resume: aitraining " + " ".join(_without_resume(argv)) + " --resume-from-checkpoint auto",
+                  file=sys.stderr)
+        return exc.exit_code
     except AutoTrainError as exc:
         if args.verbose:
             raise
@@ -106,6 +138,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _without_resume(argv: list[str] | None) -> list[str]:
+    """The command as typed, minus any earlier resume flag, quoted for a shell."""
+    import shlex
+
+    args, kept, skip = list(sys.argv[1:] if argv is None else argv), [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in ("--resume-from-checkpoint", "--resume_from_checkpoint"):
+            skip = True
+        elif not arg.startswith(("--resume-from-checkpoint=", "--resume_from_checkpoint=")):
+            kept.append(shlex.quote(arg))
+    return kept
 
 
 def _quiet_libraries() -> None:

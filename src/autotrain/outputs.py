@@ -13,16 +13,19 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
+from autotrain.plots import PLOT_FILE
 from autotrain.trainers.clm.params import LLMTrainingParams
 
 logger = logging.getLogger("autotrain")
 
 METRICS_FILE = "metrics.jsonl"
+CARD_FILE = "README.md"  # written last: its presence marks a finished run
 PARAMS_FILE = "training_params.json"
 ADAPTER_DIR = "adapter"
 
@@ -38,6 +41,15 @@ class MetricsFile(TrainerCallback):
             record = {**logs, "step": state.global_step}
             with self.path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
+
+
+def keep_metrics_until(project: Path, step: int) -> None:
+    """On resume, drop records logged after the checkpoint: those steps run again and are logged again."""
+    path = project / METRICS_FILE
+    kept = [r for r in read_metrics(project) if r.get("step", 0) <= step] if step else []
+    temp = path.with_suffix(".tmp")
+    temp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(temp, path)
 
 
 def read_metrics(project: Path) -> list[dict[str, Any]]:
@@ -116,10 +128,12 @@ def write_card(project: Path, params: LLMTrainingParams, base_model: str, data: 
         for key in ("eval_rewards/accuracies", "eval_loss", "eval_nll_loss", "eval_rewards/margins"):
             if key in before and key in after:
                 lines.append(f"| {key.removeprefix('eval_')} | {before[key]:.4f} | {after[key]:.4f} |")
+    if (project / PLOT_FILE).exists():
+        lines += ["", "## Training curves", "", f"![training curves]({PLOT_FILE})"]
     lines += ["", "## Final metrics", "", "| metric | value |", "|---|---|"]
     lines += [f"| {key} | {value:.6g} |" for key, value in sorted(final.items()) if key not in ("step",)]
     lines += ["", "## Parameters", "", "```json", json.dumps(params.public_dict(), indent=2), "```", ""]
-    (project / "README.md").write_text("\n".join(lines))
+    (project / CARD_FILE).write_text("\n".join(lines))
 
 
 def push_to_hub(project: Path, params: LLMTrainingParams) -> str:

@@ -6,6 +6,7 @@ before any weights are loaded and before anything is written.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autotrain.errors import ParamsError
+from autotrain.errors import ParamsError, TrainingInterrupted
 from autotrain.trainers.clm.params import LLMTrainingParams
 
 logger = logging.getLogger("autotrain")
@@ -57,15 +58,43 @@ class AutoTrainProject:
         return run(self.params)
 
 
-def check_project_folder(project: Path) -> None:
+def resume_point(project: Path, resume: str | None) -> Path | None:
+    """Check the project folder against `resume_from_checkpoint`; return the checkpoint to resume from, if any.
+
+    A finished run is never overwritten. An unfinished one (a run that was killed or stopped) is resumed only
+    when asked, so an accidental reuse of a project name cannot destroy its checkpoints.
+    """
+    from autotrain.outputs import CARD_FILE
+    from autotrain.trainers.clm.safety import checkpoints
+
     if project.exists() and not project.is_dir():
         raise ParamsError(f"project_name: {project} exists and is a file")
-    if project.is_dir() and any(project.iterdir()):
-        finished = (project / "training_params.json").exists()
-        what = "a finished run" if finished else "files from an earlier run"
+    if resume not in (None, "auto", "latest"):
+        path = Path(resume).expanduser()
+        if not (path / "trainer_state.json").exists():
+            raise ParamsError(f"resume_from_checkpoint: {resume} is not a checkpoint folder (no trainer_state.json)")
+        return path
+    used = project.is_dir() and any(project.iterdir())
+    if used and (project / CARD_FILE).exists():
         raise ParamsError(
-            f"project_name: {project} already holds {what}; choose another --project-name or delete the folder"
+            f"project_name: {project} already holds a finished run; choose another --project-name or delete the folder"
         )
+    found = checkpoints(project) if project.is_dir() else []
+    if resume is None:
+        if found:
+            raise ParamsError(
+                f"project_name: {project} holds checkpoints of an unfinished run (newest: {found[-1].name}); "
+                "resume it with --resume-from-checkpoint auto, or delete the folder"
+            )
+        if used:
+            raise ParamsError(
+                f"project_name: {project} holds files of an earlier run that saved no checkpoint; delete the folder "
+                "or pass --resume-from-checkpoint auto to start it over"
+            )
+        return None
+    if resume == "latest" and not found:
+        raise ParamsError(f"resume_from_checkpoint: latest, but {project} holds no checkpoint")
+    return found[-1] if found else None
 
 
 def check_device(params: LLMTrainingParams) -> None:
@@ -107,7 +136,9 @@ def training_arguments(params: LLMTrainingParams, project: Path, train_pairs: in
         logging_steps=logging_steps,
         eval_strategy="epoch" if has_valid else "no",
         eval_on_start=has_valid,
-        save_strategy="epoch",
+        save_strategy="steps" if params.save_steps > 0 else "epoch",
+        save_steps=params.save_steps if params.save_steps > 0 else 500,
+        logging_nan_inf_filter=False,  # a NaN must show, not be replaced by an average (and it costs a sync)
         save_total_limit=params.save_total_limit,
         report_to=report_to,
         run_name=Path(params.project_name).name,
@@ -142,13 +173,35 @@ def _tracker_environment(params: LLMTrainingParams, project: Path) -> None:
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(project / "runs"))
 
 
+def _checkpoint_step(checkpoint: Path | None) -> int:
+    if checkpoint is None:
+        return 0
+    return int(json.loads((checkpoint / "trainer_state.json").read_text())["global_step"])
+
+
+def _interrupted(number: int, project: Path) -> None:
+    import signal
+
+    from autotrain.trainers.clm.safety import checkpoints
+
+    saved = checkpoints(project)
+    name = signal.Signals(number).name
+    raise TrainingInterrupted(
+        f"stopped by {name} after saving {saved[-1] if saved else 'no checkpoint'}; resume with the same command "
+        "plus --resume-from-checkpoint auto (Python: resume_from_checkpoint='auto')",
+        signal_number=number,
+        checkpoint=str(saved[-1]) if saved else None,
+    )
+
+
 def run(params: LLMTrainingParams) -> RunResult:
     """Train in this process and return the result; raise on any failure."""
     from autotrain import defaults, models, outputs
+    from autotrain.plots import plot_training
     from autotrain.data.prepare import prepare_data
 
     project = Path(params.project_name).expanduser().resolve()
-    check_project_folder(project)
+    resume_from = resume_point(project, params.resume_from_checkpoint)
     check_device(params)
     model_path = defaults.resolve_model(params.model)
     models.check_model_path(model_path)
@@ -159,13 +212,18 @@ def run(params: LLMTrainingParams) -> RunResult:
     from transformers import set_seed
 
     from autotrain.data.collate import PaddedCollator
+    from autotrain.trainers.clm import safety
     from autotrain.trainers.clm.trainer import PreferenceTrainer
 
     set_seed(params.seed)  # before the model: LoRA's initial weights depend on it
     model = models.load_model(params, model_path)
     args = training_arguments(params, project, len(data.train), data.valid is not None)
     project.mkdir(parents=True, exist_ok=True)
+    safety.clear_staging(project)
+    outputs.keep_metrics_until(project, _checkpoint_step(resume_from))
+    params.save_json(project / outputs.PARAMS_FILE)
     _tracker_environment(params, project)
+    stop = safety.StopOnSignal()
     trainer = PreferenceTrainer(
         model=model,
         args=args,
@@ -173,14 +231,20 @@ def run(params: LLMTrainingParams) -> RunResult:
         eval_dataset=data.valid.dataset if data.valid is not None else None,
         data_collator=PaddedCollator(pad_id=tokenizer.pad_token_id, prompt_loss=params.orpo_prompt_loss),
         processing_class=tokenizer,
-        callbacks=[outputs.MetricsFile(project / outputs.METRICS_FILE)],
+        callbacks=[outputs.MetricsFile(project / outputs.METRICS_FILE), stop],
         method=params.trainer,
         beta=params.dpo_beta,
     )
-    trainer.train()
+    stop.install()
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        stop.uninstall()
+    if stop.received is not None:
+        _interrupted(stop.received, project)
     outputs.save_model(trainer, tokenizer, data.template, params, project)
-    params.save_json(project / outputs.PARAMS_FILE)
     records = outputs.read_metrics(project)
+    plot_training(project, records)
     outputs.write_card(project, params, params.model, data, records)
     hub_repo = outputs.push_to_hub(project, params) if params.push_to_hub else None
     adapter_dir = None

@@ -1,0 +1,97 @@
+"""`aitraining llm --inference`: answer prompts with a trained project (merged model or adapter).
+
+Prompts are rendered with the chat template saved in the project (the one used in training), decoding is greedy
+unless a temperature is given, and each answer is printed as one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from autotrain.errors import DataError, ModelError, ParamsError
+from autotrain.trainers.clm.params import Schema
+
+
+class InferenceParams(Schema):
+    """Parameters of `aitraining llm --inference`."""
+
+    project_name: str = Field("project-name", description="Project folder of a finished run.")
+    inference_prompts: str = Field(
+        ..., description="A prompt, or a file of prompts: one per line (.txt) or JSON lines with a 'prompt' field."
+    )
+    inference_max_tokens: int = Field(128, ge=1, description="Most new tokens per answer.")
+    inference_temperature: float = Field(0.0, ge=0, description="Sampling temperature; 0 decodes greedily.")
+    inference_top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (with a temperature).")
+
+
+def read_prompts(spec: str) -> list[str]:
+    """A literal prompt, or the prompts in a file (a line each, or JSON lines with 'prompt')."""
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        return [spec]
+    prompts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        if not line.strip():
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"malformed JSON at column {exc.colno}", path=str(path), line=number) from None
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str | list):
+                raise DataError("expected an object with a 'prompt'", path=str(path), line=number, column="prompt")
+            prompts.append(row["prompt"])
+        else:
+            prompts.append(line)
+    if not prompts:
+        raise DataError("no prompts in the file", path=str(path))
+    return prompts
+
+
+def load_project(project: Path) -> tuple[Any, Any]:
+    """The trained model and its tokenizer: the merged model where there is one, else base + adapter."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if (project / "config.json").exists():
+        model = AutoModelForCausalLM.from_pretrained(project, use_safetensors=True)
+    elif (project / "adapter_config.json").exists():
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(project, use_safetensors=True)
+    else:
+        raise ModelError(f"{project}: no trained model here (no config.json or adapter_config.json)")
+    return model.eval(), AutoTokenizer.from_pretrained(project)
+
+
+def generate(params: InferenceParams) -> Iterator[dict[str, str]]:
+    import torch
+
+    project = Path(params.project_name).expanduser()
+    if not project.is_dir():
+        raise ParamsError(f"project_name: {project} does not exist")
+    prompts = read_prompts(params.inference_prompts)
+    model, tokenizer = load_project(project)
+    sampling = params.inference_temperature > 0
+    for prompt in prompts:
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        if tokenizer.chat_template:
+            inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                   return_dict=True)
+        else:
+            inputs = tokenizer(prompt if isinstance(prompt, str) else messages[-1]["content"], return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(
+                **inputs,
+                max_new_tokens=params.inference_max_tokens,
+                do_sample=sampling,
+                temperature=params.inference_temperature if sampling else None,
+                top_p=params.inference_top_p if sampling else None,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        answer = tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        yield {"prompt": prompt if isinstance(prompt, str) else json.dumps(prompt), "answer": answer.strip()}

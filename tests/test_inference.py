@@ -1,0 +1,44 @@
+"""`aitraining llm --inference` answers with a trained project (merged or adapter) as JSON lines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import arithmetic_pairs, write_jsonl
+
+from autotrain.errors import DataError
+from autotrain.inference import read_prompts
+from autotrain.project import AutoTrainProject
+from autotrain.trainers.clm.params import LLMTrainingParams
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_inference_prints_one_json_line_per_prompt(tmp_path, chat_model, merge):
+    data = write_jsonl(tmp_path / "pairs.jsonl", arithmetic_pairs(4))
+    project = tmp_path / "run"
+    AutoTrainProject(LLMTrainingParams(model=str(chat_model), data_path=str(data), project_name=str(project),
+                                       peft=True, merge_adapter=merge, max_steps=1, gradient_accumulation=1)).create()
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "1+1="}, {"prompt": "2+2="}])
+    cmd = [sys.executable, "-m", "autotrain", "llm", "--inference", "--project-name", str(project),
+           "--inference-prompts", str(prompts), "--inference-max-tokens", "3"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["prompt"] for r in rows] == ["1+1=", "2+2="]
+    # Greedy decoding is deterministic: the same prompt gives the same answer twice.
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert [json.loads(line) for line in again.stdout.splitlines()] == rows
+
+
+def test_prompts_from_text_and_bad_jsonl(tmp_path):
+    text = tmp_path / "p.txt"
+    text.write_text("first\n\nsecond\n")
+    assert read_prompts(str(text)) == ["first", "second"]
+    assert read_prompts("just a prompt") == ["just a prompt"]
+    bad = tmp_path / "p.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"text": "no prompt"}\n')
+    with pytest.raises(DataError, match=r"p.jsonl:2, column 'prompt'"):
+        read_prompts(str(bad))
