@@ -1,17 +1,22 @@
 """Data stage entry point: params + tokenizer -> tokenized train (and validation) splits.
 
-Everything here runs before the model's weights are loaded, so bad data fails fast and costs nothing.
+Everything here runs before the model's weights are loaded, so bad data fails fast and costs nothing. Both splits
+are opened (and their columns checked) before either is tokenized, so a missing validation split is reported
+before minutes of tokenizing. Tokenized splits come from the cache in `data/cache.py` when nothing that decides
+their ids has changed.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+from autotrain.data.cache import TokenCache
 from autotrain.data.render import Columns, Renderer, pick_template, resolve_columns
-from autotrain.data.sources import load_split
-from autotrain.data.tokenize import Limits, TokenizedSplit, resolve_block_size, tokenize_split
+from autotrain.data.sources import Split, load_split
+from autotrain.data.tokenize import Limits, TokenizedSplit, resolve_block_size, write_tokens
 from autotrain.trainers.clm.params import LLMTrainingParams
 
 logger = logging.getLogger("autotrain")
@@ -30,6 +35,8 @@ def prepare_data(params: LLMTrainingParams, tokenizer: Any, model_max: int | Non
     train_raw = load_split(params.data_path, params.train_split, is_train=True)
     valid_raw = load_split(params.data_path, params.valid_split, is_train=False) if params.valid_split else None
     columns = resolve_columns(params, train_raw)
+    if valid_raw is not None:
+        columns.check(valid_raw)  # the same columns must exist there too
     template = pick_template(tokenizer, params.chat_template)
     limits = Limits(
         max_prompt_length=params.max_prompt_length,
@@ -37,11 +44,20 @@ def prepare_data(params: LLMTrainingParams, tokenizer: Any, model_max: int | Non
         block_size=resolve_block_size(params.block_size, model_max),
     )
     renderer = Renderer(tokenizer, template, columns)
-    train = tokenize_split(train_raw, renderer, tokenizer, limits)
+    settings = {"columns": [columns.prompt, columns.chosen, columns.rejected], "chat_template": params.chat_template}
+    cache = TokenCache(tokenizer, template, settings, limits)
+
+    def tokenized(split: Split, name: str, extra: dict[str, Any] | None = None) -> TokenizedSplit:
+        build = partial(write_tokens, split, renderer, tokenizer, limits)  # called with the Arrow file to write
+        return cache.get(split, cache.key(split, name, extra), build)
+
+    train = tokenized(train_raw, params.train_split)
     valid = None
     if valid_raw is not None:
-        columns.check(valid_raw)  # the same columns must exist there too
-        valid = tokenize_split(valid_raw, renderer, tokenizer, limits)
+        # Validation rows must have the training rows' shape (strings or messages); on a cached train split the
+        # renderer has seen no row, so it learns the shape from the cache.
+        renderer.shape = train.shape
+        valid = tokenized(valid_raw, params.valid_split, {"train_shape": train.shape})
     logger.info(
         "data: %d train pairs%s; template: %s; block size %d",
         len(train),

@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from autotrain.data.sources import RawSplit
+from autotrain.data.sources import Row, Split
 from autotrain.errors import DataError
 from autotrain.trainers.clm.params import LLMTrainingParams
 
@@ -50,14 +50,14 @@ class Columns:
     chosen: str
     rejected: str
 
-    def check(self, split: RawSplit) -> None:
+    def check(self, split: Split) -> None:
         present = split.columns
         for name in (self.prompt, self.chosen, self.rejected):
             if name is not None and name not in present:
                 raise DataError(f"missing; columns present: {', '.join(present)}", path=split.source, column=name)
 
 
-def resolve_columns(params: LLMTrainingParams, split: RawSplit) -> Columns:
+def resolve_columns(params: LLMTrainingParams, split: Split) -> Columns:
     """Pick the columns, falling back to prompt/chosen/rejected when the user named none, and say so."""
     present = split.columns
     explicit = params.model_fields_set
@@ -116,22 +116,22 @@ class Renderer:
 
     def __init__(self, tokenizer: Any, template: str | None, columns: Columns):
         self.tokenizer, self.template, self.columns = tokenizer, template, columns
-        self._shape: str | None = None  # "text" or "messages": one dataset uses one shape
+        self.shape: str | None = None  # "text" or "messages": one dataset uses one shape, set by its first row
 
-    def __call__(self, split: RawSplit, index: int) -> RenderedPair:
-        row, where = split.rows[index], split.where(index)
+    def __call__(self, row: Row, where: object) -> RenderedPair:
+        """Render one row; `where` names it in errors (`file:line`, or `file, row N of M`)."""
         cols = self.columns
         prompt = _value(row, cols.prompt, where) if cols.prompt else None
         chosen = _value(row, cols.chosen, where)
         rejected = _value(row, cols.rejected, where)
         conversational = any(isinstance(v, list) for v in (prompt, chosen, rejected))
         shape = "messages" if conversational else "text"
-        if self._shape is None:
-            self._shape = shape
-        elif shape != self._shape:
+        if self.shape is None:
+            self.shape = shape
+        elif shape != self.shape:
             raise DataError(
                 f"{where}: mixes plain-string and conversational rows; earlier rows are "
-                f"{'conversational' if self._shape == 'messages' else 'plain strings'}"
+                f"{'conversational' if self.shape == 'messages' else 'plain strings'}"
             )
         if not conversational:
             if prompt is None:
@@ -157,7 +157,7 @@ class Renderer:
             messages, chat_template=self.template, tokenize=False, add_generation_prompt=generation
         )
 
-    def _completion(self, prompt_msgs: Messages, prompt_text: str, answer: Messages, where: str) -> str:
+    def _completion(self, prompt_msgs: Messages, prompt_text: str, answer: Messages, where: object) -> str:
         full = self._render(prompt_msgs + answer, generation=False)
         if not full.startswith(prompt_text):
             raise DataError(
@@ -167,10 +167,14 @@ class Renderer:
         return full[len(prompt_text) :]
 
 
-def _value(row: dict[str, Any], column: str, where: str) -> str | Messages:
-    value = row.get(column)
-    if value is None or (isinstance(value, str | list) and len(value) == 0):
-        raise DataError(f"{where}, column '{column}': empty or null value")
+def _value(row: Row, column: str, where: object) -> str | Messages:
+    if column not in row:
+        raise DataError(f"{where}, column '{column}': missing from this row (it has: {', '.join(row)})")
+    value = row[column]
+    if value is None:
+        raise DataError(f"{where}, column '{column}': null value; every pair needs a text here")
+    if isinstance(value, str | list) and len(value) == 0:
+        raise DataError(f"{where}, column '{column}': empty value; every pair needs a text here")
     if isinstance(value, str):
         return value
     if isinstance(value, dict):
@@ -180,19 +184,27 @@ def _value(row: dict[str, Any], column: str, where: str) -> str | Messages:
             _check_message(message, column, where)
         return value
     raise DataError(
-        f"{where}, column '{column}': expected text or a list of messages, got {type(value).__name__} {value!r}"
+        f"{where}, column '{column}': expected text or a list of messages, got {type(value).__name__} "
+        f"{_short(value)}; quote it in the file to use it as text"
     )
 
 
-def _check_message(message: Any, column: str, where: str) -> None:
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_message(message: Any, column: str, where: object) -> None:
     if not isinstance(message, dict) or "role" not in message or "content" not in message:
-        raise DataError(f"{where}, column '{column}': each message needs 'role' and 'content', got {message!r}")
+        raise DataError(f"{where}, column '{column}': each message needs 'role' and 'content', got {_short(message)}")
     if message["role"] not in ROLES:
         raise DataError(
-            f"{where}, column '{column}': unknown role '{message['role']}'; expected one of {', '.join(ROLES)}"
+            f"{where}, column '{column}': unknown role {_short(message['role'])}; expected one of {', '.join(ROLES)}"
         )
     if not isinstance(message["content"], str):
-        raise DataError(f"{where}, column '{column}': message content must be text, got {message['content']!r}")
+        raise DataError(
+            f"{where}, column '{column}': message content must be text, got {_short(message['content'])}"
+        )
 
 
 def _as_answer(value: str | Messages) -> Messages:
@@ -200,7 +212,7 @@ def _as_answer(value: str | Messages) -> Messages:
 
 
 def _split_conversation(
-    prompt: str | Messages | None, chosen: str | Messages, rejected: str | Messages, cols: Columns, where: str
+    prompt: str | Messages | None, chosen: str | Messages, rejected: str | Messages, cols: Columns, where: object
 ) -> tuple[Messages, Messages, Messages]:
     """Split into (prompt messages, chosen answer messages, rejected answer messages)."""
     chosen_msgs, rejected_msgs = _as_answer(chosen), _as_answer(rejected)

@@ -6,20 +6,33 @@ packed layouts are two collators over the same data.
 Prompt and completion are tokenized separately. Tokenizing them as one string could merge tokens across the
 boundary (e.g. "=" + "4"), which would give chosen and rejected different prompt ids; separate tokenization keeps
 one prompt for both, which is what makes the prompt shareable.
+
+Rows stream in, are rendered one by one and tokenized a batch at a time (a fast tokenizer encodes a batch on all
+cores), and the ids stream out to an Arrow file that `datasets` memory-maps: memory stays flat however many pairs
+there are.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from autotrain.data.render import Renderer
-from autotrain.data.sources import RawSplit
+from autotrain.data.render import RenderedPair, Renderer
+from autotrain.data.sources import Location, Split
 from autotrain.errors import DataError
 
 logger = logging.getLogger("autotrain")
+
+ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+# Pairs per tokenizer call: larger batches are no faster (measured), and the encoder holds ~80 bytes per token
+# of a batch until the call returns, so this bounds peak memory.
+BATCH_PAIRS = 256
+RECORD_BYTES = 4 << 20  # ids gathered per Arrow record batch; see _ArrowSink
 
 
 @dataclass(frozen=True)
@@ -31,26 +44,57 @@ class Limits:
     block_size: int
 
 
-@dataclass
-class TokenizedSplit:
-    prompt_ids: list[list[int]] = field(default_factory=list)
-    chosen_ids: list[list[int]] = field(default_factory=list)
-    rejected_ids: list[list[int]] = field(default_factory=list)
+@dataclass(frozen=True)
+class TokenCounts:
+    """What tokenizing a split did, besides its ids: kept in the cache, so a cache hit reports the same."""
+
+    pairs: int  # kept
+    rows: int  # read: kept and dropped
     dropped: Counter = field(default_factory=Counter)  # reason -> pairs dropped
     truncated: Counter = field(default_factory=Counter)  # what -> pairs cut
+    shape: str | None = None  # "text" or "messages", as the renderer saw the rows
 
-    def __len__(self) -> int:
-        return len(self.prompt_ids)
 
-    def as_dict(self) -> dict[str, list[list[int]]]:
-        return {"prompt_ids": self.prompt_ids, "chosen_ids": self.chosen_ids, "rejected_ids": self.rejected_ids}
+@dataclass(frozen=True)
+class TokenizedSplit:
+    """The pairs of one split: `dataset` is a memory-mapped `datasets.Dataset` with columns ID_COLUMNS."""
 
-    @property
-    def dataset(self) -> Any:
-        """The pairs as a `datasets.Dataset` with prompt_ids / chosen_ids / rejected_ids columns."""
+    dataset: Any
+    dropped: Counter = field(default_factory=Counter)  # reason -> pairs dropped
+    truncated: Counter = field(default_factory=Counter)  # what -> pairs cut
+    rows: int = 0  # rows read, kept and dropped
+    shape: str | None = None  # "text" or "messages", as the renderer saw the rows
+
+    @classmethod
+    def open(cls, path: Path, counts: TokenCounts) -> TokenizedSplit:
         from datasets import Dataset
 
-        return Dataset.from_dict(self.as_dict())
+        dataset = Dataset.from_file(str(path))
+        if len(dataset) != counts.pairs:
+            raise ValueError(f"{path}: {len(dataset)} pairs, expected {counts.pairs}")
+        return cls(dataset, counts.dropped, counts.truncated, counts.rows, counts.shape)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    # Whole columns as lists: for tests and small data; training reads `dataset` row by row.
+    @property
+    def prompt_ids(self) -> list[list[int]]:
+        return self._column("prompt_ids")
+
+    @property
+    def chosen_ids(self) -> list[list[int]]:
+        return self._column("chosen_ids")
+
+    @property
+    def rejected_ids(self) -> list[list[int]]:
+        return self._column("rejected_ids")
+
+    def _column(self, name: str) -> list[list[int]]:
+        return self.dataset.data.column(name).to_pylist()
+
+    def as_dict(self) -> dict[str, list[list[int]]]:
+        return {name: self._column(name) for name in ID_COLUMNS}
 
 
 def resolve_block_size(block_size: int, model_max: int | None) -> int:
@@ -60,33 +104,114 @@ def resolve_block_size(block_size: int, model_max: int | None) -> int:
     return min(model_max or 1024, 1024)
 
 
-def tokenize_split(split: RawSplit, renderer: Renderer, tokenizer: Any, limits: Limits) -> TokenizedSplit:
-    """Tokenize every row; truncate; drop (and count) pairs that cannot train."""
+def tokenize_split(split: Split, renderer: Renderer, tokenizer: Any, limits: Limits, path: Path) -> TokenizedSplit:
+    """`write_tokens` to `path`, then memory-map it."""
+    return TokenizedSplit.open(path, write_tokens(split, renderer, tokenizer, limits, path))
+
+
+def write_tokens(split: Split, renderer: Renderer, tokenizer: Any, limits: Limits, path: Path) -> TokenCounts:
+    """Tokenize every row into an Arrow file at `path`; truncate; drop (and count) pairs that cannot train.
+
+    A bad row raises DataError and leaves `path` incomplete: the caller writes it somewhere it can discard.
+    """
     templated = renderer.template is not None
-    eos = tokenizer.eos_token_id
-    if not templated and eos is None:
+    if not templated and tokenizer.eos_token_id is None:
         raise DataError("the tokenizer has no EOS token, needed to end completions without a chat template")
-    out = TokenizedSplit()
-    for index in range(len(split.rows)):
-        pair = renderer(split, index)
-        if pair.chosen == pair.rejected:
-            out.dropped["chosen == rejected"] += 1
-            continue
-        # With a template, the rendered text already holds BOS (if the model uses one) and the turn markers.
-        prompt = tokenizer(pair.prompt, add_special_tokens=not templated)["input_ids"]
-        chosen = tokenizer(pair.chosen, add_special_tokens=False)["input_ids"]
-        rejected = tokenizer(pair.rejected, add_special_tokens=False)["input_ids"]
-        if not templated:
-            chosen, rejected = chosen + [eos], rejected + [eos]
-        prompt, chosen, rejected = _truncate(prompt, chosen, rejected, limits, out.truncated)
+    dropped, truncated, rows = Counter(), Counter(), 0
+    with _progress(split) as bar, _ArrowSink(path) as sink:
+        batch: list[RenderedPair] = []
+        for number, row in split.rows(advance=bar.update):
+            rows += 1
+            pair = renderer(row, Location(split, number))
+            if pair.chosen == pair.rejected:
+                dropped["chosen == rejected"] += 1
+                continue
+            batch.append(pair)
+            if len(batch) == BATCH_PAIRS:
+                sink.add(_tokenize(batch, tokenizer, templated, limits, dropped, truncated))
+                batch = []
+        sink.add(_tokenize(batch, tokenizer, templated, limits, dropped, truncated))
+    _sync(path)
+    counts = TokenCounts(sink.rows, rows, dropped, truncated, renderer.shape)
+    report(split.source, counts)
+    return counts
+
+
+def _tokenize(
+    batch: list[RenderedPair], tokenizer: Any, templated: bool, limits: Limits, dropped: Counter, truncated: Counter
+) -> list[list[list[int]]]:
+    """The kept pairs of a batch as three columns of ids: prompt, chosen, rejected."""
+    columns: list[list[list[int]]] = [[], [], []]
+    if not batch:
+        return columns
+    # With a template, the rendered text already holds BOS (if the model uses one) and the turn markers.
+    prompts = _encode(tokenizer, [p.prompt for p in batch], special=not templated)
+    # Chosen and rejected in one call: one larger batch keeps the tokenizer's threads busier.
+    answers = _encode(tokenizer, [p.chosen for p in batch] + [p.rejected for p in batch], special=False)
+    eos = [] if templated else [tokenizer.eos_token_id]
+    for index, prompt in enumerate(prompts):
+        chosen, rejected = answers[index] + eos, answers[len(batch) + index] + eos
+        prompt, chosen, rejected = _truncate(prompt, chosen, rejected, limits, truncated)
         if not chosen or not rejected:
-            out.dropped["completion empty after truncation"] += 1
+            dropped["completion empty after truncation"] += 1
             continue
-        out.prompt_ids.append(prompt)
-        out.chosen_ids.append(chosen)
-        out.rejected_ids.append(rejected)
-    _report(split.source, len(split.rows), out)
-    return out
+        for column, ids in zip(columns, (prompt, chosen, rejected)):
+            column.append(ids)
+    return columns
+
+
+class _ArrowSink:
+    """Streams id columns into an Arrow IPC stream file, the format `datasets.Dataset.from_file` memory-maps.
+
+    Record batches are gathered to ~RECORD_BYTES before writing: opening the file maps every batch's header,
+    and the kernel maps 64 KB around each page it faults in, so many small batches would bring a large part of
+    the file into the process's RSS.
+    """
+
+    def __init__(self, path: Path):
+        import pyarrow as pa
+
+        self.pa, self.path = pa, path
+        self.schema = pa.schema([(name, pa.list_(pa.int32())) for name in ID_COLUMNS])
+        self.pending: list[Any] = []
+        self.pending_bytes = 0
+        self.rows = 0
+
+    def __enter__(self) -> _ArrowSink:
+        self.file = self.pa.OSFile(str(self.path), "wb")
+        self.writer = self.pa.ipc.new_stream(self.file, self.schema)
+        return self
+
+    def add(self, columns: list[list[list[int]]]) -> None:
+        if not columns[0]:
+            return
+        kind = self.schema.field(0).type
+        batch = self.pa.record_batch([self.pa.array(c, type=kind) for c in columns], schema=self.schema)
+        self.pending.append(batch)
+        self.pending_bytes += batch.nbytes
+        self.rows += batch.num_rows
+        if self.pending_bytes >= RECORD_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            table = self.pa.Table.from_batches(self.pending, schema=self.schema).combine_chunks()
+            for batch in table.to_batches():
+                self.writer.write_batch(batch)
+        self.pending, self.pending_bytes = [], 0
+
+    def __exit__(self, kind: Any, *rest: Any) -> None:
+        try:
+            if kind is None:
+                self._flush()
+            self.writer.close()
+        finally:
+            self.file.close()
+
+
+def _encode(tokenizer: Any, texts: list[str], special: bool) -> list[list[int]]:
+    encoded = tokenizer(texts, add_special_tokens=special, return_attention_mask=False, return_token_type_ids=False)
+    return encoded["input_ids"]
 
 
 def _truncate(
@@ -103,10 +228,35 @@ def _truncate(
     return prompt, chosen[:cap], rejected[:cap]
 
 
-def _report(source: str, total: int, out: TokenizedSplit) -> None:
-    for reason, count in out.truncated.items():
-        logger.info("%s: %d of %d pairs truncated (%s)", source, count, total, reason)
-    for reason, count in out.dropped.items():
-        logger.warning("%s: dropped %d of %d pairs (%s)", source, count, total, reason)
-    if total and not len(out):
+def report(source: str, out: TokenCounts) -> None:
+    """Log what was cut and dropped (also on a cache hit, so every run says it); no pair left is an error."""
+    if out.rows and not out.pairs:
         raise DataError(f"every pair was dropped ({dict(out.dropped)}); nothing left to train on", path=source)
+    for reason, count in out.truncated.items():
+        logger.info("%s: %d of %d pairs truncated (%s)", source, count, out.rows, reason)
+    for reason, count in out.dropped.items():
+        logger.warning("%s: dropped %d of %d pairs (%s)", source, count, out.rows, reason)
+
+
+def _progress(split: Split) -> Any:
+    from tqdm.auto import tqdm
+
+    bytes_ = split.progress_unit == "B"
+    return tqdm(
+        total=split.progress_total(),
+        desc=f"tokenizing {Path(split.source).name}",
+        unit=split.progress_unit,
+        unit_scale=bytes_,
+        unit_divisor=1024 if bytes_ else 1000,
+        disable=not sys.stderr.isatty(),  # a log file gets the summary lines, not a redrawn bar
+        leave=False,
+    )
+
+
+def _sync(path: Path) -> None:
+    """Flush the ids to disk before the file is published, so a crash never leaves a short file under its name."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,194 @@
+"""The tokenized-data cache: a second run on the same data, tokenizer and settings skips tokenization.
+
+Each split is one entry, `<cache root>/tokenized/<key>/` holding `data.arrow` (the ids, memory-mapped when used)
+and `meta.json` (the counts of dropped and truncated pairs, so a cache hit reports them like a fresh run). The
+cache root is the one the embedded model uses: `$AITRAINING_CACHE`, else `$XDG_CACHE_HOME/aitraining`, else
+`~/.cache/aitraining`. Nothing is written into the project folder.
+
+The key hashes everything that decides the ids:
+- the code: FORMAT, the versions of this package, transformers and tokenizers, and the source of the data modules;
+- the data's content: the bytes of the split's file, or a `datasets` fingerprint; and the split's name;
+- the tokenizer: its full serialization (vocabulary, merges, normalizer, added and special tokens, the
+  post-processor that adds BOS), and the chat template actually used;
+- the settings: columns, max_prompt_length, max_completion_length, the resolved block size, the chat_template
+  choice.
+
+An entry appears only by renaming a finished temp folder, so a killed run never leaves a half entry that looks
+valid; a bad row raises before anything is renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from autotrain.data.sources import Split
+from autotrain.data.tokenize import Limits, TokenCounts, TokenizedSplit, report
+
+logger = logging.getLogger("autotrain")
+
+# Bump when rendering or tokenizing changes the ids produced for the same inputs.
+FORMAT = 1
+DATA_FILE, META_FILE = "data.arrow", "meta.json"
+_TEMP_PREFIX = ".tmp-"
+# A temp folder this old belongs to a killed run on some host (tokenizing takes minutes, not hours).
+_STALE_TEMP_S = 6 * 3600
+
+
+def cache_dir() -> Path:
+    from autotrain.defaults import _cache_root
+
+    return _cache_root(None) / "tokenized"
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A hash of everything in the tokenizer that can change the ids it gives."""
+    digest = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        digest.update(backend.to_str().encode())
+    else:  # a Python tokenizer: its vocabulary and settings
+        digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+        digest.update(json.dumps(tokenizer.init_kwargs, sort_keys=True, default=repr).encode())
+    for name in ("bos_token_id", "eos_token_id", "add_bos_token", "add_eos_token", "all_special_tokens"):
+        digest.update(f"{name}={getattr(tokenizer, name, None)!r}".encode())
+    return digest.hexdigest()
+
+
+def _code_fingerprint() -> str:
+    """The source of the modules that turn rows into ids: an edit to them (in development, or a patched install)
+    invalidates the cache even when nobody remembered to bump FORMAT."""
+    from autotrain.data import render, sources, tokenize
+
+    digest = hashlib.sha256()
+    for module in (sources, render, tokenize):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()
+
+
+class TokenCache:
+    """Finds or builds the tokenized entry of a split, for one tokenizer, template, columns and limits."""
+
+    def __init__(self, tokenizer: Any, template: str | None, settings: dict[str, Any], limits: Limits):
+        import tokenizers
+        import transformers
+
+        from autotrain import __version__
+
+        self.base = {
+            "format": FORMAT,
+            "versions": [__version__, transformers.__version__, tokenizers.__version__],
+            "code": _code_fingerprint(),
+            "tokenizer": tokenizer_fingerprint(tokenizer),
+            "template": template,
+            "limits": asdict(limits),
+            **settings,
+        }
+
+    def key(self, split: Split, name: str, extra: dict[str, Any] | None = None) -> str:
+        parts = {**self.base, "data": split.fingerprint(), "split": name, **(extra or {})}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=repr).encode()).hexdigest()[:40]
+
+    def get(self, split: Split, key: str, build: Callable[[Path], TokenCounts]) -> TokenizedSplit:
+        """The cached entry for `key`; else `build(path)` writes the ids to `path`, published under `key` when it
+        succeeds."""
+        root = cache_dir()
+        final = root / key
+        hit = _open(final, key)
+        if hit is not None:
+            logger.info("%s: tokenized data from the cache (%s)", split.source, final)
+            report(split.source, hit[1])
+            return hit[0]
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a read-only home: tokenize into a private temp folder, uncached
+            import tempfile
+
+            logger.warning("cannot create the cache folder %s (%s); the tokenized data will not be kept", root, exc)
+            path = Path(tempfile.mkdtemp(prefix="aitraining-tokens-")) / DATA_FILE
+            return TokenizedSplit.open(path, build(path))
+        _remove_stale_temps(root)
+        temp = root / f"{_TEMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        temp.mkdir()
+        try:
+            _write_meta(temp, key, build(temp / DATA_FILE))
+            if final.exists():  # unreadable (checked above): replace it
+                shutil.rmtree(final, ignore_errors=True)
+            try:
+                os.replace(temp, final)
+            except OSError:
+                if not final.is_dir():  # another run published the same key first: theirs is as good
+                    raise
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
+        published = _open(final, key)
+        if published is None:
+            raise OSError(f"{final}: the tokenized data just written cannot be read back")
+        return published[0]
+
+
+def _write_meta(folder: Path, key: str, counts: TokenCounts) -> None:
+    meta = {
+        "format": FORMAT,
+        "key": key,
+        "bytes": (folder / DATA_FILE).stat().st_size,
+        "counts": {**asdict(counts), "dropped": dict(counts.dropped), "truncated": dict(counts.truncated)},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    path = folder / META_FILE
+    with path.open("w") as handle:
+        json.dump(meta, handle, indent=2)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _open(folder: Path, key: str) -> tuple[TokenizedSplit, TokenCounts] | None:
+    """The entry in `folder`, or None when there is none or it does not check out."""
+    try:
+        meta = json.loads((folder / META_FILE).read_text())
+        data = folder / DATA_FILE
+        if meta.get("format") != FORMAT or meta.get("key") != key or data.stat().st_size != meta["bytes"]:
+            return None
+        fields = meta["counts"]
+        counts = TokenCounts(
+            **{**fields, "dropped": Counter(fields["dropped"]), "truncated": Counter(fields["truncated"])}
+        )
+        return TokenizedSplit.open(data, counts), counts
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _remove_stale_temps(root: Path) -> None:
+    """Temps of killed runs: this host's whose process is gone, and any host's older than _STALE_TEMP_S."""
+    here = f"{_TEMP_PREFIX}{socket.gethostname()}-"
+    for temp in root.glob(_TEMP_PREFIX + "*"):
+        try:
+            stale = time.time() - temp.stat().st_mtime > _STALE_TEMP_S
+            if not stale and temp.name.startswith(here):
+                pid = int(temp.name[len(here) :].split("-")[0])
+                stale = pid != os.getpid() and not _alive(pid)
+        except (OSError, ValueError):
+            continue
+        if stale:
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
