@@ -103,7 +103,7 @@ def inference_params_from_args(args: argparse.Namespace) -> InferenceParams:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # stderr: errors only
     if not args.verbose:
         _quiet_libraries()
     try:

@@ -119,8 +119,12 @@ def write_card(project: Path, params: LLMTrainingParams, base_model: str, data: 
     else:
         lines.append("- no validation split was given, so nothing was evaluated on held-out data")
     for split_name, split in (("train", data.train), ("validation", data.valid)):
-        for reason, count in (split.dropped.items() if split is not None else []):
+        if split is None:
+            continue
+        for reason, count in split.dropped.items():
             lines.append(f"- {split_name}: {count} pairs dropped ({reason})")
+        for reason, count in split.truncated.items():
+            lines.append(f"- {split_name}: {count} pairs truncated ({reason})")
     comparison = before_after(records)
     if comparison is not None:
         before, after = comparison

@@ -211,7 +211,7 @@ def run(params: LLMTrainingParams) -> RunResult:
 
     from transformers import set_seed
 
-    from autotrain.data.collate import PaddedCollator
+    from autotrain.attention import make_collator
     from autotrain.trainers.clm import safety
     from autotrain.trainers.clm.trainer import PreferenceTrainer
 
@@ -229,7 +229,7 @@ def run(params: LLMTrainingParams) -> RunResult:
         args=args,
         train_dataset=data.train.dataset,
         eval_dataset=data.valid.dataset if data.valid is not None else None,
-        data_collator=PaddedCollator(pad_id=tokenizer.pad_token_id, prompt_loss=params.orpo_prompt_loss),
+        data_collator=make_collator(params.packing, tokenizer.pad_token_id, params.orpo_prompt_loss, model=model),
         processing_class=tokenizer,
         callbacks=[outputs.MetricsFile(project / outputs.METRICS_FILE), stop],
         method=params.trainer,

@@ -79,6 +79,11 @@ class LLMTrainingParams(Schema):
     block_size: int = Field(
         -1, description="Cap on prompt + completion tokens; -1 means min(model maximum, 1024)."
     )
+    packing: bool = Field(
+        True,
+        description="Pack pairs without padding, sharing each prompt (prompt | chosen | rejected, several pairs per "
+        "row); the loss is unchanged. Models whose attention cannot take a packed mask use the padded layout.",
+    )
     orpo_prompt_loss: bool = Field(
         False,
         description="Put the prompt tokens under the NLL term too (as TRL does). Off: the NLL covers only the "
