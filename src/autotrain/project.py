@@ -164,13 +164,20 @@ def _interactive() -> bool:
 
 def _tracker_environment(params: LLMTrainingParams, project: Path) -> None:
     if params.log == "wandb":
-        os.environ.setdefault("WANDB_DIR", str(project))
-        os.environ.setdefault("WANDB_PROJECT", Path(params.project_name).name)
+        # Set for every run, not setdefault: an earlier run in this process must not send this one elsewhere.
+        os.environ["WANDB_DIR"] = str(project)
+        os.environ["WANDB_PROJECT"] = Path(params.project_name).name
+        import wandb
+
+        # transformers reuses an active wandb run, and wandb keeps its settings per process: end both, so this run
+        # starts its own, in this project's folder.
+        wandb.finish()
+        wandb.teardown()
         if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
             os.environ["WANDB_MODE"] = "offline"
             logger.info("wandb: no WANDB_API_KEY, logging offline under %s/wandb (sync later with `wandb sync`)", project)
     if params.log == "tensorboard":
-        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(project / "runs"))
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(project / "runs")
 
 
 def _checkpoint_step(checkpoint: Path | None) -> int:
@@ -240,6 +247,10 @@ def run(params: LLMTrainingParams) -> RunResult:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     finally:
         stop.uninstall()
+        if params.log == "wandb":
+            import wandb
+
+            wandb.finish()
     if stop.received is not None:
         _interrupted(stop.received, project)
     outputs.save_model(trainer, tokenizer, data.template, params, project)
