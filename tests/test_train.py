@@ -203,11 +203,12 @@ def test_orpo_prompt_loss_moves_prompt_tokens_under_the_nll(tmp_path, chat_model
 
 
 def test_max_prompt_length_reaches_the_model_input(tmp_path, chat_model, monkeypatch):
-    from autotrain.data import collate
+    from autotrain.data import collate, pack
 
     seen = []
-    original = collate.PaddedCollator.__call__
-    monkeypatch.setattr(collate.PaddedCollator, "__call__", lambda self, f: seen.extend(f) or original(self, f))
+    for cls in (collate.PaddedCollator, pack.PackedCollator):  # whichever layout the model gets
+        original = cls.__call__
+        monkeypatch.setattr(cls, "__call__", lambda self, f, _o=original: seen.extend(f) or _o(self, f))
     rows = [{"prompt": "x" * 60 + str(i), "chosen": "yes", "rejected": "no"} for i in range(4)]
     train(tmp_path, chat_model, rows=rows, max_prompt_length=9, max_completion_length=2, max_steps=1)
     assert seen and all(len(f["prompt_ids"]) == 9 and len(f["chosen_ids"]) == 2 for f in seen)
