@@ -20,9 +20,9 @@ from autotrain.errors import ParamsError
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 SAMPLE_DATA = "embedded:sample-pairs"
 
-# The trainers this release implements. `sft`, `default` and `dpo` are planned; naming one is a clear error.
-TRAINER_NAMES: tuple[str, ...] = ("orpo",)
-PLANNED_TRAINERS: tuple[str, ...] = ("sft", "default", "dpo")
+# The training methods (autotrain.trainers.clm.methods.METHODS holds one entry per name; a test checks they match).
+# `default` is the seed's name for `sft`.
+TRAINER_NAMES: tuple[str, ...] = ("orpo", "dpo", "sft", "default")
 
 # Fields whose values are secrets: never written to disk, never logged.
 SECRET_FIELDS: frozenset[str] = frozenset({"token"})
@@ -70,8 +70,24 @@ class LLMTrainingParams(Schema):
     trust_remote_code: bool = Field(False, description="Allow the model's own Python code from its repository.")
 
     # --- Method ---------------------------------------------------------------------------------------------
-    trainer: str = Field("orpo", description=f"Training method: {', '.join(TRAINER_NAMES)}.")
-    dpo_beta: float = Field(0.1, ge=0, description="ORPO's lambda: the weight of the odds-ratio term.")
+    trainer: str = Field(
+        "orpo",
+        description="Training method: orpo (SFT + odds-ratio term, no reference model), dpo (sigmoid DPO against a "
+        "frozen reference), sft or default (NLL on the completion or text).",
+    )
+    dpo_beta: float = Field(
+        0.1, ge=0, description="ORPO's lambda (weight of the odds-ratio term) or DPO's beta (strength of the KL pull)."
+    )
+    model_ref: str | None = Field(
+        None,
+        description="DPO reference model (a folder or hub id). Default: the base model itself; with --peft, the same "
+        "weights with the adapters disabled, so no second copy is loaded.",
+    )
+    precompute_ref_logps: bool = Field(
+        False,
+        description="DPO: compute the reference log-probs once per dataset before training (one pass, then no "
+        "reference forward per step).",
+    )
     max_prompt_length: int = Field(128, ge=1, description="Prompt tokens kept; a longer prompt keeps its end.")
     max_completion_length: int | None = Field(
         None, ge=1, description="Completion tokens kept (chosen and rejected each); none means no cap."
@@ -126,6 +142,23 @@ class LLMTrainingParams(Schema):
         None, description="Chat template: none given uses the tokenizer's own where it has one, else no template."
     )
 
+    # --- Evaluation -----------------------------------------------------------------------------------------
+    eval_strategy: Literal["epoch", "steps"] = Field(
+        "epoch", description="When to evaluate on --valid-split (besides before training): each epoch, or every --eval-steps."
+    )
+    eval_steps: int = Field(-1, description="Evaluate every N optimizer steps when --eval-strategy steps.")
+
+    # --- Scale-out ------------------------------------------------------------------------------------------
+    distributed_backend: Literal["ddp", "fsdp", "deepspeed"] | None = Field(
+        None,
+        description="Run under `accelerate launch` with this backend. Default: ddp when more than one GPU is "
+        "visible, else one process.",
+    )
+    deepspeed_stage: int = Field(2, ge=2, le=3, description="DeepSpeed ZeRO stage with --distributed-backend deepspeed.")
+    quantization: Literal["int4", "int8"] | None = Field(
+        None, description="Load the base model quantized with bitsandbytes (QLoRA: needs --peft and a CUDA GPU)."
+    )
+
     # --- Logging and saving ---------------------------------------------------------------------------------
     log: Literal["none", "tensorboard", "wandb"] = Field("none", description="Experiment tracker.")
     logging_steps: int = Field(-1, description="Log every N optimizer steps; -1 chooses from the data size.")
@@ -145,12 +178,7 @@ class LLMTrainingParams(Schema):
     @field_validator("trainer")
     @classmethod
     def _known_trainer(cls, value: str) -> str:
-        if value in TRAINER_NAMES:
-            return value
-        supported = ", ".join(TRAINER_NAMES)
-        if value in PLANNED_TRAINERS:
-            raise ValueError(f"'{value}' is not available in this release; supported: {supported}")
-        raise ValueError(f"unknown trainer '{value}'; supported: {supported}")
+        return _one_of(value, list(TRAINER_NAMES), "trainer")
 
     @field_validator("optimizer")
     @classmethod
@@ -173,7 +201,7 @@ class LLMTrainingParams(Schema):
             raise ValueError("must be -1 (automatic) or at least 2")
         return value
 
-    @field_validator("logging_steps", "max_steps", "save_steps")
+    @field_validator("logging_steps", "max_steps", "save_steps", "eval_steps")
     @classmethod
     def _positive_or_auto(cls, value: int) -> int:
         if value != -1 and value < 1:
@@ -181,10 +209,22 @@ class LLMTrainingParams(Schema):
         return value
 
     @model_validator(mode="after")
-    def _hub(self) -> LLMTrainingParams:
+    def _consistent(self) -> LLMTrainingParams:
         if self.push_to_hub and not self.username:
             raise ValueError("push_to_hub needs --username")
+        if self.eval_strategy == "steps" and self.eval_steps == -1:
+            raise ValueError("eval_strategy 'steps' needs --eval-steps N")
+        if self.quantization is not None and not self.peft:
+            raise ValueError(f"quantization {self.quantization} trains adapters on frozen quantized weights: add --peft")
+        if self.trainer != "dpo" and (self.model_ref is not None or self.precompute_ref_logps):
+            field = "model_ref" if self.model_ref is not None else "precompute_ref_logps"
+            raise ValueError(f"{field} applies to --trainer dpo only (trainer is {self.trainer})")
         return self
+
+    @property
+    def method(self) -> str:
+        """The training method: `default` is `sft`."""
+        return "sft" if self.trainer == "default" else self.trainer
 
     # --- Serialisation without secrets ----------------------------------------------------------------------
     def public_dict(self) -> dict[str, Any]:
