@@ -2,7 +2,13 @@
 
 Every field is a flag in kebab case (`--lora-r`; `--lora_r` also works); its help is the field's description.
 Boolean fields take `--flag` / `--no-flag`. Optional fields take `none` to mean None. Only flags the user typed
-are passed on, so the params know which values were chosen and which are defaults.
+(and the keys of a `--config` file) are passed on, so the params know which values were chosen and which are defaults.
+
+`--config run.yml` reads a YAML mapping of the same fields (`lora_r: 8` or `lora-r: 8`; `null` means None), with
+YAML's own types; flags typed on the command line override it. With `--inference` the file holds inference fields
+(`project_name`, `inference_*`). `aitraining --config run.yml [flags]`, with no command, means
+`aitraining llm --train --config run.yml [flags]`. An unknown or duplicate key, a YAML syntax error or a bad value
+is reported as `run.yml:LINE:COLUMN: ...`.
 
 A user error (bad params, data or model) prints one line and exits 2; `--verbose` shows the traceback.
 """
@@ -14,14 +20,17 @@ import logging
 import sys
 import types
 import typing
-from typing import Any, Literal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 from autotrain import __version__
 from autotrain.errors import AutoTrainError, ParamsError, TrainingInterrupted
 from autotrain.inference import InferenceParams
-from autotrain.trainers.clm.params import LLMTrainingParams
+from autotrain.trainers.clm.params import LLMTrainingParams, Schema
 
 logger = logging.getLogger("autotrain")
+SchemaT = TypeVar("SchemaT", bound=Schema)
 
 
 def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
@@ -69,14 +78,86 @@ def add_param_flags(parser: Any, schema: type = LLMTrainingParams, skip: frozens
                             metavar="{" + ",".join(str(c).lower() for c in choices) + "}" if choices else name.upper())
 
 
+@dataclass(frozen=True)
+class ConfigFile:
+    """A config file's values by field name, and where each value is written, so a bad value's error can say."""
+
+    path: str
+    values: dict[str, Any]
+    places: dict[str, str]  # field -> "path:line:column" of its value
+
+
+def load_config(path: str, schema: type[Schema] = LLMTrainingParams) -> ConfigFile:
+    """Read a YAML mapping of `schema` fields (snake or kebab case); each error is one line naming file:line:column."""
+    import difflib
+
+    import yaml
+
+    try:
+        text = Path(path).expanduser().read_bytes()
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such config file") from None
+    except OSError as exc:
+        raise ParamsError(f"{path}: cannot read the config file: {exc.strerror}") from None
+    try:
+        loader = yaml.SafeLoader(text)  # decodes the whole file here
+    except yaml.reader.ReaderError as exc:
+        raise ParamsError(f"{path}: cannot read as YAML text: {exc.reason} (position {exc.position})") from None
+    values: dict[str, Any] = {}
+    places: dict[str, str] = {}
+    try:
+        root = loader.get_single_node()
+        if root is None:  # an empty file (or only comments) sets nothing
+            return ConfigFile(path, values, places)
+        if not isinstance(root, yaml.MappingNode):
+            raise ParamsError(f"{_place(path, root.start_mark)}: expected a mapping of parameter names to values")
+        first_line: dict[str, int] = {}
+        for key_node, value_node in root.value:
+            here = _place(path, key_node.start_mark)
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise ParamsError(f"{here}: a key must be a parameter name")
+            name = key_node.value.replace("-", "_")
+            if name not in schema.model_fields:
+                close = difflib.get_close_matches(name, list(schema.model_fields), n=1)
+                hint = f"did you mean {close[0]}?" if close else "the keys are the flags of `aitraining llm --help`"
+                raise ParamsError(f"{here}: unknown key '{key_node.value}'; {hint}")
+            if name in first_line:
+                raise ParamsError(f"{here}: duplicate key '{key_node.value}' ({name} is already set on line "
+                                  f"{first_line[name]})")
+            first_line[name] = key_node.start_mark.line + 1
+            values[name] = loader.construct_object(value_node, deep=True)
+            places[name] = _place(path, value_node.start_mark)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        message = f"{_place(path, mark) if mark else path}: invalid YAML: {exc.problem or exc.context}"
+        if exc.problem and exc.context and exc.context_mark:
+            message += f" ({exc.context} from line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1})"
+        raise ParamsError(message) from None
+    finally:
+        loader.dispose()
+    return ConfigFile(path, values, places)
+
+
+def _place(path: str, mark: Any) -> str:
+    """`path:line:column`, 1-based, from a 0-based yaml mark."""
+    return f"{path}:{mark.line + 1}:{mark.column + 1}"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aitraining", description="Preference fine-tuning (ORPO) of causal LMs.")
+    parser = argparse.ArgumentParser(
+        prog="aitraining", description="Preference fine-tuning (ORPO) of causal LMs.",
+        epilog="`aitraining --config FILE [flags]` is short for `aitraining llm --train --config FILE [flags]`.",
+    )
     parser.add_argument("--version", action="version", version=f"aitraining {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     llm = commands.add_parser("llm", help="Fine-tune a causal language model.", allow_abbrev=False)
     llm.add_argument("--train", action="store_true", help="Run training.")
     llm.add_argument("--inference", action="store_true", help="Answer prompts with a trained project (JSON lines).")
     llm.add_argument("--verbose", action="store_true", help="Show tracebacks and library logs.")
+    llm.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                     help="A YAML file of parameters: keys are the flags' names (lora_r: 8 or lora-r: 8; null means "
+                     "none); flags typed here override its values. With --inference it holds the inference "
+                     "parameters. `aitraining --config FILE` alone means `llm --train`.")
     add_param_flags(llm.add_argument_group("training parameters"))
     add_param_flags(llm.add_argument_group("inference parameters"), InferenceParams,
                     skip=frozenset(LLMTrainingParams.model_fields))
@@ -88,7 +169,7 @@ def params_from_args(args: argparse.Namespace) -> LLMTrainingParams:
     stray = sorted(k for k in given if k in InferenceParams.model_fields and k not in LLMTrainingParams.model_fields)
     if stray:
         raise ParamsError(f"--{stray[0].replace('_', '-')} is an inference flag; use it with --inference, not --train")
-    return LLMTrainingParams(**{k: v for k, v in given.items() if k in LLMTrainingParams.model_fields})
+    return _build(LLMTrainingParams, args)
 
 
 def inference_params_from_args(args: argparse.Namespace) -> InferenceParams:
@@ -97,12 +178,32 @@ def inference_params_from_args(args: argparse.Namespace) -> InferenceParams:
     if stray:
         raise ParamsError(f"--{stray[0].replace('_', '-')} is a training flag; --inference takes --project-name "
                           "and the --inference-* flags")
-    return InferenceParams(**{k: v for k, v in given.items() if k in InferenceParams.model_fields})
+    return _build(InferenceParams, args)
+
+
+def _build(schema: type[SchemaT], args: argparse.Namespace) -> SchemaT:
+    """The params from the config file's values under the typed flags: only those keys, so the params know which
+    values were chosen. An invalid value that came from the file is reported at its place in the file."""
+    from pydantic import ValidationError
+
+    flags = {k: v for k, v in vars(args).items() if k in schema.model_fields}
+    config = load_config(args.config, schema) if "config" in args else ConfigFile("", {}, {})
+    from_file = {k: v for k, v in config.values.items() if k not in flags}
+    try:
+        return schema(**from_file, **flags)
+    except ParamsError as exc:
+        # Schema.__init__ raises ParamsError while handling pydantic's ValidationError, which names the fields.
+        cause = exc.__context__
+        failed = [e["loc"][0] for e in cause.errors() if e["loc"]] if isinstance(cause, ValidationError) else []
+        place = next((config.places[f] for f in failed if f in from_file), None)
+        if place is None:
+            raise
+        raise ParamsError(f"{place}: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_with_command(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # stderr: errors only
     if not args.verbose:
         _quiet_libraries()
@@ -138,6 +239,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _with_command(argv: list[str]) -> list[str]:
+    """`aitraining --config FILE [flags]` has no command: it means `aitraining llm --train --config FILE [flags]`."""
+    options_first = bool(argv) and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")
+    if options_first and any(a == "--config" or a.startswith("--config=") for a in argv):
+        return ["llm", "--train", *argv]
+    return list(argv)
 
 
 def _without_resume(argv: list[str] | None) -> list[str]:

@@ -1,0 +1,160 @@
+"""`--config FILE`: a YAML mapping of params fields under the typed flags, with one-line errors that point into it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from autotrain.cli import build_parser, inference_params_from_args, load_config, main, params_from_args
+from autotrain.errors import ParamsError
+from autotrain.trainers.clm.params import LLMTrainingParams
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    """Configs are written to the working folder, so messages name them as typed: `run.yml:3:1: ...`."""
+    monkeypatch.chdir(tmp_path)
+
+
+def write(text: str, name: str = "run.yml") -> str:
+    with open(name, "w", encoding="utf-8") as f:
+        f.write(text)
+    return name
+
+
+def train(*flags: str) -> LLMTrainingParams:
+    return params_from_args(build_parser().parse_args(["llm", "--train", *flags]))
+
+
+def error_of(*flags: str) -> str:
+    with pytest.raises(ParamsError) as caught:
+        train(*flags)
+    return str(caught.value)
+
+
+RUN = "lr: 2e-4\nlora-r: 8\npeft: true\nvalid_split: null\n"
+
+
+def test_file_values_keep_their_types_and_are_the_only_fields_set():
+    params = train("--config", write(RUN))
+    assert params.lr == 2e-4 and isinstance(params.lr, float)  # YAML 1.1 reads 2e-4 as a string
+    assert params.lora_r == 8 and params.peft is True and params.valid_split is None
+    assert params.model_fields_set == {"lr", "lora_r", "peft", "valid_split"}
+    assert params.lora_alpha == 32  # a default, not given
+
+
+def test_typed_flags_override_the_file():
+    params = train("--config", write(RUN), "--lora-r", "4", "--no-peft", "--epochs", "3")
+    assert (params.lora_r, params.peft, params.epochs, params.lr) == (4, False, 3, 2e-4)
+    assert params.model_fields_set == {"lr", "lora_r", "peft", "valid_split", "epochs"}
+
+
+def test_a_flag_replaces_a_bad_file_value_before_it_is_checked():
+    assert train("--config", write("lora_r: eight\n"), "--lora-r", "4").lora_r == 4
+
+
+def test_load_config_reads_snake_and_kebab_keys_and_knows_where_each_value_is():
+    config = load_config(write("# a run\nlora-r: 8\nmodel:   ./base\n"))
+    assert config.values == {"lora_r": 8, "model": "./base"}
+    assert config.places == {"lora_r": "run.yml:2:9", "model": "run.yml:3:10"}
+
+
+def test_empty_file_sets_nothing():
+    assert train("--config", write("# nothing yet\n")).model_fields_set == set()
+
+
+def test_token_may_be_in_the_file():
+    params = train("--config", write("token: hf_secret\n"))
+    assert params.token.get_secret_value() == "hf_secret"
+    assert "hf_secret" not in str(params.public_dict())
+
+
+def test_unknown_key_names_file_line_column_and_closest_field():
+    path = write("lr: 2e-4\npeft: true\nlora_rank: 8\n")
+    assert error_of("--config", path) == "run.yml:3:1: unknown key 'lora_rank'; did you mean lora_r?"
+
+
+def test_unknown_key_without_a_close_field_and_parent_tool_layout():
+    message = error_of("--config", write("task: llm-orpo\nparams:\n  lr: 1e-4\n"))
+    assert message.startswith("run.yml:1:1: unknown key 'task'; ")
+
+
+def test_yaml_syntax_error_names_line_and_column():
+    # The colon after lora_r is at column 9 of line 2: a mapping cannot start inside a plain value.
+    message = error_of("--config", write("lr: 1e-4\n  lora_r: 8\n"))
+    assert message == "run.yml:2:9: invalid YAML: mapping values are not allowed here"
+
+
+def test_top_level_must_be_a_mapping():
+    assert error_of("--config", write("- lr: 1e-4\n")) == (
+        "run.yml:1:1: expected a mapping of parameter names to values"
+    )
+
+
+def test_duplicate_key_in_either_spelling():
+    assert error_of("--config", write("lora_r: 8\nlr: 1e-4\nlora-r: 4\n")) == (
+        "run.yml:3:1: duplicate key 'lora-r' (lora_r is already set on line 1)"
+    )
+
+
+def test_wrong_type_is_reported_by_the_params_at_the_value():
+    message = error_of("--config", write("peft: true\nlora_r: eight\n"))
+    assert message.startswith("run.yml:2:9: invalid parameters: lora_r: ")
+    assert "\n" not in message
+
+
+def test_invalid_flag_value_is_not_blamed_on_the_file():
+    message = error_of("--config", write("lora_r: 8\n"), "--lr", "0")
+    assert message.startswith("invalid parameters: lr: ")
+
+
+def test_missing_file():
+    assert error_of("--config", "nope.yml") == "nope.yml: no such config file"
+
+
+def test_inference_config_reads_inference_fields_only():
+    write("project_name: out\ninference-prompts: hello\ninference_max_tokens: 7\n", "infer.yml")
+    args = build_parser().parse_args(["llm", "--inference", "--config", "infer.yml", "--inference-max-tokens", "9"])
+    params = inference_params_from_args(args)
+    assert (params.project_name, params.inference_prompts, params.inference_max_tokens) == ("out", "hello", 9)
+    args = build_parser().parse_args(["llm", "--inference", "--config", write("lora_r: 8\n")])
+    with pytest.raises(ParamsError, match=r"^run\.yml:1:1: unknown key 'lora_r'"):
+        inference_params_from_args(args)
+
+
+def test_config_errors_exit_2_with_one_line(capsys):
+    assert main(["llm", "--train", "--config", write("lora_rank: 8\n")]) == 2
+    assert capsys.readouterr().err == "error: run.yml:1:1: unknown key 'lora_rank'; did you mean lora_r?\n"
+
+
+def test_config_is_in_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["llm", "--help"])
+    assert "--config FILE" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "aitraining --config FILE" in capsys.readouterr().out
+
+
+def test_config_without_a_command_means_llm_train(tmp_path):
+    # A missing data file is found after the params are built: the run got as far as training.
+    write("data_path: ./missing.jsonl\nproject_name: out\n")
+    done = subprocess.run([sys.executable, "-m", "autotrain", "--config", "run.yml", "--lora-r", "4"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "missing.jsonl" in lines[0], done.stderr
+
+
+def test_config_without_a_command_reads_the_file_and_flags(tmp_path):
+    write("peft: true\nlora_r: 0\n")
+    command = [sys.executable, "-m", "autotrain", "--config", "run.yml"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: run.yml:2:9: invalid parameters: lora_r: Input should be greater than")
+    assert done.stderr.count("\n") == 1
+    done = subprocess.run([*command, "--lora-r", "4", "--lr", "0"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: invalid parameters: lr: "), done.stderr  # lora_r 4 from the flag passed
