@@ -53,9 +53,7 @@ def test_trainer_choices_are_the_registry():
 
 
 def test_param_errors_exit_2_with_one_line(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "autotrain", "llm", "--train", "--trainer", "dpo"],
+    done = subprocess.run([sys.executable, "-m", "autotrain", "llm", "--train", "--trainer", "dpx"],
                           capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 2
-    assert done.stderr.strip() == (
-        "error: invalid parameters: trainer: 'dpo' is not available in this release; supported: orpo"
-    )
+    assert done.stderr.strip() == "error: invalid parameters: trainer: unknown trainer 'dpx'; did you mean dpo?"

@@ -3,6 +3,8 @@ a non-finite loss stops the run before it reaches the weights; secrets never rea
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import shlex
@@ -136,12 +138,12 @@ def test_non_finite_loss_stops_before_the_weights_change(tmp_path, chat_model, m
     calls = {"n": 0}
     real = trainer_module.METHODS["orpo"]
 
-    def poisoned(model, batch, beta):
+    def poisoned(model, batch, beta, reference):
         calls["n"] += 1
-        loss, metrics = real(model, batch, beta)
+        loss, metrics = real.step(model, batch, beta, reference)
         return (loss * float("nan") if calls["n"] == 3 else loss), metrics
 
-    monkeypatch.setitem(trainer_module.METHODS, "orpo", poisoned)
+    monkeypatch.setitem(trainer_module.METHODS, "orpo", dataclasses.replace(real, step=poisoned))
     data = write_jsonl(tmp_path / "pairs.jsonl", arithmetic_pairs(12))
     params = LLMTrainingParams(model=str(chat_model), data_path=str(data), project_name=str(tmp_path / "run"),
                                **{**RUN, "save_steps": 2})

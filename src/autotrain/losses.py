@@ -1,5 +1,6 @@
-"""The ORPO loss (Hong, Lee & Thorne 2024, "ORPO: Monolithic Preference Optimization without Reference Model",
-arXiv 2403.07691) as a pure function of per-sequence log-probs.
+"""Preference losses as pure functions of per-sequence log-probs: ORPO (Hong, Lee & Thorne 2024, "ORPO: Monolithic
+Preference Optimization without Reference Model", arXiv 2403.07691) and sigmoid DPO (Rafailov et al. 2023, "Direct
+Preference Optimization: Your Language Model is Secretly a Reward Model", arXiv 2305.18290).
 
 This module imports nothing but torch: the caller computes the log-probs (see autotrain.logprobs), this module
 turns them into the loss and its named parts.
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["OrpoOutput", "log1mexp", "orpo_loss"]
+__all__ = ["DpoOutput", "OrpoOutput", "dpo_loss", "log1mexp", "orpo_loss"]
 
 _LN2 = math.log(2.0)
 
@@ -125,4 +126,38 @@ def orpo_loss(chosen_logps: Tensor, rejected_logps: Tensor, nll: Tensor, beta: f
         log_odds_ratio=log_odds_ratio,
         chosen_rewards=(beta * chosen).detach(),
         rejected_rewards=(beta * rejected).detach(),
+    )
+
+
+@dataclass(frozen=True)
+class DpoOutput:
+    """DPO's loss and its parts: `loss` is a graph-attached scalar, the rewards are detached [B] tensors."""
+
+    loss: Tensor  # scalar: mean over pairs of -log sigmoid(beta * margin)
+    margin: Tensor  # [B]: (log pi(c) - log ref(c)) - (log pi(r) - log ref(r)), attached
+    chosen_rewards: Tensor  # [B]: beta * (log pi(c) - log ref(c)), detached ("rewards/chosen")
+    rejected_rewards: Tensor  # [B]: beta * (log pi(r) - log ref(r)), detached ("rewards/rejected")
+
+
+def dpo_loss(chosen_logps: Tensor, rejected_logps: Tensor, ref_chosen_logps: Tensor, ref_rejected_logps: Tensor,
+             beta: float) -> DpoOutput:
+    """Sigmoid DPO: L = mean over pairs of -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))).
+
+    All four inputs are [B]: the SUM (not the mean) of a completion's token log-probs, under the policy (pi) and
+    the frozen reference (ref), prompt tokens excluded; log sigmoid is evaluated stably for any margin. Computed in
+    float32 (float64 inputs stay float64). The reference log-probs carry no gradient (they are detached here).
+    beta = 0 gives the constant log 2 and no gradient.
+    """
+    shapes = {tuple(t.shape) for t in (chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)}
+    if len(shapes) != 1 or chosen_logps.dim() != 1 or chosen_logps.numel() == 0:
+        raise ValueError(f"dpo_loss needs four log-prob tensors of one shape [B], B >= 1, got {sorted(shapes)}")
+    dtype = _compute_dtype(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    chosen_gain = chosen_logps.to(dtype) - ref_chosen_logps.detach().to(dtype)
+    rejected_gain = rejected_logps.to(dtype) - ref_rejected_logps.detach().to(dtype)
+    margin = chosen_gain - rejected_gain
+    return DpoOutput(
+        loss=-F.logsigmoid(beta * margin).mean(),
+        margin=margin,
+        chosen_rewards=(beta * chosen_gain).detach(),
+        rejected_rewards=(beta * rejected_gain).detach(),
     )

@@ -6,6 +6,7 @@ The tokenizer and config load first and cheaply, so the data can be checked befo
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -52,19 +53,62 @@ def model_max_length(config: Any) -> int | None:
 
 
 def load_model(params: LLMTrainingParams, model: str) -> torch.nn.Module:
-    """The base model in float32 (mixed precision autocasts on top), with LoRA adapters when `peft` is set."""
+    """The base model in float32 (mixed precision autocasts on top), with LoRA adapters when `peft` is set.
+
+    On CUDA with packing, attention runs through flex_attention, which skips the masked blocks of a packed row
+    (SDPA with an explicit mask computes them all); elsewhere transformers picks its default (SDPA). With
+    `quantization`, the frozen base weights load in 4 or 8 bits through bitsandbytes (QLoRA).
+    """
+    net = _load_causal_lm(params, model, quantize=True)
+    if params.peft:
+        if params.quantization is not None:
+            from peft import prepare_model_for_kbit_training
+
+            # Casts norms and the head to fp32 for stable training; checkpointing is the Trainer's to enable.
+            net = prepare_model_for_kbit_training(net, use_gradient_checkpointing=False)
+        net = _add_lora(net, params)
+    return net
+
+
+def load_reference(params: LLMTrainingParams, model: str, vocab_size: int) -> torch.nn.Module:
+    """A frozen reference model for DPO (never quantized, never given adapters); its vocabulary must match."""
+    net = _load_causal_lm(params, model, quantize=False)
+    size = net.get_output_embeddings().weight.shape[0]
+    if size != vocab_size:
+        raise ModelError(
+            f"model_ref: {model} has a vocabulary of {size} tokens, the model being trained {vocab_size}; the "
+            "reference must share the tokenizer"
+        )
+    return net.requires_grad_(False).eval()
+
+
+def _load_causal_lm(params: LLMTrainingParams, model: str, quantize: bool) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
+    extra: dict[str, Any] = {}
+    if torch.cuda.is_available() and params.packing:
+        extra["attn_implementation"] = "flex_attention"
+    if quantize and params.quantization is not None:
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if params.mixed_precision == "bf16" else torch.float16
+        extra["quantization_config"] = (
+            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=compute)
+            if params.quantization == "int4"
+            else BitsAndBytesConfig(load_in_8bit=True)
+        )
+        # Each process holds its quantized copy on its own GPU (bitsandbytes weights cannot be moved after loading).
+        extra["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     net = AutoModelForCausalLM.from_pretrained(
         model,
         dtype=torch.float32,
         trust_remote_code=params.trust_remote_code,
         use_safetensors=_require_safetensors(model),
+        **extra,
     )
     # The KV cache is useless in training and conflicts with gradient checkpointing.
     net.config.use_cache = False
-    if params.peft:
-        net = _add_lora(net, params)
     return net
 
 

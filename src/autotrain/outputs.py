@@ -98,11 +98,12 @@ def before_after(records: list[dict[str, Any]]) -> tuple[dict[str, float], dict[
 def write_card(project: Path, params: LLMTrainingParams, base_model: str, data: Any, records: list[dict]) -> None:
     """README.md: base model, data, parameters, final metrics, and before/after evaluation where there is one."""
     final = final_metrics(records)
+    unit = "pairs" if data.columns.rejected else "examples"
     lines = [
         "---",
         "library_name: transformers",
         f"base_model: {base_model}",
-        "tags: [aitraining, orpo, preference-tuning]",
+        f"tags: [aitraining, {params.method}" + (", preference-tuning]" if data.columns.rejected else "]"),
         "---",
         f"# {Path(params.project_name).name}",
         "",
@@ -110,21 +111,23 @@ def write_card(project: Path, params: LLMTrainingParams, base_model: str, data: 
         + (" with LoRA adapters." if params.peft else " (all weights)."),
         "",
         "## Data",
-        f"- source: `{params.data_path}` (train split `{params.train_split}`: {len(data.train)} pairs)",
+        f"- source: `{params.data_path}` (train split `{params.train_split}`: {len(data.train)} {unit})",
         f"- columns: prompt `{data.columns.prompt}`, chosen `{data.columns.chosen}`, "
-        f"rejected `{data.columns.rejected}`",
+        f"rejected `{data.columns.rejected}`"
+        if data.columns.rejected
+        else f"- columns: prompt `{data.columns.prompt}` (not under the loss), completion `{data.columns.chosen}`",
     ]
     if data.valid is not None:
-        lines.append(f"- validation split `{params.valid_split}`: {len(data.valid)} pairs")
+        lines.append(f"- validation split `{params.valid_split}`: {len(data.valid)} {unit}")
     else:
         lines.append("- no validation split was given, so nothing was evaluated on held-out data")
     for split_name, split in (("train", data.train), ("validation", data.valid)):
         if split is None:
             continue
         for reason, count in split.dropped.items():
-            lines.append(f"- {split_name}: {count} pairs dropped ({reason})")
+            lines.append(f"- {split_name}: {count} {unit} dropped ({reason})")
         for reason, count in split.truncated.items():
-            lines.append(f"- {split_name}: {count} pairs truncated ({reason})")
+            lines.append(f"- {split_name}: {count} {unit} truncated ({reason})")
     comparison = before_after(records)
     if comparison is not None:
         before, after = comparison

@@ -11,20 +11,23 @@ PANELS = (
     ("NLL", "nll_loss", "eval_nll_loss"),
     ("log-odds ratio (log sigmoid)", "log_odds_ratio", "eval_log_odds_ratio"),
     ("preference accuracy", "rewards/accuracies", "eval_rewards/accuracies"),
+    ("reward margin", "rewards/margins", "eval_rewards/margins"),
 )
 
 
 def plot_training(project: Path, records: list[dict[str, Any]]) -> Path | None:
-    """Draw loss, NLL, log-odds ratio and train/eval accuracy against step; None when nothing was logged."""
-    if not any("nll_loss" in r or "eval_loss" in r for r in records):
+    """Draw loss, NLL, log-odds ratio, train/eval accuracy and margin against step, each panel the method logs
+    (SFT logs no preference metrics, DPO no log-odds ratio); None when nothing was logged."""
+    panels = [p for p in PANELS if any(p[1] in r or p[2] in r for r in records)]
+    if not panels:
         return None
     import matplotlib
 
     matplotlib.use("Agg")  # no display: write the file only
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(PANELS), figsize=(4 * len(PANELS), 3.2), constrained_layout=True)
-    for axis, (title, train_key, eval_key) in zip(axes, PANELS):
+    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), constrained_layout=True, squeeze=False)
+    for axis, (title, train_key, eval_key) in zip(axes[0], panels):
         for key, label, style in ((train_key, "train", "-"), (eval_key, "eval", "o--")):
             points = [(r["step"], r[key]) for r in records if key in r]
             if points:

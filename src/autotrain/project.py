@@ -35,6 +35,10 @@ class RunResult:
         if self.evaluation is not None:
             before, after = self.evaluation
             key = "eval_rewards/accuracies"
+            if key not in before:  # SFT: no preference pairs
+                key = "eval_loss"
+                lines.append(f"validation loss: {before[key]:.4f} before training, {after[key]:.4f} after")
+                return "\n".join(lines)
             lines.append(
                 f"validation preference accuracy (chosen log-odds > rejected): {before[key]:.3f} before training "
                 f"(step {before['step']}), {after[key]:.3f} after (step {after['step']})"
@@ -55,6 +59,12 @@ class AutoTrainProject:
         self.params, self.backend, self.process = params, backend, process
 
     def create(self) -> RunResult:
+        from autotrain import launch
+
+        if launch.needs_launch(self.params):
+            # Several processes: accelerate starts them; each runs `python -m autotrain.trainers.clm`.
+            launch.launch(self.params)
+            return result_of(self.params)
         return run(self.params)
 
 
@@ -104,6 +114,13 @@ def check_device(params: LLMTrainingParams) -> None:
         raise ParamsError("mixed_precision: fp16 needs a CUDA GPU; on CPU leave it unset (fp32)")
     if params.mixed_precision == "bf16" and not torch.cuda.is_available():
         logger.warning("mixed_precision bf16 on CPU is far slower than fp32 on most CPUs")
+    if params.quantization is not None:
+        if not torch.cuda.is_available():
+            raise ParamsError(f"quantization: {params.quantization} (bitsandbytes) needs a CUDA GPU; on CPU leave it unset")
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ParamsError(f"quantization: {params.quantization} needs bitsandbytes: pip install bitsandbytes")
 
 
 def training_arguments(params: LLMTrainingParams, project: Path, train_pairs: int, has_valid: bool) -> Any:
@@ -134,7 +151,8 @@ def training_arguments(params: LLMTrainingParams, project: Path, train_pairs: in
         **_checkpointing_args(TrainingArguments, not params.disable_gradient_checkpointing),
         logging_strategy="steps",
         logging_steps=logging_steps,
-        eval_strategy="epoch" if has_valid else "no",
+        eval_strategy=params.eval_strategy if has_valid else "no",
+        eval_steps=params.eval_steps if params.eval_strategy == "steps" else None,
         eval_on_start=has_valid,
         save_strategy="steps" if params.save_steps > 0 else "epoch",
         save_steps=params.save_steps if params.save_steps > 0 else 500,
@@ -144,7 +162,7 @@ def training_arguments(params: LLMTrainingParams, project: Path, train_pairs: in
         run_name=Path(params.project_name).name,
         remove_unused_columns=False,  # the collator reads prompt_ids/chosen_ids/rejected_ids
         dataloader_pin_memory=False,
-        disable_tqdm=not _interactive(),
+        disable_tqdm=True,  # autotrain.progress.Progress shows step/total, loss, tokens/s and ETA instead
     )
 
 
@@ -154,12 +172,6 @@ def _checkpointing_args(arguments_class: Any, enabled: bool) -> dict[str, Any]:
     name = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
     # Non-reentrant checkpointing needs no input grads, so it works with frozen embeddings under LoRA.
     return {name: enabled, f"{name}_kwargs": {"use_reentrant": False}}
-
-
-def _interactive() -> bool:
-    import sys
-
-    return sys.stderr.isatty()
 
 
 def _tracker_environment(params: LLMTrainingParams, project: Path) -> None:
@@ -204,26 +216,40 @@ def _interrupted(number: int, project: Path) -> None:
 def run(params: LLMTrainingParams) -> RunResult:
     """Train in this process and return the result; raise on any failure."""
     from autotrain import defaults, models, outputs
-    from autotrain.plots import plot_training
     from autotrain.data.prepare import prepare_data
+    from autotrain.plots import plot_training
+    from autotrain.trainers.clm.trainer import METHODS
 
     project = Path(params.project_name).expanduser().resolve()
     resume_from = resume_point(project, params.resume_from_checkpoint)
     check_device(params)
+    method = METHODS[params.trainer]
     model_path = defaults.resolve_model(params.model)
     models.check_model_path(model_path)
+    ref_path = defaults.resolve_model(params.model_ref) if params.model_ref else None
+    if ref_path is not None:
+        models.check_model_path(ref_path)
     tokenizer = models.load_tokenizer(model_path, params.trust_remote_code)
     config = models.load_config(model_path, params.trust_remote_code)
-    data = prepare_data(params, tokenizer, models.model_max_length(config))
+    data = prepare_data(params, tokenizer, models.model_max_length(config), paired=method.paired)
 
-    from transformers import set_seed
+    from transformers import PrinterCallback, ProgressCallback, set_seed
 
     from autotrain.attention import make_collator
+    from autotrain.progress import Progress
     from autotrain.trainers.clm import safety
     from autotrain.trainers.clm.trainer import PreferenceTrainer
 
     set_seed(params.seed)  # before the model: LoRA's initial weights depend on it
     model = models.load_model(params, model_path)
+    ref_model = None
+    if method.reference:
+        # With adapters the reference is the same weights with the adapters off; precomputing before the first
+        # step can use the model itself; otherwise a second, frozen copy is needed.
+        fresh = params.precompute_ref_logps and resume_from is None
+        if ref_path is not None or not (params.peft or fresh):
+            vocab = model.get_output_embeddings().weight.shape[0]
+            ref_model = models.load_reference(params, ref_path or model_path, vocab)
     args = training_arguments(params, project, len(data.train), data.valid is not None)
     project.mkdir(parents=True, exist_ok=True)
     safety.clear_staging(project)
@@ -238,10 +264,14 @@ def run(params: LLMTrainingParams) -> RunResult:
         eval_dataset=data.valid.dataset if data.valid is not None else None,
         data_collator=make_collator(params.packing, tokenizer.pad_token_id, params.orpo_prompt_loss, model=model),
         processing_class=tokenizer,
-        callbacks=[outputs.MetricsFile(project / outputs.METRICS_FILE), stop],
+        callbacks=[outputs.MetricsFile(project / outputs.METRICS_FILE), stop, Progress()],
         method=params.trainer,
         beta=params.dpo_beta,
+        ref_model=ref_model,
+        precompute_ref=params.precompute_ref_logps,
     )
+    for default_display in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(default_display)
     stop.install()
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -257,9 +287,20 @@ def run(params: LLMTrainingParams) -> RunResult:
     records = outputs.read_metrics(project)
     plot_training(project, records)
     outputs.write_card(project, params, params.model, data, records)
-    hub_repo = outputs.push_to_hub(project, params) if params.push_to_hub else None
+    if params.push_to_hub:
+        outputs.push_to_hub(project, params)
+    logger.info("done: outputs in %s", project)
+    return result_of(params)
+
+
+def result_of(params: LLMTrainingParams) -> RunResult:
+    """What a finished run left in its project folder (the same whether it ran here or in launched processes)."""
+    from autotrain import outputs
+
+    project = Path(params.project_name).expanduser().resolve()
+    records = outputs.read_metrics(project)
     adapter_dir = None
     if params.peft:
         adapter_dir = project / outputs.ADAPTER_DIR if params.merge_adapter else project
-    logger.info("done: outputs in %s", project)
+    hub_repo = f"{params.username}/{project.name}" if params.push_to_hub else None
     return RunResult(project, outputs.final_metrics(records), adapter_dir, hub_repo, outputs.before_after(records))

@@ -10,7 +10,13 @@ tensors, so the loss never needs to know the layout:
 - `in_completion` [K]: the target is a completion token (it enters the mean log-prob of its sequence);
 - `in_nll` [K]: the target enters the NLL term (chosen completion tokens; also the chosen sequence's prompt
   tokens with `orpo_prompt_loss`);
-- `num_pairs`: B.
+- `num_pairs`: B;
+- `num_real_tokens`: tokens the model reads, padding excluded (a host int, for tokens/s; never a device read);
+- `ref_logps` [2B], only when the rows carry precomputed DPO reference log-probs (`ref_chosen_logps`,
+  `ref_rejected_logps`): chosen sums then rejected sums, in pair order.
+
+Rows of a supervised (SFT) dataset have an empty `rejected_ids`: there is no rejected sequence, sequences B..2B-1
+get no targets, and `in_nll` covers the completion.
 
 Only targets are listed, so the LM head runs on K positions instead of every position of every row.
 """
@@ -51,7 +57,8 @@ class PaddedCollator:
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         pairs = len(features)
         rows = [f["prompt_ids"] + f["chosen_ids"] for f in features]
-        rows += [f["prompt_ids"] + f["rejected_ids"] for f in features]
+        if paired(features):
+            rows += [f["prompt_ids"] + f["rejected_ids"] for f in features]
         width = max(len(r) for r in rows)
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -77,4 +84,19 @@ class PaddedCollator:
             "in_completion": torch.tensor(in_completion, dtype=torch.bool),
             "in_nll": torch.tensor(in_nll, dtype=torch.bool),
             "num_pairs": pairs,
+            "num_real_tokens": sum(len(r) for r in rows),
+            **reference_logps(features),
         }
+
+
+def paired(features: list[dict[str, Any]]) -> bool:
+    """Preference rows (a rejected completion each) rather than supervised ones (empty rejected_ids)."""
+    return bool(features[0]["rejected_ids"])
+
+
+def reference_logps(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """The precomputed DPO reference log-probs of these rows, as `ref_logps` [2B], if they carry them."""
+    if "ref_chosen_logps" not in features[0]:
+        return {}
+    values = [f["ref_chosen_logps"] for f in features] + [f["ref_rejected_logps"] for f in features]
+    return {"ref_logps": torch.tensor(values, dtype=torch.float32)}

@@ -62,7 +62,9 @@ With prompt_loss True the chosen side also lists its prompt targets (6 at hidden
 False, in_nll True), once per pair: the shared prompt is not counted a second time for the rejected side, exactly
 as the padded layout counts it only on the chosen row.
 
-This module imports nothing but torch.
+Supervised (SFT) rows have an empty `rejected_ids` and are laid out as prompt | completion.
+
+This module imports nothing but torch (and the shared batch helpers of autotrain.data.collate).
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor
+
+from autotrain.data.collate import reference_logps
 
 __all__ = ["PAD_SEGMENT", "PackedCollator", "dense_mask", "plan_rows", "segment_mask_mod"]
 
@@ -169,6 +173,8 @@ class PackedCollator:
             "segment_ids": torch.tensor(seg, dtype=torch.long),
             **targets.tensors(),
             "num_pairs": pairs,
+            "num_real_tokens": sum(sizes),
+            **reference_logps(features),
         }
         if not self.share_prompt:
             # Every run of equal segment ids is one varlen sequence; row-end padding is one too (it attends only
@@ -182,7 +188,7 @@ class PackedCollator:
         return batch
 
     def _size(self, f: dict[str, Any]) -> int:
-        prompt = len(f["prompt_ids"]) * (1 if self.share_prompt else 2)
+        prompt = len(f["prompt_ids"]) * (1 if self.share_prompt or not f["rejected_ids"] else 2)
         return prompt + len(f["chosen_ids"]) + len(f["rejected_ids"])
 
     def _place_shared(
@@ -199,6 +205,8 @@ class PackedCollator:
         # With an empty prompt nothing predicts a completion's first token; the padded layout skips it too.
         skip = 1 if p == 0 else 0
         targets.add(list(range(base + p - 1 + skip, base + p + c - 1)), chosen[skip:], pair, True, True)
+        if not rejected:  # a supervised row: prompt | completion only
+            return
         # Rejected's first token reads the prompt's last hidden state, its others the rejected tokens before them.
         hidden = ([] if p == 0 else [base + p - 1]) + list(range(base + p + c, base + p + c + len(rejected) - 1))
         targets.add(hidden, rejected[skip:], pairs + pair, completion=True, nll=False)
@@ -210,7 +218,7 @@ class PackedCollator:
         prompt = f["prompt_ids"]
         p = len(prompt)
         start = base
-        for side, seq in ((0, pair), (1, pairs + pair)):
+        for side, seq in ((0, pair), (1, pairs + pair))[: 2 if f["rejected_ids"] else 1]:
             tokens = prompt + (f["chosen_ids"] if side == 0 else f["rejected_ids"])
             ids += tokens
             pos += list(range(len(tokens)))

@@ -31,10 +31,12 @@ class PreparedData:
     limits: Limits
 
 
-def prepare_data(params: LLMTrainingParams, tokenizer: Any, model_max: int | None) -> PreparedData:
+def prepare_data(params: LLMTrainingParams, tokenizer: Any, model_max: int | None, paired: bool = True
+                 ) -> PreparedData:
+    """`paired`: preference rows (prompt, chosen, rejected) for ORPO/DPO; False for SFT rows (no rejected)."""
     train_raw = load_split(params.data_path, params.train_split, is_train=True)
     valid_raw = load_split(params.data_path, params.valid_split, is_train=False) if params.valid_split else None
-    columns = resolve_columns(params, train_raw)
+    columns = resolve_columns(params, train_raw, paired)
     if valid_raw is not None:
         columns.check(valid_raw)  # the same columns must exist there too
     template = pick_template(tokenizer, params.chat_template)
@@ -59,9 +61,10 @@ def prepare_data(params: LLMTrainingParams, tokenizer: Any, model_max: int | Non
         renderer.shape = train.shape
         valid = tokenized(valid_raw, params.valid_split, {"train_shape": train.shape})
     logger.info(
-        "data: %d train pairs%s; template: %s; block size %d",
+        "data: %d train %s%s; template: %s; block size %d",
         len(train),
-        f", {len(valid)} validation pairs" if valid is not None else "",
+        "pairs" if paired else "examples",
+        f", {len(valid)} validation" if valid is not None else "",
         "none" if template is None else (params.chat_template or "tokenizer's"),
         limits.block_size,
     )

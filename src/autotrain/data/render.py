@@ -4,7 +4,11 @@ The prompt is rendered once, with `add_generation_prompt=True`. A completion is 
 that prompt when the assistant turn follows: the assistant content plus whatever closes the turn. The prompt
 therefore appears exactly once in each sequence, and never under the completion's loss.
 
-Rows come in three shapes, all three accepted:
+Supervised (SFT) rows have no rejected side, and come as a `text` column (plain text, trained on whole, no
+template), a prompt and a completion column (rendered as above, the prompt excluded from the loss), or a `messages`
+conversation (everything before the last assistant turn is the prompt, that turn is the completion).
+
+Preference rows come in three shapes, all three accepted:
 - strings: {"prompt": "2+2?", "chosen": "4", "rejected": "5"};
 - conversational: the prompt is a message list, chosen/rejected an assistant message (a list or a string);
 - full conversations: chosen and rejected are whole message lists that share the prompt as a common prefix
@@ -47,8 +51,8 @@ class Columns:
     """Which columns hold the prompt, the chosen and the rejected completion (prompt may be absent)."""
 
     prompt: str | None
-    chosen: str
-    rejected: str
+    chosen: str  # the chosen completion; for SFT, the completion, text or messages column
+    rejected: str | None  # None for SFT
 
     def check(self, split: Split) -> None:
         present = split.columns
@@ -57,8 +61,10 @@ class Columns:
                 raise DataError(f"missing; columns present: {', '.join(present)}", path=split.source, column=name)
 
 
-def resolve_columns(params: LLMTrainingParams, split: Split) -> Columns:
+def resolve_columns(params: LLMTrainingParams, split: Split, paired: bool = True) -> Columns:
     """Pick the columns, falling back to prompt/chosen/rejected when the user named none, and say so."""
+    if not paired:
+        return _supervised_columns(params, split)
     present = split.columns
     explicit = params.model_fields_set
     chosen = params.text_column
@@ -79,6 +85,33 @@ def resolve_columns(params: LLMTrainingParams, split: Split) -> Columns:
         rejected = "rejected"
         logger.info("rejected_text_column not given: using the data's 'rejected' column")
     columns = Columns(prompt, chosen, rejected)
+    columns.check(split)
+    return columns
+
+
+# A supervised dataset's completion column when --text-column is not given, first match wins.
+SFT_COLUMNS = ("text", "messages", "completion", "chosen")
+
+
+def _supervised_columns(params: LLMTrainingParams, split: Split) -> Columns:
+    present = split.columns
+    column = params.text_column
+    if "text_column" not in params.model_fields_set:
+        found = [name for name in SFT_COLUMNS if name in present]
+        if not found:
+            raise DataError(
+                f"no text column for --trainer {params.trainer}: pass --text-column (expected one of "
+                f"{', '.join(SFT_COLUMNS)}); columns present: {', '.join(present)}",
+                path=split.source,
+            )
+        column = found[0]
+        if column != "text":
+            logger.info("text_column not given and the data has no 'text' column: using '%s'", column)
+    prompt = params.prompt_text_column
+    if prompt is None and column in ("completion", "chosen") and "prompt" in present:
+        prompt = "prompt"
+        logger.info("prompt_text_column not given: using the data's 'prompt' column (not under the loss)")
+    columns = Columns(prompt, column, None)
     columns.check(split)
     return columns
 
@@ -118,21 +151,26 @@ class Renderer:
         self.tokenizer, self.template, self.columns = tokenizer, template, columns
         self.shape: str | None = None  # "text" or "messages": one dataset uses one shape, set by its first row
 
+    @property
+    def plain_text(self) -> bool:
+        """Supervised rows of plain text: trained on whole, with the tokenizer's BOS/EOS and no chat template."""
+        return self.columns.rejected is None and self.columns.prompt is None and self.shape == "text"
+
+    @property
+    def templated(self) -> bool:
+        """The rendered strings carry the chat template's markers (so BOS/EOS come from the template)."""
+        return self.template is not None and not self.plain_text
+
     def __call__(self, row: Row, where: object) -> RenderedPair:
         """Render one row; `where` names it in errors (`file:line`, or `file, row N of M`)."""
         cols = self.columns
         prompt = _value(row, cols.prompt, where) if cols.prompt else None
         chosen = _value(row, cols.chosen, where)
+        if cols.rejected is None:
+            return self._supervised(prompt, chosen, where)
         rejected = _value(row, cols.rejected, where)
         conversational = any(isinstance(v, list) for v in (prompt, chosen, rejected))
-        shape = "messages" if conversational else "text"
-        if self.shape is None:
-            self.shape = shape
-        elif shape != self.shape:
-            raise DataError(
-                f"{where}: mixes plain-string and conversational rows; earlier rows are "
-                f"{'conversational' if self.shape == 'messages' else 'plain strings'}"
-            )
+        self._check_shape("messages" if conversational else "text", where)
         if not conversational:
             if prompt is None:
                 raise DataError(f"{where}: plain-string rows need a prompt column (--prompt-text-column)")
@@ -151,6 +189,42 @@ class Renderer:
             self._completion(prompt_msgs, prompt_text, chosen_msgs, where),
             self._completion(prompt_msgs, prompt_text, rejected_msgs, where),
         )
+
+    def _supervised(self, prompt: str | Messages | None, completion: str | Messages, where: object) -> RenderedPair:
+        self._check_shape("messages" if isinstance(completion, list) or isinstance(prompt, list) else "text", where)
+        if prompt is None and isinstance(completion, str):
+            return RenderedPair("", completion, "")  # plain text, trained on whole
+        if self.template is None:
+            if isinstance(completion, str) and isinstance(prompt, str):
+                return RenderedPair(prompt, completion, "")
+            raise DataError(
+                f"{where}: conversational rows need a chat template and this tokenizer has none; "
+                "pass --chat-template chatml (or zephyr)"
+            )
+        if prompt is None:  # a whole conversation: its last assistant turn(s) are the completion
+            last = len(completion)
+            while last > 0 and completion[last - 1]["role"] == "assistant":
+                last -= 1
+            if last == len(completion) or last == 0:
+                raise DataError(
+                    f"{where}, column '{self.columns.chosen}': a conversation must end with an assistant message "
+                    "after at least one other message"
+                )
+            prompt_msgs, answer = completion[:last], completion[last:]
+        else:
+            prompt_msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+            answer = _as_answer(completion)
+        prompt_text = self._render(prompt_msgs, generation=True)
+        return RenderedPair(prompt_text, self._completion(prompt_msgs, prompt_text, answer, where), "")
+
+    def _check_shape(self, shape: str, where: object) -> None:
+        if self.shape is None:
+            self.shape = shape
+        elif shape != self.shape:
+            raise DataError(
+                f"{where}: mixes plain-string and conversational rows; earlier rows are "
+                f"{'conversational' if self.shape == 'messages' else 'plain strings'}"
+            )
 
     def _render(self, messages: Messages, generation: bool) -> str:
         return self.tokenizer.apply_chat_template(

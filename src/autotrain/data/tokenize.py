@@ -114,23 +114,23 @@ def write_tokens(split: Split, renderer: Renderer, tokenizer: Any, limits: Limit
 
     A bad row raises DataError and leaves `path` incomplete: the caller writes it somewhere it can discard.
     """
-    templated = renderer.template is not None
-    if not templated and tokenizer.eos_token_id is None:
+    if renderer.template is None and tokenizer.eos_token_id is None:
         raise DataError("the tokenizer has no EOS token, needed to end completions without a chat template")
+    paired = renderer.columns.rejected is not None
     dropped, truncated, rows = Counter(), Counter(), 0
     with _progress(split) as bar, _ArrowSink(path) as sink:
         batch: list[RenderedPair] = []
         for number, row in split.rows(advance=bar.update):
             rows += 1
             pair = renderer(row, Location(split, number))
-            if pair.chosen == pair.rejected:
+            if paired and pair.chosen == pair.rejected:
                 dropped["chosen == rejected"] += 1
                 continue
             batch.append(pair)
             if len(batch) == BATCH_PAIRS:
-                sink.add(_tokenize(batch, tokenizer, templated, limits, dropped, truncated))
+                sink.add(_tokenize(batch, tokenizer, renderer.templated, paired, limits, dropped, truncated))
                 batch = []
-        sink.add(_tokenize(batch, tokenizer, templated, limits, dropped, truncated))
+        sink.add(_tokenize(batch, tokenizer, renderer.templated, paired, limits, dropped, truncated))
     _sync(path)
     counts = TokenCounts(sink.rows, rows, dropped, truncated, renderer.shape)
     report(split.source, counts)
@@ -138,21 +138,24 @@ def write_tokens(split: Split, renderer: Renderer, tokenizer: Any, limits: Limit
 
 
 def _tokenize(
-    batch: list[RenderedPair], tokenizer: Any, templated: bool, limits: Limits, dropped: Counter, truncated: Counter
+    batch: list[RenderedPair], tokenizer: Any, templated: bool, paired: bool, limits: Limits, dropped: Counter,
+    truncated: Counter,
 ) -> list[list[list[int]]]:
-    """The kept pairs of a batch as three columns of ids: prompt, chosen, rejected."""
+    """The kept pairs of a batch as three columns of ids: prompt, chosen, rejected (empty for supervised rows)."""
     columns: list[list[list[int]]] = [[], [], []]
     if not batch:
         return columns
     # With a template, the rendered text already holds BOS (if the model uses one) and the turn markers.
     prompts = _encode(tokenizer, [p.prompt for p in batch], special=not templated)
     # Chosen and rejected in one call: one larger batch keeps the tokenizer's threads busier.
-    answers = _encode(tokenizer, [p.chosen for p in batch] + [p.rejected for p in batch], special=False)
+    texts = [p.chosen for p in batch] + ([p.rejected for p in batch] if paired else [])
+    answers = _encode(tokenizer, texts, special=False)
     eos = [] if templated else [tokenizer.eos_token_id]
     for index, prompt in enumerate(prompts):
-        chosen, rejected = answers[index] + eos, answers[len(batch) + index] + eos
+        chosen = answers[index] + eos
+        rejected = answers[len(batch) + index] + eos if paired else []
         prompt, chosen, rejected = _truncate(prompt, chosen, rejected, limits, truncated)
-        if not chosen or not rejected:
+        if not chosen or (paired and not rejected):
             dropped["completion empty after truncation"] += 1
             continue
         for column, ids in zip(columns, (prompt, chosen, rejected)):

@@ -19,40 +19,69 @@ from transformers import Trainer
 from autotrain.attention import decoder_inputs
 from autotrain.errors import TrainingError
 from autotrain.logprobs import segment_sum, token_logps
-from autotrain.losses import orpo_loss
+from autotrain.losses import dpo_loss, orpo_loss
 from autotrain.models import decoder_and_head
 from autotrain.trainers.clm import safety
 
 
 @dataclass(frozen=True)
 class SequenceLogps:
-    chosen: torch.Tensor  # [B] mean completion-token log-prob of each chosen sequence
-    rejected: torch.Tensor  # [B]
+    """Completion log-probs of a batch's 2B sequences (chosen i is row i, rejected i is row B + i)."""
+
+    sums: torch.Tensor  # [2B] sum of completion-token log-probs per sequence (DPO's log pi(y|x))
+    counts: torch.Tensor  # [2B] completion tokens per sequence (0 for the absent rejected side of SFT)
     nll: torch.Tensor  # scalar: mean NLL over the batch's `in_nll` targets
+    pairs: int
+
+    @property
+    def means(self) -> torch.Tensor:  # [2B] mean completion-token log-prob (ORPO's length-normalised log P)
+        return self.sums / self.counts.clamp(min=1)
+
+    def split(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return values[: self.pairs], values[self.pairs :]
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside DDP/FSDP/DeepSpeed wrappers (each keeps it as `.module`), PEFT wrapper included."""
+    while not hasattr(model, "get_decoder") and not hasattr(model, "get_base_model") and hasattr(model, "module"):
+        model = model.module
+    return model
 
 
 def sequence_logps(model: torch.nn.Module, batch: dict[str, Any]) -> SequenceLogps:
     """Run the model body once and the LM head only at the batch's targets (see autotrain.data.collate).
 
     Takes a padded or a packed batch (autotrain.data.pack); autotrain.attention turns the latter's segment ids into
-    the mask the model's attention kernel takes. No step here reads a device value back to the host: targets are
+    the mask the model's attention kernel takes. The call goes through the outermost module, so a DDP, FSDP or
+    DeepSpeed wrapper sees a normal forward (gradient sync, parameter gathering); a forward hook on the decoder
+    takes its hidden states and runs the chunked head inside that forward, while the model's own head runs on one
+    position per row only (`logits_to_keep=1`). No step here reads a device value back to the host: targets are
     selected by index and masked by `torch.where`, never by boolean indexing (a `nonzero`, hence a sync, on CUDA).
     """
-    decoder, head, extras = decoder_and_head(model)
-    hidden = decoder(**decoder_inputs(model, batch), use_cache=False).last_hidden_state
-    hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch["hidden_index"])
-    logps = token_logps(hidden, head, batch["target_ids"], softcap=extras["softcap"], logit_scale=extras["logit_scale"])
-    pairs = batch["num_pairs"]
-    per_seq = _masked_segment_mean(logps, batch["in_completion"], batch["target_seq"], 2 * pairs)
-    nll = -_masked_mean(logps, batch["in_nll"])
-    return SequenceLogps(per_seq[:pairs], per_seq[pairs:], nll)
+    inner = unwrap(model)
+    decoder, head, extras = decoder_and_head(inner)
+    found: list[torch.Tensor] = []
 
+    def take_hidden(module: torch.nn.Module, args: Any, output: Any) -> None:
+        hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
+        hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch["hidden_index"])
+        found.append(
+            token_logps(hidden, head, batch["target_ids"], softcap=extras["softcap"], logit_scale=extras["logit_scale"])
+        )
 
-def _masked_segment_mean(values: torch.Tensor, keep: torch.Tensor, segment_ids: torch.Tensor, n: int) -> torch.Tensor:
+    handle = decoder.register_forward_hook(take_hidden)
+    try:
+        model(**decoder_inputs(inner, batch), use_cache=False, logits_to_keep=1)
+    finally:
+        handle.remove()
+    (logps,) = found
+    n = 2 * batch["num_pairs"]
+    keep = batch["in_completion"]
     # Dropped entries add an exact 0 to their segment's sum and count (torch.where, not a product: 0 * -inf is NaN).
-    sums = segment_sum(torch.where(keep, values, 0.0), segment_ids, n)
-    counts = segment_sum(keep.to(values.dtype), segment_ids, n).clamp(min=1)
-    return sums / counts
+    sums = segment_sum(torch.where(keep, logps, 0.0), batch["target_seq"], n)
+    counts = segment_sum(keep.to(logps.dtype), batch["target_seq"], n)
+    nll = -_masked_mean(logps, batch["in_nll"])
+    return SequenceLogps(sums, counts, nll, batch["num_pairs"])
 
 
 def _masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -60,28 +89,82 @@ def _masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return torch.where(keep, values, 0.0).sum() / keep.sum().to(values.dtype)
 
 
-def orpo_step(model: torch.nn.Module, batch: dict[str, Any], beta: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """ORPO's loss and its metrics (TRL's names), all still on the device."""
+Reference = Callable[[dict[str, Any]], torch.Tensor]  # batch -> [2B] summed completion log-probs, no grad
+Metrics = dict[str, torch.Tensor]
+
+
+def orpo_step(model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: Reference | None = None
+              ) -> tuple[torch.Tensor, Metrics]:
+    """ORPO's loss and its metrics (TRL's names), all still on the device. No reference model."""
     seqs = sequence_logps(model, batch)
-    out = orpo_loss(seqs.chosen, seqs.rejected, seqs.nll, beta)
+    chosen, rejected = seqs.split(seqs.means)
+    out = orpo_loss(chosen, rejected, seqs.nll, beta)
     metrics = {
         "nll_loss": out.nll.detach(),
         "log_odds_ratio": out.log_odds_ratio.detach().mean(),
         "log_odds_chosen": out.log_odds.detach().mean(),
-        "rewards/chosen": out.chosen_rewards.mean(),
-        "rewards/rejected": out.rejected_rewards.mean(),
+        **_reward_metrics(out.chosen_rewards, out.rejected_rewards, chosen, rejected),
         # Compared on log-probs, not rewards, so the accuracy stays meaningful at beta = 0 (log-odds are monotone in
         # log P, so this is "chosen log-odds beat rejected").
-        "rewards/accuracies": (seqs.chosen > seqs.rejected).float().mean(),
-        "rewards/margins": (out.chosen_rewards - out.rejected_rewards).mean(),
-        "logps/chosen": seqs.chosen.detach().mean(),
-        "logps/rejected": seqs.rejected.detach().mean(),
+        "rewards/accuracies": (chosen > rejected).float().mean(),
     }
     return out.loss, metrics
 
 
-# A method is its loss step; the collator and the columns it needs are chosen in autotrain.pipeline.
-METHODS: dict[str, Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]] = {"orpo": orpo_step}
+def dpo_step(model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: Reference | None = None
+             ) -> tuple[torch.Tensor, Metrics]:
+    """Sigmoid DPO on summed completion log-probs against the reference's; metrics under TRL's names."""
+    if reference is None:
+        raise ValueError("dpo_step needs a reference (the trainer supplies one)")
+    seqs = sequence_logps(model, batch)
+    with torch.no_grad():
+        ref_chosen, ref_rejected = seqs.split(reference(batch))
+    chosen, rejected = seqs.split(seqs.sums)
+    out = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta)
+    metrics = {
+        "nll_loss": seqs.nll.detach(),
+        **_reward_metrics(out.chosen_rewards, out.rejected_rewards, chosen, rejected),
+        # DPO's implicit reward: the chosen answer gained more log-probability over the reference than the rejected.
+        "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float().mean(),
+    }
+    return out.loss, metrics
+
+
+def sft_step(model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: Reference | None = None
+             ) -> tuple[torch.Tensor, Metrics]:
+    """Supervised fine-tuning: the mean NLL over the completion tokens (`in_nll`), nothing else."""
+    seqs = sequence_logps(model, batch)
+    return seqs.nll, {"nll_loss": seqs.nll.detach()}
+
+
+def _reward_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, chosen: torch.Tensor,
+                    rejected: torch.Tensor) -> Metrics:
+    return {
+        "rewards/chosen": chosen_rewards.mean(),
+        "rewards/rejected": rejected_rewards.mean(),
+        "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
+        "logps/chosen": chosen.detach().mean(),
+        "logps/rejected": rejected.detach().mean(),
+    }
+
+
+@dataclass(frozen=True)
+class Method:
+    """What sets one training method apart; everything else (data stage, collators, loop, outputs) is shared."""
+
+    step: Callable[..., tuple[torch.Tensor, Metrics]]  # (model, batch, beta, reference) -> loss, metrics
+    paired: bool  # needs a rejected completion per row
+    reference: bool  # needs a frozen reference model
+
+
+SFT = Method(sft_step, paired=False, reference=False)
+# One entry per --trainer choice (params.TRAINER_NAMES); `default` is the seed's name for sft.
+METHODS: dict[str, Method] = {
+    "orpo": Method(orpo_step, paired=True, reference=False),
+    "dpo": Method(dpo_step, paired=True, reference=True),
+    "sft": SFT,
+    "default": SFT,
+}
 
 
 class PreferenceTrainer(Trainer):
@@ -90,14 +173,70 @@ class PreferenceTrainer(Trainer):
     # compute_loss returns a per-micro-batch mean; let Trainer divide it by the accumulation steps.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args: Any, method: str, beta: float, **kwargs: Any):
+    def __init__(self, *args: Any, method: str, beta: float, ref_model: torch.nn.Module | None = None,
+                 precompute_ref: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.method_step, self.beta = METHODS[method], beta
+        self.method, self.beta = METHODS[method], beta
+        self.ref_model = ref_model
+        if ref_model is not None:
+            ref_model.requires_grad_(False).eval().to(self.args.device)
         # Running sums stay on the device: reading them is a host sync, done only when logging.
         self._sums: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
         self._counts: dict[str, int] = defaultdict(int)
         self._loss_finite: torch.Tensor | None = None  # device flag over this step's micro-batches
         self._staging = False
+        self.num_tokens = 0  # real tokens trained on by this process (host count from the collator)
+        if self.method.reference and precompute_ref:
+            self.train_dataset = self.precompute_reference(self.train_dataset)
+            if self.eval_dataset is not None:
+                self.eval_dataset = self.precompute_reference(self.eval_dataset)
+            self.ref_model = None  # every batch now carries its reference log-probs
+
+    def _reference_sums(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        """[2B] summed completion log-probs of the frozen reference: precomputed, a separate model, or this model
+        with its adapters disabled (the same weights, so no second copy in memory)."""
+        if "ref_logps" in batch:
+            return batch["ref_logps"]
+        if self.ref_model is not None:
+            return sequence_logps(self.ref_model, batch).sums
+        inner = unwrap(model)
+        if not hasattr(inner, "disable_adapter"):
+            raise ValueError("DPO without --peft needs a reference model (the trainer is built with ref_model)")
+        with inner.disable_adapter():
+            return sequence_logps(model, batch).sums
+
+    def precompute_reference(self, dataset: Any) -> Any:
+        """The dataset plus `ref_chosen_logps` / `ref_rejected_logps` columns: one no-grad pass, in eval mode.
+
+        With no reference model and no adapters, the reference is the model itself, which is only right before the
+        first optimizer step; the caller passes a reference model when resuming.
+        """
+        model, loader = self.model, self.get_eval_dataloader(dataset)
+        inner = unwrap(model)
+        training = model.training
+        model.eval()
+        chosen: list[float] = []
+        rejected: list[float] = []
+        try:
+            with torch.no_grad(), self.compute_loss_context_manager():
+                for batch in loader:
+                    batch = self._prepare_inputs(batch)
+                    if self.ref_model is not None:
+                        sums = sequence_logps(self.ref_model, batch).sums
+                    elif hasattr(inner, "disable_adapter"):
+                        with inner.disable_adapter():
+                            sums = sequence_logps(model, batch).sums
+                    else:
+                        sums = sequence_logps(model, batch).sums
+                    pairs = batch["num_pairs"]
+                    gathered = self.accelerator.gather_for_metrics(sums.float().reshape(2, pairs).T.contiguous())
+                    chosen += gathered[:, 0].tolist()
+                    rejected += gathered[:, 1].tolist()
+        finally:
+            model.train(training)
+        if len(chosen) != len(dataset):
+            raise RuntimeError(f"reference pass gave {len(chosen)} pairs for a dataset of {len(dataset)}")
+        return dataset.add_column("ref_chosen_logps", chosen).add_column("ref_rejected_logps", rejected)
 
     def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: D102
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -138,8 +277,11 @@ class PreferenceTrainer(Trainer):
             safety.rotate(root, self.args.save_total_limit)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: D102
-        loss, metrics = self.method_step(model, inputs, self.beta)
+        reference = (lambda batch: self._reference_sums(model, batch)) if self.method.reference else None
+        loss, metrics = self.method.step(model, inputs, self.beta, reference)
         mode = "train" if model.training else "eval"
+        if mode == "train":
+            self.num_tokens += inputs.get("num_real_tokens", 0)
         sums = self._sums[mode]
         for name, value in metrics.items():
             sums[name] = sums[name] + value if name in sums else value.clone()
@@ -161,4 +303,6 @@ class PreferenceTrainer(Trainer):
             values = torch.stack([self._sums[mode][n].float() for n in names]).cpu() / self._counts[mode]
             logs.update({prefix + n: round(v, 6) for n, v in zip(names, values.tolist())})
             self._sums[mode], self._counts[mode] = {}, 0
+        if mode == "train" and "loss" in logs:
+            logs["num_tokens"] = self.num_tokens
         super().log(logs, start_time)
