@@ -25,7 +25,7 @@ demo: install
 	rm -rf $(DEMO_PROJECT)
 	$(BIN)/aitraining llm --train --project-name $(DEMO_PROJECT) --peft --valid-split validation \
 		--lr 2e-4 --epochs 1 --batch-size 4 --gradient-accumulation 2 --lora-r 16 --lora-alpha 32 \
-		--disable-gradient-checkpointing
+		--disable-gradient-checkpointing --sample-answers 3
 
 clean:
 	rm -rf $(VENV) $(DEMO_PROJECT) .pytest_cache

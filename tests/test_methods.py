@@ -307,3 +307,31 @@ def test_tensorboard_events_load_in_tensorboards_reader(tmp_path, chat_model, mo
     assert [s for s, _ in logged] == [s for s, _ in expected] == [1, 2, 3]
     assert [v for _, v in logged] == pytest.approx([v for _, v in expected], rel=1e-5)
     assert "train/rewards/accuracies" in reader.Tags()["scalars"]
+
+
+def test_sample_answers_before_and_after_are_the_models_greedy_answers(tmp_path, chat_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    rows = [{"prompt": f"{i}?", "completion": "zzzz"} for i in range(8)]  # quick to learn, unlike the base's answer
+    valid = [{"prompt": "7+1=", "completion": "zzzz"}, {"prompt": "2+5=", "completion": "zzzz"}]
+    data = split_folder(tmp_path, rows, valid)
+    params = LLMTrainingParams(model=str(chat_model), data_path=str(data), project_name=str(tmp_path / "s"),
+                               trainer="sft", valid_split="validation", sample_answers=2, peft=True, max_steps=8,
+                               **{**RUN, "lr": 5e-2})
+    result = AutoTrainProject(params=params).create()
+
+    def greedy(model_dir: Path, prompt: str) -> str:
+        tokenizer = AutoTokenizer.from_pretrained(chat_model)
+        model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                            return_tensors="pt", return_dict=True)["input_ids"]
+        out = model.generate(input_ids=ids, max_new_tokens=64, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+
+    assert [s["prompt"] for s in result.samples] == [f"user {r['prompt']} assistant" for r in valid[:2]]
+    for sample, row in zip(result.samples, valid):
+        assert sample["before"] == greedy(chat_model, row["prompt"])
+        assert sample["after"] == greedy(result.output_dir, row["prompt"])  # the merged model at the top
+    assert all(s["after"].startswith("zz") and s["before"] != s["after"] for s in result.samples)
+    assert "## Sample answers" in (result.output_dir / "README.md").read_text()
+    assert f"  before: {result.samples[0]['before']}" in result.summary()

@@ -19,6 +19,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from autotrain import samples
 from autotrain.plots import PLOT_FILE
 from autotrain.trainers.clm.params import LLMTrainingParams
 
@@ -135,12 +136,23 @@ def write_card(project: Path, params: LLMTrainingParams, base_model: str, data: 
         for key in ("eval_rewards/accuracies", "eval_loss", "eval_nll_loss", "eval_rewards/margins"):
             if key in before and key in after:
                 lines.append(f"| {key.removeprefix('eval_')} | {before[key]:.4f} | {after[key]:.4f} |")
+    answered = samples.read(project)
+    if answered:
+        lines += ["", "## Sample answers (validation prompts, greedy)", "", "| prompt | before | after |", "|---|---|---|"]
+        lines += [f"| {_cell(s['prompt'])} | {_cell(s['before'])} | {_cell(s['after'])} |" for s in answered]
     if (project / PLOT_FILE).exists():
         lines += ["", "## Training curves", "", f"![training curves]({PLOT_FILE})"]
     lines += ["", "## Final metrics", "", "| metric | value |", "|---|---|"]
     lines += [f"| {key} | {value:.6g} |" for key, value in sorted(final.items()) if key not in ("step",)]
     lines += ["", "## Parameters", "", "```json", json.dumps(params.public_dict(), indent=2), "```", ""]
     (project / CARD_FILE).write_text("\n".join(lines))
+
+
+def _cell(text: str | None) -> str:
+    """Text for one Markdown table cell: no line breaks or pipes; None is an explicit dash."""
+    if text is None:
+        return "—"
+    return " ".join(text.split()).replace("|", "\\|") or "(empty)"
 
 
 def push_to_hub(project: Path, params: LLMTrainingParams) -> str:

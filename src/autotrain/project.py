@@ -29,9 +29,12 @@ class RunResult:
     adapter_dir: Path | None = None  # LoRA adapter folder (output_dir itself when not merged)
     hub_repo: str | None = None
     evaluation: tuple[dict[str, float], dict[str, float]] | None = None  # first and last eval, when validated
+    samples: tuple[dict[str, str | None], ...] = ()  # validation prompts with answers before and after training
 
     def summary(self) -> str:
         lines = [f"outputs: {self.output_dir}"]
+        for sample in self.samples:
+            lines += [f"prompt: {sample['prompt']}", f"  before: {sample['before']}", f"  after:  {sample['after']}"]
         if self.evaluation is not None:
             before, after = self.evaluation
             key = "eval_rewards/accuracies"
@@ -215,7 +218,7 @@ def _interrupted(number: int, project: Path) -> None:
 
 def run(params: LLMTrainingParams) -> RunResult:
     """Train in this process and return the result; raise on any failure."""
-    from autotrain import defaults, models, outputs
+    from autotrain import defaults, models, outputs, samples
     from autotrain.data.prepare import prepare_data
     from autotrain.plots import plot_training
     from autotrain.trainers.clm.trainer import METHODS
@@ -242,6 +245,9 @@ def run(params: LLMTrainingParams) -> RunResult:
 
     set_seed(params.seed)  # before the model: LoRA's initial weights depend on it
     model = models.load_model(params, model_path)
+    sample_ids = data.valid.prompt_ids[: params.sample_answers] if params.sample_answers else []
+    # A resumed run has no untrained model left to ask (its "before" would be a checkpoint's).
+    before = samples.answer(model, tokenizer, sample_ids) if sample_ids and resume_from is None else None
     ref_model = None
     if method.reference:
         # With adapters the reference is the same weights with the adapters off; precomputing before the first
@@ -283,6 +289,9 @@ def run(params: LLMTrainingParams) -> RunResult:
             wandb.finish()
     if stop.received is not None:
         _interrupted(stop.received, project)
+    if sample_ids and trainer.accelerator.is_main_process:
+        after = samples.answer(trainer.accelerator.unwrap_model(trainer.model), tokenizer, sample_ids)
+        samples.write(project, [samples.prompt_text(tokenizer, ids) for ids in sample_ids], before, after)
     outputs.save_model(trainer, tokenizer, data.template, params, project)
     records = outputs.read_metrics(project)
     plot_training(project, records)
@@ -295,7 +304,7 @@ def run(params: LLMTrainingParams) -> RunResult:
 
 def result_of(params: LLMTrainingParams) -> RunResult:
     """What a finished run left in its project folder (the same whether it ran here or in launched processes)."""
-    from autotrain import outputs
+    from autotrain import outputs, samples
 
     project = Path(params.project_name).expanduser().resolve()
     records = outputs.read_metrics(project)
@@ -303,4 +312,5 @@ def result_of(params: LLMTrainingParams) -> RunResult:
     if params.peft:
         adapter_dir = project / outputs.ADAPTER_DIR if params.merge_adapter else project
     hub_repo = f"{params.username}/{project.name}" if params.push_to_hub else None
-    return RunResult(project, outputs.final_metrics(records), adapter_dir, hub_repo, outputs.before_after(records))
+    return RunResult(project, outputs.final_metrics(records), adapter_dir, hub_repo, outputs.before_after(records),
+                     tuple(samples.read(project)))

@@ -147,6 +147,12 @@ class LLMTrainingParams(Schema):
         "epoch", description="When to evaluate on --valid-split (besides before training): each epoch, or every --eval-steps."
     )
     eval_steps: int = Field(-1, description="Evaluate every N optimizer steps when --eval-strategy steps.")
+    sample_answers: int = Field(
+        0,
+        ge=0,
+        description="Answer this many validation prompts greedily before and after training; shown in the summary "
+        "and the model card (needs --valid-split).",
+    )
 
     # --- Scale-out ------------------------------------------------------------------------------------------
     distributed_backend: Literal["ddp", "fsdp", "deepspeed"] | None = Field(
@@ -212,6 +218,8 @@ class LLMTrainingParams(Schema):
     def _consistent(self) -> LLMTrainingParams:
         if self.push_to_hub and not self.username:
             raise ValueError("push_to_hub needs --username")
+        if self.sample_answers and not self.valid_split:
+            raise ValueError("sample_answers answers validation prompts: add --valid-split")
         if self.eval_strategy == "steps" and self.eval_steps == -1:
             raise ValueError("eval_strategy 'steps' needs --eval-steps N")
         if self.quantization is not None and not self.peft:
