@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from autotrain.atomic import fsync_tree
 from autotrain.errors import ModelError
 from autotrain.trainers.clm.params import DEFAULT_MODEL
 
@@ -46,7 +47,7 @@ def resolve_model(model: str, cache_dir: str | os.PathLike | None = None) -> str
 def embedded_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """The safetensors folder converted from the embedded GGUF, converting it if no finished one exists."""
     gguf = _gguf_path()
-    root = _cache_root(cache_dir)
+    root = cache_root(cache_dir)
     final = root / _folder_name(gguf)
     # The folder only ever appears by an atomic rename of a finished conversion, so existing means complete.
     if final.is_dir():
@@ -59,6 +60,7 @@ def embedded_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     temp.mkdir()
     try:
         _convert(gguf, temp)
+        fsync_tree(temp)
         os.replace(temp, final)
     except OSError:
         # Another process published the same folder first (renaming onto a non-empty folder fails): use theirs.
@@ -82,7 +84,8 @@ def _gguf_path() -> Path:
     return path
 
 
-def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where aitraining caches: `cache_dir`, else $AITRAINING_CACHE, else $XDG_CACHE_HOME/aitraining or ~/.cache."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
     if os.environ.get("AITRAINING_CACHE"):

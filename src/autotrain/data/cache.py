@@ -47,9 +47,9 @@ _STALE_TEMP_S = 6 * 3600
 
 
 def cache_dir() -> Path:
-    from autotrain.defaults import _cache_root
+    from autotrain.defaults import cache_root
 
-    return _cache_root(None) / "tokenized"
+    return cache_root() / "tokenized"
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

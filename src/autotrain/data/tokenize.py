@@ -15,13 +15,13 @@ there are.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autotrain.atomic import fsync_path
 from autotrain.data.render import RenderedPair, Renderer
 from autotrain.data.sources import Location, Split
 from autotrain.errors import DataError
@@ -131,7 +131,7 @@ def write_tokens(split: Split, renderer: Renderer, tokenizer: Any, limits: Limit
                 sink.add(_tokenize(batch, tokenizer, renderer.templated, paired, limits, dropped, truncated))
                 batch = []
         sink.add(_tokenize(batch, tokenizer, renderer.templated, paired, limits, dropped, truncated))
-    _sync(path)
+    fsync_path(path)  # flushed before the caller publishes it, so a crash never leaves a short file under its name
     counts = TokenCounts(sink.rows, rows, dropped, truncated, renderer.shape)
     report(split.source, counts)
     return counts
@@ -254,12 +254,3 @@ def _progress(split: Split) -> Any:
         disable=not sys.stderr.isatty(),  # a log file gets the summary lines, not a redrawn bar
         leave=False,
     )
-
-
-def _sync(path: Path) -> None:
-    """Flush the ids to disk before the file is published, so a crash never leaves a short file under its name."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

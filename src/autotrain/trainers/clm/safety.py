@@ -20,25 +20,10 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from autotrain.atomic import fsync_path, fsync_tree
+
 STAGING = ".staging"
 CHECKPOINT_PREFIX = "checkpoint-"
-
-
-def fsync_tree(folder: Path) -> None:
-    """Flush every file and folder under `folder` to disk, so a rename publishes complete data."""
-    for root, _, files in os.walk(folder):
-        for name in files:
-            with open(os.path.join(root, name), "rb") as handle:
-                os.fsync(handle.fileno())
-        _fsync_dir(Path(root))
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def publish(staged: Path, final: Path) -> None:
@@ -52,7 +37,7 @@ def publish(staged: Path, final: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.rename(staged, final)
-    _fsync_dir(final.parent)
+    fsync_path(final.parent)
 
 
 def clear_staging(project: Path) -> None:
