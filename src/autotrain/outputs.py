@@ -61,21 +61,45 @@ def read_metrics(project: Path) -> list[dict[str, Any]]:
 
 
 def save_model(trainer: Any, tokenizer: Any, template: str | None, params: LLMTrainingParams, project: Path) -> None:
-    """Save weights and tokenizer in the layout above."""
-    model = trainer.accelerator.unwrap_model(trainer.model)
+    """Save weights and tokenizer in the layout above; every process calls it, the main process writes.
+
+    Under FSDP or DeepSpeed the weights are sharded across processes: Trainer.save_model gathers them (a collective
+    step, hence every process), and a merged model is rebuilt from the base weights and the saved adapter. Otherwise
+    each process holds the whole model and the main process saves (and merges) it directly.
+    """
+    accelerator = trainer.accelerator
     if template is not None:
         tokenizer.chat_template = template
+    sharded = getattr(accelerator, "is_fsdp2", False) or accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
+    if sharded:
+        trainer.save_model(str(project / ADAPTER_DIR if params.peft and params.merge_adapter else project))
+    if not accelerator.is_main_process:
+        return
+    model = accelerator.unwrap_model(trainer.model)
     if params.peft and params.merge_adapter:
-        model.save_pretrained(project / ADAPTER_DIR)
+        if sharded:
+            merged = _merge_saved_adapter(project / ADAPTER_DIR, params)
+        else:
+            model.save_pretrained(project / ADAPTER_DIR)
+            merged = model.merge_and_unload()
         tokenizer.save_pretrained(project / ADAPTER_DIR)
-        merged = model.merge_and_unload()
         merged.config.use_cache = True
         merged.save_pretrained(project)
-    else:
+    elif not sharded:
         if not params.peft:
             model.config.use_cache = True
         model.save_pretrained(project)
     tokenizer.save_pretrained(project)
+
+
+def _merge_saved_adapter(adapter_dir: Path, params: LLMTrainingParams) -> Any:
+    """The base model (loaded again, on CPU) with the saved adapter merged in."""
+    from peft import AutoPeftModelForCausalLM
+
+    model = AutoPeftModelForCausalLM.from_pretrained(
+        adapter_dir, trust_remote_code=params.trust_remote_code, use_safetensors=True
+    )
+    return model.merge_and_unload()
 
 
 def final_metrics(records: list[dict[str, Any]]) -> dict[str, float]:

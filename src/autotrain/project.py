@@ -257,10 +257,14 @@ def run(params: LLMTrainingParams) -> RunResult:
             vocab = model.get_output_embeddings().weight.shape[0]
             ref_model = models.load_reference(params, ref_path or model_path, vocab)
     args = training_arguments(params, project, len(data.train), data.valid is not None)
+    from accelerate import PartialState
+
+    main = PartialState().is_main_process  # with several processes, only the first writes the project's files
     project.mkdir(parents=True, exist_ok=True)
-    safety.clear_staging(project)
-    outputs.keep_metrics_until(project, _checkpoint_step(resume_from))
-    params.save_json(project / outputs.PARAMS_FILE)
+    if main:
+        safety.clear_staging(project)
+        outputs.keep_metrics_until(project, _checkpoint_step(resume_from))
+        params.save_json(project / outputs.PARAMS_FILE)
     _tracker_environment(params, project)
     stop = safety.StopOnSignal()
     trainer = PreferenceTrainer(
@@ -293,12 +297,14 @@ def run(params: LLMTrainingParams) -> RunResult:
         after = samples.answer(trainer.accelerator.unwrap_model(trainer.model), tokenizer, sample_ids)
         samples.write(project, [samples.prompt_text(tokenizer, ids) for ids in sample_ids], before, after)
     outputs.save_model(trainer, tokenizer, data.template, params, project)
-    records = outputs.read_metrics(project)
-    plot_training(project, records)
-    outputs.write_card(project, params, params.model, data, records)
-    if params.push_to_hub:
-        outputs.push_to_hub(project, params)
-    logger.info("done: outputs in %s", project)
+    if main:
+        records = outputs.read_metrics(project)
+        plot_training(project, records)
+        outputs.write_card(project, params, params.model, data, records)
+        if params.push_to_hub:
+            outputs.push_to_hub(project, params)
+        logger.info("done: outputs in %s", project)
+    trainer.accelerator.wait_for_everyone()  # every process returns a finished project
     return result_of(params)
 
 
