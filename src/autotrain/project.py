@@ -216,15 +216,21 @@ def _interrupted(number: int, project: Path) -> None:
     )
 
 
-def run(params: LLMTrainingParams) -> RunResult:
-    """Train in this process and return the result; raise on any failure."""
+def run(params: LLMTrainingParams, folder_checked: bool = False) -> RunResult:
+    """Train in this process and return the result; raise on any failure.
+
+    `folder_checked`: the project folder was checked before this process started (by autotrain.launch, or by
+    every process of another launcher before any wrote to it); by now it holds this run's own first files, so
+    no resume asked for means "no checkpoint" rather than "refuse a used folder".
+    """
     from autotrain import defaults, models, outputs, samples
     from autotrain.data.prepare import prepare_data
     from autotrain.plots import plot_training
     from autotrain.trainers.clm.trainer import METHODS
 
     project = Path(params.project_name).expanduser().resolve()
-    resume_from = resume_point(project, params.resume_from_checkpoint)
+    resume = params.resume_from_checkpoint
+    resume_from = resume_point(project, "auto" if folder_checked and resume is None else resume)
     check_device(params)
     method = METHODS[params.trainer]
     model_path = defaults.resolve_model(params.model)

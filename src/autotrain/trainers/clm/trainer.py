@@ -272,6 +272,8 @@ class PreferenceTrainer(Trainer):
             super()._save_checkpoint(model, trial)
         finally:
             self._staging = False
+        # Every process writes its own RNG state into the staged folder: publish it only once all have.
+        self.accelerator.wait_for_everyone()
         if self.args.should_save:
             safety.publish(root / safety.STAGING / name, root / name)
             safety.rotate(root, self.args.save_total_limit)
@@ -298,11 +300,20 @@ class PreferenceTrainer(Trainer):
         mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
         if self._counts[mode]:
             prefix = "eval_" if mode == "eval" else ""
-            # One stacked transfer for all metrics instead of one sync per value.
+            # One stacked transfer for all metrics instead of one sync per value; with several processes, one
+            # all-reduce of the sums, the micro-batch counts and the token counts, so the logged values are the
+            # means over every process's micro-batches (as the loss is), and tokens are everyone's.
             names = list(self._sums[mode])
-            values = torch.stack([self._sums[mode][n].float() for n in names]).cpu() / self._counts[mode]
+            device = self._sums[mode][names[0]].device
+            dtype = torch.float32 if device.type == "mps" else torch.float64  # exact token counts; MPS has no fp64
+            extra = torch.tensor([self._counts[mode], self.num_tokens], dtype=dtype, device=device)
+            totals = torch.cat([torch.stack([self._sums[mode][n].to(dtype) for n in names]), extra])
+            if self.accelerator.num_processes > 1:
+                totals = self.accelerator.reduce(totals, reduction="sum")
+            totals = totals.cpu()
+            values = totals[: len(names)] / totals[-2]
             logs.update({prefix + n: round(v, 6) for n, v in zip(names, values.tolist())})
             self._sums[mode], self._counts[mode] = {}, 0
-        if mode == "train" and "loss" in logs:
-            logs["num_tokens"] = self.num_tokens
+            if mode == "train" and "loss" in logs:
+                logs["num_tokens"] = int(totals[-1])
         super().log(logs, start_time)
