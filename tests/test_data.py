@@ -227,3 +227,24 @@ def test_prepared_splits_are_memory_mapped_arrow(pairs_file):
 def test_bundled_sample_pairs_load_with_defaults():
     data = prepare_data(LLMTrainingParams(valid_split="validation"), make_tokenizer(True), 512)
     assert len(data.train) >= 300 and len(data.valid) >= 60
+
+
+def test_validation_split_of_a_save_to_disk_folder_and_of_a_datasets_id(tmp_path, monkeypatch):
+    import datasets
+    from datasets import Dataset, DatasetDict
+
+    splits = {"train": arithmetic_pairs(5), "validation": arithmetic_pairs(3, start=30)}
+    saved = tmp_path / "saved"
+    DatasetDict({name: Dataset.from_list(rows) for name, rows in splits.items()}).save_to_disk(str(saved))
+    asked = []
+
+    def hub(name, split):  # no network here: stand in for the hub, and record what was asked
+        asked.append((name, split))
+        return Dataset.from_list(splits[split])
+
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+    for source in (str(saved), "someone/pairs"):
+        data = prepare_data(LLMTrainingParams(data_path=source, valid_split="validation"), make_tokenizer(False), 512)
+        assert (len(data.train), len(data.valid)) == (5, 3)
+        assert data.valid.prompt_ids[0] == [BOS, *char_ids(splits["validation"][0]["prompt"])]
+    assert asked == [("someone/pairs", "train"), ("someone/pairs", "validation")]

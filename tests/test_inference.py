@@ -42,3 +42,32 @@ def test_prompts_from_text_and_bad_jsonl(tmp_path):
     bad.write_text('{"prompt": "ok"}\n{"text": "no prompt"}\n')
     with pytest.raises(DataError, match=r"p.jsonl:2, column 'prompt'"):
         read_prompts(str(bad))
+
+
+def test_answers_are_the_models_greedy_continuation_of_the_chat_template(tmp_path, chat_model, monkeypatch):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationMixin
+
+    from autotrain.inference import InferenceParams, generate
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", arithmetic_pairs(4))
+    project = tmp_path / "run"
+    AutoTrainProject(LLMTrainingParams(model=str(chat_model), data_path=str(data), project_name=str(project),
+                                       max_steps=1, gradient_accumulation=1)).create()
+    (answer,) = generate(InferenceParams(project_name=str(project), inference_prompts="3+4=", inference_max_tokens=5))
+    tokenizer, model = AutoTokenizer.from_pretrained(project), AutoModelForCausalLM.from_pretrained(project).eval()
+    ids = tokenizer("<|im_start|>user\n3+4=<|im_end|>\n<|im_start|>assistant\n", return_tensors="pt").input_ids
+    with torch.no_grad():
+        for _ in range(5):  # greedy by hand: the argmax token, five times (or until the end of the turn)
+            nxt = model(input_ids=ids).logits[0, -1].argmax()
+            ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
+            if nxt.item() == tokenizer.eos_token_id:
+                break
+    prompt_len = len(tokenizer("<|im_start|>user\n3+4=<|im_end|>\n<|im_start|>assistant\n").input_ids)
+    assert answer == {"prompt": "3+4=", "answer": tokenizer.decode(ids[0, prompt_len:], skip_special_tokens=True).strip()}
+
+    seen = {}
+    monkeypatch.setattr(GenerationMixin, "generate", lambda self, **kw: seen.update(kw) or kw["input_ids"])
+    list(generate(InferenceParams(project_name=str(project), inference_prompts="x", inference_temperature=0.7,
+                                  inference_top_p=0.9, inference_max_tokens=9)))
+    assert (seen["do_sample"], seen["temperature"], seen["top_p"], seen["max_new_tokens"]) == (True, 0.7, 0.9, 9)
