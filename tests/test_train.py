@@ -277,8 +277,8 @@ def test_cli_user_error_is_one_line_exit_2_and_writes_nothing(tmp_path, chat_mod
 @pytest.mark.parametrize(
     ("overrides", "error", "message"),
     [
-        (dict(trainer="dpo"), ParamsError, "'dpo' is not available in this release; supported: orpo"),
-        (dict(trainer="sft"), ParamsError, "'sft' is not available"),
+        (dict(trainer="ppo"), ParamsError, "unknown trainer 'ppo'; did you mean dpo?"),
+        (dict(quantization="int4", peft=True), ParamsError, r"quantization: int4 \(bitsandbytes\) needs a CUDA GPU"),
         (dict(mixed_precision="fp16"), ParamsError, "fp16 needs a CUDA GPU"),
         (dict(model="./no-such-model"), ModelError, "no such model folder"),
         (dict(text_column="answer"), DataError, "column 'answer': missing"),
