@@ -271,6 +271,11 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
     for name in ("transformers", "datasets", "peft", "accelerate", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    if not sys.stderr.isatty():
+        # Loading and saving bars redrawn into a log file are noise; the run's own progress lines stay.
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 if __name__ == "__main__":

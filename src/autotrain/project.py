@@ -33,8 +33,11 @@ class RunResult:
 
     def summary(self) -> str:
         lines = [f"outputs: {self.output_dir}"]
+        from autotrain.samples import one_line
+
         for sample in self.samples:
-            lines += [f"prompt: {sample['prompt']}", f"  before: {sample['before']}", f"  after:  {sample['after']}"]
+            lines += [f"prompt: {one_line(sample['prompt'])}", f"  before: {one_line(sample['before'])}",
+                      f"  after:  {one_line(sample['after'])}"]
         if self.evaluation is not None:
             before, after = self.evaluation
             key = "eval_rewards/accuracies"
@@ -301,7 +304,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False) -> RunResult:
         _interrupted(stop.received, project)
     if sample_ids and trainer.accelerator.is_main_process:
         after = samples.answer(trainer.accelerator.unwrap_model(trainer.model), tokenizer, sample_ids)
-        samples.write(project, [samples.prompt_text(tokenizer, ids) for ids in sample_ids], before, after)
+        samples.write(project, samples.prompt_texts(tokenizer, sample_ids), before, after)
     outputs.save_model(trainer, tokenizer, data.template, params, project)
     if main:
         records = outputs.read_metrics(project)

@@ -36,9 +36,28 @@ def answer(model: Any, tokenizer: Any, prompts: list[list[int]]) -> list[str]:
     return answers
 
 
-def prompt_text(tokenizer: Any, ids: list[int]) -> str:
-    """The prompt as a reader wants it: template markers dropped, whitespace collapsed."""
-    return " ".join(tokenizer.decode(ids, skip_special_tokens=True).split())
+def prompt_texts(tokenizer: Any, prompts: list[list[int]]) -> list[str]:
+    """The prompts as a reader wants them: template markers dropped, whitespace collapsed, and the words every
+    prompt starts and ends with (a default system prompt, the role names) removed, so the question stands out."""
+    words = [tokenizer.decode(ids, skip_special_tokens=True).split() for ids in prompts]
+    if len({tuple(w) for w in words}) > 1:  # two different prompts at least: their shared ends are the template
+        shortest = min(len(w) for w in words)
+        head = 0
+        while head < shortest - 1 and all(w[head] == words[0][head] for w in words):
+            head += 1
+        tail = 0
+        while tail < shortest - head - 1 and all(w[-1 - tail] == words[0][-1 - tail] for w in words):
+            tail += 1
+        words = [w[head : len(w) - tail] for w in words]
+    return [" ".join(w) for w in words]
+
+
+def one_line(text: str | None, limit: int = 200) -> str:
+    """An answer on one line for the console: whitespace collapsed, cut at `limit` characters."""
+    if text is None:
+        return "(not available: the run was resumed)"
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def write(project: Path, prompts: list[str], before: list[str] | None, after: list[str]) -> None:
