@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -141,11 +142,14 @@ def test_config_is_in_help(capsys):
 def test_config_without_a_command_means_llm_train(tmp_path):
     # A missing data file is found after the params are built: the run got as far as training.
     write("data_path: ./missing.jsonl\nproject_name: out\n")
+    # An empty cache: the data is checked before the default model would be converted (~40 s, on a first run).
+    env = {**os.environ, "AITRAINING_CACHE": str(tmp_path / "cache")}
     done = subprocess.run([sys.executable, "-m", "autotrain", "--config", "run.yml", "--lora-r", "4"],
-                          capture_output=True, text=True, cwd=tmp_path)
+                          capture_output=True, text=True, cwd=tmp_path, env=env)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "missing.jsonl" in lines[0], done.stderr
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 
 def test_config_without_a_command_reads_the_file_and_flags(tmp_path):

@@ -7,12 +7,15 @@ safetensors folder in a cache; every later use just returns that folder.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import importlib.metadata
 import importlib.util
 import logging
 import os
 import shutil
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -58,8 +61,11 @@ def embedded_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     # A unique sibling on the same filesystem, so the rename is atomic and concurrent conversions never share it.
     temp = root / f"{_TEMP_PREFIX}{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     temp.mkdir()
+    # transformers draws a per-tensor bar on stderr; in a log file it is noise, and stderr carries only errors.
+    quiet = contextlib.nullcontext() if sys.stderr.isatty() else contextlib.redirect_stderr(io.StringIO())
     try:
-        _convert(gguf, temp)
+        with quiet:
+            _convert(gguf, temp)
         fsync_tree(temp)
         os.replace(temp, final)
     except OSError:

@@ -227,7 +227,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False) -> RunResult:
     no resume asked for means "no checkpoint" rather than "refuse a used folder".
     """
     from autotrain import defaults, models, outputs, samples
-    from autotrain.data.prepare import prepare_data
+    from autotrain.data.prepare import open_data, prepare_data
     from autotrain.plots import plot_training
     from autotrain.trainers.clm.trainer import METHODS
 
@@ -236,6 +236,9 @@ def run(params: LLMTrainingParams, folder_checked: bool = False) -> RunResult:
     resume_from = resume_point(project, "auto" if folder_checked and resume is None else resume)
     check_device(params)
     method = METHODS[params.trainer]
+    # The data's files, splits and columns are checked before the model is touched: the default model's one-time
+    # conversion takes ~40 s, and a typo in a path should not wait for it.
+    opened = open_data(params, paired=method.paired)
     model_path = defaults.resolve_model(params.model)
     models.check_model_path(model_path)
     ref_path = defaults.resolve_model(params.model_ref) if params.model_ref else None
@@ -243,7 +246,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False) -> RunResult:
         models.check_model_path(ref_path)
     tokenizer = models.load_tokenizer(model_path, params.trust_remote_code)
     config = models.load_config(model_path, params.trust_remote_code)
-    data = prepare_data(params, tokenizer, models.model_max_length(config), paired=method.paired)
+    data = prepare_data(params, tokenizer, models.model_max_length(config), paired=method.paired, opened=opened)
 
     from transformers import PrinterCallback, ProgressCallback, set_seed
 

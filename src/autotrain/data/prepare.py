@@ -31,14 +31,30 @@ class PreparedData:
     limits: Limits
 
 
-def prepare_data(params: LLMTrainingParams, tokenizer: Any, model_max: int | None, paired: bool = True
-                 ) -> PreparedData:
-    """`paired`: preference rows (prompt, chosen, rejected) for ORPO/DPO; False for SFT rows (no rejected)."""
+@dataclass(frozen=True)
+class OpenedData:
+    """The splits opened and their columns checked: what can fail on the data before any tokenizer exists."""
+
+    train: Split
+    valid: Split | None
+    columns: Columns
+
+
+def open_data(params: LLMTrainingParams, paired: bool = True) -> OpenedData:
+    """Open the splits and pick their columns. `paired`: preference rows for ORPO/DPO; False for SFT rows."""
     train_raw = load_split(params.data_path, params.train_split, is_train=True)
     valid_raw = load_split(params.data_path, params.valid_split, is_train=False) if params.valid_split else None
     columns = resolve_columns(params, train_raw, paired)
     if valid_raw is not None:
         columns.check(valid_raw)  # the same columns must exist there too
+    return OpenedData(train_raw, valid_raw, columns)
+
+
+def prepare_data(params: LLMTrainingParams, tokenizer: Any, model_max: int | None, paired: bool = True,
+                 opened: OpenedData | None = None) -> PreparedData:
+    """Tokenize the splits (`opened` by `open_data`, or opened here)."""
+    opened = opened or open_data(params, paired)
+    train_raw, valid_raw, columns = opened.train, opened.valid, opened.columns
     template = pick_template(tokenizer, params.chat_template)
     limits = Limits(
         max_prompt_length=params.max_prompt_length,
