@@ -186,11 +186,13 @@ class PreferenceTrainer(Trainer):
         self._loss_finite: torch.Tensor | None = None  # device flag over this step's micro-batches
         self._staging = False
         self.num_tokens = 0  # real tokens trained on by this process (host count from the collator)
+        self._untrained = True  # only while precomputing, before train(): see _reference_sums
         if self.method.reference and precompute_ref:
             self.train_dataset = self.precompute_reference(self.train_dataset)
             if self.eval_dataset is not None:
                 self.eval_dataset = self.precompute_reference(self.eval_dataset)
             self.ref_model = None  # every batch now carries its reference log-probs
+        self._untrained = False
 
     def _reference_sums(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         """[2B] summed completion log-probs of the frozen reference: precomputed, a separate model, or this model
@@ -200,10 +202,12 @@ class PreferenceTrainer(Trainer):
         if self.ref_model is not None:
             return sequence_logps(self.ref_model, batch).sums
         inner = unwrap(model)
-        if not hasattr(inner, "disable_adapter"):
-            raise ValueError("DPO without --peft needs a reference model (the trainer is built with ref_model)")
-        with inner.disable_adapter():
+        if hasattr(inner, "disable_adapter"):
+            with inner.disable_adapter():
+                return sequence_logps(model, batch).sums
+        if self._untrained:  # precomputing before the first step: the model is still its own reference
             return sequence_logps(model, batch).sums
+        raise ValueError("DPO without --peft needs a reference model (the trainer is built with ref_model)")
 
     def precompute_reference(self, dataset: Any) -> Any:
         """The dataset plus `ref_chosen_logps` / `ref_rejected_logps` columns: one no-grad pass, in eval mode.
@@ -212,7 +216,6 @@ class PreferenceTrainer(Trainer):
         first optimizer step; the caller passes a reference model when resuming.
         """
         model, loader = self.model, self.get_eval_dataloader(dataset)
-        inner = unwrap(model)
         training = model.training
         model.eval()
         chosen: list[float] = []
@@ -221,13 +224,7 @@ class PreferenceTrainer(Trainer):
             with torch.no_grad(), self.compute_loss_context_manager():
                 for batch in loader:
                     batch = self._prepare_inputs(batch)
-                    if self.ref_model is not None:
-                        sums = sequence_logps(self.ref_model, batch).sums
-                    elif hasattr(inner, "disable_adapter"):
-                        with inner.disable_adapter():
-                            sums = sequence_logps(model, batch).sums
-                    else:
-                        sums = sequence_logps(model, batch).sums
+                    sums = self._reference_sums(model, batch)
                     pairs = batch["num_pairs"]
                     gathered = self.accelerator.gather_for_metrics(sums.float().reshape(2, pairs).T.contiguous())
                     chosen += gathered[:, 0].tolist()
