@@ -243,21 +243,56 @@ def test_sft_on_messages_with_eval_steps_through_the_python_api(tmp_path, chat_m
     assert "8 examples" in card and "tags: [aitraining, sft]" in card
 
 
-def test_sft_tokenizes_the_last_assistant_turn_as_the_completion(tmp_path, chat_model):
+def test_sft_conversation_trains_every_assistant_turn_and_masks_the_others(tmp_path, chat_model):
     from autotrain.data.prepare import prepare_data
     from autotrain.models import load_tokenizer
 
-    rows = [{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-                          {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]},
-            {"text": None}]
-    data = write_jsonl(tmp_path / "conv.jsonl", rows[:1])
+    rows = [{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "a"},
+                          {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"},
+                          {"role": "tool", "content": "t"}, {"role": "assistant", "content": "d"}]}]
+    data = write_jsonl(tmp_path / "conv.jsonl", rows)
     params = LLMTrainingParams(model=str(chat_model), data_path=str(data), trainer="sft")
     out = prepare_data(params, load_tokenizer(str(chat_model), False), 512, paired=False)
     turn = lambda role, text: [IM_START, *char_ids(f"{role}\n{text}"), IM_END, NEWLINE]  # noqa: E731
-    assert out.train.prompt_ids[0] == turn("user", "a") + turn("assistant", "b") + turn("user", "c") + [
-        IM_START, *char_ids("assistant\n")]
-    assert out.train.chosen_ids[0] == [*char_ids("d"), IM_END, NEWLINE]
+    opening = [IM_START, *char_ids("assistant\n")]
+    answer_b, answer_d = [*char_ids("b"), IM_END, NEWLINE], [*char_ids("d"), IM_END, NEWLINE]
+    context = turn("user", "c") + turn("tool", "t") + opening
+    assert out.train.prompt_ids[0] == turn("system", "s") + turn("user", "a") + opening
+    assert out.train.chosen_ids[0] == answer_b + context + answer_d
+    assert out.train.dataset[0]["chosen_mask"] == [1] * len(answer_b) + [0] * len(context) + [1] * len(answer_d)
     assert out.train.rejected_ids[0] == []
+
+
+def test_sft_mask_leaves_context_turns_out_of_the_loss_like_transformers():
+    from autotrain.attention import make_collator
+
+    model = tiny_model(seed=6)
+    rows = [{"prompt_ids": [5, 9], "chosen_ids": [20, 21, 2, 40, 41, 42, 22, 23, 2], "rejected_ids": [],
+             "chosen_mask": [1, 1, 1, 0, 0, 0, 1, 1, 1]},
+            {"prompt_ids": [7, 8, 9], "chosen_ids": [30, 2, 50, 31, 32, 2], "rejected_ids": [],
+             "chosen_mask": [1, 1, 0, 1, 1, 1]}]
+    width = max(len(r["prompt_ids"] + r["chosen_ids"]) for r in rows)
+    ids, mask = torch.zeros(2, width, dtype=torch.long), torch.zeros(2, width, dtype=torch.long)
+    labels, all_chosen = torch.full((2, width), -100), torch.full((2, width), -100)
+    for i, r in enumerate(rows):
+        seq, p = r["prompt_ids"] + r["chosen_ids"], len(r["prompt_ids"])
+        ids[i, : len(seq)], mask[i, : len(seq)] = torch.tensor(seq), 1
+        for j, (token, trained) in enumerate(zip(r["chosen_ids"], r["chosen_mask"])):
+            all_chosen[i, p + j] = token
+            if trained:
+                labels[i, p + j] = token
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask, labels=labels).loss.item()
+        unmasked = model(input_ids=ids, attention_mask=mask, labels=all_chosen).loss.item()
+    assert unmasked != pytest.approx(expected, rel=1e-3)  # the context mask matters for this data
+    separate = PackedCollator(0, share_prompt=False)
+    for collate in (PaddedCollator(0), make_collator(True, 0, False, model=model), separate):
+        batch = collate(rows)
+        if "cu_seq_lens" in batch:  # the varlen layout needs flash attention; check its targets instead
+            assert batch["target_ids"].tolist() == [20, 21, 2, 22, 23, 2, 30, 2, 31, 32, 2]
+            continue
+        loss, _ = sft_step(model, batch, 0.1)
+        assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_sft_plain_text_through_the_cli(tmp_path, base_model):

@@ -16,7 +16,8 @@ tensors, so the loss never needs to know the layout:
   `ref_rejected_logps`): chosen sums then rejected sums, in pair order.
 
 Rows of a supervised (SFT) dataset have an empty `rejected_ids`: there is no rejected sequence, sequences B..2B-1
-get no targets, and `in_nll` covers the completion.
+get no targets, and `in_nll` covers the completion; their `chosen_mask` (1 trained, 0 context) leaves the context
+turns of a conversation out of the targets.
 
 Only targets are listed, so the LM head runs on K positions instead of every position of every row.
 """
@@ -68,8 +69,11 @@ class PaddedCollator:
             attention_mask[seq, : len(ids)] = 1
             prompt_len = len(features[seq % pairs]["prompt_ids"])
             chosen = seq < pairs
+            mask = features[seq].get("chosen_mask") if chosen else None
             first = 1 if (chosen and self.prompt_loss) else prompt_len
             for t in range(max(first, 1), len(ids)):
+                if mask is not None and t >= prompt_len and not mask[t - prompt_len]:
+                    continue  # a context turn of a conversation: read, not trained
                 hidden_index.append(seq * width + t - 1)
                 target_ids.append(ids[t])
                 target_seq.append(seq)

@@ -204,7 +204,8 @@ class PackedCollator:
             targets.add(list(range(base, base + p - 1)), prompt[1:], pair, completion=False, nll=True)
         # With an empty prompt nothing predicts a completion's first token; the padded layout skips it too.
         skip = 1 if p == 0 else 0
-        targets.add(list(range(base + p - 1 + skip, base + p + c - 1)), chosen[skip:], pair, True, True)
+        hidden, predicted = _trained(list(range(base + p - 1 + skip, base + p + c - 1)), chosen, skip, f)
+        targets.add(hidden, predicted, pair, True, True)
         if not rejected:  # a supervised row: prompt | completion only
             return
         # Rejected's first token reads the prompt's last hidden state, its others the rejected tokens before them.
@@ -227,8 +228,24 @@ class PackedCollator:
             if chosen and self.prompt_loss and p > 1:
                 targets.add(list(range(start, start + p - 1)), prompt[1:], seq, completion=False, nll=True)
             first = max(p, 1)
-            targets.add(list(range(start + first - 1, start + len(tokens) - 1)), tokens[first:], seq, True, chosen)
+            hidden = list(range(start + first - 1, start + len(tokens) - 1))
+            if chosen:
+                hidden, predicted = _trained(hidden, tokens[p:], first - p, f)
+            else:
+                predicted = tokens[first:]
+            targets.add(hidden, predicted, seq, True, chosen)
             start += len(tokens)
+
+
+def _trained(hidden: list[int], completion: list[int], skip: int, f: dict[str, Any]) -> tuple[list[int], list[int]]:
+    """The chosen targets `completion[skip:]` (read at `hidden`) that are trained: all of them, or those whose
+    `chosen_mask` is 1 (a conversation's context turns are read, not trained)."""
+    ids = completion[skip:]
+    mask = f.get("chosen_mask")
+    if mask is None:
+        return hidden, ids
+    kept = [k for k in range(len(ids)) if mask[skip + k]]
+    return [hidden[k] for k in kept], [ids[k] for k in kept]
 
 
 def segment_mask_mod(segment_ids: Tensor) -> Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]:

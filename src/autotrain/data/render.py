@@ -6,7 +6,8 @@ therefore appears exactly once in each sequence, and never under the completion'
 
 Supervised (SFT) rows have no rejected side, and come as a `text` column (plain text, trained on whole, no
 template), a prompt and a completion column (rendered as above, the prompt excluded from the loss), or a `messages`
-conversation (everything before the last assistant turn is the prompt, that turn is the completion).
+conversation (the turns before the first assistant message are the prompt; every assistant turn is trained, and
+the user or tool turns between them are context, not under the loss).
 
 Preference rows come in three shapes, all three accepted:
 - strings: {"prompt": "2+2?", "chosen": "4", "rejected": "5"};
@@ -142,6 +143,9 @@ class RenderedPair:
     prompt: str
     chosen: str
     rejected: str
+    # A multi-turn SFT conversation: the chosen text cut into (text, trained) pieces, the assistant turns trained
+    # and the user/tool turns between them context. None: the whole chosen text is trained.
+    chosen_pieces: tuple[tuple[str, bool], ...] | None = None
 
 
 class Renderer:
@@ -201,21 +205,41 @@ class Renderer:
                 f"{where}: conversational rows need a chat template and this tokenizer has none; "
                 "pass --chat-template chatml (or zephyr)"
             )
-        if prompt is None:  # a whole conversation: its last assistant turn(s) are the completion
-            last = len(completion)
-            while last > 0 and completion[last - 1]["role"] == "assistant":
-                last -= 1
-            if last == len(completion) or last == 0:
-                raise DataError(
-                    f"{where}, column '{self.columns.chosen}': a conversation must end with an assistant message "
-                    "after at least one other message"
-                )
-            prompt_msgs, answer = completion[:last], completion[last:]
-        else:
-            prompt_msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-            answer = _as_answer(completion)
+        if prompt is None:  # a whole conversation: every assistant turn is trained, everything else is context
+            return self._conversation(completion, where)
+        prompt_msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         prompt_text = self._render(prompt_msgs, generation=True)
-        return RenderedPair(prompt_text, self._completion(prompt_msgs, prompt_text, answer, where), "")
+        return RenderedPair(prompt_text, self._completion(prompt_msgs, prompt_text, _as_answer(completion), where), "")
+
+    def _conversation(self, messages: Messages, where: object) -> RenderedPair:
+        """Prompt: the turns before the first assistant message. Completion: the rest, in pieces; each assistant
+        turn (with what closes it) is trained, each run of other turns between them (with the next generation
+        prompt) is context."""
+        first = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), 0)
+        if first == 0 or messages[-1]["role"] != "assistant":
+            raise DataError(
+                f"{where}, column '{self.columns.chosen}': a conversation must start with a non-assistant message "
+                "and end with an assistant message"
+            )
+        prompt_text = self._render(messages[:first], generation=True)
+        pieces: list[tuple[str, bool]] = []
+        done = prompt_text  # what the pieces so far render to, prompt included
+        i = first
+        while i < len(messages):
+            trained = messages[i]["role"] == "assistant"
+            end = i
+            while end < len(messages) and (messages[end]["role"] == "assistant") == trained:
+                end += 1
+            # An assistant run renders closed; a context run renders up to the next assistant turn's opening.
+            upto = self._render(messages[:end], generation=not trained)
+            if not upto.startswith(done):
+                raise DataError(
+                    f"{where}: the chat template renders the conversation's earlier turns differently once later "
+                    "turns follow, so the turns cannot be separated; pass --chat-template chatml"
+                )
+            pieces.append((upto[len(done) :], trained))
+            done, i = upto, end
+        return RenderedPair(prompt_text, "".join(text for text, _ in pieces), "", tuple(pieces))
 
     def _check_shape(self, shape: str, where: object) -> None:
         if self.shape is None:

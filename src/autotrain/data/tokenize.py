@@ -29,6 +29,7 @@ from autotrain.errors import DataError
 logger = logging.getLogger("autotrain")
 
 ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+MASK_COLUMN = "chosen_mask"  # supervised data only: which completion tokens are trained
 # Pairs per tokenizer call: larger batches are no faster (measured), and the encoder holds ~80 bytes per token
 # of a batch until the call returns, so this bounds peak memory.
 BATCH_PAIRS = 256
@@ -118,7 +119,7 @@ def write_tokens(split: Split, renderer: Renderer, tokenizer: Any, limits: Limit
         raise DataError("the tokenizer has no EOS token, needed to end completions without a chat template")
     paired = renderer.columns.rejected is not None
     dropped, truncated, rows = Counter(), Counter(), 0
-    with _progress(split) as bar, _ArrowSink(path) as sink:
+    with _progress(split) as bar, _ArrowSink(path, supervised=not paired) as sink:
         batch: list[RenderedPair] = []
         for number, row in split.rows(advance=bar.update):
             rows += 1
@@ -141,25 +142,41 @@ def _tokenize(
     batch: list[RenderedPair], tokenizer: Any, templated: bool, paired: bool, limits: Limits, dropped: Counter,
     truncated: Counter,
 ) -> list[list[list[int]]]:
-    """The kept pairs of a batch as three columns of ids: prompt, chosen, rejected (empty for supervised rows)."""
-    columns: list[list[list[int]]] = [[], [], []]
+    """The kept pairs of a batch as columns of ids: prompt, chosen, rejected; supervised rows (not `paired`) have an
+    empty rejected and a fourth column, chosen_mask (1 for a trained token, 0 for a context turn's)."""
+    columns: list[list[list[int]]] = [[], [], []] if paired else [[], [], [], []]
     if not batch:
         return columns
     # With a template, the rendered text already holds BOS (if the model uses one) and the turn markers.
     prompts = _encode(tokenizer, [p.prompt for p in batch], special=not templated)
-    # Chosen and rejected in one call: one larger batch keeps the tokenizer's threads busier.
-    texts = [p.chosen for p in batch] + ([p.rejected for p in batch] if paired else [])
-    answers = _encode(tokenizer, texts, special=False)
+    # Every completion piece in one call (chosen and rejected, or a conversation's turns): one larger batch keeps
+    # the tokenizer's threads busier. Pieces are tokenized apart, as prompt and completion are.
+    pieces = [p.chosen_pieces or ((p.chosen, True),) for p in batch]
+    texts = [text for row in pieces for text, _ in row] + ([p.rejected for p in batch] if paired else [])
+    encoded = iter(_encode(tokenizer, texts, special=False))
     eos = [] if templated else [tokenizer.eos_token_id]
+    chosen_rows: list[tuple[list[int], list[int]]] = []
+    for row in pieces:
+        ids: list[int] = []
+        mask: list[int] = []
+        for _, trained in row:
+            piece = next(encoded)
+            ids += piece
+            mask += [int(trained)] * len(piece)
+        chosen_rows.append((ids + eos, mask + [1] * len(eos)))
     for index, prompt in enumerate(prompts):
-        chosen = answers[index] + eos
-        rejected = answers[len(batch) + index] + eos if paired else []
+        chosen, mask = chosen_rows[index]
+        rejected = next(encoded) + eos if paired else []
         prompt, chosen, rejected = _truncate(prompt, chosen, rejected, limits, truncated)
+        mask = mask[: len(chosen)]
         if not chosen or (paired and not rejected):
             dropped["completion empty after truncation"] += 1
             continue
-        for column, ids in zip(columns, (prompt, chosen, rejected)):
-            column.append(ids)
+        if not any(mask):
+            dropped["no trained token left after truncation"] += 1
+            continue
+        for column, values in zip(columns, (prompt, chosen, rejected, mask)):
+            column.append(values)
     return columns
 
 
@@ -171,11 +188,12 @@ class _ArrowSink:
     the file into the process's RSS.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, supervised: bool = False):
         import pyarrow as pa
 
         self.pa, self.path = pa, path
-        self.schema = pa.schema([(name, pa.list_(pa.int32())) for name in ID_COLUMNS])
+        fields = [(name, pa.list_(pa.int32())) for name in ID_COLUMNS]
+        self.schema = pa.schema(fields + ([(MASK_COLUMN, pa.list_(pa.int8()))] if supervised else []))
         self.pending: list[Any] = []
         self.pending_bytes = 0
         self.rows = 0
@@ -188,8 +206,8 @@ class _ArrowSink:
     def add(self, columns: list[list[list[int]]]) -> None:
         if not columns[0]:
             return
-        kind = self.schema.field(0).type
-        batch = self.pa.record_batch([self.pa.array(c, type=kind) for c in columns], schema=self.schema)
+        arrays = [self.pa.array(c, type=field.type) for c, field in zip(columns, self.schema)]
+        batch = self.pa.record_batch(arrays, schema=self.schema)
         self.pending.append(batch)
         self.pending_bytes += batch.nbytes
         self.rows += batch.num_rows
