@@ -334,16 +334,14 @@ def _failure(project: Path, code: int, received: int | None, status: dict[str, A
              log_file: Path) -> AutoTrainError:
     """The exception that stands for the launched run's failure in this process."""
     from autotrain import errors
-    from autotrain.trainers.clm.safety import checkpoints
+    from autotrain.project import interrupted
 
     if received is not None or (status is not None and status.get("kind") == "TrainingInterrupted"):
         number = received if received is not None else int(status["exit_code"]) - 128
-        saved = checkpoints(project)
-        message = status["message"] if status is not None else (
-            f"stopped by {signal.Signals(number).name} after saving {saved[-1] if saved else 'no checkpoint'}; "
-            "resume with the same command plus --resume-from-checkpoint auto"
-        )
-        return TrainingInterrupted(message, signal_number=number, checkpoint=str(saved[-1]) if saved else None)
+        stopped = interrupted(number, project)
+        if status is not None:  # the training process's own words
+            stopped = TrainingInterrupted(status["message"], signal_number=number, checkpoint=stopped.checkpoint)
+        return stopped
     if status is not None:
         kind = getattr(errors, str(status.get("kind")), None)
         if isinstance(kind, type) and issubclass(kind, AutoTrainError) and kind is not TrainingInterrupted:

@@ -123,7 +123,7 @@ def before_after(records: list[dict[str, Any]]) -> tuple[dict[str, float], dict[
 def write_card(project: Path, params: LLMTrainingParams, base_model: str, data: Any, records: list[dict]) -> None:
     """README.md: base model, data, parameters, final metrics, and before/after evaluation where there is one."""
     final = final_metrics(records)
-    unit = "pairs" if data.columns.rejected else "examples"
+    unit = data.columns.unit
     lines = [
         "---",
         "library_name: transformers",

@@ -204,14 +204,15 @@ def _checkpoint_step(checkpoint: Path | None) -> int:
     return int(json.loads((checkpoint / "trainer_state.json").read_text())["global_step"])
 
 
-def _interrupted(number: int, project: Path) -> None:
+def interrupted(number: int, project: Path) -> TrainingInterrupted:
+    """The error for a run stopped by signal `number`: what was saved, and how to resume."""
     import signal
 
     from autotrain.trainers.clm.safety import checkpoints
 
     saved = checkpoints(project)
     name = signal.Signals(number).name
-    raise TrainingInterrupted(
+    return TrainingInterrupted(
         f"stopped by {name} after saving {saved[-1] if saved else 'no checkpoint'}; resume with the same command "
         "plus --resume-from-checkpoint auto (Python: resume_from_checkpoint='auto')",
         signal_number=number,
@@ -246,7 +247,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False) -> RunResult:
         models.check_model_path(ref_path)
     tokenizer = models.load_tokenizer(model_path, params.trust_remote_code)
     config = models.load_config(model_path, params.trust_remote_code)
-    data = prepare_data(params, tokenizer, models.model_max_length(config), paired=method.paired, opened=opened)
+    data = prepare_data(params, tokenizer, models.model_max_length(config), opened=opened)
 
     from transformers import PrinterCallback, ProgressCallback, set_seed
 
@@ -255,10 +256,13 @@ def run(params: LLMTrainingParams, folder_checked: bool = False) -> RunResult:
     from autotrain.trainers.clm import safety
     from autotrain.trainers.clm.trainer import PreferenceTrainer
 
+    from accelerate import PartialState
+
+    main = PartialState().is_main_process  # with several processes, only the first writes the project's files
     set_seed(params.seed)  # before the model: LoRA's initial weights depend on it
     model = models.load_model(params, model_path)
-    sample_ids = data.valid.prompt_ids[: params.sample_answers] if params.sample_answers else []
-    # A resumed run has no untrained model left to ask (its "before" would be a checkpoint's).
+    # Sample answers are the main process's to give; a resumed run has no untrained model left to ask.
+    sample_ids = data.valid.prompt_ids[: params.sample_answers] if params.sample_answers and main else []
     before = samples.answer(model, tokenizer, sample_ids) if sample_ids and resume_from is None else None
     ref_model = None
     if method.reference:
@@ -269,9 +273,6 @@ def run(params: LLMTrainingParams, folder_checked: bool = False) -> RunResult:
             vocab = model.get_output_embeddings().weight.shape[0]
             ref_model = models.load_reference(params, ref_path or model_path, vocab)
     args = training_arguments(params, project, len(data.train), data.valid is not None)
-    from accelerate import PartialState
-
-    main = PartialState().is_main_process  # with several processes, only the first writes the project's files
     project.mkdir(parents=True, exist_ok=True)
     if main:
         safety.clear_staging(project)
@@ -304,8 +305,8 @@ def run(params: LLMTrainingParams, folder_checked: bool = False) -> RunResult:
 
             wandb.finish()
     if stop.received is not None:
-        _interrupted(stop.received, project)
-    if sample_ids and trainer.accelerator.is_main_process:
+        raise interrupted(stop.received, project)
+    if sample_ids:
         after = samples.answer(trainer.accelerator.unwrap_model(trainer.model), tokenizer, sample_ids)
         samples.write(project, samples.prompt_texts(tokenizer, sample_ids), before, after)
     outputs.save_model(trainer, tokenizer, data.template, params, project)

@@ -79,7 +79,7 @@ def prepare_data(params: LLMTrainingParams, tokenizer: Any, model_max: int | Non
     logger.info(
         "data: %d train %s%s; template: %s; block size %d",
         len(train),
-        "pairs" if paired else "examples",
+        columns.unit,
         f", {len(valid)} validation" if valid is not None else "",
         "none" if template is None else (params.chat_template or "tokenizer's"),
         limits.block_size,

@@ -55,6 +55,11 @@ class Columns:
     chosen: str  # the chosen completion; for SFT, the completion, text or messages column
     rejected: str | None  # None for SFT
 
+    @property
+    def unit(self) -> str:
+        """What one row is, for messages and the model card."""
+        return "pairs" if self.rejected is not None else "examples"
+
     def check(self, split: Split) -> None:
         present = split.columns
         for name in (self.prompt, self.chosen, self.rejected):
@@ -182,10 +187,7 @@ class Renderer:
                 return RenderedPair(prompt, chosen, rejected)
             prompt = [{"role": "user", "content": prompt}]
         if self.template is None:
-            raise DataError(
-                f"{where}: conversational rows need a chat template and this tokenizer has none; "
-                "pass --chat-template chatml (or zephyr)"
-            )
+            raise _no_template(where)
         prompt_msgs, chosen_msgs, rejected_msgs = _split_conversation(prompt, chosen, rejected, cols, where)
         prompt_text = self._render(prompt_msgs, generation=True)
         return RenderedPair(
@@ -201,10 +203,7 @@ class Renderer:
         if self.template is None:
             if isinstance(completion, str) and isinstance(prompt, str):
                 return RenderedPair(prompt, completion, "")
-            raise DataError(
-                f"{where}: conversational rows need a chat template and this tokenizer has none; "
-                "pass --chat-template chatml (or zephyr)"
-            )
+            raise _no_template(where)
         if prompt is None:  # a whole conversation: every assistant turn is trained, everything else is context
             return self._conversation(completion, where)
         prompt_msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
@@ -263,6 +262,13 @@ class Renderer:
                 "completion cannot be separated from it; pass --chat-template chatml"
             )
         return full[len(prompt_text) :]
+
+
+def _no_template(where: object) -> DataError:
+    return DataError(
+        f"{where}: conversational rows need a chat template and this tokenizer has none; "
+        "pass --chat-template chatml (or zephyr)"
+    )
 
 
 def _value(row: Row, column: str, where: object) -> str | Messages:

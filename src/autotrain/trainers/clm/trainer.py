@@ -186,17 +186,16 @@ class PreferenceTrainer(Trainer):
         self._loss_finite: torch.Tensor | None = None  # device flag over this step's micro-batches
         self._staging = False
         self.num_tokens = 0  # real tokens trained on by this process (host count from the collator)
-        self._untrained = True  # only while precomputing, before train(): see _reference_sums
         if self.method.reference and precompute_ref:
             self.train_dataset = self.precompute_reference(self.train_dataset)
             if self.eval_dataset is not None:
                 self.eval_dataset = self.precompute_reference(self.eval_dataset)
             self.ref_model = None  # every batch now carries its reference log-probs
-        self._untrained = False
 
-    def _reference_sums(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        """[2B] summed completion log-probs of the frozen reference: precomputed, a separate model, or this model
-        with its adapters disabled (the same weights, so no second copy in memory)."""
+    def _reference_sums(self, model: torch.nn.Module, batch: dict[str, Any], untrained: bool = False) -> torch.Tensor:
+        """[2B] summed completion log-probs of the frozen reference: precomputed, a separate model, this model with
+        its adapters disabled (the same weights, so no second copy in memory), or, when `untrained` (precomputing
+        before the first step), this model itself."""
         if "ref_logps" in batch:
             return batch["ref_logps"]
         if self.ref_model is not None:
@@ -205,7 +204,7 @@ class PreferenceTrainer(Trainer):
         if hasattr(inner, "disable_adapter"):
             with inner.disable_adapter():
                 return sequence_logps(model, batch).sums
-        if self._untrained:  # precomputing before the first step: the model is still its own reference
+        if untrained:
             return sequence_logps(model, batch).sums
         raise ValueError("DPO without --peft needs a reference model (the trainer is built with ref_model)")
 
@@ -224,7 +223,7 @@ class PreferenceTrainer(Trainer):
             with torch.no_grad(), self.compute_loss_context_manager():
                 for batch in loader:
                     batch = self._prepare_inputs(batch)
-                    sums = self._reference_sums(model, batch)
+                    sums = self._reference_sums(model, batch, untrained=True)
                     pairs = batch["num_pairs"]
                     gathered = self.accelerator.gather_for_metrics(sums.float().reshape(2, pairs).T.contiguous())
                     chosen += gathered[:, 0].tolist()
