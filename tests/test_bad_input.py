@@ -7,6 +7,7 @@ exit 2, exactly one `error: ` line on stderr, no traceback, no project folder an
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -40,7 +41,7 @@ def entries(cache: Path) -> list[Path]:
 
 def prepare(path: Path, chat: bool = False, **overrides):
     params = LLMTrainingParams(data_path=str(path), **{**COLUMNS, **overrides})
-    return prepare_data(params, make_tokenizer(chat), 512)
+    return prepare_data(params, make_tokenizer(chat), 512, paired=params.method != "sft")
 
 
 def error(path: Path, chat: bool = False, **overrides) -> str:
@@ -234,6 +235,24 @@ def test_non_string_value(tmp_path, value, message):
     assert error(path) == f"{path}:2, column 'rejected': {message}"
 
 
+def test_non_string_value_in_a_typed_table_gets_that_formats_advice(tmp_path):
+    # "Quote it in the file" cannot apply to parquet or a datasets folder: their columns have types.
+    path = parquet(tmp_path, [{**GOOD, "rejected": 5}, {**GOOD, "rejected": 6}])
+    assert error(path) == (
+        f"{path}, row 1 of 2, column 'rejected': expected text or a list of messages, got int 5; the parquet column "
+        "has type int64: write it as strings (pandas: df['rejected'] = df['rejected'].astype(str)) to use it as text"
+    )
+    from datasets import Dataset
+
+    saved = tmp_path / "saved"
+    Dataset.from_list([{**GOOD, "rejected": 2.5}]).save_to_disk(str(saved))
+    assert error(saved) == (
+        f"{saved}[train], row 1 of 1, column 'rejected': expected text or a list of messages, got float 2.5; the "
+        "dataset's column has type float64: cast it to text first (dataset.cast_column('rejected', "
+        "datasets.Value('string')))"
+    )
+
+
 TEXTS_THAT_LOOK_TYPED = ["4", "True", "[1]", "null", "{}", "-0.5"]
 
 
@@ -305,6 +324,61 @@ def test_equal_pairs_are_dropped_and_counted(tmp_path, caplog):
     assert f"{path}: dropped 1 of 3 pairs (chosen == rejected)" in caplog.messages
 
 
+@pytest.mark.parametrize("chat", [False, True])
+def test_whitespace_only_completions_are_dropped_and_counted(tmp_path, caplog, chat):
+    blank_message = [{"role": "assistant", "content": " \n "}]
+    rows = [GOOD, {**GOOD, "chosen": "  \n\t"}, {**GOOD, "rejected": " "}, {**GOOD, "prompt": "b"}]
+    if chat:
+        rows.append({"prompt": MESSAGES, "chosen": blank_message, "rejected": "r"})
+        rows = [{**r, "prompt": MESSAGES} for r in rows]
+    path = jsonl(tmp_path, *rows)
+    with caplog.at_level(logging.INFO, logger="autotrain"):
+        data = prepare(path, chat=chat)
+    assert len(data.train) == 2
+    blank = len(rows) - 2
+    assert data.train.dropped == {"completion only whitespace": blank}
+    assert f"{path}: dropped {blank} of {len(rows)} pairs (completion only whitespace)" in caplog.messages
+
+
+def test_whitespace_only_sft_text_is_dropped_and_counted(tmp_path):
+    path = jsonl(tmp_path, {"text": "a b"}, {"text": " \n"}, {"text": "c"})
+    data = prepare(path, trainer="sft", prompt_text_column=None, text_column="text", rejected_text_column=None)
+    assert len(data.train) == 2 and data.train.dropped == {"completion only whitespace": 1}
+
+
+def test_pairs_equal_after_truncation_are_dropped_and_counted(tmp_path, caplog):
+    path = jsonl(tmp_path, GOOD, {"prompt": "p", "chosen": "abcX", "rejected": "abcY"})
+    with caplog.at_level(logging.INFO, logger="autotrain"):
+        data = prepare(path, max_completion_length=3)
+    assert data.train.chosen_ids == [plain_ids("ok", "c")[1]]
+    assert data.train.dropped == {"chosen == rejected after truncation": 1}
+    assert f"{path}: dropped 1 of 2 pairs (chosen == rejected after truncation)" in caplog.messages
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(text_column="prompt"), "--prompt-text-column and --text-column: the prompt and the chosen answer are "
+         "both column 'prompt'; name a different column for each"),
+        (dict(text_column="prompt", prompt_text_column=None), "--prompt-text-column and --text-column: the prompt and "
+         "the chosen answer are both column 'prompt'; name a different column for each"),
+        (dict(rejected_text_column="chosen"), "--text-column and --rejected-text-column: the chosen answer and the "
+         "rejected answer are both column 'chosen'; name a different column for each"),
+        (dict(trainer="sft", text_column="prompt", rejected_text_column=None, prompt_text_column="prompt"),
+         "--prompt-text-column and --text-column: the prompt and the completion are both column 'prompt'; name a "
+         "different column for each"),
+    ],
+)
+def test_two_roles_in_one_column_are_refused(tmp_path, overrides, message):
+    from autotrain.errors import ParamsError
+
+    path = jsonl(tmp_path, GOOD)
+    with pytest.raises(ParamsError) as info:
+        prepare(path, **overrides)
+    assert str(info.value) == message
+    assert not entries(Path(os.environ["AITRAINING_CACHE"]))
+
+
 def test_every_pair_dropped_is_an_error(tmp_path):
     path = jsonl(tmp_path, {"prompt": "a", "chosen": "x", "rejected": "x"}, {"prompt": "b", "chosen": "y", "rejected": "y"})
     assert error(path) == f"{path}: every pair was dropped ({{'chosen == rejected': 2}}); nothing left to train on"
@@ -345,8 +419,8 @@ def test_valid_split_that_does_not_exist_fails_before_any_tokenizing(tmp_path, m
     folder.mkdir()
     write_jsonl(folder / "train.jsonl", arithmetic_pairs(3))
     assert error(folder, valid_split="validation") == (
-        f"{folder}: no file for split 'validation' (expected validation.jsonl, .json, .csv or .parquet); "
-        "splits present: train"
+        f"{folder}: no file for split 'validation' (expected validation.jsonl, .json, .csv or .parquet, optionally "
+        "compressed: .gz, .bz2, .xz, .zst); splits present: train"
     )
     single = write_jsonl(tmp_path / "d.jsonl", arithmetic_pairs(3))
     assert error(single, valid_split="validation").startswith(
@@ -391,27 +465,38 @@ CLI_CASES = {
                      "assistant, tool"),
     "all pairs dropped": ("d.jsonl", b'{"prompt": "a", "chosen": "b", "rejected": "b"}\n', [],
                           "error: d.jsonl: every pair was dropped ({'chosen == rejected': 1}); nothing left to train on"),
+    "compressed, malformed line": ("d.jsonl.gz", gzip.compress(b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n'
+                                                             b'{"prompt": "a",\n'), [],
+                                   "error: d.jsonl.gz:2: malformed JSON at column 16: Expecting property name enclosed "
+                                   "in double quotes"),
+    "duplicate key": ("d.jsonl", b'{"prompt": "a", "chosen": "b", "rejected": "c", "chosen": "d"}\n', [],
+                      "error: d.jsonl:1: duplicate key 'chosen' in one object; JSON would keep only its last value, "
+                      "so remove or rename one"),
+    "two roles, one column": ("d.jsonl", b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n', ["--text-column", "prompt"],
+                              "error: --prompt-text-column and --text-column: the prompt and the chosen answer are both "
+                              "column 'prompt'; name a different column for each"),
     "missing valid split": ("splits/train.jsonl", b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n',
                             ["--valid-split", "validation"],
                             "error: splits: no file for split 'validation' (expected validation.jsonl, .json, .csv or "
-                            ".parquet); splits present: train"),
+                            ".parquet, optionally compressed: .gz, .bz2, .xz, .zst); splits present: train"),
 }
-# Accepted: a BOM, quoted commas and newlines, and text that looks like numbers, booleans or lists.
+# Accepted: gzip, a BOM, quoted commas and newlines, and text that looks like numbers, booleans or lists; a
+# whitespace-only answer is dropped and counted.
 GOOD_CSV = "\ufeffprompt,chosen,rejected\n" + "".join(
     f'"{a}+{b}, quickly?","{a + b}\nTrue",[{a + b + 1}]\n' for a in range(3) for b in range(2)
-)
+) + '"9+9?"," \n ",17\n'
 
 
 @pytest.fixture(scope="module")
 def cli_runs(tmp_path_factory, chat_model) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
     """All CLI cases, started together: each run spends seconds importing torch and transformers."""
     started = {}
-    for name, (file_name, content, flags, _) in {**CLI_CASES, "accepted CSV": ("d.csv", None, [], None)}.items():
+    for name, (file_name, content, flags, _) in {**CLI_CASES, "accepted CSV": ("d.csv.gz", None, [], None)}.items():
         folder = tmp_path_factory.mktemp("cli")
         data = folder / file_name
         data.parent.mkdir(parents=True, exist_ok=True)
         if name == "accepted CSV":
-            data.write_bytes(GOOD_CSV.encode())
+            data.write_bytes(gzip.compress(GOOD_CSV.encode()))
             flags = ["--max-steps", "1", "--batch-size", "2", "--gradient-accumulation", "1"]
         elif content is not None:
             data.write_bytes(content)
@@ -440,11 +525,12 @@ def test_cli_prints_one_error_line_and_exits_2(cli_runs, case):
     assert not entries(folder / "cache")
 
 
-def test_cli_accepts_bom_quoted_commas_newlines_and_typed_looking_text(cli_runs):
+def test_cli_accepts_gzip_bom_quoted_commas_newlines_and_typed_looking_text(cli_runs):
     folder, done = cli_runs["accepted CSV"]
     assert done.returncode == 0, done.stderr[-3000:]
     assert (folder / "p" / "model.safetensors").exists()
-    assert "6 pairs" in (folder / "p" / "README.md").read_text()
+    card = (folder / "p" / "README.md").read_text()
+    assert "6 pairs" in card and "- train: 1 pairs dropped (completion only whitespace)" in card
     # The tokenized data went to the cache, not into the project folder.
     assert len(entries(folder / "cache")) == 1
     assert not list((folder / "p").rglob("*.arrow"))

@@ -85,14 +85,7 @@ def test_golden_base_tokenizer_without_template():
     assert out.rejected_ids[0] == [*char_ids("5"), EOS]
 
 
-def test_named_template_on_a_base_tokenizer(caplog):
-    tok = make_tokenizer(chat=False)
-    template = pick_template(tok, "chatml")
-    assert "no single token for <|im_start|>, <|im_end|>" in caplog.text
-    out = tokenize_rows([{"prompt": "Hi", "chosen": "a", "rejected": "b"}], chat=False, template=template)
-    # The base tokenizer does not know the markers as tokens, so they are spelled out character by character.
-    assert out.prompt_ids[0] == char_ids("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
-    assert out.chosen_ids[0] == char_ids("a<|im_end|>\n")
+# A named template on a base tokenizer: tests/test_templates.py (its turns end with EOS).
 
 
 def test_conversational_rows_without_template_are_an_error():

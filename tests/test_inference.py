@@ -71,3 +71,73 @@ def test_answers_are_the_models_greedy_continuation_of_the_chat_template(tmp_pat
     list(generate(InferenceParams(project_name=str(project), inference_prompts="x", inference_temperature=0.7,
                                   inference_top_p=0.9, inference_max_tokens=9)))
     assert (seen["do_sample"], seen["temperature"], seen["top_p"], seen["max_new_tokens"]) == (True, 0.7, 0.9, 9)
+
+
+def spy_generate(monkeypatch) -> dict:
+    """Records what generate() is asked, and answers with the prompt itself (nothing is generated)."""
+    from transformers import GenerationMixin
+
+    seen: dict = {}
+    monkeypatch.setattr(GenerationMixin, "generate", lambda self, **kw: seen.update(kw) or kw["input_ids"])
+    return seen
+
+
+@pytest.mark.parametrize(("kind", "choice"), [("chat", "none"), ("base", "chatml")])
+def test_inference_renders_a_prompt_as_training_did(tmp_path, chat_model, base_model, monkeypatch, kind, choice):
+    """--chat-template none trains on raw text: inference must not use the tokenizer's own template. chatml on a
+    tokenizer without <|im_end|>: each turn ends with EOS, and generation stops there."""
+    from conftest import EOS, NEWLINE, char_ids
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from autotrain.inference import InferenceParams, generate
+
+    model = chat_model if kind == "chat" else base_model
+    data = write_jsonl(tmp_path / "pairs.jsonl", arithmetic_pairs(4))
+    project = tmp_path / "run"
+    AutoTrainProject(LLMTrainingParams(model=str(model), data_path=str(data), project_name=str(project),
+                                       chat_template=choice, max_steps=1, gradient_accumulation=1)).create()
+    seen = spy_generate(monkeypatch)
+    list(generate(InferenceParams(project_name=str(project), inference_prompts="3+4=")))
+    if choice == "none":  # the chat tokenizer adds no BOS: the raw prompt, as training tokenized it
+        assert AutoTokenizer.from_pretrained(project).chat_template is None
+        expected = char_ids("3+4=")
+    else:
+        expected = [*char_ids("<|im_start|>user\n3+4="), EOS, NEWLINE, *char_ids("<|im_start|>assistant\n")]
+        assert EOS in seen["eos_token_id"]
+        saved = GenerationConfig.from_pretrained(project).eos_token_id  # other tools stop there too
+        assert EOS in (saved if isinstance(saved, list) else [saved])
+    assert seen["input_ids"][0].tolist() == expected
+
+
+def test_inference_trusts_remote_code_as_the_run_did_or_as_told(tmp_path, chat_model, monkeypatch):
+    import shutil
+
+    import transformers
+
+    from autotrain.cli import build_parser, inference_params_from_args
+    from autotrain.inference import InferenceParams, generate
+
+    project = tmp_path / "run"
+    shutil.copytree(chat_model, project)  # a finished project, as far as loading it goes
+    loaded = []
+    for name in ("AutoTokenizer", "AutoModelForCausalLM"):
+        cls = getattr(transformers, name)
+        original = cls.from_pretrained.__func__
+
+        def spy(klass, *args, _original=original, _name=name, **kwargs):
+            loaded.append((_name, kwargs.get("trust_remote_code")))
+            return _original(klass, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    spy_generate(monkeypatch)
+    for trained_with, flag, expected in ((False, None, False), (True, None, True), (True, False, False),
+                                         (False, True, True)):
+        LLMTrainingParams(trust_remote_code=trained_with).save_json(project / "training_params.json")
+        loaded.clear()
+        given = {} if flag is None else {"trust_remote_code": flag}
+        list(generate(InferenceParams(project_name=str(project), inference_prompts="x", **given)))
+        assert {n for n, _ in loaded} == {"AutoTokenizer", "AutoModelForCausalLM"}
+        assert all(value is expected for _, value in loaded), (trained_with, flag, loaded)
+    args = build_parser().parse_args(["llm", "--inference", "--project-name", str(project), "--inference-prompts",
+                                      "x", "--trust-remote-code"])
+    assert inference_params_from_args(args).trust_remote_code is True

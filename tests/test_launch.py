@@ -489,8 +489,11 @@ def test_training_module_under_torchrun(tmp_path, chat_model, plain_env):
     data = write_jsonl(tmp_path / "pairs.jsonl", arithmetic_pairs(8))
     project = tmp_path / "run"
     project.mkdir()
+    # No columns named: the processes read every field back from the file, and must still fall back from 'text'
+    # to the data's prompt/chosen/rejected as the caller would (issue 10).
+    settings = {k: v for k, v in SETTINGS.items() if k not in COLUMNS}
     params = LLMTrainingParams(model=str(chat_model), data_path=str(data), project_name=str(project),
-                               gradient_accumulation=1, **{**SETTINGS, "max_steps": 2})
+                               gradient_accumulation=1, **{**settings, "max_steps": 2})
     params.save_json(project / "training_params.json")  # a folder prepared for this run is accepted
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "autotrain.trainers.clm", "--training_config", str(project / "training_params.json")]

@@ -348,7 +348,8 @@ def test_sample_answers_before_and_after_are_the_models_greedy_answers(tmp_path,
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     rows = [{"prompt": f"{i}?", "completion": "zzzz"} for i in range(8)]  # quick to learn, unlike the base's answer
-    valid = [{"prompt": "7+1=", "completion": "zzzz"}, {"prompt": "2+5=", "completion": "zzzz"}]
+    # Prompts that share their first word: it is theirs, not the template's, and must stay (issue 11).
+    valid = [{"prompt": "Add 7 and 1.", "completion": "zzzz"}, {"prompt": "Add 2 and 5.", "completion": "zzzz"}]
     data = split_folder(tmp_path, rows, valid)
     params = LLMTrainingParams(model=str(chat_model), data_path=str(data), project_name=str(tmp_path / "s"),
                                trainer="sft", valid_split="validation", sample_answers=2, peft=True, max_steps=8,
@@ -363,7 +364,7 @@ def test_sample_answers_before_and_after_are_the_models_greedy_answers(tmp_path,
         out = model.generate(input_ids=ids, max_new_tokens=64, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
 
-    # The words all prompts share at both ends (role names here, a default system prompt elsewhere) are dropped.
+    # The template's own text (role markers here, a default system prompt elsewhere) is dropped, the prompt's kept.
     assert [s["prompt"] for s in result.samples] == [r["prompt"] for r in valid[:2]]
     for sample, row in zip(result.samples, valid):
         assert sample["before"] == greedy(chat_model, row["prompt"])

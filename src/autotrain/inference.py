@@ -27,6 +27,11 @@ class InferenceParams(Schema):
     inference_max_tokens: int = Field(128, ge=1, description="Most new tokens per answer.")
     inference_temperature: float = Field(0.0, ge=0, description="Sampling temperature; 0 decodes greedily.")
     inference_top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (with a temperature).")
+    trust_remote_code: bool | None = Field(
+        None,
+        description="Allow the model's own Python code from its folder. Default: as the run was trained (its "
+        "training_params.json).",
+    )
 
 
 def read_prompts(spec: str) -> list[str]:
@@ -53,37 +58,60 @@ def read_prompts(spec: str) -> list[str]:
     return prompts
 
 
-def load_project(project: Path) -> tuple[Any, Any]:
+def load_project(project: Path, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """The trained model and its tokenizer: the merged model where there is one, else base + adapter."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if (project / "config.json").exists():
-        model = AutoModelForCausalLM.from_pretrained(project, use_safetensors=True)
+        model = AutoModelForCausalLM.from_pretrained(project, use_safetensors=True, trust_remote_code=trust_remote_code)
     elif (project / "adapter_config.json").exists():
         from peft import AutoPeftModelForCausalLM
 
-        model = AutoPeftModelForCausalLM.from_pretrained(project, use_safetensors=True)
+        model = AutoPeftModelForCausalLM.from_pretrained(project, use_safetensors=True,
+                                                         trust_remote_code=trust_remote_code)
     else:
         raise ModelError(f"{project}: no trained model here (no config.json or adapter_config.json)")
-    return model.eval(), AutoTokenizer.from_pretrained(project)
+    return model.eval(), AutoTokenizer.from_pretrained(project, trust_remote_code=trust_remote_code)
+
+
+def trained_with_remote_code(project: Path) -> bool:
+    """Whether the run in `project` allowed the model's own code (its training_params.json says)."""
+    from autotrain.outputs import PARAMS_FILE
+
+    try:
+        return json.loads((project / PARAMS_FILE).read_text()).get("trust_remote_code") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def prompt_inputs(tokenizer: Any, prompt: str | list[dict[str, str]]) -> dict[str, Any]:
+    """The model inputs for one prompt, built as training built its prompt ids: through the saved chat template
+    (which is the training template, or none when training used none), continuing a final assistant message;
+    without a template, the prompt's text with the tokenizer's special tokens (BOS), as training encoded it."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    if tokenizer.chat_template:
+        continues = messages[-1]["role"] == "assistant"
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=not continues,
+                                             continue_final_message=continues, return_tensors="pt", return_dict=True)
+    return tokenizer(prompt if isinstance(prompt, str) else messages[-1]["content"], return_tensors="pt")
 
 
 def generate(params: InferenceParams) -> Iterator[dict[str, str]]:
     import torch
 
+    from autotrain.data.templates import stop_ids
+
     project = Path(params.project_name).expanduser()
     if not project.is_dir():
         raise ParamsError(f"project_name: {project} does not exist")
     prompts = read_prompts(params.inference_prompts)
-    model, tokenizer = load_project(project)
+    trust = params.trust_remote_code if params.trust_remote_code is not None else trained_with_remote_code(project)
+    model, tokenizer = load_project(project, trust)
     sampling = params.inference_temperature > 0
+    # Stop where the template ends a turn, as well as where the model's own generation config says.
+    stop = stop_ids(tokenizer, tokenizer.chat_template or None, also=model.generation_config.eos_token_id)
     for prompt in prompts:
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        if tokenizer.chat_template:
-            inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                                   return_dict=True)
-        else:
-            inputs = tokenizer(prompt if isinstance(prompt, str) else messages[-1]["content"], return_tensors="pt")
+        inputs = prompt_inputs(tokenizer, prompt)
         with torch.no_grad():
             out = model.generate(
                 **inputs,
@@ -92,6 +120,7 @@ def generate(params: InferenceParams) -> Iterator[dict[str, str]]:
                 temperature=params.inference_temperature if sampling else None,
                 top_p=params.inference_top_p if sampling else None,
                 pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=stop or None,
             )
         answer = tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         yield {"prompt": prompt if isinstance(prompt, str) else json.dumps(prompt), "answer": answer.strip()}

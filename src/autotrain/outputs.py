@@ -68,28 +68,46 @@ def save_model(trainer: Any, tokenizer: Any, template: str | None, params: LLMTr
     each process holds the whole model and the main process saves (and merges) it directly.
     """
     accelerator = trainer.accelerator
-    if template is not None:
-        tokenizer.chat_template = template
+    model = accelerator.unwrap_model(trainer.model)
+    stop_at_turn_end(model, tokenizer, template)  # on the base model's config: a merged model keeps it
     sharded = getattr(accelerator, "is_fsdp2", False) or accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
     if sharded:
         trainer.save_model(str(project / ADAPTER_DIR if params.peft and params.merge_adapter else project))
     if not accelerator.is_main_process:
         return
-    model = accelerator.unwrap_model(trainer.model)
     if params.peft and params.merge_adapter:
         if sharded:
             merged = _merge_saved_adapter(project / ADAPTER_DIR, params)
         else:
             model.save_pretrained(project / ADAPTER_DIR)
             merged = model.merge_and_unload()
-        tokenizer.save_pretrained(project / ADAPTER_DIR)
+        save_tokenizer(tokenizer, template, project / ADAPTER_DIR)
         merged.config.use_cache = True
         merged.save_pretrained(project)
     elif not sharded:
         if not params.peft:
             model.config.use_cache = True
         model.save_pretrained(project)
-    tokenizer.save_pretrained(project)
+    save_tokenizer(tokenizer, template, project)
+
+
+def save_tokenizer(tokenizer: Any, template: str | None, folder: Path) -> None:
+    """The tokenizer with the chat template training used, and none when training used none (raw prompts): a
+    template saved but not trained on would make `--inference`, and any other tool, render prompts differently."""
+    tokenizer.chat_template = template
+    tokenizer.save_pretrained(folder)
+
+
+def stop_at_turn_end(model: Any, tokenizer: Any, template: str | None) -> None:
+    """Make the saved generation config stop where the training template ends a turn (ChatML's <|im_end|> on a
+    tokenizer whose EOS is another token), so that generate() anywhere stops where the model learned to."""
+    from autotrain.data.templates import stop_ids
+
+    config = getattr(model, "generation_config", None)
+    if config is not None:
+        wanted = stop_ids(tokenizer, template, also=config.eos_token_id)
+        if wanted:
+            config.eos_token_id = wanted if len(wanted) > 1 else wanted[0]
 
 
 def _merge_saved_adapter(adapter_dir: Path, params: LLMTrainingParams) -> Any:

@@ -229,6 +229,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False) -> RunResult:
     """
     from autotrain import defaults, models, outputs, samples
     from autotrain.data.prepare import open_data, prepare_data
+    from autotrain.data.templates import stop_ids
     from autotrain.plots import plot_training
     from autotrain.trainers.clm.trainer import METHODS
 
@@ -263,7 +264,8 @@ def run(params: LLMTrainingParams, folder_checked: bool = False) -> RunResult:
     model = models.load_model(params, model_path)
     # Sample answers are the main process's to give; a resumed run has no untrained model left to ask.
     sample_ids = data.valid.prompt_ids[: params.sample_answers] if params.sample_answers and main else []
-    before = samples.answer(model, tokenizer, sample_ids) if sample_ids and resume_from is None else None
+    stops = stop_ids(tokenizer, data.template, also=model.generation_config.eos_token_id) if sample_ids else None
+    before = samples.answer(model, tokenizer, sample_ids, stops) if sample_ids and resume_from is None else None
     ref_model = None
     if method.reference:
         # With adapters the reference is the same weights with the adapters off; precomputing before the first
@@ -307,8 +309,8 @@ def run(params: LLMTrainingParams, folder_checked: bool = False) -> RunResult:
     if stop.received is not None:
         raise interrupted(stop.received, project)
     if sample_ids:
-        after = samples.answer(trainer.accelerator.unwrap_model(trainer.model), tokenizer, sample_ids)
-        samples.write(project, samples.prompt_texts(tokenizer, sample_ids), before, after)
+        after = samples.answer(trainer.accelerator.unwrap_model(trainer.model), tokenizer, sample_ids, stops)
+        samples.write(project, samples.prompt_texts(tokenizer, sample_ids, data.template), before, after)
     outputs.save_model(trainer, tokenizer, data.template, params, project)
     if main:
         records = outputs.read_metrics(project)

@@ -15,13 +15,15 @@ SAMPLES_FILE = "samples.jsonl"
 MAX_NEW_TOKENS = 64
 
 
-def answer(model: Any, tokenizer: Any, prompts: list[list[int]]) -> list[str]:
-    """Greedy answers (up to MAX_NEW_TOKENS) to each tokenized prompt, one at a time (no padding to get wrong)."""
+def answer(model: Any, tokenizer: Any, prompts: list[list[int]], stop_ids: list[int] | None = None) -> list[str]:
+    """Greedy answers (up to MAX_NEW_TOKENS) to each tokenized prompt, one at a time (no padding to get wrong);
+    `stop_ids`: the tokens that end an answer under the training template (`data.templates.stop_ids`)."""
     import torch
 
     training = model.training
     model.eval()
     device = next(model.parameters()).device
+    stop = {"eos_token_id": stop_ids} if stop_ids else {}
     answers = []
     try:
         with torch.no_grad():
@@ -29,27 +31,35 @@ def answer(model: Any, tokenizer: Any, prompts: list[list[int]]) -> list[str]:
                 inputs = torch.tensor([ids], device=device)
                 out = model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), do_sample=False,
                                      max_new_tokens=MAX_NEW_TOKENS, use_cache=True,
-                                     pad_token_id=tokenizer.pad_token_id)
+                                     pad_token_id=tokenizer.pad_token_id, **stop)
                 answers.append(tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True).strip())
     finally:
         model.train(training)
     return answers
 
 
-def prompt_texts(tokenizer: Any, prompts: list[list[int]]) -> list[str]:
-    """The prompts as a reader wants them: template markers dropped, whitespace collapsed, and the words every
-    prompt starts and ends with (a default system prompt, the role names) removed, so the question stands out."""
-    words = [tokenizer.decode(ids, skip_special_tokens=True).split() for ids in prompts]
-    if len({tuple(w) for w in words}) > 1:  # two different prompts at least: their shared ends are the template
-        shortest = min(len(w) for w in words)
-        head = 0
-        while head < shortest - 1 and all(w[head] == words[0][head] for w in words):
-            head += 1
-        tail = 0
-        while tail < shortest - head - 1 and all(w[-1 - tail] == words[0][-1 - tail] for w in words):
-            tail += 1
-        words = [w[head : len(w) - tail] for w in words]
-    return [" ".join(w) for w in words]
+def prompt_texts(tokenizer: Any, prompts: list[list[int]], template: str | None) -> list[str]:
+    """The prompts as a reader wants them: the text the training template writes around a question (a default
+    system prompt, the role header, the generation prompt) removed, markers dropped and whitespace collapsed.
+
+    The template's text is found by rendering it around a placeholder, so a word that every prompt happens to
+    share ("Add 37 and 41.", "Add 4 and 53.") stays. A prompt that does not begin with it (its own system message,
+    several turns, a start cut by max_prompt_length) keeps its beginning, markers dropped."""
+    from autotrain.data.templates import prompt_wrapping
+
+    head, tail = prompt_wrapping(tokenizer, template)
+    specials = sorted(tokenizer.all_special_tokens, key=len, reverse=True)
+    texts = []
+    for ids in prompts:
+        text = tokenizer.decode(ids, skip_special_tokens=False)
+        if head and text.startswith(head):
+            text = text[len(head) :]
+        if tail and text.endswith(tail):
+            text = text[: len(text) - len(tail)]
+        for marker in specials:
+            text = text.replace(marker, " ")
+        texts.append(" ".join(text.split()))
+    return texts
 
 
 def one_line(text: str | None, limit: int = 200) -> str:

@@ -39,7 +39,7 @@ from autotrain.data.tokenize import Limits, TokenCounts, TokenizedSplit, report
 logger = logging.getLogger("autotrain")
 
 # Bump when rendering or tokenizing changes the ids produced for the same inputs.
-FORMAT = 1
+FORMAT = 2
 DATA_FILE, META_FILE = "data.arrow", "meta.json"
 _TEMP_PREFIX = ".tmp-"
 # A temp folder this old belongs to a killed run on some host (tokenizing takes minutes, not hours).
@@ -69,10 +69,10 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 def _code_fingerprint() -> str:
     """The source of the modules that turn rows into ids: an edit to them (in development, or a patched install)
     invalidates the cache even when nobody remembered to bump FORMAT."""
-    from autotrain.data import render, sources, tokenize
+    from autotrain.data import files, render, sources, split, templates, tokenize
 
     digest = hashlib.sha256()
-    for module in (sources, render, tokenize):
+    for module in (split, files, sources, templates, render, tokenize):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()
 

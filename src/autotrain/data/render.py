@@ -4,6 +4,13 @@ The prompt is rendered once, with `add_generation_prompt=True`. A completion is 
 that prompt when the assistant turn follows: the assistant content plus whatever closes the turn. The prompt
 therefore appears exactly once in each sequence, and never under the completion's loss.
 
+A prompt whose last message is the assistant's (a partial answer: "The answer is") is continued, as TRL renders
+it: the prompt ends at the end of that message's text (`continue_final_message`), and the completion is the answer
+joined onto that message plus what closes the turn, the same sequence generation from that prompt produces. (TRL's
+completion instead closes the partial message and opens a second assistant turn.)
+
+An answer that is only whitespace is not rendered: the row comes back `blank`, to be dropped and counted.
+
 Supervised (SFT) rows have no rejected side, and come as a `text` column (plain text, trained on whole, no
 template), a prompt and a completion column (rendered as above, the prompt excluded from the loss), or a `messages`
 conversation (the turns before the first assistant message are the prompt; every assistant turn is trained, and
@@ -22,26 +29,16 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from autotrain.data.sources import Row, Split
-from autotrain.errors import DataError
+from autotrain.data.split import QUOTE_IT, Row, Split
+from autotrain.data.templates import CHATML_TEMPLATE, NAMED_TEMPLATES, ZEPHYR_TEMPLATE, pick_template, render
+from autotrain.errors import DataError, ParamsError
 from autotrain.trainers.clm.params import LLMTrainingParams
+
+__all__ = ["CHATML_TEMPLATE", "NAMED_TEMPLATES", "ZEPHYR_TEMPLATE", "Columns", "RenderedPair", "Renderer",
+           "pick_template", "resolve_columns"]
 
 logger = logging.getLogger("autotrain")
 
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-ZEPHYR_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
-)
-NAMED_TEMPLATES = {"chatml": CHATML_TEMPLATE, "zephyr": ZEPHYR_TEMPLATE}
-TEMPLATE_MARKERS = {"chatml": ("<|im_start|>", "<|im_end|>"), "zephyr": ("<|user|>", "<|assistant|>")}
 ROLES = ("system", "user", "assistant", "tool")
 
 Messages = list[dict[str, str]]
@@ -67,16 +64,21 @@ class Columns:
                 raise DataError(f"missing; columns present: {', '.join(present)}", path=split.source, column=name)
 
 
+# The text_column a run has when the user names none. Defaults are recognised by value, not by whether the field was
+# set: a launched process reads every field back from training_params.json, so there every field counts as set.
+DEFAULT_TEXT_COLUMN: str = LLMTrainingParams.model_fields["text_column"].default
+
+
 def resolve_columns(params: LLMTrainingParams, split: Split, paired: bool = True) -> Columns:
     """Pick the columns, falling back to prompt/chosen/rejected when the user named none, and say so."""
     if not paired:
         return _supervised_columns(params, split)
     present = split.columns
-    explicit = params.model_fields_set
     chosen = params.text_column
-    if "text_column" not in explicit and chosen not in present and "chosen" in present:
+    if chosen == DEFAULT_TEXT_COLUMN and chosen not in present and "chosen" in present:
         chosen = "chosen"
-        logger.info("text_column not given and the data has no 'text' column: using 'chosen'")
+        logger.info("text_column is '%s' (the default) and the data has no such column: using 'chosen'",
+                    DEFAULT_TEXT_COLUMN)
     prompt = params.prompt_text_column
     if prompt is None and "prompt" in present:
         prompt = "prompt"
@@ -91,18 +93,33 @@ def resolve_columns(params: LLMTrainingParams, split: Split, paired: bool = True
         rejected = "rejected"
         logger.info("rejected_text_column not given: using the data's 'rejected' column")
     columns = Columns(prompt, chosen, rejected)
+    _distinct(columns)
     columns.check(split)
     return columns
 
 
-# A supervised dataset's completion column when --text-column is not given, first match wins.
+def _distinct(columns: Columns) -> None:
+    """Two roles read from one column would train the prompt as its own answer, or an answer against itself."""
+    answer = "chosen answer" if columns.rejected is not None else "completion"
+    roles = [("prompt", "--prompt-text-column", columns.prompt), (answer, "--text-column", columns.chosen),
+             ("rejected answer", "--rejected-text-column", columns.rejected)]
+    for i, (role, flag, name) in enumerate(roles):
+        for other_role, other_flag, other_name in roles[i + 1 :]:
+            if name is not None and name == other_name:
+                raise ParamsError(
+                    f"{flag} and {other_flag}: the {role} and the {other_role} are both column '{name}'; "
+                    "name a different column for each"
+                )
+
+
+# A supervised dataset's completion column when --text-column is left at its default, first match wins.
 SFT_COLUMNS = ("text", "messages", "completion", "chosen")
 
 
 def _supervised_columns(params: LLMTrainingParams, split: Split) -> Columns:
     present = split.columns
     column = params.text_column
-    if "text_column" not in params.model_fields_set:
+    if column == DEFAULT_TEXT_COLUMN and column not in present:
         found = [name for name in SFT_COLUMNS if name in present]
         if not found:
             raise DataError(
@@ -111,36 +128,16 @@ def _supervised_columns(params: LLMTrainingParams, split: Split) -> Columns:
                 path=split.source,
             )
         column = found[0]
-        if column != "text":
-            logger.info("text_column not given and the data has no 'text' column: using '%s'", column)
+        logger.info("text_column is '%s' (the default) and the data has no such column: using '%s'",
+                    DEFAULT_TEXT_COLUMN, column)
     prompt = params.prompt_text_column
     if prompt is None and column in ("completion", "chosen") and "prompt" in present:
         prompt = "prompt"
         logger.info("prompt_text_column not given: using the data's 'prompt' column (not under the loss)")
     columns = Columns(prompt, column, None)
+    _distinct(columns)
     columns.check(split)
     return columns
-
-
-def pick_template(tokenizer: Any, choice: str | None) -> str | None:
-    """The Jinja chat template to use, or None for plain prompt + completion + EOS."""
-    own = getattr(tokenizer, "chat_template", None)
-    if choice is None:
-        return own or None
-    if choice == "none":
-        return None
-    if choice == "tokenizer":
-        if not own:
-            raise DataError("chat_template='tokenizer' but the tokenizer has no chat template; use chatml, zephyr or none")
-        return own
-    split_markers = [m for m in TEMPLATE_MARKERS[choice] if len(tokenizer.tokenize(m)) != 1]
-    if split_markers:
-        logger.warning(
-            "chat_template=%s: the tokenizer has no single token for %s, so the markers train as plain text",
-            choice,
-            ", ".join(split_markers),
-        )
-    return NAMED_TEMPLATES[choice]
 
 
 @dataclass(frozen=True)
@@ -151,6 +148,9 @@ class RenderedPair:
     # A multi-turn SFT conversation: the chosen text cut into (text, trained) pieces, the assistant turns trained
     # and the user/tool turns between them context. None: the whole chosen text is trained.
     chosen_pieces: tuple[tuple[str, bool], ...] | None = None
+    # An answer (chosen, rejected or the SFT completion) that is only whitespace: nothing to learn, so the pair is
+    # dropped and counted rather than trained as if it were an answer. Its texts are then left empty.
+    blank: bool = False
 
 
 class Renderer:
@@ -180,6 +180,8 @@ class Renderer:
         rejected = _value(row, cols.rejected, where)
         conversational = any(isinstance(v, list) for v in (prompt, chosen, rejected))
         self._check_shape("messages" if conversational else "text", where)
+        if _blank(chosen) or _blank(rejected):
+            return BLANK
         if not conversational:
             if prompt is None:
                 raise DataError(f"{where}: plain-string rows need a prompt column (--prompt-text-column)")
@@ -189,7 +191,7 @@ class Renderer:
         if self.template is None:
             raise _no_template(where)
         prompt_msgs, chosen_msgs, rejected_msgs = _split_conversation(prompt, chosen, rejected, cols, where)
-        prompt_text = self._render(prompt_msgs, generation=True)
+        prompt_text = self._prompt(prompt_msgs, where)
         return RenderedPair(
             prompt_text,
             self._completion(prompt_msgs, prompt_text, chosen_msgs, where),
@@ -198,6 +200,8 @@ class Renderer:
 
     def _supervised(self, prompt: str | Messages | None, completion: str | Messages, where: object) -> RenderedPair:
         self._check_shape("messages" if isinstance(completion, list) or isinstance(prompt, list) else "text", where)
+        if _blank(completion):
+            return BLANK
         if prompt is None and isinstance(completion, str):
             return RenderedPair("", completion, "")  # plain text, trained on whole
         if self.template is None:
@@ -207,7 +211,7 @@ class Renderer:
         if prompt is None:  # a whole conversation: every assistant turn is trained, everything else is context
             return self._conversation(completion, where)
         prompt_msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        prompt_text = self._render(prompt_msgs, generation=True)
+        prompt_text = self._prompt(prompt_msgs, where)
         return RenderedPair(prompt_text, self._completion(prompt_msgs, prompt_text, _as_answer(completion), where), "")
 
     def _conversation(self, messages: Messages, where: object) -> RenderedPair:
@@ -250,18 +254,53 @@ class Renderer:
             )
 
     def _render(self, messages: Messages, generation: bool) -> str:
-        return self.tokenizer.apply_chat_template(
-            messages, chat_template=self.template, tokenize=False, add_generation_prompt=generation
-        )
+        return render(self.tokenizer, self.template, messages, generation)
+
+    def _prompt(self, prompt_msgs: Messages, where: object) -> str:
+        """The prompt's text: up to the generation prompt; or, when it ends with an assistant message, up to the
+        end of that message's text, which the answer then continues (TRL renders this prompt the same way)."""
+        if not _continues(prompt_msgs):
+            return self._render(prompt_msgs, generation=True)
+        try:
+            return render(self.tokenizer, self.template, prompt_msgs, generation=False, continue_final=True)
+        except ValueError as exc:  # transformers: the template does not write the final message's text as given
+            raise DataError(
+                f"{where}, column '{self.columns.prompt}': the prompt ends with an assistant message for the answer "
+                "to continue, but the chat template does not render that message's text as given; end the prompt "
+                "with a user message or pass --chat-template chatml"
+            ) from exc
 
     def _completion(self, prompt_msgs: Messages, prompt_text: str, answer: Messages, where: object) -> str:
-        full = self._render(prompt_msgs + answer, generation=False)
+        if _continues(prompt_msgs):  # the answer's first message continues the prompt's final one: one message
+            if answer[0]["role"] != "assistant":
+                raise DataError(f"{where}, column '{self.columns.chosen}': the answer must start with an assistant "
+                                "message")
+            final = prompt_msgs[-1]
+            merged = {**final, "content": final["content"] + answer[0]["content"]}
+            full = self._render([*prompt_msgs[:-1], merged, *answer[1:]], generation=False)
+        else:
+            full = self._render(prompt_msgs + answer, generation=False)
         if not full.startswith(prompt_text):
             raise DataError(
                 f"{where}: the chat template renders the prompt differently once an answer follows, so the "
                 "completion cannot be separated from it; pass --chat-template chatml"
             )
         return full[len(prompt_text) :]
+
+
+BLANK = RenderedPair("", "", "", blank=True)
+
+
+def _blank(answer: str | Messages) -> bool:
+    """Only whitespace: a string, or a message list whose assistant messages hold nothing else."""
+    if isinstance(answer, str):
+        return not answer.strip()
+    said = [m["content"] for m in answer if m["role"] == "assistant"]  # none: not an answer, reported later
+    return bool(said) and not any(text.strip() for text in said)
+
+
+def _continues(prompt_msgs: Messages) -> bool:
+    return bool(prompt_msgs) and prompt_msgs[-1]["role"] == "assistant"
 
 
 def _no_template(where: object) -> DataError:
@@ -287,9 +326,10 @@ def _value(row: Row, column: str, where: object) -> str | Messages:
         for message in value:
             _check_message(message, column, where)
         return value
+    advice = where.value_advice(column) if hasattr(where, "value_advice") else QUOTE_IT
     raise DataError(
         f"{where}, column '{column}': expected text or a list of messages, got {type(value).__name__} "
-        f"{_short(value)}; quote it in the file to use it as text"
+        f"{_short(value)}; {advice}"
     )
 
 

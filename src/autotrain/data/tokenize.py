@@ -23,7 +23,7 @@ from typing import Any
 
 from autotrain.atomic import fsync_path
 from autotrain.data.render import RenderedPair, Renderer
-from autotrain.data.sources import Location, Split
+from autotrain.data.split import Location, Split
 from autotrain.errors import DataError
 
 logger = logging.getLogger("autotrain")
@@ -124,6 +124,9 @@ def write_tokens(split: Split, renderer: Renderer, tokenizer: Any, limits: Limit
         for number, row in split.rows(advance=bar.update):
             rows += 1
             pair = renderer(row, Location(split, number))
+            if pair.blank:
+                dropped["completion only whitespace"] += 1
+                continue
             if paired and pair.chosen == pair.rejected:
                 dropped["chosen == rejected"] += 1
                 continue
@@ -171,6 +174,9 @@ def _tokenize(
         mask = mask[: len(chosen)]
         if not chosen or (paired and not rejected):
             dropped["completion empty after truncation"] += 1
+            continue
+        if paired and chosen == rejected:  # different texts, cut to the same ids: no preference left to learn
+            dropped["chosen == rejected after truncation"] += 1
             continue
         if not any(mask):
             dropped["no trained token left after truncation"] += 1
@@ -231,7 +237,10 @@ class _ArrowSink:
 
 
 def _encode(tokenizer: Any, texts: list[str], special: bool) -> list[list[int]]:
-    encoded = tokenizer(texts, add_special_tokens=special, return_attention_mask=False, return_token_type_ids=False)
+    # verbose=False: no "Token indices sequence length is longer than..." warning, since _truncate cuts every
+    # sequence to the run's own limits before any reaches the model.
+    encoded = tokenizer(texts, add_special_tokens=special, return_attention_mask=False, return_token_type_ids=False,
+                        verbose=False)
     return encoded["input_ids"]
 
 

@@ -1,0 +1,440 @@
+"""Rows from one data file: JSONL, JSON, CSV (each optionally compressed) or parquet.
+
+Files are parsed here rather than through `datasets.load_dataset`, so that a bad row is reported with its file and
+line instead of an Arrow error from deep inside a library. A JSONL or CSV file is streamed, one line at a time
+(through the decompressor when it is compressed), so memory does not grow with the size of the data.
+
+Compressions are the ones `datasets` reads by file name: `.gz`, `.bz2`, `.xz` and `.zst` (`d.jsonl.gz`); `.zst`
+needs the `zstandard` package. A parquet file compresses its own columns and is not accepted compressed again.
+
+JSON keys must be unique in each object: Python's json (and most readers) silently keep the last of two equal keys,
+so a duplicate is reported instead of training on whichever value came last.
+"""
+
+from __future__ import annotations
+
+import bz2
+import codecs
+import csv
+import gzip
+import hashlib
+import io
+import json
+import lzma
+import re
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from autotrain.data.split import Advance, Row, Split, ignore_progress
+from autotrain.errors import DataError
+
+FORMATS = (".jsonl", ".json", ".csv", ".parquet")
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
+STREAMABLE = (".jsonl", ".json", ".csv")  # the formats that may come compressed
+SUFFIXES = FORMATS + tuple(f + c for f in STREAMABLE for c in COMPRESSIONS)
+_CHUNK = 1 << 20
+_TABLE_BATCH = 1000
+# What a damaged or cut-short compressed stream raises, by library: zlib/gzip, bz2, lzma, zstandard (ZstdError is
+# added when the module loads).
+_DECOMPRESS_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, zlib.error, lzma.LZMAError)
+
+
+def file_kind(path: Path) -> tuple[str, str]:
+    """(format suffix, compression suffix or ""), lower case: `train.jsonl.gz` -> (".jsonl", ".gz")."""
+    suffixes = [s.lower() for s in path.suffixes]
+    compression = suffixes.pop() if suffixes and suffixes[-1] in COMPRESSIONS else ""
+    return (suffixes[-1] if suffixes else ""), compression
+
+
+def split_name(path: Path) -> str | None:
+    """The split a data file holds (`train` for train.jsonl.gz), or None when it is not a data file."""
+    fmt, compression = file_kind(path)
+    if fmt + compression not in SUFFIXES:
+        return None
+    return path.name[: len(path.name) - len(fmt + compression)]
+
+
+def open_file(path: Path) -> Split:
+    """The split held in one file, after checking that it holds rows (which also checks its first row)."""
+    fmt, compression = file_kind(path)
+    if fmt == ".parquet" and compression:
+        raise DataError(
+            "a parquet file compresses its own columns and is read in place; decompress it "
+            f"({_UNPACK[compression]}) and pass the .parquet file",
+            path=str(path),
+        )
+    kinds = {".jsonl": JsonlSplit, ".json": JsonSplit, ".csv": CsvSplit, ".parquet": ParquetSplit}
+    kind = kinds.get(fmt)
+    if kind is None:
+        raise DataError(
+            f"unsupported file type '{fmt + compression}'; use one of {', '.join(FORMATS)} (the first three "
+            f"optionally compressed: {', '.join(COMPRESSIONS)})",
+            path=str(path),
+        )
+    if path.stat().st_size == 0:
+        raise DataError("the file is empty", path=str(path))
+    split = kind(path, compression)
+    split.require_rows()
+    return split
+
+
+_UNPACK = {".gz": "gunzip", ".bz2": "bunzip2", ".xz": "unxz", ".zst": "unzstd"}
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    row = dict(pairs)
+    if len(row) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return row
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+
+def _duplicate(key: str, path: str, line: int) -> DataError:
+    message = f"duplicate key '{key}' in one object; JSON would keep only its last value, so remove or rename one"
+    return DataError(message, path=path, line=line)
+
+
+class FileSplit(Split):
+    progress_unit = "B"  # bytes of the file as stored (compressed bytes for a compressed file)
+
+    def __init__(self, path: Path, compression: str = ""):
+        super().__init__(str(path))
+        self.path, self.compression = path, compression
+        self._fingerprint: str | None = None
+
+    def progress_total(self) -> int:
+        return self.path.stat().st_size
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:  # a streamed hash: a large file is never held in memory
+            fmt, compression = file_kind(self.path)
+            digest = hashlib.sha256((fmt + compression).encode() + b"\0")
+            with self.path.open("rb") as handle:
+                while chunk := handle.read(_CHUNK):
+                    digest.update(chunk)
+            self._fingerprint = f"file:{digest.hexdigest()}"
+        return self._fingerprint
+
+    def _reader(self, raw: IO[bytes]) -> IO[bytes]:
+        """The file's content as a binary stream: `raw` itself, or a decompressor reading from it."""
+        if self.compression == ".gz":
+            return gzip.GzipFile(fileobj=raw)
+        if self.compression == ".bz2":
+            return bz2.BZ2File(raw)
+        if self.compression == ".xz":
+            return lzma.LZMAFile(raw)
+        if self.compression == ".zst":
+            try:
+                import zstandard
+            except ImportError:
+                raise DataError("reading .zst files needs the zstandard package: pip install zstandard",
+                                path=self.source) from None
+            # Files that `zstd` writes from several inputs (and every pzstd file) hold several frames: read them all.
+            return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True))
+        return raw
+
+    def _damaged(self, exc: BaseException, line: int | None) -> DataError:
+        reason = str(exc) or type(exc).__name__
+        return DataError(f"the compressed data is damaged or cut short ({reason})", path=self.source, line=line)
+
+    def _raw_lines(self, advance: Advance) -> Iterator[tuple[int, bytes]]:
+        """(line number, bytes with the line ending) of the content, through the decompressor when there is one."""
+        errors = _decompress_errors() if self.compression else ()
+        with self.path.open("rb") as raw:
+            reader = self._reader(raw)
+            number, done = 0, 0
+            while True:
+                try:
+                    line = reader.readline()
+                except errors as exc:
+                    raise self._damaged(exc, number + 1) from None
+                if not line:
+                    return
+                number += 1
+                if self.compression:  # progress in stored bytes, which is what the total counts
+                    position = raw.tell()
+                    advance(position - done)
+                    done = position
+                else:
+                    advance(len(line))
+                yield number, line
+
+    def _lines(self, advance: Advance) -> Iterator[tuple[int, str]]:
+        """(line number, text with its line ending), decoded line by line so that bad UTF-8 names its line."""
+        offset = 0
+        for number, raw in self._raw_lines(advance):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw, offset = raw[len(codecs.BOM_UTF8) :], len(codecs.BOM_UTF8)  # a BOM is accepted, dropped
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise self._bad_utf8(offset + exc.start, number) from None
+            offset += len(raw)
+            yield number, text
+
+    def _bad_utf8(self, offset: int, line: int) -> DataError:
+        where = " of the decompressed text" if self.compression else ""
+        return DataError(f"invalid UTF-8 at byte {offset}{where}; save the file as UTF-8", path=self.source, line=line)
+
+    def _read_all(self) -> bytes:
+        """The whole content, decompressed; damage is reported at the line reached."""
+        errors = _decompress_errors() if self.compression else ()
+        chunks: list[bytes] = []
+        with self.path.open("rb") as raw:
+            reader = self._reader(raw)
+            try:
+                while chunk := reader.read(_CHUNK):
+                    chunks.append(chunk)
+            except errors as exc:
+                raise self._damaged(exc, sum(c.count(b"\n") for c in chunks) + 1) from None
+        return b"".join(chunks)
+
+
+def _decompress_errors() -> tuple[type[BaseException], ...]:
+    try:
+        import zstandard
+    except ImportError:
+        return _DECOMPRESS_ERRORS
+    return (*_DECOMPRESS_ERRORS, zstandard.ZstdError)
+
+
+class JsonlSplit(FileSplit):
+    def rows(self, advance: Advance = ignore_progress) -> Iterator[tuple[int, Row]]:
+        for number, text in self._lines(advance):
+            text = text.rstrip("\r\n")  # else an error at the line's end is reported as column 1 of the next
+            if not text.strip():
+                continue
+            try:
+                row = _DECODER.decode(text)
+            except _DuplicateKey as exc:
+                raise _duplicate(exc.key, self.source, number) from None
+            except json.JSONDecodeError as exc:
+                raise DataError(f"malformed JSON at column {exc.colno}: {exc.msg}", path=self.source, line=number) from None
+            if not isinstance(row, dict):
+                raise DataError(f"expected a JSON object, got {type(row).__name__}", path=self.source, line=number)
+            yield number, row
+
+
+class CsvSplit(FileSplit):
+    """Quoted fields may hold commas and newlines; a row is named by the line where it starts."""
+
+    @property
+    def columns(self) -> list[str]:
+        if self._columns is None:
+            self._columns = next(self._records(ignore_progress), (0, []))[1]
+        return self._columns
+
+    def _records(self, advance: Advance) -> Iterator[tuple[int, list[str]]]:
+        reader = csv.reader(text for _, text in self._lines(advance))
+        start = 1
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise DataError(f"malformed CSV: {exc}", path=self.source, line=start) from None
+            if fields:  # csv yields [] for a blank line
+                yield start, fields
+            start = reader.line_num + 1
+
+    def rows(self, advance: Advance = ignore_progress) -> Iterator[tuple[int, Row]]:
+        records = self._records(advance)
+        header = next(records, None)
+        if header is None:
+            return
+        line, names = header
+        repeated = next((name for i, name in enumerate(names) if name in names[:i]), None)
+        if repeated is not None:
+            raise DataError(f"duplicate column name '{repeated}' in the header; rename one", path=self.source, line=line)
+        for number, fields in records:
+            if len(fields) != len(names):
+                more_or_fewer = "more" if len(fields) > len(names) else "fewer"
+                raise DataError(
+                    f"{len(fields)} fields, {more_or_fewer} than the header's {len(names)}", path=self.source, line=number
+                )
+            yield number, dict(zip(names, fields))
+
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+class JsonSplit(FileSplit):
+    """A JSON list of objects; an object with one key holding that list ({"data": [...]}); or an object of columns
+    ({"prompt": [...], "chosen": [...]}, row i made of item i of each list, as pandas' `orient="columns"` writes).
+
+    A list is decoded item by item, so each row knows its line; a column-oriented file names rows by index
+    (`file, row N of M`). The file's text is held in memory while it is read (JSON has no record boundaries), so
+    large data belongs in a .jsonl file.
+    """
+
+    def __init__(self, path: Path, compression: str = ""):
+        super().__init__(path, compression)
+        self._table_rows: int | None = None  # set while reading a column-oriented file: rows are named by index
+
+    def where(self, number: int) -> str:
+        if self._table_rows is not None:
+            return f"{self.source}, row {number} of {self._table_rows}"
+        return super().where(number)
+
+    def rows(self, advance: Advance = ignore_progress) -> Iterator[tuple[int, Row]]:
+        raw = self._read_all()
+        start = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise self._bad_utf8(exc.start + start, raw[: exc.start + start].count(b"\n") + 1) from None
+        del raw
+        self._scale = self.progress_total() / max(len(text), 1)  # characters -> stored bytes, for the progress bar
+        pos = _WHITESPACE.match(text).end()
+        if text.startswith("[", pos):
+            self._table_rows = None
+            pos = yield from self._listed(text, pos, advance)
+        elif text.startswith("{", pos):
+            pos = yield from self._object(text, pos, advance)
+        else:
+            self._not_rows(text, pos)
+        if _WHITESPACE.match(text, pos).end() != len(text):
+            self._not_rows(text, pos)
+
+    def _listed(self, text: str, pos: int, advance: Advance) -> Iterator[tuple[int, Row]]:
+        """The rows of the list that opens at `pos`; returns the position after it."""
+        pos = self._expect(text, pos, "[")
+        line, counted = 1, 0
+        while not text.startswith("]", pos):
+            line += text.count("\n", counted, pos)
+            counted = start = pos
+            item, pos = self._decode(text, pos, line)
+            if not isinstance(item, dict):
+                raise DataError(f"expected a JSON object, got {type(item).__name__}", path=self.source, line=line)
+            advance(int((pos - start) * self._scale))
+            yield line, item
+            pos = _WHITESPACE.match(text, pos).end()
+            if not text.startswith("]", pos):
+                pos = self._expect(text, pos, ",")
+        return self._expect(text, pos, "]")
+
+    def _object(self, text: str, pos: int, advance: Advance) -> Iterator[tuple[int, Row]]:
+        """A wrapper ({"data": [{...}, ...]}: its one list of objects is streamed) or an object of columns."""
+        pos = self._expect(text, pos, "{")
+        columns: dict[str, list[Any]] = {}
+        key_lines: dict[str, int] = {}
+        while not text.startswith("}", pos):
+            key_line = text.count("\n", 0, pos) + 1
+            key, pos = self._decode(text, pos, key_line)
+            if not isinstance(key, str):
+                self._not_rows(text, pos)
+            if key in key_lines:
+                raise _duplicate(key, self.source, key_line)
+            pos = self._expect(text, pos, ":")
+            opens_objects = text.startswith("[", pos) and text.startswith("{", _WHITESPACE.match(text, pos + 1).end())
+            if not columns and opens_objects:  # the rows wrapped in an object: stream them, then the object must end
+                self._table_rows = None
+                pos = yield from self._listed(text, pos, advance)
+                return self._expect(text, pos, "}")
+            start = pos
+            value, pos = self._decode(text, pos, key_line)
+            if not isinstance(value, list):
+                self._not_rows(text, start, f"'{key}' holds a {type(value).__name__}")
+            advance(int((pos - start) * self._scale))
+            columns[key], key_lines[key] = value, key_line
+            pos = _WHITESPACE.match(text, pos).end()
+            if not text.startswith("}", pos):
+                pos = self._expect(text, pos, ",")
+        pos = self._expect(text, pos, "}")
+        lengths = {key: len(values) for key, values in columns.items()}
+        first = next(iter(lengths), None)
+        for key, length in lengths.items():
+            if length != lengths[first]:
+                raise DataError(
+                    f"column '{key}' holds {length} values and column '{first}' {lengths[first]}; a JSON object of "
+                    "columns needs one value per row in every column",
+                    path=self.source,
+                    line=key_lines[key],
+                )
+        self._table_rows = lengths[first] if first is not None else 0
+        for index in range(self._table_rows):
+            yield index + 1, {key: values[index] for key, values in columns.items()}
+        return pos
+
+    def _decode(self, text: str, pos: int, line: int) -> tuple[Any, int]:
+        """One JSON value from `pos`: (value, position after it); `line` names the object a duplicate key is in."""
+        try:
+            return _DECODER.raw_decode(text, pos)
+        except _DuplicateKey as exc:
+            raise _duplicate(exc.key, self.source, line) from None
+        except json.JSONDecodeError as exc:
+            message = f"malformed JSON at column {exc.colno}: {exc.msg}"
+            raise DataError(message, path=self.source, line=exc.lineno) from None
+
+    def _expect(self, text: str, pos: int, char: str) -> int:
+        """The position after `char` and any whitespace, where `char` must come after whitespace from `pos`."""
+        pos = _WHITESPACE.match(text, pos).end()
+        if not text.startswith(char, pos):
+            self._not_rows(text, pos)
+        return _WHITESPACE.match(text, pos + 1).end()
+
+    def _not_rows(self, text: str, pos: int, found: str = "") -> None:
+        raise DataError(
+            'expected a JSON list of objects, an object with one key holding that list ({"data": [...]}) or an '
+            'object of column lists ({"prompt": [...], "chosen": [...]})' + (f", but {found}" if found else "")
+            + "; for one object per line use a .jsonl file",
+            path=self.source,
+            line=text.count("\n", 0, pos) + 1,
+        )
+
+
+class ParquetSplit(FileSplit):
+    progress_unit = "rows"
+    _num_rows: int | None = None
+
+    def _file(self) -> Any:
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.ParquetFile(self.path)
+        except Exception as exc:  # noqa: BLE001 - a damaged file: report it, one line
+            raise DataError(f"cannot read parquet: {exc}".splitlines()[0], path=self.source) from None
+
+    @property
+    def columns(self) -> list[str]:
+        if self._columns is None:
+            self._columns = list(self._file().schema_arrow.names)
+        return self._columns
+
+    def progress_total(self) -> int:
+        if self._num_rows is None:
+            self._num_rows = self._file().metadata.num_rows
+        return self._num_rows
+
+    def rows(self, advance: Advance = ignore_progress) -> Iterator[tuple[int, Row]]:
+        batches = self._file().iter_batches(batch_size=_TABLE_BATCH)
+        rows = (row for batch in batches for row in batch.to_pylist())
+        try:
+            for number, row in enumerate(rows, start=1):
+                advance(1)
+                yield number, row
+        except (OSError, ValueError) as exc:  # a damaged file: pyarrow raises OSError or ArrowInvalid (ValueError)
+            raise DataError(f"cannot read parquet: {exc}".splitlines()[0], path=self.source) from None
+
+    def where(self, number: int) -> str:
+        return f"{self.source}, row {number} of {self.progress_total()}"
+
+    def value_advice(self, column: str) -> str:
+        kind = self._file().schema_arrow.field(column).type
+        return (f"the parquet column has type {kind}: write it as strings (pandas: df['{column}'] = "
+                f"df['{column}'].astype(str)) to use it as text")

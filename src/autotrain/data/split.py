@@ -1,0 +1,106 @@
+"""What every source of rows is: a `Split` streams `(number, row)` and says where a number is.
+
+How errors name a row (`Split.where`):
+- JSONL, CSV and JSON lists: `file:LINE`, the line where the row starts, numbered from 1 as an editor does (in a
+  compressed file, the line of the decompressed text, as `zcat file | sed -n LINEp` shows it);
+- parquet files, column-oriented JSON and datasets: `file, row N of M`, rows counted from 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from autotrain.errors import DataError
+
+# Rows read to learn the columns of a JSON file: enough to see a column that the first row happens to lack.
+PEEK_ROWS = 100
+
+Row = dict[str, Any]
+Advance = Callable[[int], object]  # called with the progress made, in `Split.progress_unit`
+
+# What to do about a value that is not text, where the value comes from a file that has types (JSON). Sources whose
+# values are typed by their schema (parquet, datasets) say what to do there instead (`Split.value_advice`).
+QUOTE_IT = "quote it in the file to use it as text"
+
+
+def ignore_progress(_: int) -> None:
+    return None
+
+
+class Location:
+    """Where a row is; formatted only when an error names it, since most rows never need it."""
+
+    __slots__ = ("split", "number")
+
+    def __init__(self, split: Split, number: int):
+        self.split, self.number = split, number
+
+    def __str__(self) -> str:
+        return self.split.where(self.number)
+
+    def value_advice(self, column: str) -> str:
+        return self.split.value_advice(column)
+
+
+class Split:
+    """One split of the data; `rows()` streams `(number, row)`, where `where(number)` is what a user can open."""
+
+    progress_unit = "rows"
+
+    def __init__(self, source: str):
+        self.source = source
+        self._columns: list[str] | None = None
+
+    def rows(self, advance: Advance = ignore_progress) -> Iterator[tuple[int, Row]]:
+        raise NotImplementedError
+
+    def where(self, number: int) -> str:
+        return f"{self.source}:{number}"
+
+    def value_advice(self, column: str) -> str:
+        """How to turn a non-text value of `column` into text, in this source's own terms."""
+        return QUOTE_IT
+
+    def progress_total(self) -> int | None:
+        return None
+
+    def fingerprint(self) -> str:
+        """Identifies the content: equal fingerprints mean equal rows (the tokenized-data cache's key)."""
+        raise NotImplementedError
+
+    @property
+    def columns(self) -> list[str]:
+        if self._columns is None:
+            seen: dict[str, None] = {}
+            for _, row in itertools.islice(self.rows(), PEEK_ROWS):
+                seen.update(dict.fromkeys(row))
+            self._columns = list(seen)
+        return self._columns
+
+    def require_rows(self) -> None:
+        if next(self.rows(), None) is None:
+            raise DataError("the file holds no rows", path=self.source)
+
+
+class RawSplit(Split):
+    """Rows already in memory, each with the line it came from: tests and small inputs."""
+
+    def __init__(self, source: str, rows: list[Row], lines: list[int]):
+        super().__init__(source)
+        self._rows, self._lines = rows, lines
+
+    def rows(self, advance: Advance = ignore_progress) -> Iterator[tuple[int, Row]]:
+        for number, row in zip(self._lines, self._rows):
+            advance(1)
+            yield number, row
+
+    def progress_total(self) -> int:
+        return len(self._rows)
+
+    def fingerprint(self) -> str:
+        payload = json.dumps([self._rows, self._lines], sort_keys=True, default=repr)
+        return hashlib.sha256(payload.encode()).hexdigest()
