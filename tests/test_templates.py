@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import BOS, EOS, IM_END, IM_START, NEWLINE, char_ids, make_tokenizer, write_jsonl
+from conftest import EOS, IM_END, IM_START, NEWLINE, char_ids, make_tokenizer, write_jsonl
 
 from autotrain.data.prepare import prepare_data
 from autotrain.data.render import Columns, Renderer, pick_template
@@ -99,16 +99,17 @@ def test_no_sequence_length_warning_where_truncation_is_handled(tmp_path, monkey
 # --- Training, the saved tokenizer and inference render a prompt the same way ---------------------------------------
 
 
-@pytest.mark.parametrize("chat", [True, False], ids=["chat-tokenizer", "base-tokenizer"])
-@pytest.mark.parametrize("choice", [None, "tokenizer", "chatml", "zephyr", "none"])
+CHOICES = [(True, c) for c in (None, "tokenizer", "chatml", "zephyr", "none")] + [
+    (False, c) for c in (None, "chatml", "zephyr", "none")]  # a base tokenizer has no template of its own
+
+
+@pytest.mark.parametrize(("chat", "choice"), CHOICES, ids=[f"{'chat' if t else 'base'}-{c}" for t, c in CHOICES])
 def test_inference_builds_the_prompt_ids_training_used(tmp_path, chat, choice):
     from transformers import AutoTokenizer
 
     from autotrain.inference import prompt_inputs
     from autotrain.outputs import save_tokenizer
 
-    if choice == "tokenizer" and not chat:
-        pytest.skip("a base tokenizer has no template of its own (its refusal is tested in test_data)")
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "3+4=", "chosen": "7", "rejected": "8"}])
     tok = make_tokenizer(chat)
     data = prepare_data(LLMTrainingParams(data_path=str(path), chat_template=choice, **COLUMNS), tok, 512)

@@ -1,4 +1,4 @@
-"""Rows from one data file: JSONL, JSON, CSV (each optionally compressed) or parquet.
+"""Rows from one data file: JSONL, CSV (each optionally compressed) or parquet; JSON is in `json_file.py`.
 
 Files are parsed here rather than through `datasets.load_dataset`, so that a bad row is reported with its file and
 line instead of an Arrow error from deep inside a library. A JSONL or CSV file is streamed, one line at a time
@@ -21,7 +21,6 @@ import hashlib
 import io
 import json
 import lzma
-import re
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,8 +35,8 @@ STREAMABLE = (".jsonl", ".json", ".csv")  # the formats that may come compressed
 SUFFIXES = FORMATS + tuple(f + c for f in STREAMABLE for c in COMPRESSIONS)
 _CHUNK = 1 << 20
 _TABLE_BATCH = 1000
-# What a damaged or cut-short compressed stream raises, by library: zlib/gzip, bz2, lzma, zstandard (ZstdError is
-# added when the module loads).
+# What a damaged or cut-short compressed stream raises: gzip/zlib, bz2 (OSError, EOFError) and lzma; zstandard's
+# ZstdError is added by _decompress_errors where the package is installed.
 _DECOMPRESS_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, zlib.error, lzma.LZMAError)
 
 
@@ -48,6 +47,9 @@ def file_kind(path: Path) -> tuple[str, str]:
     return (suffixes[-1] if suffixes else ""), compression
 
 
+UNPACK = {".gz": "gunzip", ".bz2": "bunzip2", ".xz": "unxz", ".zst": "unzstd"}  # the command that decompresses
+
+
 def split_name(path: Path) -> str | None:
     """The split a data file holds (`train` for train.jsonl.gz), or None when it is not a data file."""
     fmt, compression = file_kind(path)
@@ -56,34 +58,7 @@ def split_name(path: Path) -> str | None:
     return path.name[: len(path.name) - len(fmt + compression)]
 
 
-def open_file(path: Path) -> Split:
-    """The split held in one file, after checking that it holds rows (which also checks its first row)."""
-    fmt, compression = file_kind(path)
-    if fmt == ".parquet" and compression:
-        raise DataError(
-            "a parquet file compresses its own columns and is read in place; decompress it "
-            f"({_UNPACK[compression]}) and pass the .parquet file",
-            path=str(path),
-        )
-    kinds = {".jsonl": JsonlSplit, ".json": JsonSplit, ".csv": CsvSplit, ".parquet": ParquetSplit}
-    kind = kinds.get(fmt)
-    if kind is None:
-        raise DataError(
-            f"unsupported file type '{fmt + compression}'; use one of {', '.join(FORMATS)} (the first three "
-            f"optionally compressed: {', '.join(COMPRESSIONS)})",
-            path=str(path),
-        )
-    if path.stat().st_size == 0:
-        raise DataError("the file is empty", path=str(path))
-    split = kind(path, compression)
-    split.require_rows()
-    return split
-
-
-_UNPACK = {".gz": "gunzip", ".bz2": "bunzip2", ".xz": "unxz", ".zst": "unzstd"}
-
-
-class _DuplicateKey(ValueError):
+class DuplicateKey(ValueError):
     def __init__(self, key: str):
         super().__init__(key)
         self.key = key
@@ -95,15 +70,15 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:
-                raise _DuplicateKey(key)
+                raise DuplicateKey(key)
             seen.add(key)
     return row
 
 
-_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
 
 
-def _duplicate(key: str, path: str, line: int) -> DataError:
+def duplicate_key(key: str, path: str, line: int) -> DataError:
     message = f"duplicate key '{key}' in one object; JSON would keep only its last value, so remove or rename one"
     return DataError(message, path=path, line=line)
 
@@ -219,9 +194,9 @@ class JsonlSplit(FileSplit):
             if not text.strip():
                 continue
             try:
-                row = _DECODER.decode(text)
-            except _DuplicateKey as exc:
-                raise _duplicate(exc.key, self.source, number) from None
+                row = DECODER.decode(text)
+            except DuplicateKey as exc:
+                raise duplicate_key(exc.key, self.source, number) from None
             except json.JSONDecodeError as exc:
                 raise DataError(f"malformed JSON at column {exc.colno}: {exc.msg}", path=self.source, line=number) from None
             if not isinstance(row, dict):
@@ -268,134 +243,6 @@ class CsvSplit(FileSplit):
                     f"{len(fields)} fields, {more_or_fewer} than the header's {len(names)}", path=self.source, line=number
                 )
             yield number, dict(zip(names, fields))
-
-
-_WHITESPACE = re.compile(r"[ \t\n\r]*")
-
-
-class JsonSplit(FileSplit):
-    """A JSON list of objects; an object with one key holding that list ({"data": [...]}); or an object of columns
-    ({"prompt": [...], "chosen": [...]}, row i made of item i of each list, as pandas' `orient="columns"` writes).
-
-    A list is decoded item by item, so each row knows its line; a column-oriented file names rows by index
-    (`file, row N of M`). The file's text is held in memory while it is read (JSON has no record boundaries), so
-    large data belongs in a .jsonl file.
-    """
-
-    def __init__(self, path: Path, compression: str = ""):
-        super().__init__(path, compression)
-        self._table_rows: int | None = None  # set while reading a column-oriented file: rows are named by index
-
-    def where(self, number: int) -> str:
-        if self._table_rows is not None:
-            return f"{self.source}, row {number} of {self._table_rows}"
-        return super().where(number)
-
-    def rows(self, advance: Advance = ignore_progress) -> Iterator[tuple[int, Row]]:
-        raw = self._read_all()
-        start = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise self._bad_utf8(exc.start + start, raw[: exc.start + start].count(b"\n") + 1) from None
-        del raw
-        self._scale = self.progress_total() / max(len(text), 1)  # characters -> stored bytes, for the progress bar
-        pos = _WHITESPACE.match(text).end()
-        if text.startswith("[", pos):
-            self._table_rows = None
-            pos = yield from self._listed(text, pos, advance)
-        elif text.startswith("{", pos):
-            pos = yield from self._object(text, pos, advance)
-        else:
-            self._not_rows(text, pos)
-        if _WHITESPACE.match(text, pos).end() != len(text):
-            self._not_rows(text, pos)
-
-    def _listed(self, text: str, pos: int, advance: Advance) -> Iterator[tuple[int, Row]]:
-        """The rows of the list that opens at `pos`; returns the position after it."""
-        pos = self._expect(text, pos, "[")
-        line, counted = 1, 0
-        while not text.startswith("]", pos):
-            line += text.count("\n", counted, pos)
-            counted = start = pos
-            item, pos = self._decode(text, pos, line)
-            if not isinstance(item, dict):
-                raise DataError(f"expected a JSON object, got {type(item).__name__}", path=self.source, line=line)
-            advance(int((pos - start) * self._scale))
-            yield line, item
-            pos = _WHITESPACE.match(text, pos).end()
-            if not text.startswith("]", pos):
-                pos = self._expect(text, pos, ",")
-        return self._expect(text, pos, "]")
-
-    def _object(self, text: str, pos: int, advance: Advance) -> Iterator[tuple[int, Row]]:
-        """A wrapper ({"data": [{...}, ...]}: its one list of objects is streamed) or an object of columns."""
-        pos = self._expect(text, pos, "{")
-        columns: dict[str, list[Any]] = {}
-        key_lines: dict[str, int] = {}
-        while not text.startswith("}", pos):
-            key_line = text.count("\n", 0, pos) + 1
-            key, pos = self._decode(text, pos, key_line)
-            if not isinstance(key, str):
-                self._not_rows(text, pos)
-            if key in key_lines:
-                raise _duplicate(key, self.source, key_line)
-            pos = self._expect(text, pos, ":")
-            opens_objects = text.startswith("[", pos) and text.startswith("{", _WHITESPACE.match(text, pos + 1).end())
-            if not columns and opens_objects:  # the rows wrapped in an object: stream them, then the object must end
-                self._table_rows = None
-                pos = yield from self._listed(text, pos, advance)
-                return self._expect(text, pos, "}")
-            start = pos
-            value, pos = self._decode(text, pos, key_line)
-            if not isinstance(value, list):
-                self._not_rows(text, start, f"'{key}' holds a {type(value).__name__}")
-            advance(int((pos - start) * self._scale))
-            columns[key], key_lines[key] = value, key_line
-            pos = _WHITESPACE.match(text, pos).end()
-            if not text.startswith("}", pos):
-                pos = self._expect(text, pos, ",")
-        pos = self._expect(text, pos, "}")
-        lengths = {key: len(values) for key, values in columns.items()}
-        first = next(iter(lengths), None)
-        for key, length in lengths.items():
-            if length != lengths[first]:
-                raise DataError(
-                    f"column '{key}' holds {length} values and column '{first}' {lengths[first]}; a JSON object of "
-                    "columns needs one value per row in every column",
-                    path=self.source,
-                    line=key_lines[key],
-                )
-        self._table_rows = lengths[first] if first is not None else 0
-        for index in range(self._table_rows):
-            yield index + 1, {key: values[index] for key, values in columns.items()}
-        return pos
-
-    def _decode(self, text: str, pos: int, line: int) -> tuple[Any, int]:
-        """One JSON value from `pos`: (value, position after it); `line` names the object a duplicate key is in."""
-        try:
-            return _DECODER.raw_decode(text, pos)
-        except _DuplicateKey as exc:
-            raise _duplicate(exc.key, self.source, line) from None
-        except json.JSONDecodeError as exc:
-            message = f"malformed JSON at column {exc.colno}: {exc.msg}"
-            raise DataError(message, path=self.source, line=exc.lineno) from None
-
-    def _expect(self, text: str, pos: int, char: str) -> int:
-        """The position after `char` and any whitespace, where `char` must come after whitespace from `pos`."""
-        pos = _WHITESPACE.match(text, pos).end()
-        if not text.startswith(char, pos):
-            self._not_rows(text, pos)
-        return _WHITESPACE.match(text, pos + 1).end()
-
-    def _not_rows(self, text: str, pos: int, found: str = "") -> None:
-        raise DataError(
-            'expected a JSON list of objects, an object with one key holding that list ({"data": [...]}) or an '
-            'object of column lists ({"prompt": [...], "chosen": [...]})' + (f", but {found}" if found else "")
-            + "; for one object per line use a .jsonl file",
-            path=self.source,
-            line=text.count("\n", 0, pos) + 1,
-        )
 
 
 class ParquetSplit(FileSplit):

@@ -1,8 +1,8 @@
 """Where rows come from: a file, a folder of split files, a save_to_disk folder or a datasets id.
 
 A split is streamed: each pass reads it one row at a time, so memory does not grow with the size of the data.
-Files are read by `data/files.py` (formats, compression, duplicate keys); how each source names a row in errors is
-described in `data/split.py`.
+Files are read by `data/files.py` and `data/json_file.py` (formats, compression, duplicate keys); how each source
+names a row in errors is described in `data/split.py`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from autotrain.data.files import COMPRESSIONS, FORMATS, SUFFIXES, open_file, split_name
+from autotrain.data.files import (
+    COMPRESSIONS, FORMATS, SUFFIXES, UNPACK, CsvSplit, JsonlSplit, ParquetSplit, file_kind, split_name,
+)
+from autotrain.data.json_file import JsonSplit
 from autotrain.data.split import Advance, Location, RawSplit, Row, Split, ignore_progress
 from autotrain.errors import DataError
 from autotrain.trainers.clm.params import SAMPLE_DATA
@@ -133,3 +136,27 @@ class DatasetSplit(Split):
     def require_rows(self) -> None:
         if len(self.dataset) == 0:
             raise DataError("the split holds no rows", path=self.source)
+
+
+def open_file(path: Path) -> Split:
+    """The split held in one file, after checking that it holds rows (which also checks its first row)."""
+    fmt, compression = file_kind(path)
+    if fmt == ".parquet" and compression:
+        raise DataError(
+            "a parquet file compresses its own columns and is read in place; decompress it "
+            f"({UNPACK[compression]}) and pass the .parquet file",
+            path=str(path),
+        )
+    kinds = {".jsonl": JsonlSplit, ".json": JsonSplit, ".csv": CsvSplit, ".parquet": ParquetSplit}
+    kind = kinds.get(fmt)
+    if kind is None:
+        raise DataError(
+            f"unsupported file type '{fmt + compression}'; use one of {', '.join(FORMATS)} (the first three "
+            f"optionally compressed: {', '.join(COMPRESSIONS)})",
+            path=str(path),
+        )
+    if path.stat().st_size == 0:
+        raise DataError("the file is empty", path=str(path))
+    split = kind(path, compression)
+    split.require_rows()
+    return split
