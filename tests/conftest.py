@@ -112,3 +112,20 @@ def pairs_file(tmp_path) -> Path:
 def _quiet_logs():
     logging.getLogger("autotrain").setLevel(logging.INFO)
     yield
+
+
+def spy_from_pretrained(monkeypatch, names: tuple[str, ...]) -> list[tuple[str, object]]:
+    """Record (class name, trust_remote_code) for each from_pretrained call of these transformers classes."""
+    import transformers
+
+    seen: list[tuple[str, object]] = []
+    for name in names:
+        cls = getattr(transformers, name)
+        original = cls.from_pretrained.__func__
+
+        def spy(klass, *args, _original=original, _name=name, **kwargs):
+            seen.append((_name, kwargs.get("trust_remote_code")))
+            return _original(klass, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    return seen

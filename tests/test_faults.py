@@ -206,18 +206,9 @@ def test_model_folders_must_hold_config_and_safetensors(tmp_path, chat_model):
 
 
 def test_trust_remote_code_reaches_every_loader(tmp_path, chat_model, monkeypatch):
-    import transformers
+    from conftest import spy_from_pretrained
 
-    seen = []
-    for name in ("AutoTokenizer", "AutoConfig", "AutoModelForCausalLM"):
-        cls = getattr(transformers, name)
-        original = cls.from_pretrained.__func__
-
-        def spy(klass, *args, _original=original, _name=name, **kwargs):
-            seen.append((_name, kwargs.get("trust_remote_code")))
-            return _original(klass, *args, **kwargs)
-
-        monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    seen = spy_from_pretrained(monkeypatch, ("AutoTokenizer", "AutoConfig", "AutoModelForCausalLM"))
     data = write_jsonl(tmp_path / "pairs.jsonl", arithmetic_pairs(4))
     for flag in (False, True):
         seen.clear()

@@ -112,23 +112,14 @@ def test_inference_renders_a_prompt_as_training_did(tmp_path, chat_model, base_m
 def test_inference_trusts_remote_code_as_the_run_did_or_as_told(tmp_path, chat_model, monkeypatch):
     import shutil
 
-    import transformers
+    from conftest import spy_from_pretrained
 
     from autotrain.cli import build_parser, inference_params_from_args
     from autotrain.inference import InferenceParams, generate
 
     project = tmp_path / "run"
     shutil.copytree(chat_model, project)  # a finished project, as far as loading it goes
-    loaded = []
-    for name in ("AutoTokenizer", "AutoModelForCausalLM"):
-        cls = getattr(transformers, name)
-        original = cls.from_pretrained.__func__
-
-        def spy(klass, *args, _original=original, _name=name, **kwargs):
-            loaded.append((_name, kwargs.get("trust_remote_code")))
-            return _original(klass, *args, **kwargs)
-
-        monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    loaded = spy_from_pretrained(monkeypatch, ("AutoTokenizer", "AutoModelForCausalLM"))
     spy_generate(monkeypatch)
     for trained_with, flag, expected in ((False, None, False), (True, None, True), (True, False, False),
                                          (False, True, True)):

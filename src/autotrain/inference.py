@@ -109,7 +109,8 @@ def generate(params: InferenceParams) -> Iterator[dict[str, str]]:
     model, tokenizer = load_project(project, trust)
     sampling = params.inference_temperature > 0
     # Stop where the template ends a turn, as well as where the model's own generation config says.
-    stop = stop_ids(tokenizer, tokenizer.chat_template or None, also=model.generation_config.eos_token_id)
+    own_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    stop = stop_ids(tokenizer, tokenizer.chat_template or None, also=own_eos)
     for prompt in prompts:
         inputs = prompt_inputs(tokenizer, prompt)
         with torch.no_grad():

@@ -264,7 +264,8 @@ def run(params: LLMTrainingParams, folder_checked: bool = False) -> RunResult:
     model = models.load_model(params, model_path)
     # Sample answers are the main process's to give; a resumed run has no untrained model left to ask.
     sample_ids = data.valid.prompt_ids[: params.sample_answers] if params.sample_answers and main else []
-    stops = stop_ids(tokenizer, data.template, also=model.generation_config.eos_token_id) if sample_ids else None
+    own_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    stops = stop_ids(tokenizer, data.template, also=own_eos) if sample_ids else None
     before = samples.answer(model, tokenizer, sample_ids, stops) if sample_ids and resume_from is None else None
     ref_model = None
     if method.reference:
