@@ -69,10 +69,10 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 def _code_fingerprint() -> str:
     """The source of the modules that turn rows into ids: an edit to them (in development, or a patched install)
     invalidates the cache even when nobody remembered to bump FORMAT."""
-    from autotrain.data import files, render, sources, split, templates, tokenize
+    from autotrain.data import files, json_file, render, sources, split, templates, tokenize
 
     digest = hashlib.sha256()
-    for module in (split, files, sources, templates, render, tokenize):
+    for module in (split, files, json_file, sources, templates, render, tokenize):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()
 
