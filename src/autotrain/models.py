@@ -89,15 +89,7 @@ def _load_causal_lm(params: LLMTrainingParams, model: str, quantize: bool) -> to
     if torch.cuda.is_available() and params.packing:
         extra["attn_implementation"] = "flex_attention"
     if quantize and params.quantization is not None:
-        from transformers import BitsAndBytesConfig
-
-        compute = torch.bfloat16 if params.mixed_precision == "bf16" else torch.float16
-        extra["quantization_config"] = (
-            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=compute)
-            if params.quantization == "int4"
-            else BitsAndBytesConfig(load_in_8bit=True)
-        )
+        extra["quantization_config"] = quantization_config(params)
         # Each process holds its quantized copy on its own GPU (bitsandbytes weights cannot be moved after loading).
         extra["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     net = AutoModelForCausalLM.from_pretrained(
@@ -110,6 +102,18 @@ def _load_causal_lm(params: LLMTrainingParams, model: str, quantize: bool) -> to
     # The KV cache is useless in training and conflicts with gradient checkpointing.
     net.config.use_cache = False
     return net
+
+
+def quantization_config(params: LLMTrainingParams) -> Any:
+    """bitsandbytes' config for `params.quantization`. int4 computes in the precision the run trains in: bf16 or
+    fp16 when mixed_precision asks for it, float32 when it is none (as fp32 training means everywhere else)."""
+    from transformers import BitsAndBytesConfig
+
+    if params.quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(params.mixed_precision or "", torch.float32)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute)
 
 
 def _require_safetensors(model: str) -> bool:
