@@ -36,10 +36,43 @@ def load_tokenizer(model: str, trust_remote_code: bool) -> Any:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+    _report_rebuilt_tokenizer(model, tokenizer)
     if tokenizer.pad_token_id is None:
         # Padding positions are masked out of attention and loss, so any id serves; EOS is the usual choice.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+# Spaces, a newline, a tab, digits, accents and CJK: where tokenizer pipelines differ.
+_PROBE_TEXT = "Hello, world!\n  Two spaces,\ta tab; 12345 digits, naïve café, 漢字."
+
+
+def _report_rebuilt_tokenizer(model: str, tokenizer: Any) -> None:
+    """Warn when the tokenizer transformers built encodes differently from the model's own tokenizer.json.
+
+    transformers 5 builds some model types' tokenizers from their class's own pipeline and the vocabulary (qwen2 ->
+    Qwen2Tokenizer, with Qwen2's pre-tokenizer) rather than from tokenizer.json. The run trains with what
+    AutoTokenizer gives, which is also what inference with AutoTokenizer gets, but that may not be how the model was
+    trained before. Only a class of its own can differ: the generic backend reads tokenizer.json as it is.
+    """
+    if type(tokenizer).__name__ in ("TokenizersBackend", "PreTrainedTokenizerFast") or not tokenizer.is_fast:
+        return
+    path = Path(model).expanduser() / "tokenizer.json"
+    if not path.is_file():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model, "tokenizer.json")
+        if not isinstance(cached, str):
+            return
+        path = Path(cached)
+    from tokenizers import Tokenizer
+
+    shipped = Tokenizer.from_file(str(path)).encode(_PROBE_TEXT, add_special_tokens=False).ids
+    if shipped != tokenizer(_PROBE_TEXT, add_special_tokens=False)["input_ids"]:
+        logger.warning(
+            f"{model}: transformers builds its tokenizer as {type(tokenizer).__name__}, which encodes text differently "
+            "from the model's tokenizer.json; training uses it (as inference with AutoTokenizer will)"
+        )
 
 
 def load_config(model: str, trust_remote_code: bool) -> Any:
