@@ -16,8 +16,8 @@ from typing import Any, Callable
 import torch
 from transformers import Trainer
 
-from autotrain.attention import decoder_inputs
 from autotrain import moe
+from autotrain.attention import decoder_inputs
 from autotrain.errors import ModelError, TrainingError
 from autotrain.logprobs import segment_sum, token_logps
 from autotrain.losses import dpo_loss, orpo_loss
@@ -61,6 +61,8 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, Any]) -> SequenceLog
     takes its hidden states and runs the chunked head inside that forward, while the model's own head runs on one
     position per row only (`logits_to_keep=1`). No step here reads a device value back to the host: targets are
     selected by index and masked by `torch.where`, never by boolean indexing (a `nonzero`, hence a sync, on CUDA).
+    A mixture-of-experts model whose config sets `output_router_logits` also gives its router logits, from which
+    `router_loss` is computed over the batch's real tokens in either layout (autotrain.moe).
     """
     inner = unwrap(model)
     decoder, head, extras = decoder_and_head(inner)
