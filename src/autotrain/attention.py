@@ -76,12 +76,14 @@ def packing_kernel(model: torch.nn.Module) -> tuple[str | None, str]:
         return None, f"attention implementation '{impl}' takes no custom mask"
     if getattr(config, "is_encoder_decoder", False) or not getattr(config, "is_causal", True):
         return None, "not a causal decoder-only model"
-    layer_types = getattr(config, "layer_types", None) or []
+    # A multimodal model (Gemma 3 from 4B up loads as Gemma3ForConditionalGeneration) keeps them in its text config.
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layer_types = getattr(text, "layer_types", None) or []
     if any(kind != "full_attention" for kind in layer_types):
         # A 4-D mask overrides every layer's own: a sliding window would be lost, and recurrent or linear-attention
         # layers would carry state from one pair into the next.
         return None, f"layer types {sorted(set(layer_types))} (not all full attention)"
-    if not layer_types and getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+    if not layer_types and getattr(text, "sliding_window", None) and getattr(text, "use_sliding_window", True):
         return None, "sliding-window attention"
     if getattr(config, "alibi", False):
         return None, "ALiBi positions are computed from the padding mask, not from position_ids"

@@ -129,7 +129,13 @@ class LLMTrainingParams(Schema):
     peft: bool = Field(False, description="Train LoRA adapters instead of all weights.")
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
-    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
+    lora_dropout: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="Dropout on the LoRA path; none means 0.05, or 0 on mixture-of-experts models whose fused expert "
+        "weights get adapters (peft applies no dropout to those).",
+    )
     target_modules: str = Field(
         "all-linear", description="Modules that get adapters: 'all-linear' or comma-separated names."
     )

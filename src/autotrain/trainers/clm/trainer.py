@@ -16,8 +16,9 @@ from typing import Any, Callable
 import torch
 from transformers import Trainer
 
+from autotrain import moe
 from autotrain.attention import decoder_inputs
-from autotrain.errors import TrainingError
+from autotrain.errors import ModelError, TrainingError
 from autotrain.logprobs import segment_sum, token_logps
 from autotrain.losses import dpo_loss, orpo_loss
 from autotrain.models import decoder_and_head
@@ -32,6 +33,9 @@ class SequenceLogps:
     counts: torch.Tensor  # [2B] completion tokens per sequence (0 for the absent rejected side of SFT)
     nll: torch.Tensor  # scalar: mean NLL over the batch's `in_nll` targets
     pairs: int
+    # coef * the MoE router load-balancing loss when the model's config asks for it (autotrain.moe), else 0; every
+    # method adds it to its loss, as TRL does.
+    router_loss: torch.Tensor | float = 0.0
 
     @property
     def means(self) -> torch.Tensor:  # [2B] mean completion-token log-prob (ORPO's length-normalised log P)
@@ -57,10 +61,14 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, Any]) -> SequenceLog
     takes its hidden states and runs the chunked head inside that forward, while the model's own head runs on one
     position per row only (`logits_to_keep=1`). No step here reads a device value back to the host: targets are
     selected by index and masked by `torch.where`, never by boolean indexing (a `nonzero`, hence a sync, on CUDA).
+    A mixture-of-experts model whose config sets `output_router_logits` also gives its router logits, from which
+    `router_loss` is computed over the batch's real tokens in either layout (autotrain.moe).
     """
     inner = unwrap(model)
     decoder, head, extras = decoder_and_head(inner)
+    router = moe.router_loss(inner.get_base_model() if hasattr(inner, "get_base_model") else inner)
     found: list[torch.Tensor] = []
+    routed: list[Any] = []
 
     def take_hidden(module: torch.nn.Module, args: Any, output: Any) -> None:
         hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
@@ -68,20 +76,34 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, Any]) -> SequenceLog
         found.append(
             token_logps(hidden, head, batch["target_ids"], softcap=extras["softcap"], logit_scale=extras["logit_scale"])
         )
+        if router is not None:
+            routed.append(getattr(output, "router_logits", None))
 
-    handle = decoder.register_forward_hook(take_hidden)
+    handles = [decoder.register_forward_hook(take_hidden)]
+    extra: dict[str, Any] = {}
+    if router is not None:
+        # The decoder returns the router logits; the outer forward must not compute the loss from the batch's mask,
+        # which is 4-D when packed (autotrain.moe).
+        handles.append(decoder.register_forward_pre_hook(moe.ask_for_router_logits, with_kwargs=True))
+        extra["output_router_logits"] = False
     try:
-        model(**decoder_inputs(inner, batch), use_cache=False, logits_to_keep=1)
+        model(**decoder_inputs(inner, batch), use_cache=False, logits_to_keep=1, **extra)
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     (logps,) = found
+    router_term: torch.Tensor | float = 0.0
+    if router is not None:
+        if routed[0] is None or len(routed[0]) == 0:
+            raise ModelError(f"output_router_logits: {type(decoder).__name__} returned no router logits")
+        router_term = router(routed[0], batch)
     n = 2 * batch["num_pairs"]
     keep = batch["in_completion"]
     # Dropped entries add an exact 0 to their segment's sum and count (torch.where, not a product: 0 * -inf is NaN).
     sums = segment_sum(torch.where(keep, logps, 0.0), batch["target_seq"], n)
     counts = segment_sum(keep.to(logps.dtype), batch["target_seq"], n)
     nll = -_masked_mean(logps, batch["in_nll"])
-    return SequenceLogps(sums, counts, nll, batch["num_pairs"])
+    return SequenceLogps(sums, counts, nll, batch["num_pairs"], router_term)
 
 
 def _masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -108,7 +130,7 @@ def orpo_step(model: torch.nn.Module, batch: dict[str, Any], beta: float, refere
         # log P, so this is "chosen log-odds beat rejected").
         "rewards/accuracies": (chosen > rejected).float().mean(),
     }
-    return out.loss, metrics
+    return out.loss + seqs.router_loss, metrics
 
 
 def dpo_step(model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: Reference | None = None
@@ -127,14 +149,14 @@ def dpo_step(model: torch.nn.Module, batch: dict[str, Any], beta: float, referen
         # DPO's implicit reward: the chosen answer gained more log-probability over the reference than the rejected.
         "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float().mean(),
     }
-    return out.loss, metrics
+    return out.loss + seqs.router_loss, metrics
 
 
 def sft_step(model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: Reference | None = None
              ) -> tuple[torch.Tensor, Metrics]:
     """Supervised fine-tuning: the mean NLL over the completion tokens (`in_nll`), nothing else."""
     seqs = sequence_logps(model, batch)
-    return seqs.nll, {"nll_loss": seqs.nll.detach()}
+    return seqs.nll + seqs.router_loss, {"nll_loss": seqs.nll.detach()}
 
 
 def _reward_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, chosen: torch.Tensor,
