@@ -1,6 +1,8 @@
 """The model a run names, checked before anything loads it; each failure is one ModelError line.
 
-- A local folder: every `*.safetensors` file must be whole. Its 8-byte header length, its JSON header and the
+- A local folder must hold config.json and safetensors weights (a pickle file can run code when it is loaded, so
+  none is loaded); a local-looking path that does not exist, or a file, is refused. Every `*.safetensors` file
+  must be whole. Its 8-byte header length, its JSON header and the
   tensor data the header describes must cover the file exactly, as safetensors requires; a file cut short (an
   interrupted download or copy) is reported by name, instead of a SafetensorError traceback after the data stage.
   A sharded model's index must name only shards that exist.
@@ -24,12 +26,27 @@ _HEADER_LIMIT = 100 << 20  # safetensors refuses headers over 100 MB
 
 
 def check(model: str) -> None:
-    """Check a local model folder's weight files, or a hub id's availability."""
+    """Check a local model folder and its weight files, or a hub id's availability."""
+    if check_local(model):
+        check_weights(Path(model).expanduser())
+    else:
+        check_hub(model)
+
+
+def check_local(model: str) -> bool:
+    """True for a local model folder with a config and safetensors weights; False for what can only be a hub id."""
     path = Path(model).expanduser()
     if path.is_dir():
-        check_weights(path)
-    elif not path.exists() and not model.startswith((".", "/", "~")):
-        check_hub(model)
+        if not (path / "config.json").exists():
+            raise ModelError(f"{model}: the folder has no config.json, so it is not a transformers model folder")
+        if not any(path.glob("*.safetensors")):
+            raise ModelError(f"{model}: no *.safetensors weights; only safetensors are loaded (no pickle files)")
+        return True
+    if path.exists():
+        raise ModelError(f"{model}: a model must be a folder (or a hub id), not a file")
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise ModelError(f"{model}: no such model folder")
+    return False
 
 
 def check_weights(folder: Path) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from autotrain.errors import ParamsError, TrainingInterrupted
-from autotrain.trainers.clm.params import LLMTrainingParams
+from autotrain.trainers.clm.params import DEFAULT_MODEL, LLMTrainingParams
 
 logger = logging.getLogger("autotrain")
 
@@ -78,19 +78,31 @@ class AutoTrainProject:
     def create(self) -> RunResult:
         """Own the project folder, check it and the data (before torch is imported), then train here or launch."""
         from autotrain import launch, quiet
-        from autotrain.data.prepare import open_data
         from autotrain.project_folder import owned
 
         params = self.params
         project = project_dir(params)
         with quiet.libraries(self.verbose), scrubbed_argv(params), owned(project, take=takes_lock()):
             resume_point(project, params.resume_from_checkpoint)  # before the data is read
-            opened = open_data(params, paired=params.method != "sft")
+            opened = check_inputs(params)
             if launch.needs_launch(params):
                 # Several processes: accelerate starts them; each runs `python -m autotrain.trainers.clm`.
                 launch.launch(params)
                 return result_of(params)
             return run(params, opened=opened)
+
+
+def check_inputs(params: LLMTrainingParams) -> Any:
+    """Open the data (files, splits, columns) and check the models' files or hub ids, before torch and
+    transformers are imported (seconds): the first error in the input comes in well under a second."""
+    from autotrain import model_files
+    from autotrain.data.prepare import open_data
+
+    opened = open_data(params, paired=params.method != "sft")
+    for name in (params.model, params.model_ref):
+        if name is not None and name != DEFAULT_MODEL:  # the embedded default is checked when it is converted
+            model_files.check(name)
+    return opened
 
 
 def project_dir(params: LLMTrainingParams) -> Path:
@@ -279,7 +291,6 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     `open_data` returned it, when the caller checked it already.
     """
     from autotrain import defaults, model_files, quiet
-    from autotrain.data.prepare import open_data
     from autotrain.project_folder import PARAMS_FILE, resume_point
 
     project = project_dir(params)
@@ -287,7 +298,8 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     resume_from = resume_point(project, "auto" if folder_checked and resume is None else resume)
     # The data's files, splits and columns are checked before torch and transformers are imported (seconds) and
     # before the model is touched (the default model's one-time conversion takes ~40 s).
-    opened = opened or open_data(params, paired=params.method != "sft")
+    opened = opened or check_inputs(params)
+    quiet.import_quietly("transformers.integrations.integration_utils")  # the first import of transformers
     check_device(params)
     from autotrain import models, outputs, samples
     from autotrain.checkpoints import finish, set_aside_newer
@@ -298,16 +310,10 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     method = METHODS[params.trainer]
     model_path = defaults.resolve_model(params.model)
     ref_path = defaults.resolve_model(params.model_ref) if params.model_ref else None
-    for path in (model_path, ref_path):
-        if path is not None:
-            models.check_model_path(path)
-            model_files.check(path)
     with model_files.loading(model_path):
         tokenizer = models.load_tokenizer(model_path, params.trust_remote_code)
         config = models.load_config(model_path, params.trust_remote_code)
     data = prepare_data(params, tokenizer, models.model_max_length(config), opened=opened)
-
-    quiet.import_quietly("transformers.integrations.integration_utils")
     from transformers import PrinterCallback, ProgressCallback, set_seed
 
     from autotrain.attention import make_collator
@@ -321,6 +327,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     set_seed(params.seed)  # before the model: LoRA's initial weights depend on it
     with model_files.loading(model_path):
         model = models.load_model(params, model_path)
+    quiet.settle()  # peft and accelerate are imported by now
     # Sample answers are the main process's to give; a resumed run has no untrained model left to ask.
     sample_ids = data.valid.prompt_ids[: params.sample_answers] if params.sample_answers and main else []
     before = samples.answer(model, tokenizer, sample_ids) if sample_ids and resume_from is None else None

@@ -1,17 +1,18 @@
 """Quiet by default: a run shows its own lines; the libraries' logs, warnings and loading bars only with `verbose`.
 
-`libraries(verbose)` is entered by the CLI and by `AutoTrainProject.create()`. Inside it:
+`libraries(verbose)` is entered by the CLI, by `python -m autotrain.trainers.clm` and by
+`AutoTrainProject.create()` (a nested entry changes nothing). Inside it:
 
-- the loggers of transformers, datasets, peft, accelerate, huggingface_hub, torch and wandb show errors only;
+- the libraries' loggers (transformers, datasets, peft, accelerate, huggingface_hub, wandb, ...) show errors only;
 - FutureWarning, UserWarning and DeprecationWarning are not shown (`warnings.catch_warnings`, undone on exit);
-- the libraries' progress bars are off (loading weights, writing shards); the run's own progress stays;
-- wandb prints nothing of its own (WANDB_SILENT), and transformers' import-time `[INFO] Running in WANDB offline
-  mode` print is swallowed (`import_quietly`).
+- the libraries' progress bars are off (loading weights, writing shards, downloads); the run's own progress stays;
+- wandb prints nothing of its own (WANDB_SILENT), and `import_quietly` swallows what a module prints when it is
+  imported (transformers prints `[INFO] Running in WANDB offline mode` whenever WANDB_MODE=offline is set).
 
-Nothing here imports a library: one that is already imported is quieted through its own API, one imported later
-reads the environment variables set here (TRANSFORMERS_VERBOSITY, HF_HUB_DISABLE_PROGRESS_BARS, ...). On exit the
-environment, the loggers' levels and the progress-bar switches are put back as the caller had them, so a Python
-caller's own logging setup is untouched after a run.
+Nothing here imports a library (torch and transformers take seconds, and a data error must not wait for them):
+libraries already imported are quieted on entry, and the run calls `settle()` after it imports more. On exit each
+library gets back the state it had before it was quieted, and the environment is put back, so a Python caller's own
+logging setup is as it was after a run.
 """
 
 from __future__ import annotations
@@ -25,109 +26,108 @@ import sys
 import warnings
 from collections.abc import Iterator
 
-LIBRARIES = ("transformers", "datasets", "peft", "accelerate", "huggingface_hub", "torch", "wandb", "httpx")
+LOGGERS = ("datasets", "peft", "accelerate", "huggingface_hub", "wandb", "httpx", "torch", "tensorboard")
 _ENVIRONMENT = {
-    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_VERBOSITY": "error",  # read when transformers configures its logger, at import
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
     "WANDB_SILENT": "true",
 }
-_depth = 0  # > 0 while some caller asked for quiet
+# Per library with loading bars: its module, and its functions to ask, enable and disable them.
+_BARS = {
+    "transformers": ("transformers.utils.logging", "is_progress_bar_enabled", "enable_progress_bar",
+                     "disable_progress_bar"),
+    "huggingface_hub": ("huggingface_hub.utils", "are_progress_bars_disabled", "enable_progress_bars",
+                        "disable_progress_bars"),
+    "datasets": ("datasets.utils.logging", "is_progress_bar_enabled", "enable_progress_bar", "disable_progress_bar"),
+}
 
 
-def active() -> bool:
-    return _depth > 0
+class _Quiet:
+    """What was changed, and the value it had, so that exit puts back exactly that."""
 
+    def __init__(self) -> None:
+        self.environment = {name: os.environ.get(name) for name in _ENVIRONMENT}
+        self.levels: dict[str, int] = {}
+        self.bars: dict[str, bool] = {}
+        self.transformers_level: int | None = None
+        self.transformers_seen = False
+        self.transformers_imported_before = "transformers.utils.logging" in sys.modules
 
-@contextlib.contextmanager
-def libraries(verbose: bool = False) -> Iterator[None]:
-    global _depth
-    if verbose:
-        yield
-        return
-    saved_env = {name: os.environ.get(name) for name in _ENVIRONMENT}
-    saved_levels = {name: logging.getLogger(name).level for name in LIBRARIES}
-    bars = _progress_bars()
-    os.environ.update(_ENVIRONMENT)
-    for name in LIBRARIES:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    _set_progress_bars(dict.fromkeys(bars, False))
-    transformers_level = _transformers_level()
-    _depth += 1
-    try:
-        with warnings.catch_warnings():
-            for category in (FutureWarning, UserWarning, DeprecationWarning):
-                warnings.filterwarnings("ignore", category=category)
-            yield
-    finally:
-        _depth -= 1
-        for name, value in saved_env.items():
+    def settle(self) -> None:
+        known = logging.Logger.manager.loggerDict
+        for name in LOGGERS:
+            if name in known and name not in self.levels:
+                logger = logging.getLogger(name)
+                self.levels[name] = logger.level
+                logger.setLevel(logging.ERROR)
+        hf_logging = sys.modules.get("transformers.utils.logging")
+        if hf_logging is not None and not self.transformers_seen:
+            self.transformers_seen = True
+            self.transformers_level = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()
+        for name, (module_name, ask, _, disable) in _BARS.items():
+            module = sys.modules.get(module_name)
+            if module is not None and name not in self.bars:
+                on = getattr(module, ask)()
+                self.bars[name] = not on if ask.endswith("disabled") else bool(on)
+                getattr(module, disable)()
+
+    def restore(self) -> None:
+        for name, value in self.environment.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        for name, level in saved_levels.items():
+        for name, level in self.levels.items():
             logging.getLogger(name).setLevel(level)
-        if _depth == 0 and transformers_level is None and "transformers.utils.logging" in sys.modules:
-            # transformers was imported inside: its logger gets the level it would have had (its own default).
-            hf_logging = sys.modules["transformers.utils.logging"]
-            hf_logging.set_verbosity(hf_logging._get_default_logging_level())
-        # A library imported inside gets its bars back as its environment (now restored) says.
-        _set_progress_bars({name: bars.get(name, _env_bars_on(name)) for name in _BARS})
-
-
-def import_quietly(module: str) -> None:
-    """Import `module`, swallowing what it prints at import when quiet (transformers' wandb integration prints an
-    `[INFO]` line to stdout whenever WANDB_MODE=offline is set, whether or not wandb is used)."""
-    if module in sys.modules or not active():
-        importlib.import_module(module)
-        return
-    with contextlib.redirect_stdout(io.StringIO()):
-        importlib.import_module(module)
-
-
-def _transformers_level() -> int | None:
-    hf_logging = sys.modules.get("transformers.utils.logging")
-    if hf_logging is None:
-        return None
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    return level
-
-
-# Per library: (its module, the function that says whether bars are on, enable, disable).
-_BARS = {
-    "transformers": ("transformers.utils.logging", "is_progress_bar_enabled", "enable_progress_bar",
-                     "disable_progress_bar"),
-    "huggingface_hub": ("huggingface_hub.utils", None, "enable_progress_bars", "disable_progress_bars"),
-    "datasets": ("datasets.utils.logging", "is_progress_bar_enabled", "enable_progress_bar",
-                 "disable_progress_bar"),
-}
-_BAR_ENV = {"transformers": "HF_HUB_DISABLE_PROGRESS_BARS", "huggingface_hub": "HF_HUB_DISABLE_PROGRESS_BARS",
-            "datasets": "HF_DATASETS_DISABLE_PROGRESS_BARS"}
-
-
-def _progress_bars() -> dict[str, bool]:
-    """Whether each already imported library shows its bars now."""
-    state = {}
-    for name, (module_name, is_on, _, _) in _BARS.items():
-        module = sys.modules.get(module_name)
-        if module is None:
-            continue
-        if is_on is None:
-            state[name] = not module.are_progress_bars_disabled()
-        else:
-            state[name] = bool(getattr(module, is_on)())
-    return state
-
-
-def _set_progress_bars(wanted: dict[str, bool]) -> None:
-    for name, on in wanted.items():
-        module = sys.modules.get(_BARS[name][0])
-        if module is not None:
+        hf_logging = sys.modules.get("transformers.utils.logging")
+        if hf_logging is not None:
+            # Imported inside: the level transformers would have chosen (its environment is the caller's again).
+            level = self.transformers_level if self.transformers_imported_before else None
+            hf_logging.set_verbosity(level if level is not None else hf_logging._get_default_logging_level())
+        for name, on in self.bars.items():
+            module = sys.modules[_BARS[name][0]]
             getattr(module, _BARS[name][2] if on else _BARS[name][3])()
 
 
-def _env_bars_on(name: str) -> bool:
-    return os.environ.get(_BAR_ENV[name], "").upper() not in ("1", "ON", "YES", "TRUE")
+_active: _Quiet | None = None
+
+
+def active() -> bool:
+    return _active is not None
+
+
+@contextlib.contextmanager
+def libraries(verbose: bool = False) -> Iterator[None]:
+    global _active
+    if verbose or _active is not None:
+        yield
+        return
+    state = _Quiet()
+    os.environ.update(_ENVIRONMENT)
+    _active = state
+    try:
+        with warnings.catch_warnings():
+            for category in (FutureWarning, UserWarning, DeprecationWarning):
+                warnings.filterwarnings("ignore", category=category)
+            state.settle()
+            yield
+    finally:
+        _active = None
+        state.restore()
+
+
+def settle() -> None:
+    """Quiet the libraries imported since the last call (when quiet is on)."""
+    if _active is not None:
+        _active.settle()
+
+
+def import_quietly(module: str) -> None:
+    """Import `module`, swallowing what it prints to stdout at import when quiet, then quiet what it imported."""
+    if module in sys.modules or _active is None:
+        importlib.import_module(module)
+    else:
+        with contextlib.redirect_stdout(io.StringIO()):
+            importlib.import_module(module)
+    settle()
