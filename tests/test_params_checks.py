@@ -75,6 +75,16 @@ def test_project_names_that_are_no_new_folder_are_refused(name):
         LLMTrainingParams(project_name=name)
 
 
+def test_help_says_to_prefer_hf_token_and_the_resume_line_leaves_the_token_out():
+    from autotrain.cli import _without_resume, build_parser
+
+    assert "Prefer the HF_TOKEN environment variable" in " ".join(build_parser().format_help().split())
+    typed = ["llm", "--train", "--token", "hf_x1", "--lr", "1e-4", "--token=hf_x2", "--resume-from-checkpoint", "a"]
+    assert _without_resume(typed) == (["llm", "--train", "--lr", "1e-4"], True)
+    assert _without_resume(["llm", "--train", "--project-name", "my run"]) == (
+        ["llm", "--train", "--project-name", "'my run'"], False)
+
+
 def test_optimizer_and_scheduler_names_are_transformers_own():
     """The names are checked without importing transformers (seconds); they must be exactly its names."""
     from transformers.trainer_utils import SchedulerType

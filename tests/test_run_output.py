@@ -41,6 +41,7 @@ def truncated_copy(model: Path, folder: Path) -> Path:
 CASES = {
     "secret": (["--log", "wandb", "--token", TOKEN, "--save-steps", "1"], {"WANDB_MODE": "offline"}),
     "quiet": (["--peft", "--save-steps", "1"], {"WANDB_MODE": "offline"}),  # offline set, --log none
+    "verbose": (["--verbose"], {"WANDB_MODE": "offline"}),
     "bf16": (["--mixed-precision", "bf16"], {}),
     "truncated": (["--model", "TRUNCATED"], {}),
     "hub offline": (["--model", MISSING], {"HF_HUB_OFFLINE": "1"}),
@@ -107,6 +108,13 @@ def test_only_our_lines_each_once_and_nothing_left_behind(runs):
     assert "More Information Needed" not in card
     assert "LoRA adapter (r=16, alpha=32" in card and "ORPO" in card
     assert not list(project.glob("checkpoint-*/README.md"))
+
+
+def test_verbose_brings_the_libraries_output_back(runs):
+    _, done = runs["verbose"]
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[INFO] Running in WANDB offline mode" in done.stdout  # transformers' own line
+    assert "Loading weights" in done.stderr  # transformers' loading bar
 
 
 def strict_records(path: Path) -> list[dict]:
