@@ -76,9 +76,9 @@ def test_project_names_that_are_no_new_folder_are_refused(name):
 
 
 def test_help_says_to_prefer_hf_token_and_the_resume_line_leaves_the_token_out():
-    from autotrain.cli import _without_resume, build_parser
+    from autotrain.cli import _without_resume
 
-    assert "Prefer the HF_TOKEN environment variable" in " ".join(build_parser().format_help().split())
+    assert "Prefer the HF_TOKEN environment variable" in " ".join(cli("llm", "--help").stdout.split())
     typed = ["llm", "--train", "--token", "hf_x1", "--lr", "1e-4", "--token=hf_x2", "--resume-from-checkpoint", "a"]
     assert _without_resume(typed) == (["llm", "--train", "--lr", "1e-4"], True)
     assert _without_resume(["llm", "--train", "--project-name", "my run"]) == (
