@@ -181,6 +181,11 @@ def test_a_folder_of_files_this_tool_did_not_write_is_refused_whatever_the_flags
     assert (done.returncode, done.stderr.splitlines()) == (2, [f"error: {expected}"])
     assert sorted(p.name for p in code.iterdir()) == ["setup.py", "src"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["myrepo", "pairs.jsonl"]  # no lock file left beside
+    from autotrain.project_folder import resume_point
+
+    (tmp_path / "shown").mkdir()
+    (tmp_path / "shown" / ".DS_Store").write_bytes(b"\0")  # a file manager's, in a folder made for the run
+    assert resume_point(tmp_path / "shown", None) is None
 
 
 def _read_only_run(parent: Path, args: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -68,6 +68,12 @@ class LaunchError(AutoTrainError):
         self.log_file = log_file
 
 
+def global_rank() -> int:
+    """This process's rank in its run (0 when no launcher says otherwise: torchrun, mpirun, slurm via either)."""
+    text = os.environ.get("RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or os.environ.get("PMI_RANK") or "0"
+    return int(text) if text.strip().isdigit() else 0
+
+
 def inside_launched_process() -> bool:
     """True in a process that a launcher started (see _LAUNCHED_MARKERS)."""
     return any(os.environ.get(name) for name in _LAUNCHED_MARKERS)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from autotrain.errors import ParamsError, TrainingInterrupted
+from autotrain.project_folder import resume_point  # noqa: F401 - also imported from here by its earlier callers
 from autotrain.trainers.clm.params import DEFAULT_MODEL, LLMTrainingParams
 
 logger = logging.getLogger("autotrain")
@@ -112,12 +113,9 @@ def project_dir(params: LLMTrainingParams) -> Path:
 def takes_lock() -> bool:
     """Whether this process owns the project folder for its run: not a process that autotrain.launch started (its
     parent holds the lock), and only the first process (rank 0) of a run under torchrun, slurm or mpirun."""
-    from autotrain.launch import LAUNCHED_ENV
+    from autotrain.launch import LAUNCHED_ENV, global_rank
 
-    if os.environ.get(LAUNCHED_ENV):
-        return False
-    rank = os.environ.get("RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or os.environ.get("PMI_RANK") or "0"
-    return rank.strip() in ("", "0")
+    return not os.environ.get(LAUNCHED_ENV) and global_rank() == 0
 
 
 @contextlib.contextmanager
@@ -137,13 +135,6 @@ def scrub(text: str, secrets: list[str]) -> str:
     for secret in secrets:
         text = text.replace(secret, "***")
     return text
-
-
-def resume_point(project: Path, resume: str | None) -> Path | None:
-    """autotrain.project_folder.resume_point (kept here for callers of the earlier name)."""
-    from autotrain.project_folder import resume_point as check
-
-    return check(project, resume)
 
 
 def check_device(params: LLMTrainingParams) -> None:
@@ -291,7 +282,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     `open_data` returned it, when the caller checked it already.
     """
     from autotrain import defaults, model_files, quiet
-    from autotrain.project_folder import PARAMS_FILE, resume_point
+    from autotrain.project_folder import PARAMS_FILE
 
     project = project_dir(params)
     resume = params.resume_from_checkpoint

@@ -35,6 +35,9 @@ LAUNCH_LOG_FILE = "train.log"
 # What autotrain.launch writes before training starts: a folder holding only these is started over.
 PREPARED_FILES = frozenset({PARAMS_FILE, LAUNCH_CONFIG_FILE, LAUNCH_LOG_FILE})
 
+# What file managers leave in any folder they show: not a sign that the folder holds someone's files.
+_JUNK = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+
 # Lock files held by this process: POSIX locks never exclude their own process, so a second run in the same
 # process (a thread, a nested call) is refused here.
 _held: set[str] = set()
@@ -163,7 +166,7 @@ def resume_point(project: Path, resume: str | None) -> Path | None:
 
     if project.exists() and not project.is_dir():
         raise ParamsError(f"project_name: {project} exists and is a file")
-    names = sorted(p.name for p in project.iterdir()) if project.is_dir() else []
+    names = sorted(p.name for p in project.iterdir() if p.name not in _JUNK) if project.is_dir() else []
     if resume is None and names and set(names) <= PREPARED_FILES:
         return None  # a launch that failed before training: nothing to lose
     if names and PARAMS_FILE not in names:

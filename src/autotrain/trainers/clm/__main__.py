@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from autotrain.errors import AutoTrainError, ParamsError, TrainingInterrupted
-from autotrain.launch import LAUNCHED_ENV, check_folder, write_status
+from autotrain.launch import LAUNCHED_ENV, check_folder, global_rank, write_status
 from autotrain.trainers.clm.params import LLMTrainingParams
 
 logger = logging.getLogger("autotrain")
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     _cpu_without_cuda()
-    rank = _rank()
+    rank = global_rank()
     _configure_logging(rank)
     try:
         with quiet.libraries(args.verbose):
@@ -118,11 +118,6 @@ def _train(params: LLMTrainingParams) -> Any:
 
             PartialState().wait_for_everyone()
         return project.run(params, folder_checked=True)
-
-
-def _rank() -> int:
-    text = os.environ.get("RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or os.environ.get("PMI_RANK") or "0"
-    return int(text) if text.isdigit() else 0
 
 
 def _cpu_without_cuda() -> None:
