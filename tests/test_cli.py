@@ -24,7 +24,7 @@ def test_every_field_is_a_flag_in_help():
 
 
 def test_kebab_and_snake_case_and_typed_values():
-    params = parse("--lora-r", "4", "--lora_alpha", "8", "--lr", "2e-4", "--max-completion-length", "none",
+    params = parse("--peft", "--lora-r", "4", "--lora_alpha", "8", "--lr", "2e-4", "--max-completion-length", "none",
                    "--chat-template", "none", "--mixed_precision", "none", "--valid-split", "validation")
     assert (params.lora_r, params.lora_alpha, params.lr) == (4, 8, 2e-4)
     assert params.max_completion_length is None and params.mixed_precision is None
@@ -33,7 +33,7 @@ def test_kebab_and_snake_case_and_typed_values():
 
 
 def test_booleans_default_true_can_be_switched_off_and_defaults_stay_unset():
-    assert parse().merge_adapter is True and parse("--no-merge-adapter").merge_adapter is False
+    assert parse().merge_adapter is True and parse("--peft", "--no-merge-adapter").merge_adapter is False
     assert parse("--peft").peft is True and parse("--no-peft").peft is False
     # Only typed flags reach the params: the rest stay defaults, and the params know which were chosen.
     assert parse("--lr", "1e-4").model_fields_set == {"lr"}

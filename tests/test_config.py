@@ -47,13 +47,13 @@ def test_file_values_keep_their_types_and_are_the_only_fields_set():
 
 
 def test_typed_flags_override_the_file():
-    params = train("--config", write(RUN), "--lora-r", "4", "--no-peft", "--epochs", "3")
-    assert (params.lora_r, params.peft, params.epochs, params.lr) == (4, False, 3, 2e-4)
-    assert params.model_fields_set == {"lr", "lora_r", "peft", "valid_split", "epochs"}
+    params = train("--config", write(RUN), "--lora-r", "4", "--no-packing", "--epochs", "3")
+    assert (params.lora_r, params.packing, params.epochs, params.lr) == (4, False, 3, 2e-4)
+    assert params.model_fields_set == {"lr", "lora_r", "peft", "valid_split", "epochs", "packing"}
 
 
 def test_a_flag_replaces_a_bad_file_value_before_it_is_checked():
-    assert train("--config", write("lora_r: eight\n"), "--lora-r", "4").lora_r == 4
+    assert train("--config", write("peft: true\nlora_r: eight\n"), "--lora-r", "4").lora_r == 4
 
 
 def test_load_config_reads_snake_and_kebab_keys_and_knows_where_each_value_is():
@@ -141,7 +141,7 @@ def test_config_is_in_help(capsys):
 
 def test_config_without_a_command_means_llm_train(tmp_path):
     # A missing data file is found after the params are built: the run got as far as training.
-    write("data_path: ./missing.jsonl\nproject_name: out\n")
+    write("data_path: ./missing.jsonl\nproject_name: out\npeft: true\n")
     # An empty cache: the data is checked before the default model would be converted (~40 s, on a first run).
     env = {**os.environ, "AITRAINING_CACHE": str(tmp_path / "cache")}
     done = subprocess.run([sys.executable, "-m", "autotrain", "--config", "run.yml", "--lora-r", "4"],

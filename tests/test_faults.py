@@ -180,6 +180,7 @@ def test_unfinished_project_names_resume_and_latest_needs_a_checkpoint(tmp_path,
     project = tmp_path / "p"
     (project / "checkpoint-4").mkdir(parents=True)
     (project / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    (project / "training_params.json").write_text("{}")  # what the tool writes first into a run's folder
     with pytest.raises(ParamsError, match="unfinished run .*--resume-from-checkpoint auto"):
         resume_point(project, None)
     assert resume_point(project, "auto") == project / "checkpoint-4"

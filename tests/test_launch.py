@@ -37,8 +37,8 @@ from autotrain.trainers.clm.params import LLMTrainingParams
 COLUMNS = dict(prompt_text_column="prompt", text_column="chosen", rejected_text_column="rejected")
 # 12 pairs = 3 optimizer steps of 4 pairs: one epoch, so both runs see each pair exactly once.
 PAIRS, STEPS = 12, 3
-SETTINGS = dict(batch_size=2, logging_steps=1, max_steps=STEPS, lr=1e-3, warmup_ratio=0.0, lora_dropout=0.0, seed=7,
-                **COLUMNS)
+SETTINGS = dict(batch_size=2, logging_steps=1, max_steps=STEPS, lr=1e-3, warmup_ratio=0.0, seed=7, **COLUMNS)
+LORA = dict(peft=True, lora_dropout=0.0)  # LoRA fields are refused without peft
 SECRET = "hf_SECRET_launch_token_never_written_123"
 MARKERS = ("WORLD_SIZE", "LOCAL_RANK", "RANK", "ACCELERATE_MIXED_PRECISION", "ACCELERATE_DYNAMO_BACKEND",
            "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", launch.LAUNCHED_ENV)
@@ -219,7 +219,7 @@ def test_num_processes(plain_env):
 @pytest.mark.parametrize("backend", ["fsdp", "deepspeed"])
 def test_fsdp_and_deepspeed_without_cuda_fail_before_anything_is_written(tmp_path, plain_env, backend):
     project = tmp_path / "run"
-    params = LLMTrainingParams(distributed_backend=backend, project_name=str(project), data_path="missing.jsonl")
+    params = LLMTrainingParams(distributed_backend=backend, project_name=str(project))  # the bundled data is read first
     with gpus(0), pytest.raises(ParamsError, match=f"distributed_backend: {backend} needs CUDA GPUs"):
         AutoTrainProject(params).create()
     assert not project.exists()
@@ -242,10 +242,11 @@ def test_used_project_folder_fails_before_anything_is_written(tmp_path, plain_en
     project = tmp_path / "run"
     project.mkdir()
     (project / "README.md").write_text("a finished run\n")
+    (project / "training_params.json").write_text("{}\n")
     params = LLMTrainingParams(distributed_backend="ddp", project_name=str(project))
     with gpus(0), pytest.raises(ParamsError, match="already holds a finished run"):
         AutoTrainProject(params).create()
-    assert sorted(p.name for p in project.iterdir()) == ["README.md"]
+    assert sorted(p.name for p in project.iterdir()) == ["README.md", "training_params.json"]
 
 
 def test_a_folder_holding_only_a_launchs_own_files_starts_over(tmp_path):
@@ -332,7 +333,8 @@ def launched_runs(tmp_path_factory, chat_model):
             env.delenv(name, raising=False)
         env.setenv(launch.NUM_PROCESSES_ENV, "2")
         for packing in (True, False):
-            common = dict(model=str(chat_model), data_path=str(data), packing=packing, peft=packing, **SETTINGS)
+            common = dict(model=str(chat_model), data_path=str(data), packing=packing, **(LORA if packing else {}),
+                          **SETTINGS)
             two = LLMTrainingParams(project_name=str(root / f"two-{packing}"), distributed_backend="ddp",
                                     gradient_accumulation=1, token=SECRET if packing else None, **common)
             one = LLMTrainingParams(project_name=str(root / f"one-{packing}"), gradient_accumulation=2, **common)
@@ -355,7 +357,7 @@ def test_launched_run_end_to_end(launched_runs, capfd):
     # Only rank 0 writes metrics: one record per step.
     assert [r["step"] for r in steps(project)] == list(range(1, STEPS + 1))
     log = (project / "train.log").read_text()
-    assert f"step {STEPS}/{STEPS}" in log and "done: outputs in" in log
+    assert f"step {STEPS}/{STEPS}" in log and "outputs: " not in log  # the summary is the parent's, printed once
     saved = json.loads((project / "training_params.json").read_text())
     assert saved["distributed_backend"] == "ddp" and "token" not in saved
     # The token travelled in the environment only: no file of the run holds it.
@@ -502,7 +504,7 @@ def test_training_module_under_torchrun(tmp_path, chat_model, plain_env):
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert [r["step"] for r in steps(project)] == [1, 2]  # one record per step: one writer, both processes
     assert (project / "model.safetensors").exists() and (project / "README.md").exists()
-    assert done.stdout.count("done: outputs in") == 1  # only rank 0 logs progress
+    assert done.stdout.count("outputs: ") == 1  # only rank 0 prints the summary
 
 
 def test_training_module_reports_a_bad_config_file(tmp_path, plain_env):

@@ -137,8 +137,10 @@ def split_folder(tmp_path: Path, train_rows: list[dict], valid_rows: list[dict])
 
 
 def run(tmp_path: Path, model: Path, data: Path, name: str, **overrides) -> tuple[Path, list[dict]]:
-    params = LLMTrainingParams(model=str(model), data_path=str(data), project_name=str(tmp_path / name),
-                               **{**RUN, **overrides})
+    settings = {**RUN, **overrides}
+    if not settings.get("peft"):
+        settings.pop("lora_dropout")  # LoRA fields are refused without peft
+    params = LLMTrainingParams(model=str(model), data_path=str(data), project_name=str(tmp_path / name), **settings)
     result = AutoTrainProject(params=params, backend="local", process=True).create()
     return result.output_dir, records_of(result.output_dir)
 

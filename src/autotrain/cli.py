@@ -10,7 +10,10 @@ YAML's own types; flags typed on the command line override it. With `--inference
 `aitraining llm --train --config run.yml [flags]`. An unknown or duplicate key, a YAML syntax error or a bad value
 is reported as `run.yml:LINE:COLUMN: ...`.
 
-A user error (bad params, data or model) prints one line and exits 2; `--verbose` shows the traceback.
+A user error (bad params, data or model) prints one line and exits 2; `--verbose` shows the traceback and the
+libraries' own logs, warnings and loading bars (quiet otherwise: autotrain.quiet). The hub token is best given as
+the HF_TOKEN environment variable; one typed as `--token` is kept out of what trackers record and of the printed
+resume command.
 """
 
 from __future__ import annotations
@@ -205,8 +208,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_with_command(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # stderr: errors only
-    if not args.verbose:
-        _quiet_libraries()
     try:
         if args.command == "llm":
             if args.train == args.inference:
@@ -214,22 +215,26 @@ def main(argv: list[str] | None = None) -> int:
             if args.inference:
                 import json
 
+                from autotrain import quiet
                 from autotrain.inference import generate
 
-                for answer in generate(inference_params_from_args(args)):
-                    print(json.dumps(answer, ensure_ascii=False), flush=True)
+                with quiet.libraries(args.verbose):
+                    for answer in generate(inference_params_from_args(args)):
+                        print(json.dumps(answer, ensure_ascii=False), flush=True)
                 return 0
             from autotrain.project import AutoTrainProject
 
             params = params_from_args(args)
-            result = AutoTrainProject(params=params, backend="local", process=True).create()
+            result = AutoTrainProject(params=params, backend="local", process=True, verbose=args.verbose).create()
             print(result.summary())
         return 0
     except TrainingInterrupted as exc:
         print(f"stopped: {exc}", file=sys.stderr)
         if exc.checkpoint is not None:
-            print("resume: aitraining " + " ".join(_without_resume(argv)) + " --resume-from-checkpoint auto",
-                  file=sys.stderr)
+            kept, dropped_token = _without_resume(argv)
+            if dropped_token:
+                print("note: the resume command leaves out --token; export HF_TOKEN instead", file=sys.stderr)
+            print("resume: aitraining " + " ".join(kept) + " --resume-from-checkpoint auto", file=sys.stderr)
         return exc.exit_code
     except AutoTrainError as exc:
         if args.verbose:
@@ -249,33 +254,25 @@ def _with_command(argv: list[str]) -> list[str]:
     return list(argv)
 
 
-def _without_resume(argv: list[str] | None) -> list[str]:
-    """The command as typed, minus any earlier resume flag, quoted for a shell."""
+_DROPPED = {"--resume-from-checkpoint", "--resume_from_checkpoint", "--token"}  # flags the resume line leaves out
+
+
+def _without_resume(argv: list[str] | None) -> tuple[list[str], bool]:
+    """The command as typed, minus any earlier resume flag and the hub token (a secret on screen and in shell
+    history), quoted for a shell; and whether a token was left out."""
     import shlex
 
-    args, kept, skip = list(sys.argv[1:] if argv is None else argv), [], False
+    args, kept, skip, token = list(sys.argv[1:] if argv is None else argv), [], False, False
     for arg in args:
+        flag = arg.split("=", 1)[0]
         if skip:
             skip = False
-        elif arg in ("--resume-from-checkpoint", "--resume_from_checkpoint"):
-            skip = True
-        elif not arg.startswith(("--resume-from-checkpoint=", "--resume_from_checkpoint=")):
+        elif flag in _DROPPED:
+            skip = "=" not in arg
+            token = token or flag == "--token"
+        else:
             kept.append(shlex.quote(arg))
-    return kept
-
-
-def _quiet_libraries() -> None:
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    for name in ("transformers", "datasets", "peft", "accelerate", "huggingface_hub"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    if not sys.stderr.isatty():
-        # Loading and saving bars redrawn into a log file are noise; the run's own progress lines stay.
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+    return kept, token
 
 
 if __name__ == "__main__":

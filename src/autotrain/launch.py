@@ -35,14 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from autotrain.errors import AutoTrainError, ParamsError, TrainingInterrupted
+from autotrain.project_folder import LAUNCH_CONFIG_FILE as CONFIG_FILE
+from autotrain.project_folder import LAUNCH_LOG_FILE as LOG_FILE
+from autotrain.project_folder import PARAMS_FILE
+from autotrain.project_folder import PREPARED_FILES as LAUNCH_FILES  # what launch() writes before training starts
 from autotrain.trainers.clm.params import LLMTrainingParams
 
 logger = logging.getLogger("autotrain")
-
-PARAMS_FILE = "training_params.json"  # the same name as autotrain.outputs.PARAMS_FILE
-CONFIG_FILE = "accelerate_config.yaml"
-LOG_FILE = "train.log"
-LAUNCH_FILES = frozenset({PARAMS_FILE, CONFIG_FILE, LOG_FILE})  # what launch() writes before training starts
 
 NUM_PROCESSES_ENV = "AITRAINING_NUM_PROCESSES"
 CPU_PROCESSES = 2  # `--distributed-backend ddp` on a machine without CUDA, when AITRAINING_NUM_PROCESSES is unset
@@ -67,6 +66,12 @@ class LaunchError(AutoTrainError):
         super().__init__(message)
         self.exit_code = exit_code
         self.log_file = log_file
+
+
+def global_rank() -> int:
+    """This process's rank in its run (0 when no launcher says otherwise: torchrun, mpirun, slurm via either)."""
+    text = os.environ.get("RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or os.environ.get("PMI_RANK") or "0"
+    return int(text) if text.strip().isdigit() else 0
 
 
 def inside_launched_process() -> bool:
@@ -224,14 +229,12 @@ def prepared_only(project: Path) -> bool:
     return bool(names) and names <= LAUNCH_FILES
 
 
-def check_folder(project: Path, resume: str | None) -> None:
-    """autotrain.project.resume_point, except that a folder holding only the files of a launch that got no further
+def check_folder(project: Path, resume: str | None) -> Path | None:
+    """autotrain.project_folder.resume_point: a folder holding only the files of a launch that got no further
     (training_params.json, accelerate_config.yaml, train.log) is started over, as an empty one would be."""
-    from autotrain.project import resume_point
+    from autotrain.project_folder import resume_point
 
-    if resume is None and prepared_only(project):
-        return
-    resume_point(project, resume)
+    return resume_point(project, resume)
 
 
 def command(config_file: Path, params_file: Path) -> list[str]:

@@ -19,17 +19,11 @@ logger = logging.getLogger("autotrain")
 
 
 def check_model_path(model: str) -> None:
-    """A local-looking path must exist and hold a config and safetensors; anything else goes to the hub loader."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").exists():
-            raise ModelError(f"{model}: the folder has no config.json, so it is not a transformers model folder")
-        _require_safetensors(model)
-        return
-    if path.exists():
-        raise ModelError(f"{model}: a model must be a folder (or a hub id), not a file")
-    if model.startswith((".", "/", "~")) or model.count("/") > 1:
-        raise ModelError(f"{model}: no such model folder")
+    """A local-looking path must exist and hold a config and safetensors; anything else goes to the hub loader
+    (autotrain.model_files.check_local, which checks without importing torch)."""
+    from autotrain.model_files import check_local
+
+    check_local(model)
 
 
 def load_tokenizer(model: str, trust_remote_code: bool) -> Any:

@@ -6,6 +6,9 @@ Layout:
   at the top instead and the adapter moves to adapter/ (a folder holding both would make transformers load the
   base model plus the adapter, not the merged weights);
 - tokenizer files with the chat template used in training; training_params.json; metrics.jsonl; README.md.
+
+metrics.jsonl is strict JSON (RFC 8259), one object per line: a non-finite value (NaN, +-inf, which Python's json
+would write as the non-JSON tokens NaN and Infinity) is written as null, so jq, JavaScript and pandas read it.
 """
 
 from __future__ import annotations
@@ -21,14 +24,10 @@ from transformers import TrainerCallback
 
 from autotrain import samples
 from autotrain.plots import PLOT_FILE
+from autotrain.project_folder import ADAPTER_DIR, CARD_FILE, METRICS_FILE, PARAMS_FILE  # noqa: F401 - re-exported
 from autotrain.trainers.clm.params import LLMTrainingParams
 
 logger = logging.getLogger("autotrain")
-
-METRICS_FILE = "metrics.jsonl"
-CARD_FILE = "README.md"  # written last: its presence marks a finished run
-PARAMS_FILE = "training_params.json"
-ADAPTER_DIR = "adapter"
 
 
 class MetricsFile(TrainerCallback):
@@ -41,7 +40,14 @@ class MetricsFile(TrainerCallback):
         if logs and state.is_world_process_zero:
             record = {**logs, "step": state.global_step}
             with self.path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
+                handle.write(json_line(record))
+
+
+def json_line(record: dict[str, Any]) -> str:
+    """One strict-JSON line: non-finite floats become null (allow_nan=False makes sure no other one slips by)."""
+    clean = {key: None if isinstance(value, float) and not math.isfinite(value) else value
+             for key, value in record.items()}
+    return json.dumps(clean, allow_nan=False) + "\n"
 
 
 def keep_metrics_until(project: Path, step: int) -> None:
@@ -49,7 +55,7 @@ def keep_metrics_until(project: Path, step: int) -> None:
     path = project / METRICS_FILE
     kept = [r for r in read_metrics(project) if r.get("step", 0) <= step] if step else []
     temp = path.with_suffix(".tmp")
-    temp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    temp.write_text("".join(json_line(r) for r in kept))
     os.replace(temp, path)
 
 
@@ -89,6 +95,13 @@ def save_model(trainer: Any, tokenizer: Any, template: str | None, params: LLMTr
             model.config.use_cache = True
         model.save_pretrained(project)
     save_tokenizer(tokenizer, template, project)
+    if params.peft:
+        # peft writes its template card (39 "[More Information Needed]"). At the top it would also mark the run as
+        # finished before it is (README.md is written last, by write_card); in adapter/ a short true card replaces it.
+        if params.merge_adapter:
+            write_adapter_card(project / ADAPTER_DIR, params)
+        else:
+            (project / CARD_FILE).unlink(missing_ok=True)
 
 
 def save_tokenizer(tokenizer: Any, template: str | None, folder: Path) -> None:
@@ -108,6 +121,32 @@ def stop_at_turn_end(model: Any, tokenizer: Any, template: str | None) -> None:
         wanted = stop_ids(tokenizer, template, also=config.eos_token_id)
         if wanted:
             config.eos_token_id = wanted if len(wanted) > 1 else wanted[0]
+
+
+def write_adapter_card(folder: Path, params: LLMTrainingParams) -> None:
+    """adapter/README.md: what the adapter is, how it was trained, and where the rest is described."""
+    targets = params.target_modules
+    lines = [
+        "---",
+        "library_name: peft",
+        f"base_model: {params.model}",
+        f"tags: [aitraining, lora, {params.method}]",
+        "---",
+        f"# LoRA adapter of {Path(params.project_name).name}",
+        "",
+        f"LoRA adapter (r={params.lora_r}, alpha={params.lora_alpha}, dropout={params.lora_dropout}, target modules: "
+        f"{targets}) trained with aitraining's {params.trainer.upper()} trainer on `{params.model}`.",
+        "The folder above holds the same adapter merged into the base model; its README.md describes the data, the "
+        "parameters and the metrics.",
+        "",
+        "```python",
+        "from peft import AutoPeftModelForCausalLM",
+        "",
+        'model = AutoPeftModelForCausalLM.from_pretrained("path/to/this/folder")',
+        "```",
+        "",
+    ]
+    (folder / CARD_FILE).write_text("\n".join(lines))
 
 
 def _merge_saved_adapter(adapter_dir: Path, params: LLMTrainingParams) -> Any:
@@ -176,7 +215,7 @@ def write_card(project: Path, params: LLMTrainingParams, base_model: str, data: 
         before, after = comparison
         lines += ["", "## Validation: before -> after training", "", "| metric | before | after |", "|---|---|---|"]
         for key in ("eval_rewards/accuracies", "eval_loss", "eval_nll_loss", "eval_rewards/margins"):
-            if key in before and key in after:
+            if isinstance(before.get(key), int | float) and isinstance(after.get(key), int | float):
                 lines.append(f"| {key.removeprefix('eval_')} | {before[key]:.4f} | {after[key]:.4f} |")
     answered = samples.read(project)
     if answered:

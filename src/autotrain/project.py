@@ -6,16 +6,20 @@ before any weights are loaded and before anything is written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from autotrain.errors import ParamsError, TrainingInterrupted
-from autotrain.trainers.clm.params import LLMTrainingParams
+from autotrain.project_folder import resume_point  # noqa: F401 - also imported from here by its earlier callers
+from autotrain.trainers.clm.params import DEFAULT_MODEL, LLMTrainingParams
 
 logger = logging.getLogger("autotrain")
 
@@ -43,83 +47,117 @@ class RunResult:
             key = "eval_rewards/accuracies"
             if key not in before:  # SFT: no preference pairs
                 key = "eval_loss"
-                lines.append(f"validation loss: {before[key]:.4f} before training, {after[key]:.4f} after")
+                lines.append(f"validation loss: {_number(before[key], 4)} before training, {_number(after[key], 4)} "
+                             "after")
                 return "\n".join(lines)
             lines.append(
-                f"validation preference accuracy (chosen log-odds > rejected): {before[key]:.3f} before training "
-                f"(step {before['step']}), {after[key]:.3f} after (step {after['step']})"
+                f"validation preference accuracy (chosen log-odds > rejected): {_number(before[key], 3)} before "
+                f"training (step {before['step']}), {_number(after[key], 3)} after (step {after['step']})"
             )
         return "\n".join(lines)
+
+
+def _number(value: Any, digits: int) -> str:
+    """A metric for the summary; metrics.jsonl holds null where the value was not finite."""
+    return f"{value:.{digits}f}" if isinstance(value, int | float) else "not finite"
 
 
 class AutoTrainProject:
     """One training run. `process=True` (the default) validates and tokenizes the data before training;
     data is always validated before the model loads, so `process=False` changes nothing and is accepted only
-    for compatibility with scripts written for the parent tool."""
+    for compatibility with scripts written for the parent tool. `verbose=True` shows the libraries' own logs,
+    warnings and loading bars, which are otherwise kept quiet during the run (autotrain.quiet)."""
 
-    def __init__(self, params: LLMTrainingParams, backend: str = "local", process: bool = True):
+    def __init__(self, params: LLMTrainingParams, backend: str = "local", process: bool = True,
+                 verbose: bool = False):
         if not isinstance(params, LLMTrainingParams):
             raise ParamsError(f"params must be LLMTrainingParams, got {type(params).__name__}")
         if backend not in BACKENDS:
             raise ParamsError(f"backend '{backend}' is not available; supported: {', '.join(BACKENDS)}")
-        self.params, self.backend, self.process = params, backend, process
+        self.params, self.backend, self.process, self.verbose = params, backend, process, verbose
 
     def create(self) -> RunResult:
-        from autotrain import launch
+        """Own the project folder, check it and the data (before torch is imported), then train here or launch."""
+        from autotrain import launch, quiet
+        from autotrain.project_folder import owned
 
-        if launch.needs_launch(self.params):
-            # Several processes: accelerate starts them; each runs `python -m autotrain.trainers.clm`.
-            launch.launch(self.params)
-            return result_of(self.params)
-        return run(self.params)
+        params = self.params
+        project = project_dir(params)
+        with quiet.libraries(self.verbose), scrubbed_argv(params), owned(project, take=takes_lock()):
+            resume_point(project, params.resume_from_checkpoint)  # before the data is read
+            opened = check_inputs(params)
+            if launch.needs_launch(params):
+                # Several processes: accelerate starts them; each runs `python -m autotrain.trainers.clm`.
+                launch.launch(params)
+                return result_of(params)
+            return run(params, opened=opened)
 
 
-def resume_point(project: Path, resume: str | None) -> Path | None:
-    """Check the project folder against `resume_from_checkpoint`; return the checkpoint to resume from, if any.
+def check_inputs(params: LLMTrainingParams) -> Any:
+    """Open the data (files, splits, columns) and check the models' files or hub ids, before torch and
+    transformers are imported (seconds): the first error in the input comes in well under a second."""
+    from autotrain import model_files
+    from autotrain.data.prepare import open_data
 
-    A finished run is never overwritten. An unfinished one (a run that was killed or stopped) is resumed only
-    when asked, so an accidental reuse of a project name cannot destroy its checkpoints.
-    """
-    from autotrain.outputs import CARD_FILE
-    from autotrain.trainers.clm.safety import checkpoints
+    opened = open_data(params, paired=params.method != "sft")
+    for name in (params.model, params.model_ref):
+        if name is not None and name != DEFAULT_MODEL:  # the embedded default is checked when it is converted
+            model_files.check(name)
+    return opened
 
-    if project.exists() and not project.is_dir():
-        raise ParamsError(f"project_name: {project} exists and is a file")
-    if resume not in (None, "auto", "latest"):
-        path = Path(resume).expanduser()
-        if not (path / "trainer_state.json").exists():
-            raise ParamsError(f"resume_from_checkpoint: {resume} is not a checkpoint folder (no trainer_state.json)")
-        return path
-    used = project.is_dir() and any(project.iterdir())
-    if used and (project / CARD_FILE).exists():
-        raise ParamsError(
-            f"project_name: {project} already holds a finished run; choose another --project-name or delete the folder"
-        )
-    found = checkpoints(project) if project.is_dir() else []
-    if resume is None:
-        if found:
-            raise ParamsError(
-                f"project_name: {project} holds checkpoints of an unfinished run (newest: {found[-1].name}); "
-                "resume it with --resume-from-checkpoint auto, or delete the folder"
-            )
-        if used:
-            raise ParamsError(
-                f"project_name: {project} holds files of an earlier run that saved no checkpoint; delete the folder "
-                "or pass --resume-from-checkpoint auto to start it over"
-            )
-        return None
-    if resume == "latest" and not found:
-        raise ParamsError(f"resume_from_checkpoint: latest, but {project} holds no checkpoint")
-    return found[-1] if found else None
+
+def project_dir(params: LLMTrainingParams) -> Path:
+    return Path(params.project_name).expanduser().resolve()
+
+
+def takes_lock() -> bool:
+    """Whether this process owns the project folder for its run: not a process that autotrain.launch started (its
+    parent holds the lock), and only the first process (rank 0) of a run under torchrun, slurm or mpirun."""
+    from autotrain.launch import LAUNCHED_ENV, global_rank
+
+    return not os.environ.get(LAUNCHED_ENV) and global_rank() == 0
+
+
+@contextlib.contextmanager
+def scrubbed_argv(params: LLMTrainingParams) -> Iterator[None]:
+    """While the run lasts, `sys.argv` holds no secret value: trackers record it (wandb keeps the command line in
+    its run files, and an online run uploads them). Restored afterwards."""
+    secrets = [value for value in params.secret_values() if value]
+    saved = list(sys.argv)
+    sys.argv[:] = [scrub(arg, secrets) for arg in saved]
+    try:
+        yield
+    finally:
+        sys.argv[:] = saved
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
 
 
 def check_device(params: LLMTrainingParams) -> None:
+    """What the machine and the installed transformers must support, before the model loads."""
     import torch
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
 
+    # params checks the names against its own copy of transformers' lists; the installed version decides.
+    if params.optimizer not in {o.value for o in OptimizerNames}:
+        raise ParamsError(f"optimizer: '{params.optimizer}' is not an optimizer of the installed transformers")
+    if params.scheduler not in {s.value for s in SchedulerType}:
+        raise ParamsError(f"scheduler: '{params.scheduler}' is not a scheduler of the installed transformers")
     if params.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ParamsError("mixed_precision: fp16 needs a CUDA GPU; on CPU leave it unset (fp32)")
-    if params.mixed_precision == "bf16" and not torch.cuda.is_available():
-        logger.warning("mixed_precision bf16 on CPU is far slower than fp32 on most CPUs")
+    if params.mixed_precision == "bf16" and torch.cuda.is_available() and not _bf16_accelerator():
+        raise ParamsError("mixed_precision: bf16 needs an Ampere or newer GPU; use fp16 on this one")
+    if bf16_on_cpu(params):
+        # bf16 autocast on CPU is what a GPU run computes, so a GPU config can be tried on a laptop, only slower.
+        if not torch.amp.is_autocast_available("cpu"):
+            raise ParamsError("mixed_precision: bf16 needs a GPU or a torch with CPU autocast; leave it unset (fp32)")
+        logger.warning("mixed_precision bf16 on CPU: training runs under CPU bf16 autocast, which is far slower than "
+                       "fp32 on most CPUs")
     if params.quantization is not None:
         if not torch.cuda.is_available():
             raise ParamsError(f"quantization: {params.quantization} (bitsandbytes) needs a CUDA GPU; on CPU leave it unset")
@@ -154,6 +192,8 @@ def training_arguments(params: LLMTrainingParams, project: Path, train_pairs: in
         data_seed=params.seed,
         bf16=params.mixed_precision == "bf16",
         fp16=params.mixed_precision == "fp16",
+        # transformers refuses bf16 without a GPU unless told to train on the CPU (under bf16 autocast).
+        use_cpu=bf16_on_cpu(params),
         **_checkpointing_args(TrainingArguments, not params.disable_gradient_checkpointing),
         logging_strategy="steps",
         logging_steps=logging_steps,
@@ -170,6 +210,19 @@ def training_arguments(params: LLMTrainingParams, project: Path, train_pairs: in
         dataloader_pin_memory=False,
         disable_tqdm=True,  # autotrain.progress.Progress shows step/total, loss, tokens/s and ETA instead
     )
+
+
+def _bf16_accelerator() -> bool:
+    from transformers.utils import is_torch_bf16_gpu_available
+
+    return bool(is_torch_bf16_gpu_available())
+
+
+def bf16_on_cpu(params: LLMTrainingParams) -> bool:
+    """bf16 asked for and no accelerator here that does it: the run trains on the CPU under bf16 autocast."""
+    import torch
+
+    return params.mixed_precision == "bf16" and not torch.cuda.is_available() and not _bf16_accelerator()
 
 
 def _checkpointing_args(arguments_class: Any, enabled: bool) -> dict[str, Any]:
@@ -208,7 +261,7 @@ def interrupted(number: int, project: Path) -> TrainingInterrupted:
     """The error for a run stopped by signal `number`: what was saved, and how to resume."""
     import signal
 
-    from autotrain.trainers.clm.safety import checkpoints
+    from autotrain.checkpoints import checkpoints
 
     saved = checkpoints(project)
     name = signal.Signals(number).name
@@ -220,36 +273,39 @@ def interrupted(number: int, project: Path) -> TrainingInterrupted:
     )
 
 
-def run(params: LLMTrainingParams, folder_checked: bool = False) -> RunResult:
+def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = None) -> RunResult:
     """Train in this process and return the result; raise on any failure.
 
     `folder_checked`: the project folder was checked before this process started (by autotrain.launch, or by
     every process of another launcher before any wrote to it); by now it holds this run's own first files, so
-    no resume asked for means "no checkpoint" rather than "refuse a used folder".
+    no resume asked for means "no checkpoint" rather than "refuse a used folder". `opened`: the data as
+    `open_data` returned it, when the caller checked it already.
     """
-    from autotrain import defaults, models, outputs, samples
-    from autotrain.data.prepare import open_data, prepare_data
+    from autotrain import defaults, model_files, quiet
+    from autotrain.project_folder import PARAMS_FILE
+
+    project = project_dir(params)
+    resume = params.resume_from_checkpoint
+    resume_from = resume_point(project, "auto" if folder_checked and resume is None else resume)
+    # The data's files, splits and columns are checked before torch and transformers are imported (seconds) and
+    # before the model is touched (the default model's one-time conversion takes ~40 s).
+    opened = opened or check_inputs(params)
+    quiet.import_quietly("transformers.integrations.integration_utils")  # the first import of transformers
+    check_device(params)
+    from autotrain import models, outputs, samples
+    from autotrain.checkpoints import finish, set_aside_newer
+    from autotrain.data.prepare import prepare_data
     from autotrain.data.templates import stop_ids
     from autotrain.plots import plot_training
     from autotrain.trainers.clm.trainer import METHODS
 
-    project = Path(params.project_name).expanduser().resolve()
-    resume = params.resume_from_checkpoint
-    resume_from = resume_point(project, "auto" if folder_checked and resume is None else resume)
-    check_device(params)
     method = METHODS[params.trainer]
-    # The data's files, splits and columns are checked before the model is touched: the default model's one-time
-    # conversion takes ~40 s, and a typo in a path should not wait for it.
-    opened = open_data(params, paired=method.paired)
     model_path = defaults.resolve_model(params.model)
-    models.check_model_path(model_path)
     ref_path = defaults.resolve_model(params.model_ref) if params.model_ref else None
-    if ref_path is not None:
-        models.check_model_path(ref_path)
-    tokenizer = models.load_tokenizer(model_path, params.trust_remote_code)
-    config = models.load_config(model_path, params.trust_remote_code)
+    with model_files.loading(model_path):
+        tokenizer = models.load_tokenizer(model_path, params.trust_remote_code)
+        config = models.load_config(model_path, params.trust_remote_code)
     data = prepare_data(params, tokenizer, models.model_max_length(config), opened=opened)
-
     from transformers import PrinterCallback, ProgressCallback, set_seed
 
     from autotrain.attention import make_collator
@@ -261,7 +317,9 @@ def run(params: LLMTrainingParams, folder_checked: bool = False) -> RunResult:
 
     main = PartialState().is_main_process  # with several processes, only the first writes the project's files
     set_seed(params.seed)  # before the model: LoRA's initial weights depend on it
-    model = models.load_model(params, model_path)
+    with model_files.loading(model_path):
+        model = models.load_model(params, model_path)
+    quiet.settle()  # peft and accelerate are imported by now
     # Sample answers are the main process's to give; a resumed run has no untrained model left to ask.
     sample_ids = data.valid.prompt_ids[: params.sample_answers] if params.sample_answers and main else []
     own_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -274,13 +332,18 @@ def run(params: LLMTrainingParams, folder_checked: bool = False) -> RunResult:
         fresh = params.precompute_ref_logps and resume_from is None
         if ref_path is not None or not (params.peft or fresh):
             vocab = model.get_output_embeddings().weight.shape[0]
-            ref_model = models.load_reference(params, ref_path or model_path, vocab)
+            with model_files.loading(ref_path or model_path):
+                ref_model = models.load_reference(params, ref_path or model_path, vocab)
     args = training_arguments(params, project, len(data.train), data.valid is not None)
     project.mkdir(parents=True, exist_ok=True)
     if main:
+        params.save_json(project / PARAMS_FILE)  # first: it marks the folder as this tool's (project_folder)
         safety.clear_staging(project)
+        aside = set_aside_newer(project, resume_from)
+        if aside:
+            logger.info("resuming from %s: %d newer checkpoint(s) of the run it left set aside in %s",
+                        resume_from.name, len(aside), aside[0].parent)
         outputs.keep_metrics_until(project, _checkpoint_step(resume_from))
-        params.save_json(project / outputs.PARAMS_FILE)
     _tracker_environment(params, project)
     stop = safety.StopOnSignal()
     trainer = PreferenceTrainer(
@@ -314,12 +377,12 @@ def run(params: LLMTrainingParams, folder_checked: bool = False) -> RunResult:
         samples.write(project, samples.prompt_texts(tokenizer, sample_ids, data.template), before, after)
     outputs.save_model(trainer, tokenizer, data.template, params, project)
     if main:
+        finish(project)
         records = outputs.read_metrics(project)
         plot_training(project, records)
         outputs.write_card(project, params, params.model, data, records)
         if params.push_to_hub:
             outputs.push_to_hub(project, params)
-        logger.info("done: outputs in %s", project)
     trainer.accelerator.wait_for_everyone()  # every process returns a finished project
     return result_of(params)
 

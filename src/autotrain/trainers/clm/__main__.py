@@ -7,7 +7,10 @@ one of those) runs this; they find each other through the launcher's environment
 itself when several processes are needed (autotrain.launch).
 
 - The hub token is never in FILE: with `push_to_hub`, it comes from the HF_TOKEN environment variable.
-- Logs: the process of rank 0 logs progress to stdout; the others only warnings.
+- Logs: the process of rank 0 logs progress to stdout; the others only warnings. Started by autotrain.launch, it
+  leaves the summary to the launching process, which prints it once.
+- The project folder is owned by one run at a time (autotrain.project_folder): under torchrun or slurm the process
+  of rank 0 holds its lock while the run lasts; started by autotrain.launch, the launching process holds it.
 - An error prints one line `error: ...` on stderr and exits with the error's code (2 for input errors), as
   `aitraining` does; when started by `AutoTrainProject.create()`, the first failing process also records it for
   the parent (autotrain.launch.STATUS_ENV).
@@ -25,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from autotrain.errors import AutoTrainError, ParamsError, TrainingInterrupted
-from autotrain.launch import LAUNCHED_ENV, check_folder, write_status
+from autotrain.launch import LAUNCHED_ENV, check_folder, global_rank, write_status
 from autotrain.trainers.clm.params import LLMTrainingParams
 
 logger = logging.getLogger("autotrain")
@@ -44,14 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from autotrain import quiet
+
     args = build_parser().parse_args(argv)
     _cpu_without_cuda()
-    rank = _rank()
-    _configure_logging(rank, args.verbose)
+    rank = global_rank()
+    _configure_logging(rank)
     try:
-        params = load_params(args.training_config)
-        result = _train(params)
-        if rank == 0:
+        with quiet.libraries(args.verbose):
+            params = load_params(args.training_config)
+            result = _train(params)
+        if rank == 0 and not os.environ.get(LAUNCHED_ENV):
             print(result.summary(), flush=True)
         return 0
     except TrainingInterrupted as exc:
@@ -94,26 +100,24 @@ def load_params(path: str) -> LLMTrainingParams:
     token = os.environ.get("HF_TOKEN")
     if token and data.get("push_to_hub") and not data.get("token"):
         data["token"] = token
-    return LLMTrainingParams(**data)
+    return LLMTrainingParams.from_saved(data)
 
 
 def _train(params: LLMTrainingParams) -> Any:
     from autotrain import project
+    from autotrain.project_folder import owned
 
-    if not os.environ.get(LAUNCHED_ENV):
-        # Started by another launcher (torchrun, slurm): nobody checked the folder yet. Every process checks it,
-        # and none goes on (and writes to it) until all have. A folder holding only training_params.json and
-        # accelerate_config.yaml (prepared for this run) is a fresh one.
-        check_folder(Path(params.project_name).expanduser().resolve(), params.resume_from_checkpoint)
-        from accelerate import PartialState
+    folder = project.project_dir(params)
+    with owned(folder, take=project.takes_lock()), project.scrubbed_argv(params):
+        if not os.environ.get(LAUNCHED_ENV):
+            # Started by another launcher (torchrun, slurm): nobody checked the folder yet. Every process checks
+            # it (rank 0 under the lock), and none goes on (and writes to it) until all have. A folder holding only
+            # training_params.json and accelerate_config.yaml (prepared for this run) is a fresh one.
+            check_folder(folder, params.resume_from_checkpoint)
+            from accelerate import PartialState
 
-        PartialState().wait_for_everyone()
-    return project.run(params, folder_checked=True)
-
-
-def _rank() -> int:
-    text = os.environ.get("RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or os.environ.get("PMI_RANK") or "0"
-    return int(text) if text.isdigit() else 0
+            PartialState().wait_for_everyone()
+        return project.run(params, folder_checked=True)
 
 
 def _cpu_without_cuda() -> None:
@@ -126,15 +130,11 @@ def _cpu_without_cuda() -> None:
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
 
 
-def _configure_logging(rank: int, verbose: bool) -> None:
+def _configure_logging(rank: int) -> None:
     level = logging.INFO if rank == 0 else logging.WARNING
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stdout)  # stderr: errors only
     logging.getLogger().setLevel(level)
     logger.setLevel(level)
-    if not verbose:
-        from autotrain.cli import _quiet_libraries
-
-        _quiet_libraries()
 
 
 if __name__ == "__main__":

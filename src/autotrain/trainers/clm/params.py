@@ -10,6 +10,7 @@ Each field's description is its documentation: the CLI's flags and `--help` are 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,12 +27,35 @@ TRAINER_NAMES: tuple[str, ...] = ("orpo", "dpo", "sft", "default")
 
 # Fields whose values are secrets: never written to disk, never logged.
 SECRET_FIELDS: frozenset[str] = frozenset({"token"})
+# Fields that only mean something with `peft` (LoRA); given without it they would be ignored, so they are refused.
+LORA_FIELDS: tuple[str, ...] = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "merge_adapter")
+
+# transformers' `OptimizerNames` and `SchedulerType` values (5.24), written out so that checking a name does not
+# import transformers (seconds, before even a data error could be reported). A test compares them with the installed
+# transformers; autotrain.project.check_device checks the name against the installed version before training.
+OPTIMIZERS: tuple[str, ...] = (
+    "adamw_torch", "adamw_torch_fused", "adamw_torch_xla", "adamw_torch_npu_fused", "adafactor", "adamw_anyprecision",
+    "adamw_torch_4bit", "adamw_torch_8bit", "ademamix", "sgd", "adagrad", "adamw_bnb_8bit", "adamw_8bit",
+    "ademamix_8bit", "lion_8bit", "lion_32bit", "paged_adamw_32bit", "paged_adamw_8bit", "paged_ademamix_32bit",
+    "paged_ademamix_8bit", "paged_lion_32bit", "paged_lion_8bit", "rmsprop", "rmsprop_bnb", "rmsprop_bnb_8bit",
+    "rmsprop_bnb_32bit", "galore_adamw", "galore_adamw_8bit", "galore_adafactor", "galore_adamw_layerwise",
+    "galore_adamw_8bit_layerwise", "galore_adafactor_layerwise", "lomo", "adalomo", "grokadamw",
+    "schedule_free_radam", "schedule_free_adamw", "schedule_free_sgd", "apollo_adamw", "apollo_adamw_layerwise",
+    "stable_adamw",
+)
+SCHEDULERS: tuple[str, ...] = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
+    "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay", "greedy",
+)
 
 
 class Schema(BaseModel):
     """A frozen, strict params schema whose validation errors are one-line ParamsErrors."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=(), validate_default=True)
+    # allow_inf_nan=False: every float must be finite ("Input should be a finite number"); NaN would otherwise slip
+    # past every bound (NaN >= 0 is False, but so is NaN < 0) and train into a non-finite loss.
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=(), validate_default=True,
+                              allow_inf_nan=False)
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -48,7 +72,10 @@ class LLMTrainingParams(Schema):
         DEFAULT_MODEL,
         description="Base model: a local folder or a hub id. Default: the embedded SmolLM2-135M-Instruct.",
     )
-    project_name: str = Field("project-name", description="Output folder of the run.")
+    project_name: str = Field(
+        "project-name",
+        description="Output folder of the run: a new folder (or one of an earlier run of this tool, to resume it).",
+    )
     data_path: str = Field(
         SAMPLE_DATA,
         description="A .jsonl/.json/.csv/.parquet file, a folder of split files (train.*, validation.*), "
@@ -185,7 +212,11 @@ class LLMTrainingParams(Schema):
     # --- Hub ------------------------------------------------------------------------------------------------
     push_to_hub: bool = Field(False, description="Upload the result to the hub as <username>/<project_name>.")
     username: str | None = Field(None, description="Hub user or organisation for push_to_hub.")
-    token: SecretStr | None = Field(None, description="Hub token (never written to disk).")
+    token: SecretStr | None = Field(
+        None,
+        description="Hub token for push_to_hub (never written to disk). Prefer the HF_TOKEN environment variable: a "
+        "token on the command line is visible to other users of the machine (ps) and in the shell history.",
+    )
 
     @field_validator("trainer")
     @classmethod
@@ -195,16 +226,24 @@ class LLMTrainingParams(Schema):
     @field_validator("optimizer")
     @classmethod
     def _known_optimizer(cls, value: str) -> str:
-        from transformers.training_args import OptimizerNames
-
-        return _one_of(value, [o.value for o in OptimizerNames], "optimizer")
+        return _one_of(value, list(OPTIMIZERS), "optimizer")
 
     @field_validator("scheduler")
     @classmethod
     def _known_scheduler(cls, value: str) -> str:
-        from transformers.trainer_utils import SchedulerType
+        return _one_of(value, list(SCHEDULERS), "scheduler")
 
-        return _one_of(value, [s.value for s in SchedulerType], "scheduler")
+    @field_validator("project_name")
+    @classmethod
+    def _own_folder(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError(f"must name a folder (got {value!r})")
+        normal = os.path.normpath(value.strip())
+        if normal == ".":
+            raise ValueError(f"{value!r} is the current folder; name a new folder for the run's outputs")
+        if all(part == ".." for part in normal.split(os.sep)) or normal in ("/", "~"):
+            raise ValueError(f"{value!r} holds the current folder; name a new folder for the run's outputs")
+        return value
 
     @field_validator("block_size")
     @classmethod
@@ -230,6 +269,10 @@ class LLMTrainingParams(Schema):
             raise ValueError("eval_strategy 'steps' needs --eval-steps N")
         if self.quantization is not None and not self.peft:
             raise ValueError(f"quantization {self.quantization} trains adapters on frozen quantized weights: add --peft")
+        if not self.peft:
+            given = [name for name in LORA_FIELDS if name in self.model_fields_set]
+            if given:
+                raise ValueError(f"{given[0]} applies to LoRA: add --peft (or leave {given[0]} out)")
         if self.trainer != "dpo" and (self.model_ref is not None or self.precompute_ref_logps):
             field = "model_ref" if self.model_ref is not None else "precompute_ref_logps"
             raise ValueError(f"{field} applies to --trainer dpo only (trainer is {self.trainer})")
@@ -241,6 +284,11 @@ class LLMTrainingParams(Schema):
         return "sft" if self.trainer == "default" else self.trainer
 
     # --- Serialisation without secrets ----------------------------------------------------------------------
+    def secret_values(self) -> list[str]:
+        """The values of the secret fields that are set (to scrub them from anything a tracker records)."""
+        values = (getattr(self, name) for name in sorted(SECRET_FIELDS))
+        return [value.get_secret_value() for value in values if value is not None]
+
     def public_dict(self) -> dict[str, Any]:
         """All fields as JSON values, secrets removed."""
         return self.model_dump(mode="json", exclude=set(SECRET_FIELDS))
@@ -250,7 +298,23 @@ class LLMTrainingParams(Schema):
 
     @classmethod
     def load_json(cls, path: str | Path) -> LLMTrainingParams:
-        return cls(**json.loads(Path(path).read_text()))
+        return cls.from_saved(json.loads(Path(path).read_text()))
+
+    @classmethod
+    def from_saved(cls, values: dict[str, Any]) -> LLMTrainingParams:
+        """The params of a saved dict (training_params.json holds every field): a value equal to its field's default
+        counts as not chosen, so the loaded params know what was chosen as the saved ones did (the data's columns are
+        guessed only when not chosen; LoRA fields are refused without peft only when chosen)."""
+        chosen = {}
+        for name, value in values.items():
+            info = cls.model_fields.get(name)
+            if info is None or info.is_required() or value != _json_default(info.default):
+                chosen[name] = value  # unknown names stay, to be refused by name
+        return cls(**chosen)
+
+
+def _json_default(default: Any) -> Any:
+    return default.get_secret_value() if isinstance(default, SecretStr) else default
 
 
 def _one_of(value: str, known: list[str], what: str) -> str:
@@ -266,11 +330,12 @@ def _one_of(value: str, known: list[str], what: str) -> str:
 def _one_line(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "params"
+        field = ".".join(str(p) for p in err["loc"])
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown parameter"
         elif err["type"] == "literal_error":
             message = f"got {err['input']!r}; {message[0].lower()}{message[1:]}"
-        parts.append(f"{field}: {message}")
+        # A cross-field rule (no field in loc) names its fields in its message.
+        parts.append(f"{field}: {message}" if field else message)
     return "invalid parameters: " + "; ".join(parts)

@@ -1,8 +1,8 @@
 """Nothing lost: atomic checkpoints, a clean stop on SIGINT/SIGTERM, and no step on a non-finite loss.
 
-- A checkpoint is written into `<project>/.staging/`, every file is fsynced, and only then is the folder renamed
-  to `<project>/checkpoint-N`. transformers finds checkpoints by the `checkpoint-N` name, so a save killed half way
-  leaves the previous checkpoint as the latest one, and the staging leftovers are removed on the next start.
+- Checkpoints are written into `<project>/.staging/`, fsynced, and published by one rename; an existing one is
+  replaced in one atomic swap; a save killed half way is undone on the next start (autotrain.checkpoints, whose
+  functions are re-exported here).
 - The first SIGINT/SIGTERM asks the loop to save and stop at the end of the current optimizer step; a second one
   falls back to the default behaviour (exit at once).
 - The optimizer never steps on a non-finite loss or gradient: the run stops with an error naming the step and
@@ -11,53 +11,20 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from transformers import TrainerCallback
 
-from autotrain.atomic import fsync_path, fsync_tree
-
-STAGING = ".staging"
-CHECKPOINT_PREFIX = "checkpoint-"
-
-
-def publish(staged: Path, final: Path) -> None:
-    """Make a fully written folder visible under its final name in one rename."""
-    fsync_tree(staged)
-    if final.exists():  # a resumed run saving the same step again: replace the old copy
-        trash = final.parent / STAGING / f"replaced-{final.name}"
-        shutil.rmtree(trash, ignore_errors=True)
-        os.rename(final, trash)
-        os.rename(staged, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.rename(staged, final)
-    fsync_path(final.parent)
-
-
-def clear_staging(project: Path) -> None:
-    """Leftovers of a save that was killed: never complete, never used."""
-    shutil.rmtree(project / STAGING, ignore_errors=True)
-
-
-def checkpoints(project: Path) -> list[Path]:
-    """Published checkpoints, oldest step first."""
-    found = [p for p in project.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX) :].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
-
-
-def rotate(project: Path, keep: int) -> None:
-    """Delete all but the newest `keep` checkpoints; each leaves the visible set in one rename first."""
-    (project / STAGING).mkdir(exist_ok=True)
-    for old in checkpoints(project)[:-keep]:
-        trash = project / STAGING / f"deleted-{old.name}"
-        os.rename(old, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+from autotrain.checkpoints import (  # noqa: F401 - the checkpoint operations, under the names callers use
+    CHECKPOINT_PREFIX,
+    STAGING,
+    checkpoints,
+    clear_staging,
+    publish,
+    rotate,
+)
 
 
 class StopOnSignal(TrainerCallback):

@@ -293,8 +293,23 @@ class PreferenceTrainer(Trainer):
         # Every process writes its own RNG state into the staged folder: publish it only once all have.
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            safety.publish(root / safety.STAGING / name, root / name)
+            staged = root / safety.STAGING / name
+            # peft's template model card (39 "[More Information Needed]") says nothing about this checkpoint.
+            (staged / "README.md").unlink(missing_ok=True)
+            safety.publish(staged, root / name)
             safety.rotate(root, self.args.save_total_limit)
+
+    def _issue_warnings_after_load(self, load_result):
+        # A checkpoint of a model with tied embeddings holds one copy of the tied weight; the other name is reported
+        # missing although resuming restores it. Only keys that are really absent are worth a warning.
+        model = unwrap(self.model)
+        shared: dict[int, list[str]] = defaultdict(list)
+        for key, tensor in model.state_dict(keep_vars=True).items():
+            shared[id(tensor)].append(key)
+        missing = set(load_result.missing_keys)
+        restored = {key for names in shared.values() if not set(names) <= missing for key in names}
+        return super()._issue_warnings_after_load(
+            load_result._replace(missing_keys=[k for k in load_result.missing_keys if k not in restored]))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: D102
         reference = (lambda batch: self._reference_sums(model, batch)) if self.method.reference else None
