@@ -106,6 +106,13 @@ class LLMTrainingParams(Schema):
         "chosen completion, as the ORPO paper defines it.",
     )
 
+    disable_dropout: bool = Field(
+        True,
+        description="Turn off the model's dropout (its nn.Dropout modules and attention-dropout probabilities) in the "
+        "model being trained and in every DPO reference, as TRL does by default: the loss is then a function of the "
+        "weights alone, the same packed or padded. LoRA's own dropout is --lora-dropout, kept as given.",
+    )
+
     # --- Optimisation ---------------------------------------------------------------------------------------
     epochs: int = Field(1, ge=1, description="Passes over the training data.")
     max_steps: int = Field(-1, description="Stop after this many optimizer steps; -1 means epochs decide.")
@@ -129,7 +136,10 @@ class LLMTrainingParams(Schema):
     peft: bool = Field(False, description="Train LoRA adapters instead of all weights.")
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
-    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
+    lora_dropout: float = Field(
+        0.05, ge=0, lt=1,
+        description="Dropout on the LoRA path (not affected by --disable-dropout; 0 matches TRL, which zeroes it).",
+    )
     target_modules: str = Field(
         "all-linear", description="Modules that get adapters: 'all-linear' or comma-separated names."
     )

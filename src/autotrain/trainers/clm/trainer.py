@@ -8,20 +8,24 @@ method's loss, and metrics that stay on the device until a logging step reads th
 from __future__ import annotations
 
 import os
-from collections import defaultdict
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
-from transformers import Trainer
+from transformers import EvalPrediction, Trainer, TrainerCallback
 
 from autotrain.attention import decoder_inputs
 from autotrain.errors import TrainingError
 from autotrain.logprobs import segment_sum, token_logps
-from autotrain.losses import dpo_loss, orpo_loss
+from autotrain import dropout
+from autotrain.losses import PAIRS, PairTerms, dpo_loss, orpo_loss, reduce_columns
 from autotrain.models import decoder_and_head
-from autotrain.trainers.clm import safety
+from autotrain.trainers.clm import checks, safety
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,8 @@ class SequenceLogps:
     counts: torch.Tensor  # [2B] completion tokens per sequence (0 for the absent rejected side of SFT)
     nll: torch.Tensor  # scalar: mean NLL over the batch's `in_nll` targets
     pairs: int
+    nll_sums: torch.Tensor  # [2B] summed NLL of each sequence's `in_nll` targets (only chosen sequences have any)
+    nll_counts: torch.Tensor  # [2B] the number of those targets
 
     @property
     def means(self) -> torch.Tensor:  # [2B] mean completion-token log-prob (ORPO's length-normalised log P)
@@ -81,7 +87,9 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, Any]) -> SequenceLog
     sums = segment_sum(torch.where(keep, logps, 0.0), batch["target_seq"], n)
     counts = segment_sum(keep.to(logps.dtype), batch["target_seq"], n)
     nll = -_masked_mean(logps, batch["in_nll"])
-    return SequenceLogps(sums, counts, nll, batch["num_pairs"])
+    nll_sums = -segment_sum(torch.where(batch["in_nll"], logps, 0.0), batch["target_seq"], n)
+    nll_counts = segment_sum(batch["in_nll"].to(logps.dtype), batch["target_seq"], n)
+    return SequenceLogps(sums, counts, nll, batch["num_pairs"], nll_sums, nll_counts)
 
 
 def _masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -93,120 +101,183 @@ Reference = Callable[[dict[str, Any]], torch.Tensor]  # batch -> [2B] summed com
 Metrics = dict[str, torch.Tensor]
 
 
-def orpo_step(model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: Reference | None = None
-              ) -> tuple[torch.Tensor, Metrics]:
-    """ORPO's loss and its metrics (TRL's names), all still on the device. No reference model."""
+def target_logps(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """[K] log-prob of each of the batch's K targets, through sequence_logps itself (each target made a sequence of
+    its own), so that a check of these values checks the code path training uses."""
+    k = batch["target_ids"].shape[0]
+    device = batch["target_ids"].device
+    alone = {**batch, "target_seq": torch.arange(k, device=device), "num_pairs": k,
+             "in_completion": torch.ones(k, dtype=torch.bool, device=device)}
+    return sequence_logps(model, alone).sums[:k]
+
+
+def orpo_terms(model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: Reference | None = None
+               ) -> PairTerms:
+    """ORPO per pair: the chosen side's NLL and beta times the odds-ratio term; metrics under TRL's names."""
     seqs = sequence_logps(model, batch)
     chosen, rejected = seqs.split(seqs.means)
     out = orpo_loss(chosen, rejected, seqs.nll, beta)
-    metrics = {
-        "nll_loss": out.nll.detach(),
-        "log_odds_ratio": out.log_odds_ratio.detach().mean(),
-        "log_odds_chosen": out.log_odds.detach().mean(),
-        **_reward_metrics(out.chosen_rewards, out.rejected_rewards, chosen, rejected),
-        # Compared on log-probs, not rewards, so the accuracy stays meaningful at beta = 0 (log-odds are monotone in
-        # log P, so this is "chosen log-odds beat rejected").
-        "rewards/accuracies": (chosen > rejected).float().mean(),
-    }
-    return out.loss, metrics
+    return PairTerms(
+        *_pair_nll(seqs), pair_loss=-beta * out.log_odds_ratio, nll_weight=1.0,
+        metrics={
+            "log_odds_ratio": out.log_odds_ratio.detach(),
+            "log_odds_chosen": out.log_odds.detach(),
+            # Compared on log-probs, not rewards, so the accuracy stays meaningful at beta = 0 (log-odds are monotone
+            # in log P, so this is "chosen log-odds beat rejected").
+            **_reward_metrics(out.chosen_rewards, out.rejected_rewards, chosen, rejected, chosen, rejected),
+        },
+    )
 
 
-def dpo_step(model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: Reference | None = None
-             ) -> tuple[torch.Tensor, Metrics]:
-    """Sigmoid DPO on summed completion log-probs against the reference's; metrics under TRL's names."""
+def dpo_terms(model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: Reference | None = None
+              ) -> PairTerms:
+    """Sigmoid DPO per pair on summed completion log-probs against the reference's; the NLL is reported only."""
     if reference is None:
-        raise ValueError("dpo_step needs a reference (the trainer supplies one)")
+        raise ValueError("dpo_terms needs a reference (the trainer supplies one)")
     seqs = sequence_logps(model, batch)
     with torch.no_grad():
         ref_chosen, ref_rejected = seqs.split(reference(batch))
     chosen, rejected = seqs.split(seqs.sums)
     out = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta)
-    metrics = {
-        "nll_loss": seqs.nll.detach(),
-        **_reward_metrics(out.chosen_rewards, out.rejected_rewards, chosen, rejected),
-        # DPO's implicit reward: the chosen answer gained more log-probability over the reference than the rejected.
-        "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float().mean(),
+    # DPO's implicit reward: the chosen answer gained more log-probability over the reference than the rejected.
+    metrics = _reward_metrics(out.chosen_rewards, out.rejected_rewards, chosen, rejected, out.chosen_rewards,
+                              out.rejected_rewards)
+    return PairTerms(*_pair_nll(seqs), pair_loss=out.pair_losses, nll_weight=0.0, metrics=metrics)
+
+
+def sft_terms(model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: Reference | None = None
+              ) -> PairTerms:
+    """Supervised fine-tuning: the NLL of the completion tokens (`in_nll`), nothing else."""
+    nll, tokens = _pair_nll(sequence_logps(model, batch))
+    return PairTerms(nll, tokens, pair_loss=torch.zeros_like(nll), nll_weight=1.0)
+
+
+def _pair_nll(seqs: SequenceLogps) -> tuple[torch.Tensor, torch.Tensor]:
+    # Every NLL target is on a pair's chosen side (sequence i of pair i), so the first B sequences hold them all.
+    return seqs.nll_sums[: seqs.pairs], seqs.nll_counts[: seqs.pairs]
+
+
+def _reward_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, chosen: torch.Tensor,
+                    rejected: torch.Tensor, won: torch.Tensor, lost: torch.Tensor) -> Metrics:
+    """Per-pair metrics; `won` beats `lost` for accuracy, and a tie (equal values) is counted apart."""
+    return {
+        "rewards/chosen": chosen_rewards,
+        "rewards/rejected": rejected_rewards,
+        "rewards/margins": chosen_rewards - rejected_rewards,
+        "logps/chosen": chosen.detach(),
+        "logps/rejected": rejected.detach(),
+        "rewards/accuracies": (won > lost).float(),
+        "rewards/ties": (won == lost).float(),
     }
-    return out.loss, metrics
+
+
+def one_batch(terms: PairTerms) -> tuple[torch.Tensor, Metrics]:
+    """A micro-batch on its own (one micro-batch, one process): its loss and its metrics."""
+    return terms.loss(), terms.batch_metrics()
+
+
+def orpo_step(model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: Reference | None = None
+              ) -> tuple[torch.Tensor, Metrics]:
+    """ORPO's loss and metrics on one batch alone (see orpo_terms)."""
+    return one_batch(orpo_terms(model, batch, beta, reference))
+
+
+def dpo_step(model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: Reference | None = None
+             ) -> tuple[torch.Tensor, Metrics]:
+    """DPO's loss and metrics on one batch alone (see dpo_terms)."""
+    return one_batch(dpo_terms(model, batch, beta, reference))
 
 
 def sft_step(model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: Reference | None = None
              ) -> tuple[torch.Tensor, Metrics]:
-    """Supervised fine-tuning: the mean NLL over the completion tokens (`in_nll`), nothing else."""
-    seqs = sequence_logps(model, batch)
-    return seqs.nll, {"nll_loss": seqs.nll.detach()}
-
-
-def _reward_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, chosen: torch.Tensor,
-                    rejected: torch.Tensor) -> Metrics:
-    return {
-        "rewards/chosen": chosen_rewards.mean(),
-        "rewards/rejected": rejected_rewards.mean(),
-        "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
-        "logps/chosen": chosen.detach().mean(),
-        "logps/rejected": rejected.detach().mean(),
-    }
+    """SFT's loss (the token-mean NLL) and metrics on one batch alone (see sft_terms)."""
+    return one_batch(sft_terms(model, batch, beta, reference))
 
 
 @dataclass(frozen=True)
 class Method:
     """What sets one training method apart; everything else (data stage, collators, loop, outputs) is shared."""
 
-    step: Callable[..., tuple[torch.Tensor, Metrics]]  # (model, batch, beta, reference) -> loss, metrics
+    terms: Callable[..., PairTerms]  # (model, batch, beta, reference) -> the micro-batch's per-pair terms
     paired: bool  # needs a rejected completion per row
     reference: bool  # needs a frozen reference model
 
 
-SFT = Method(sft_step, paired=False, reference=False)
+SFT = Method(sft_terms, paired=False, reference=False)
 # One entry per --trainer choice (params.TRAINER_NAMES); `default` is the seed's name for sft.
 METHODS: dict[str, Method] = {
-    "orpo": Method(orpo_step, paired=True, reference=False),
-    "dpo": Method(dpo_step, paired=True, reference=True),
+    "orpo": Method(orpo_terms, paired=True, reference=False),
+    "dpo": Method(dpo_terms, paired=True, reference=True),
     "sft": SFT,
     "default": SFT,
 }
 
 
 class PreferenceTrainer(Trainer):
-    """transformers.Trainer with a method's loss; metrics are averaged between logging steps."""
+    """transformers.Trainer with a method's loss, reduced over each whole optimizer step (autotrain.losses).
 
-    # compute_loss returns a per-micro-batch mean; let Trainer divide it by the accumulation steps.
-    loss_is_scaled_for_ga = False
+    get_batch_samples counts the step's NLL tokens, pairs and micro-batches on the device, all-reduced over the
+    processes (no host sync), and hands them to compute_loss as num_items_in_batch; each micro-batch's loss is then
+    its share of the step's loss, times the number of processes (whose gradients DDP/FSDP/DeepSpeed average), and
+    reaches backward as is. Training metrics are summed per pair on the device between logging steps; evaluation
+    returns per-pair values, which Trainer gathers without the pairs `even_batches` repeats, and reduces them over
+    the whole split.
+    """
+
+    # compute_loss returns each micro-batch's share of the step's loss: Trainer must not divide it again.
+    loss_is_scaled_for_ga = True
 
     def __init__(self, *args: Any, method: str, beta: float, ref_model: torch.nn.Module | None = None,
-                 precompute_ref: bool = False, **kwargs: Any):
+                 precompute_ref: bool = False, disable_dropout: bool = True, **kwargs: Any):
+        checks.check_trainer_api(Trainer)
         super().__init__(*args, **kwargs)
+        # Before transformers 5.19 (no loss_is_scaled_for_ga) training_step leaves the loss undivided when the model
+        # "accepts loss kwargs" and num_items_in_batch is given; get_batch_samples always gives it here.
+        self.model_accepts_loss_kwargs = True
         self.method, self.beta = METHODS[method], beta
         self.ref_model = ref_model
+        if disable_dropout:
+            dropout.disable_dropout(self.model)
+            if ref_model is not None:
+                dropout.disable_dropout(ref_model)
         if ref_model is not None:
             ref_model.requires_grad_(False).eval().to(self.args.device)
-        # Running sums stay on the device: reading them is a host sync, done only when logging.
-        self._sums: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
-        self._counts: dict[str, int] = defaultdict(int)
+        if self.compute_metrics is None:
+            self.compute_metrics = self._eval_metrics
+        self.add_callback(_HeadCheck(self))
+        # Per-pair column sums of the training micro-batches since the last log; on the device until a log reads them.
+        self._window: dict[str, torch.Tensor] = {}
+        self._nll_weight = 1.0
+        self._eval_columns: list[str] = []
         self._loss_finite: torch.Tensor | None = None  # device flag over this step's micro-batches
+        self._scaling_checked = False
+        self._last_loss: torch.Tensor | None = None
         self._staging = False
         self.num_tokens = 0  # real tokens trained on by this process (host count from the collator)
+        self.head_check_seconds = 0.0
         if self.method.reference and precompute_ref:
             self.train_dataset = self.precompute_reference(self.train_dataset)
             if self.eval_dataset is not None:
                 self.eval_dataset = self.precompute_reference(self.eval_dataset)
             self.ref_model = None  # every batch now carries its reference log-probs
 
-    def _reference_sums(self, model: torch.nn.Module, batch: dict[str, Any], untrained: bool = False) -> torch.Tensor:
+    def reference_sums(self, model: torch.nn.Module, batch: dict[str, Any], untrained: bool = False) -> torch.Tensor:
         """[2B] summed completion log-probs of the frozen reference: precomputed, a separate model, this model with
         its adapters disabled (the same weights, so no second copy in memory), or, when `untrained` (precomputing
-        before the first step), this model itself."""
+        before the first step), this model itself. Always without dropout: a separate model is in eval mode, and
+        this model is switched to it for the reference pass."""
         if "ref_logps" in batch:
             return batch["ref_logps"]
         if self.ref_model is not None:
             return sequence_logps(self.ref_model, batch).sums
         inner = unwrap(model)
-        if hasattr(inner, "disable_adapter"):
-            with inner.disable_adapter():
-                return sequence_logps(model, batch).sums
-        if untrained:
+        if not hasattr(inner, "disable_adapter") and not untrained:
+            raise ValueError("DPO without --peft needs a reference model (the trainer is built with ref_model)")
+        with _eval_mode(model):
+            if hasattr(inner, "disable_adapter"):
+                with inner.disable_adapter():
+                    return sequence_logps(model, batch).sums
             return sequence_logps(model, batch).sums
-        raise ValueError("DPO without --peft needs a reference model (the trainer is built with ref_model)")
 
     def precompute_reference(self, dataset: Any) -> Any:
         """The dataset plus `ref_chosen_logps` / `ref_rejected_logps` columns: one no-grad pass, in eval mode.
@@ -215,45 +286,116 @@ class PreferenceTrainer(Trainer):
         first optimizer step; the caller passes a reference model when resuming.
         """
         model, loader = self.model, self.get_eval_dataloader(dataset)
-        training = model.training
-        model.eval()
         chosen: list[float] = []
         rejected: list[float] = []
-        try:
-            with torch.no_grad(), self.compute_loss_context_manager():
-                for batch in loader:
-                    batch = self._prepare_inputs(batch)
-                    sums = self._reference_sums(model, batch, untrained=True)
-                    pairs = batch["num_pairs"]
-                    gathered = self.accelerator.gather_for_metrics(sums.float().reshape(2, pairs).T.contiguous())
-                    chosen += gathered[:, 0].tolist()
-                    rejected += gathered[:, 1].tolist()
-        finally:
-            model.train(training)
+        with torch.no_grad(), self.compute_loss_context_manager(), _eval_mode(model):
+            for batch in loader:
+                batch = self._prepare_inputs(batch)
+                sums = self.reference_sums(model, batch, untrained=True)
+                pairs = batch["num_pairs"]
+                gathered = self.accelerator.gather_for_metrics(sums.float().reshape(2, pairs).T.contiguous())
+                chosen += gathered[:, 0].tolist()
+                rejected += gathered[:, 1].tolist()
         if len(chosen) != len(dataset):
             raise RuntimeError(f"reference pass gave {len(chosen)} pairs for a dataset of {len(dataset)}")
         return dataset.add_column("ref_chosen_logps", chosen).add_column("ref_rejected_logps", rejected)
 
+    def check_head(self) -> float:
+        """The start-up self-check (autotrain.trainers.clm.checks.check_head) on the first training pair."""
+        start = time.perf_counter()
+        model = self.model_wrapped
+        head = unwrap(model)
+        base = head.get_base_model() if hasattr(head, "get_base_model") else head
+        weight_dtype = base.get_output_embeddings().weight.dtype
+        eps = max({"bf16": 2.0**-7, "fp16": 2.0**-10}.get(str(self.accelerator.mixed_precision), 0.0),
+                  torch.finfo(weight_dtype).eps if weight_dtype.is_floating_point else 0.0)
+        row = checks.head_row(self.train_dataset[0])
+        gap = checks.check_head(model, row, target_logps, self.args.device, eps, self.accelerator.gather,
+                                type(base).__name__)
+        self.head_check_seconds = time.perf_counter() - start
+        return gap
+
+    def get_batch_samples(self, epoch_iterator, num_batches, *args, **kwargs):  # noqa: D102
+        batches, _ = super().get_batch_samples(epoch_iterator, num_batches, *args, **kwargs)
+        if not batches:
+            return batches, None
+        # [NLL tokens, pairs, micro-batches] of the whole step on every process. No host sync: the token count is a
+        # device sum, and the host ints enter through torch.full (a kernel argument, not a copy to the device).
+        tokens = sum(batch["in_nll"].sum() for batch in batches).to(device=self.args.device, dtype=torch.int64)
+        fill = lambda value: torch.full((), value, dtype=torch.int64, device=tokens.device)  # noqa: E731
+        counts = torch.stack([tokens, fill(sum(batch["num_pairs"] for batch in batches)), fill(len(batches))])
+        if self.accelerator.num_processes > 1:
+            counts = self.accelerator.reduce(counts, reduction="sum")
+        return batches, counts
+
     def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: D102
         loss = super().training_step(model, inputs, num_items_in_batch)
-        finite = torch.isfinite(loss)
-        self._loss_finite = finite if self._loss_finite is None else self._loss_finite & finite
+        if not self._scaling_checked and getattr(self, "current_gradient_accumulation_steps", 1) > 1:
+            # The one check that the accumulation rule held (checks.check_trainer_api): one host read, once.
+            if not torch.equal(loss, self._last_loss):
+                raise RuntimeError(
+                    "transformers.Trainer divided the loss by the accumulation steps although this trainer declares "
+                    "it scaled (loss_is_scaled_for_ga); this transformers version is not supported"
+                )
+            self._scaling_checked = True
         return loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: D102
+        terms = self._terms(model, inputs)
+        if num_items_in_batch is None:  # a batch on its own
+            loss = terms.loss()
+        else:
+            tokens, pairs, _ = num_items_in_batch
+            loss = terms.loss(tokens, pairs) * self.accelerator.num_processes
+        if model.training:
+            self._add_to_window(terms, inputs)
+            finite = torch.isfinite(loss.detach())
+            self._loss_finite = finite if self._loss_finite is None else self._loss_finite & finite
+            self._last_loss = loss.detach()
+            if self.is_deepspeed_enabled and self.accelerator.sync_gradients:
+                # DeepSpeed steps the optimizer inside this micro-batch's backward: decide before it runs.
+                self._stop_on(checks.step_problem(self._read_flags()[0], True, None), applied=False)
+        return (loss, terms) if return_outputs else loss
+
+    def _terms(self, model: torch.nn.Module, inputs: dict[str, Any]) -> PairTerms:
+        reference = (lambda batch: self.reference_sums(model, batch)) if self.method.reference else None
+        terms = self.method.terms(model, inputs, self.beta, reference)
+        self._nll_weight = terms.nll_weight
+        return terms
+
+    def _add_to_window(self, terms: PairTerms, inputs: dict[str, Any]) -> None:
+        self.num_tokens += inputs.get("num_real_tokens", 0)
+        for name, column in terms.columns().items():
+            total = column.sum()
+            self._window[name] = self._window[name] + total if name in self._window else total
+
+    def _read_flags(self, grad_norm: Any = None) -> list[bool]:
+        """[loss finite, grad finite]: the one host read per optimizer step (whether to step at all)."""
+        flags = [self._loss_finite if self._loss_finite is not None else torch.tensor(True)]
+        if grad_norm is not None:
+            flags.append(torch.isfinite(torch.as_tensor(grad_norm)).all())
+        self._loss_finite = None
+        return [bool(flag) for flag in torch.stack([f.to(flags[0].device) for f in flags]).tolist()] + [True]
 
     def _clip_grad_norm(self, model):
         grad_norm = super()._clip_grad_norm(model)
-        # The one host sync per optimizer step: deciding whether to step at all. A NaN would otherwise reach the
-        # weights (Trainer's own nan filter only hides it from the logged loss).
-        finite = bool(torch.isfinite(torch.as_tensor(grad_norm)).all() and self._loss_finite.all())
-        self._loss_finite = None
-        if not finite:
-            done = safety.checkpoints(Path(self.args.output_dir))
-            last = f"the last good checkpoint is {done[-1]}" if done else "no checkpoint was saved yet"
-            raise TrainingError(
-                f"non-finite loss or gradient at step {self.state.global_step + 1}; the weights were not updated "
-                f"and no final model was saved; {last} (try a lower --lr or fp32)"
-            )
+        loss_ok, grad_ok, *_ = self._read_flags(grad_norm)
+        if self.is_deepspeed_enabled:
+            # The loss was checked before backward; DeepSpeed has stepped by now. Its fp16 scaler skips overflow
+            # steps itself; otherwise a non-finite gradient was applied.
+            problem = None if grad_ok or self.args.fp16 else "non-finite gradient"
+            self._stop_on(problem, applied=True)
+            return grad_norm
+        scaler = getattr(self.accelerator, "scaler", None)
+        scale = scaler.get_scale() if not grad_ok and scaler is not None and scaler.is_enabled() else None
+        self._stop_on(checks.step_problem(loss_ok, grad_ok, scale), applied=False)
         return grad_norm
+
+    def _stop_on(self, problem: str | None, applied: bool) -> None:
+        if problem is not None:
+            done = safety.checkpoints(Path(self.args.output_dir))
+            raise TrainingError(checks.stop_message(problem, self.state.global_step + 1,
+                                                    str(done[-1]) if done else None, applied))
 
     def _get_output_dir(self, trial):
         # While saving a checkpoint, transformers writes under the staging folder; _save_checkpoint publishes it.
@@ -274,42 +416,60 @@ class PreferenceTrainer(Trainer):
             safety.publish(root / safety.STAGING / name, root / name)
             safety.rotate(root, self.args.save_total_limit)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: D102
-        reference = (lambda batch: self._reference_sums(model, batch)) if self.method.reference else None
-        loss, metrics = self.method.step(model, inputs, self.beta, reference)
-        mode = "train" if model.training else "eval"
-        if mode == "train":
-            self.num_tokens += inputs.get("num_real_tokens", 0)
-        sums = self._sums[mode]
-        for name, value in metrics.items():
-            sums[name] = sums[name] + value if name in sums else value.clone()
-        self._counts[mode] += 1
-        return (loss, metrics) if return_outputs else loss
-
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):  # noqa: D102
+        # Per-pair values [B, columns] as the "predictions": Trainer gathers them with gather_for_metrics, which drops
+        # the pairs even_batches repeats on the last batch, and _eval_metrics reduces them over the whole split.
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
+            columns = self._terms(model, inputs).columns()
+        self._eval_columns = list(columns)
+        return None, torch.stack(list(columns.values()), dim=1), columns[PAIRS]
+
+    def _eval_metrics(self, prediction: EvalPrediction) -> dict[str, float]:
+        sums = np.asarray(prediction.predictions, dtype=np.float64).reshape(-1, len(self._eval_columns)).sum(axis=0)
+        return {name: float(value)
+                for name, value in reduce_columns(dict(zip(self._eval_columns, sums.tolist())), self._nll_weight).items()}
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:  # noqa: D102
-        mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
-        if self._counts[mode]:
-            prefix = "eval_" if mode == "eval" else ""
-            # One stacked transfer for all metrics instead of one sync per value; with several processes, one
-            # all-reduce of the sums, the micro-batch counts and the token counts, so the logged values are the
-            # means over every process's micro-batches (as the loss is), and tokens are everyone's.
-            names = list(self._sums[mode])
-            device = self._sums[mode][names[0]].device
+        if self._window and not any(key.startswith("eval_") for key in logs):
+            # One stacked transfer for all sums instead of one sync per value; with several processes, one all-reduce
+            # of the sums and the token counts, so the metrics are exact over every process's pairs and tokens.
+            names = list(self._window)
+            device = self._window[names[0]].device
             dtype = torch.float32 if device.type == "mps" else torch.float64  # exact token counts; MPS has no fp64
-            extra = torch.tensor([self._counts[mode], self.num_tokens], dtype=dtype, device=device)
-            totals = torch.cat([torch.stack([self._sums[mode][n].to(dtype) for n in names]), extra])
+            sums = [self._window[n].to(dtype) for n in names] + [torch.full((), self.num_tokens, dtype=dtype,
+                                                                            device=device)]
+            totals = torch.stack(sums)
             if self.accelerator.num_processes > 1:
                 totals = self.accelerator.reduce(totals, reduction="sum")
-            totals = totals.cpu()
-            values = totals[: len(names)] / totals[-2]
-            logs.update({prefix + n: round(v, 6) for n, v in zip(names, values.tolist())})
-            self._sums[mode], self._counts[mode] = {}, 0
-            if mode == "train" and "loss" in logs:
+            totals = totals.tolist()
+            metrics = reduce_columns(dict(zip(names, totals[:-1])), self._nll_weight)
+            del metrics["loss"]  # Trainer logs the loss itself: the mean of the window's step losses
+            logs.update({name: round(value, 6) for name, value in metrics.items()})
+            self._window = {}
+            if "loss" in logs:
                 logs["num_tokens"] = int(totals[-1])
         super().log(logs, start_time)
+
+
+class _HeadCheck(TrainerCallback):
+    """Runs the head self-check when training begins: after the model is wrapped, before any evaluation or step."""
+
+    def __init__(self, trainer: PreferenceTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
+        self.trainer.check_head()
+
+
+@contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """No dropout for a pass that must be deterministic (a reference), whatever mode the model was in."""
+    training = model.training
+    if training:
+        model.eval()
+    try:
+        yield
+    finally:
+        if training:
+            model.train()

@@ -1,0 +1,141 @@
+"""The training loop's own checks: what must never train silently wrong.
+
+- `check_trainer_api`: the few transformers.Trainer members this loop relies on that are not documented hooks,
+  checked at start-up, so an upgrade that renames one fails loudly instead of quietly changing the objective.
+- `step_problem`: whether an optimizer step must stop the run. A non-finite loss always does; a non-finite gradient
+  does unless an fp16 loss scaler will skip the step (its ordinary overflow step), and even then once the scale has
+  fallen to MIN_LOSS_SCALE (the scaler cannot help any more).
+- `check_head`: before training, the chunked LM head (autotrain.logprobs) against the model's own forward on one
+  short row: a model whose head transforms its logits in a way the chunked head does not reproduce is refused.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import torch
+
+from autotrain.errors import ModelError
+
+# An fp16 overflow at this loss scale or below stops the run: the scaled gradients overflow although the loss is no
+# longer scaled up, so halving the scale again cannot help (DeepSpeed's default min_loss_scale is also 1).
+MIN_LOSS_SCALE = 1.0
+
+# Tokens of the head check's row: the end of the first training pair's prompt and the start of its chosen answer.
+CHECK_PROMPT_TOKENS, CHECK_TOKENS = 16, 32
+
+
+def check_trainer_api(trainer_class: type) -> None:
+    """Fail at start-up if a Trainer member this loop relies on (beyond the documented hooks) is gone or changed.
+
+    - `_clip_grad_norm(model)`: returns the step's gradient norm before the optimizer steps; the non-finite guard
+      runs there (no public hook sees the norm before the step).
+    - `_prepare_inputs(inputs)`: moves a batch to the device, for the evaluation and reference passes.
+    - `get_batch_samples(epoch_iterator, num_batches, ...)`: its second result reaches compute_loss as
+      num_items_in_batch; it carries the step's token and pair counts here.
+    - The loss returned by compute_loss must reach backward undivided by the accumulation steps: declared by the
+      `loss_is_scaled_for_ga` class attribute (transformers >= 5.19); before it, training_step divides unless
+      `model_accepts_loss_kwargs` is set and num_items_in_batch is given (both are, here). A run-time check of the
+      first accumulated step backs this up (PreferenceTrainer.training_step).
+    """
+    expected = {"_clip_grad_norm": ["self", "model"], "_prepare_inputs": ["self", "inputs"],
+                "get_batch_samples": ["self", "epoch_iterator", "num_batches"]}
+    for name, parameters in expected.items():
+        member = getattr(trainer_class, name, None)
+        found = list(inspect.signature(member).parameters)[: len(parameters)] if callable(member) else None
+        if found != parameters:
+            raise RuntimeError(
+                f"transformers.Trainer.{name} is not what this version of aitraining was written for (expected "
+                f"parameters {parameters}, found {found}); install a transformers version between 5.17 and 5.24"
+            )
+    if "loss_is_scaled_for_ga" in _class_attributes(trainer_class):
+        return
+    try:
+        source = inspect.getsource(trainer_class.training_step)
+    except (OSError, TypeError):
+        return  # no source to read: the run-time check of the first accumulated step still applies
+    if "model_accepts_loss_kwargs" not in source or "num_items_in_batch" not in source:
+        raise RuntimeError(
+            "transformers.Trainer.training_step has neither loss_is_scaled_for_ga nor the model_accepts_loss_kwargs "
+            "rule, so the gradient-accumulation scaling cannot be controlled; install transformers 5.17 to 5.24"
+        )
+
+
+def _class_attributes(cls: type) -> set[str]:
+    return {name for klass in cls.__mro__ if klass.__module__.startswith("transformers") for name in vars(klass)}
+
+
+def step_problem(loss_finite: bool, grad_finite: bool, loss_scale: float | None) -> str | None:
+    """Why the coming optimizer step must stop the run, or None.
+
+    `loss_scale` is the current scale of an enabled fp16 loss scaler (torch's GradScaler), None without one. With a
+    scaler, a non-finite gradient with a finite loss is an overflow of the scaled gradients: the scaler skips that
+    step and halves its scale, which is how it finds its scale, so the run goes on, until the scale reaches
+    MIN_LOSS_SCALE.
+    """
+    if not loss_finite:
+        return "non-finite loss"
+    if grad_finite:
+        return None
+    if loss_scale is None:
+        return "non-finite gradient"
+    if loss_scale <= MIN_LOSS_SCALE:
+        return f"fp16 gradients overflow even at loss scale {loss_scale:g} (the scaler cannot lower it further)"
+    return None
+
+
+def stop_message(problem: str, step: int, last_checkpoint: str | None, applied: bool) -> str:
+    """The one-line error for a stopped step. `applied`: the optimizer had already stepped (DeepSpeed steps inside
+    backward), so the weights in memory cannot be trusted; otherwise the step was refused before it ran."""
+    state = ("DeepSpeed had already applied this step inside backward, so the weights in memory are not trusted"
+             if applied else "the weights were not updated")
+    last = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was saved yet"
+    hint = "try a lower --lr, or bf16/fp32" if "fp16" in problem else "try a lower --lr or fp32"
+    return f"{problem} at step {step}; {state} and no final model was saved; {last} ({hint})"
+
+
+def check_head(model: torch.nn.Module, row: list[int], chunked: Callable[[torch.nn.Module, dict], torch.Tensor],
+               device: torch.device, eps: float, gather: Callable[[torch.Tensor], torch.Tensor],
+               name: str) -> float:
+    """Compare the chunked head's log-probs of one row with a log-softmax of the model's own logits; raise
+    ModelError past the tolerance, return the gap otherwise.
+
+    `row`: token ids (at least 2). `chunked(model, batch)`: [K] log-probs of the batch's K targets through the
+    training code path. Both run on one ordinary padded row (the same decoder inputs, so only the heads differ), in
+    eval mode and without grad. The tolerance is 1e-4 plus 3 units in the last place of the largest logit, in the
+    precision the head computes in (`eps`: 2**-7 for bf16, 2**-10 for fp16, float32's eps otherwise): logits rounded
+    to that precision differ by at most an ulp each between two matmuls of different shapes, which moves a log-prob
+    by at most two. A missing transform (a scale, a cap, a bias) moves log-probs by far more on any trained model.
+    `gather` collects every process's gap (all processes take the same decision: none is left waiting for the
+    others in a collective).
+    """
+    from autotrain.data.collate import PaddedCollator
+
+    batch = PaddedCollator(pad_id=0)([{"prompt_ids": row[:1], "chosen_ids": row[1:], "rejected_ids": []}])
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            ours = chunked(model, batch).float()
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+            flat = logits.float().reshape(-1, logits.shape[-1]).index_select(0, batch["hidden_index"])
+            theirs = flat.log_softmax(-1).gather(-1, batch["target_ids"].unsqueeze(-1)).squeeze(-1)
+    finally:
+        model.train(training)
+    found = torch.stack([(ours - theirs).abs().max(), flat.abs().max()]).reshape(1, 2)
+    gap, largest = gather(found).max(dim=0).values.tolist()
+    tolerance = 1e-4 + 3 * eps * (1 + largest)
+    if not gap <= tolerance:  # NaN fails too
+        raise ModelError(
+            f"{name}: the chunked LM head's log-probs differ from the model's own forward by up to {gap:.3g} "
+            f"(tolerance {tolerance:.2g}) on the first training row; its head transforms the logits in a way this "
+            "trainer does not reproduce, so it would train a different objective (nothing was trained)"
+        )
+    return gap
+
+
+def head_row(feature: dict[str, Any]) -> list[int]:
+    """The head check's row: the end of a pair's prompt and the start of its chosen answer (or SFT's completion)."""
+    return (list(feature["prompt_ids"])[-CHECK_PROMPT_TOKENS:] + list(feature["chosen_ids"]))[:CHECK_TOKENS]
