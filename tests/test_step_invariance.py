@@ -137,22 +137,32 @@ import os, sys
 from pathlib import Path
 from accelerate import PartialState
 from autotrain import project
+from autotrain.errors import ModelError
 from autotrain.trainers.clm.params import LLMTrainingParams
 from autotrain.trainers.clm.__main__ import _configure_logging
 
+sys.path.insert(0, sys.argv[1])
+import test_head_check  # registers ScaledLlamaForCausalLM, the wrong head
+
 os.environ.setdefault("ACCELERATE_USE_CPU", "true")
 _configure_logging(int(os.environ.get("RANK", "0")), False)
-for path in sys.argv[1:]:
+for path in sys.argv[2:]:
     params = LLMTrainingParams.load_json(path)
     Path(params.project_name).mkdir(parents=True, exist_ok=True)
     PartialState().wait_for_everyone()
-    project.run(params, folder_checked=True)
+    try:
+        project.run(params, folder_checked=True)
+    except ModelError as exc:  # the wrong head, last: every process refuses it, none waits for the others
+        print(f"rank {os.environ['RANK']} refused: {exc}", flush=True)
 """
 
 
 @pytest.fixture(scope="module")
-def launched_runs(tmp_path_factory, chat_model) -> dict[str, Path]:
-    """2 processes x batch 2 x accumulation 1, for each method in turn, in one torchrun launch."""
+def launched_runs(tmp_path_factory, chat_model) -> dict[str, Path | str]:
+    """2 processes x batch 2 x accumulation 1, for each method in turn, then the head check's wrong head (packed,
+    LoRA), in one torchrun launch."""
+    from test_head_check import scaled_model_dir
+
     root = tmp_path_factory.mktemp("launched-splits")
     data = data_folder(root)
     configs, projects = [], {}
@@ -161,14 +171,17 @@ def launched_runs(tmp_path_factory, chat_model) -> dict[str, Path]:
         config = root / f"{method}.json"
         params_for(chat_model, data, projects[method], method, 2, 1).save_json(config)
         configs.append(str(config))
+    scaled = params_for(scaled_model_dir(root / "scaled-model"), data, root / "scaled-2proc", "orpo", 2, 1, peft=True)
+    scaled.save_json(root / "scaled.json")
     script = root / "launched.py"
     script.write_text(textwrap.dedent(LAUNCHED))
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-         *configs], capture_output=True, text=True, timeout=420, env=env)
+         str(Path(__file__).parent), *configs, str(root / "scaled.json")], capture_output=True, text=True,
+        timeout=420, env=env)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    return projects
+    return {**projects, "stdout": done.stdout}
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -185,3 +198,17 @@ def test_eval_metrics_of_two_processes_count_each_pair_once(launched_runs, split
         assert keys == {k for k in a if k.startswith("eval_") and not k.endswith(("runtime", "per_second"))}
         for key in sorted(keys):
             assert_close(a[key], b[key], f"step {b['step']} {key}")
+
+
+def test_the_head_check_refuses_on_every_process(launched_runs):
+    refused = [line for line in launched_runs["stdout"].splitlines() if " refused: " in line]
+    assert sorted(line.split(" refused: ")[0] for line in refused) == ["rank 0", "rank 1"]
+    assert all(" refused: ScaledLlamaForCausalLM: the chunked LM head's log-probs differ" in line for line in refused)
+
+
+def test_dpo_starts_with_every_pair_a_tie(split_runs):
+    """Before the first step the policy is its reference (LoRA's B is 0): every implicit reward is 0, every pair a
+    tie, counted as a tie and not as a loss for accuracy."""
+    first = evals(split_runs["dpo", 4, 1])[0]
+    assert first["step"] == 0
+    assert first["eval_rewards/ties"] == 1.0 and first["eval_rewards/accuracies"] == 0.0

@@ -21,10 +21,12 @@ This module imports only torch (and transformers' PreTrainedModel, to leave mode
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
-__all__ = ["disable_dropout"]
+__all__ = ["disable_dropout", "eval_mode"]
 
 _LORA_DROPOUT = "lora_dropout"
 
@@ -62,3 +64,17 @@ def disable_dropout(model: torch.nn.Module) -> int:
             module.config = private[id(config)]
             zeroed += 1
     return zeroed
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode for one pass that must not depend on dropout (a reference, a check), then back to the mode it had;
+    also with disable_dropout off, and for LoRA's dropout."""
+    training = model.training
+    if training:
+        model.eval()
+    try:
+        yield
+    finally:
+        if training:
+            model.train()

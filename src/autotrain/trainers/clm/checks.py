@@ -12,11 +12,17 @@
 from __future__ import annotations
 
 import inspect
+import logging
+import time
 from typing import Any, Callable
 
 import torch
+from transformers import TrainerCallback
 
+from autotrain.dropout import eval_mode
 from autotrain.errors import ModelError
+
+logger = logging.getLogger("autotrain")
 
 # An fp16 overflow at this loss scale or below stops the run: the scaled gradients overflow although the loss is no
 # longer scaled up, so halving the scale again cannot help (DeepSpeed's default min_loss_scale is also 1).
@@ -62,6 +68,15 @@ def check_trainer_api(trainer_class: type) -> None:
         )
 
 
+def check_undivided(backward_loss: torch.Tensor, returned_loss: torch.Tensor) -> None:
+    """The loss training_step backpropagated (and returned) must be compute_loss's, undivided."""
+    if not torch.equal(backward_loss, returned_loss):
+        raise RuntimeError(
+            "transformers.Trainer divided the loss by the accumulation steps although this trainer declares it "
+            "scaled (loss_is_scaled_for_ga); this transformers version is not supported"
+        )
+
+
 def _class_attributes(cls: type) -> set[str]:
     return {name for klass in cls.__mro__ if klass.__module__.startswith("transformers") for name in vars(klass)}
 
@@ -95,14 +110,15 @@ def stop_message(problem: str, step: int, last_checkpoint: str | None, applied: 
     return f"{problem} at step {step}; {state} and no final model was saved; {last} ({hint})"
 
 
-def check_head(model: torch.nn.Module, row: list[int], chunked: Callable[[torch.nn.Module, dict], torch.Tensor],
+def check_head(model: torch.nn.Module, row: list[int], sequence_logps: Callable[[torch.nn.Module, dict], Any],
                device: torch.device, eps: float, gather: Callable[[torch.Tensor], torch.Tensor],
                name: str) -> float:
     """Compare the chunked head's log-probs of one row with a log-softmax of the model's own logits; raise
     ModelError past the tolerance, return the gap otherwise.
 
-    `row`: token ids (at least 2). `chunked(model, batch)`: [K] log-probs of the batch's K targets through the
-    training code path. Both run on one ordinary padded row (the same decoder inputs, so only the heads differ), in
+    `row`: token ids (at least 2). `sequence_logps`: the training code path (autotrain.trainers.clm.trainer), run on
+    the row's targets with each target made a sequence of its own, so that its per-sequence sums are per-token
+    log-probs. Both sides run on one ordinary padded row (the same decoder inputs, so only the heads differ), in
     eval mode and without grad. The tolerance is 1e-4 plus 3 units in the last place of the largest logit, in the
     precision the head computes in (`eps`: 2**-7 for bf16, 2**-10 for fp16, float32's eps otherwise): logits rounded
     to that precision differ by at most an ulp each between two matmuls of different shapes, which moves a log-prob
@@ -114,16 +130,14 @@ def check_head(model: torch.nn.Module, row: list[int], chunked: Callable[[torch.
 
     batch = PaddedCollator(pad_id=0)([{"prompt_ids": row[:1], "chosen_ids": row[1:], "rejected_ids": []}])
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            ours = chunked(model, batch).float()
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-            flat = logits.float().reshape(-1, logits.shape[-1]).index_select(0, batch["hidden_index"])
-            theirs = flat.log_softmax(-1).gather(-1, batch["target_ids"].unsqueeze(-1)).squeeze(-1)
-    finally:
-        model.train(training)
+    k = batch["target_ids"].shape[0]
+    alone = {**batch, "target_seq": torch.arange(k, device=device), "num_pairs": k,
+             "in_completion": torch.ones(k, dtype=torch.bool, device=device)}
+    with torch.no_grad(), eval_mode(model):
+        ours = sequence_logps(model, alone).sums[:k].float()
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        flat = logits.float().reshape(-1, logits.shape[-1]).index_select(0, batch["hidden_index"])
+        theirs = flat.log_softmax(-1).gather(-1, batch["target_ids"].unsqueeze(-1)).squeeze(-1)
     found = torch.stack([(ours - theirs).abs().max(), flat.abs().max()]).reshape(1, 2)
     gap, largest = gather(found).max(dim=0).values.tolist()
     tolerance = 1e-4 + 3 * eps * (1 + largest)
@@ -139,3 +153,33 @@ def check_head(model: torch.nn.Module, row: list[int], chunked: Callable[[torch.
 def head_row(feature: dict[str, Any]) -> list[int]:
     """The head check's row: the end of a pair's prompt and the start of its chosen answer (or SFT's completion)."""
     return (list(feature["prompt_ids"])[-CHECK_PROMPT_TOKENS:] + list(feature["chosen_ids"]))[:CHECK_TOKENS]
+
+
+class HeadCheck(TrainerCallback):
+    """check_head on the first training pair when training begins: after the model is wrapped for its processes (the
+    check runs through the wrapper, on every process), before any evaluation or optimizer step."""
+
+    def __init__(self, trainer: Any, sequence_logps: Callable[[torch.nn.Module, dict], Any]):
+        self.trainer, self.sequence_logps = trainer, sequence_logps
+        self.seconds: float | None = None  # what the check cost, once it ran
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
+        self.run()
+
+    def run(self) -> float:
+        """Check the first training pair; return the largest gap (ModelError past the tolerance)."""
+        start = time.perf_counter()
+        trainer = self.trainer
+        model = trainer.model_wrapped
+        base = trainer.accelerator.unwrap_model(model)
+        base = base.get_base_model() if hasattr(base, "get_base_model") else base  # PEFT
+        dtype = base.get_output_embeddings().weight.dtype
+        eps = max({"bf16": 2.0**-7, "fp16": 2.0**-10}.get(str(trainer.accelerator.mixed_precision), 0.0),
+                  torch.finfo(dtype).eps if dtype.is_floating_point else 0.0)
+        gap = check_head(model, head_row(trainer.train_dataset[0]), self.sequence_logps, trainer.args.device, eps,
+                         trainer.accelerator.gather, type(base).__name__)
+        self.seconds = time.perf_counter() - start
+        logger.info("checked: the chunked LM head gives the model's own log-probs (largest gap %.1g, %.2f s)", gap,
+                    self.seconds)
+        return gap
+

@@ -1,28 +1,26 @@
-"""The one training loop: a transformers.Trainer whose loss is the method's.
+"""The one training loop: a transformers.Trainer whose loss is the method's, reduced over each whole step.
 
 transformers owns the loop, the optimizer, the schedule, checkpoints and mixed precision. This module owns only
-what it lacks: the forward pass that computes log-probs at the collator's targets (never the full logits), the
-method's loss, and metrics that stay on the device until a logging step reads them.
+what it lacks: the forward pass that computes log-probs at the collator's targets (never the full logits), each
+method's per-pair terms (autotrain.losses defines how they reduce), and metrics that stay on the device until a
+logging step reads them. The loop's own checks live in autotrain.trainers.clm.checks.
 """
 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from transformers import EvalPrediction, Trainer, TrainerCallback
+from transformers import EvalPrediction, Trainer
 
+from autotrain import dropout
 from autotrain.attention import decoder_inputs
 from autotrain.errors import TrainingError
 from autotrain.logprobs import segment_sum, token_logps
-from autotrain import dropout
 from autotrain.losses import PAIRS, PairTerms, dpo_loss, orpo_loss, reduce_columns
 from autotrain.models import decoder_and_head
 from autotrain.trainers.clm import checks, safety
@@ -101,16 +99,6 @@ Reference = Callable[[dict[str, Any]], torch.Tensor]  # batch -> [2B] summed com
 Metrics = dict[str, torch.Tensor]
 
 
-def target_logps(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-    """[K] log-prob of each of the batch's K targets, through sequence_logps itself (each target made a sequence of
-    its own), so that a check of these values checks the code path training uses."""
-    k = batch["target_ids"].shape[0]
-    device = batch["target_ids"].device
-    alone = {**batch, "target_seq": torch.arange(k, device=device), "num_pairs": k,
-             "in_completion": torch.ones(k, dtype=torch.bool, device=device)}
-    return sequence_logps(model, alone).sums[:k]
-
-
 def orpo_terms(model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: Reference | None = None
                ) -> PairTerms:
     """ORPO per pair: the chosen side's NLL and beta times the odds-ratio term; metrics under TRL's names."""
@@ -171,29 +159,6 @@ def _reward_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor
     }
 
 
-def one_batch(terms: PairTerms) -> tuple[torch.Tensor, Metrics]:
-    """A micro-batch on its own (one micro-batch, one process): its loss and its metrics."""
-    return terms.loss(), terms.batch_metrics()
-
-
-def orpo_step(model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: Reference | None = None
-              ) -> tuple[torch.Tensor, Metrics]:
-    """ORPO's loss and metrics on one batch alone (see orpo_terms)."""
-    return one_batch(orpo_terms(model, batch, beta, reference))
-
-
-def dpo_step(model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: Reference | None = None
-             ) -> tuple[torch.Tensor, Metrics]:
-    """DPO's loss and metrics on one batch alone (see dpo_terms)."""
-    return one_batch(dpo_terms(model, batch, beta, reference))
-
-
-def sft_step(model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: Reference | None = None
-             ) -> tuple[torch.Tensor, Metrics]:
-    """SFT's loss (the token-mean NLL) and metrics on one batch alone (see sft_terms)."""
-    return one_batch(sft_terms(model, batch, beta, reference))
-
-
 @dataclass(frozen=True)
 class Method:
     """What sets one training method apart; everything else (data stage, collators, loop, outputs) is shared."""
@@ -202,12 +167,21 @@ class Method:
     paired: bool  # needs a rejected completion per row
     reference: bool  # needs a frozen reference model
 
+    def step(self, model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: Reference | None = None
+             ) -> tuple[torch.Tensor, Metrics]:
+        """One batch on its own (one micro-batch, one process): its loss and its metrics (TRL's names)."""
+        terms = self.terms(model, batch, beta, reference)
+        return terms.loss(), terms.batch_metrics()
 
+
+ORPO = Method(orpo_terms, paired=True, reference=False)
+DPO = Method(dpo_terms, paired=True, reference=True)
 SFT = Method(sft_terms, paired=False, reference=False)
+orpo_step, dpo_step, sft_step = ORPO.step, DPO.step, SFT.step
 # One entry per --trainer choice (params.TRAINER_NAMES); `default` is the seed's name for sft.
 METHODS: dict[str, Method] = {
-    "orpo": Method(orpo_terms, paired=True, reference=False),
-    "dpo": Method(dpo_terms, paired=True, reference=True),
+    "orpo": ORPO,
+    "dpo": DPO,
     "sft": SFT,
     "default": SFT,
 }
@@ -216,12 +190,10 @@ METHODS: dict[str, Method] = {
 class PreferenceTrainer(Trainer):
     """transformers.Trainer with a method's loss, reduced over each whole optimizer step (autotrain.losses).
 
-    get_batch_samples counts the step's NLL tokens, pairs and micro-batches on the device, all-reduced over the
-    processes (no host sync), and hands them to compute_loss as num_items_in_batch; each micro-batch's loss is then
-    its share of the step's loss, times the number of processes (whose gradients DDP/FSDP/DeepSpeed average), and
-    reaches backward as is. Training metrics are summed per pair on the device between logging steps; evaluation
-    returns per-pair values, which Trainer gathers without the pairs `even_batches` repeats, and reduces them over
-    the whole split.
+    get_batch_samples counts the step's NLL tokens, pairs and micro-batches on the device, summed over the processes
+    (no host sync), and hands them to compute_loss as num_items_in_batch; a micro-batch's loss is its share of the
+    step's loss, times the processes (whose gradients DDP/FSDP/DeepSpeed average), and reaches backward undivided.
+    Evaluation returns per-pair values, which Trainer gathers without the pairs `even_batches` repeats.
     """
 
     # compute_loss returns each micro-batch's share of the step's loss: Trainer must not divide it again.
@@ -236,15 +208,14 @@ class PreferenceTrainer(Trainer):
         self.model_accepts_loss_kwargs = True
         self.method, self.beta = METHODS[method], beta
         self.ref_model = ref_model
-        if disable_dropout:
-            dropout.disable_dropout(self.model)
-            if ref_model is not None:
-                dropout.disable_dropout(ref_model)
+        for net in (self.model, ref_model) if disable_dropout else ():
+            if net is not None:
+                dropout.disable_dropout(net)
         if ref_model is not None:
             ref_model.requires_grad_(False).eval().to(self.args.device)
         if self.compute_metrics is None:
             self.compute_metrics = self._eval_metrics
-        self.add_callback(_HeadCheck(self))
+        self.add_callback(checks.HeadCheck(self, sequence_logps))
         # Per-pair column sums of the training micro-batches since the last log; on the device until a log reads them.
         self._window: dict[str, torch.Tensor] = {}
         self._nll_weight = 1.0
@@ -254,7 +225,6 @@ class PreferenceTrainer(Trainer):
         self._last_loss: torch.Tensor | None = None
         self._staging = False
         self.num_tokens = 0  # real tokens trained on by this process (host count from the collator)
-        self.head_check_seconds = 0.0
         if self.method.reference and precompute_ref:
             self.train_dataset = self.precompute_reference(self.train_dataset)
             if self.eval_dataset is not None:
@@ -263,9 +233,8 @@ class PreferenceTrainer(Trainer):
 
     def reference_sums(self, model: torch.nn.Module, batch: dict[str, Any], untrained: bool = False) -> torch.Tensor:
         """[2B] summed completion log-probs of the frozen reference: precomputed, a separate model, this model with
-        its adapters disabled (the same weights, so no second copy in memory), or, when `untrained` (precomputing
-        before the first step), this model itself. Always without dropout: a separate model is in eval mode, and
-        this model is switched to it for the reference pass."""
+        its adapters disabled (the same weights, no second copy), or, when `untrained` (precomputing before the first
+        step), this model itself. Never with dropout: a separate model is in eval mode, this one is switched to it."""
         if "ref_logps" in batch:
             return batch["ref_logps"]
         if self.ref_model is not None:
@@ -273,7 +242,7 @@ class PreferenceTrainer(Trainer):
         inner = unwrap(model)
         if not hasattr(inner, "disable_adapter") and not untrained:
             raise ValueError("DPO without --peft needs a reference model (the trainer is built with ref_model)")
-        with _eval_mode(model):
+        with dropout.eval_mode(model):
             if hasattr(inner, "disable_adapter"):
                 with inner.disable_adapter():
                     return sequence_logps(model, batch).sums
@@ -288,7 +257,7 @@ class PreferenceTrainer(Trainer):
         model, loader = self.model, self.get_eval_dataloader(dataset)
         chosen: list[float] = []
         rejected: list[float] = []
-        with torch.no_grad(), self.compute_loss_context_manager(), _eval_mode(model):
+        with torch.no_grad(), self.compute_loss_context_manager(), dropout.eval_mode(model):
             for batch in loader:
                 batch = self._prepare_inputs(batch)
                 sums = self.reference_sums(model, batch, untrained=True)
@@ -299,21 +268,6 @@ class PreferenceTrainer(Trainer):
         if len(chosen) != len(dataset):
             raise RuntimeError(f"reference pass gave {len(chosen)} pairs for a dataset of {len(dataset)}")
         return dataset.add_column("ref_chosen_logps", chosen).add_column("ref_rejected_logps", rejected)
-
-    def check_head(self) -> float:
-        """The start-up self-check (autotrain.trainers.clm.checks.check_head) on the first training pair."""
-        start = time.perf_counter()
-        model = self.model_wrapped
-        head = unwrap(model)
-        base = head.get_base_model() if hasattr(head, "get_base_model") else head
-        weight_dtype = base.get_output_embeddings().weight.dtype
-        eps = max({"bf16": 2.0**-7, "fp16": 2.0**-10}.get(str(self.accelerator.mixed_precision), 0.0),
-                  torch.finfo(weight_dtype).eps if weight_dtype.is_floating_point else 0.0)
-        row = checks.head_row(self.train_dataset[0])
-        gap = checks.check_head(model, row, target_logps, self.args.device, eps, self.accelerator.gather,
-                                type(base).__name__)
-        self.head_check_seconds = time.perf_counter() - start
-        return gap
 
     def get_batch_samples(self, epoch_iterator, num_batches, *args, **kwargs):  # noqa: D102
         batches, _ = super().get_batch_samples(epoch_iterator, num_batches, *args, **kwargs)
@@ -331,12 +285,8 @@ class PreferenceTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: D102
         loss = super().training_step(model, inputs, num_items_in_batch)
         if not self._scaling_checked and getattr(self, "current_gradient_accumulation_steps", 1) > 1:
-            # The one check that the accumulation rule held (checks.check_trainer_api): one host read, once.
-            if not torch.equal(loss, self._last_loss):
-                raise RuntimeError(
-                    "transformers.Trainer divided the loss by the accumulation steps although this trainer declares "
-                    "it scaled (loss_is_scaled_for_ga); this transformers version is not supported"
-                )
+            # The accumulation rule held (checks.check_trainer_api): checked once, one host read.
+            checks.check_undivided(loss, self._last_loss)
             self._scaling_checked = True
         return loss
 
@@ -369,22 +319,22 @@ class PreferenceTrainer(Trainer):
             total = column.sum()
             self._window[name] = self._window[name] + total if name in self._window else total
 
-    def _read_flags(self, grad_norm: Any = None) -> list[bool]:
-        """[loss finite, grad finite]: the one host read per optimizer step (whether to step at all)."""
+    def _read_flags(self, grad_norm: Any = None) -> tuple[bool, bool]:
+        """(loss finite over the step so far, gradient norm finite): the one host read per optimizer step."""
         flags = [self._loss_finite if self._loss_finite is not None else torch.tensor(True)]
         if grad_norm is not None:
-            flags.append(torch.isfinite(torch.as_tensor(grad_norm)).all())
+            flags.append(torch.isfinite(torch.as_tensor(grad_norm)).all().to(flags[0].device))
         self._loss_finite = None
-        return [bool(flag) for flag in torch.stack([f.to(flags[0].device) for f in flags]).tolist()] + [True]
+        loss_ok, *grad = torch.stack(flags).tolist()
+        return bool(loss_ok), bool(grad[0]) if grad else True
 
     def _clip_grad_norm(self, model):
         grad_norm = super()._clip_grad_norm(model)
-        loss_ok, grad_ok, *_ = self._read_flags(grad_norm)
+        loss_ok, grad_ok = self._read_flags(grad_norm)
         if self.is_deepspeed_enabled:
-            # The loss was checked before backward; DeepSpeed has stepped by now. Its fp16 scaler skips overflow
-            # steps itself; otherwise a non-finite gradient was applied.
-            problem = None if grad_ok or self.args.fp16 else "non-finite gradient"
-            self._stop_on(problem, applied=True)
+            # The loss was checked before backward, and DeepSpeed has stepped by now: its fp16 scaler skips an overflow
+            # step itself; otherwise a non-finite gradient was applied.
+            self._stop_on(None if grad_ok or self.args.fp16 else "non-finite gradient", applied=True)
             return grad_norm
         scaler = getattr(self.accelerator, "scaler", None)
         scale = scaler.get_scale() if not grad_ok and scaler is not None and scaler.is_enabled() else None
@@ -432,14 +382,12 @@ class PreferenceTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:  # noqa: D102
         if self._window and not any(key.startswith("eval_") for key in logs):
-            # One stacked transfer for all sums instead of one sync per value; with several processes, one all-reduce
-            # of the sums and the token counts, so the metrics are exact over every process's pairs and tokens.
+            # One stacked transfer (and with several processes one all-reduce) of all sums and the token count.
             names = list(self._window)
             device = self._window[names[0]].device
             dtype = torch.float32 if device.type == "mps" else torch.float64  # exact token counts; MPS has no fp64
-            sums = [self._window[n].to(dtype) for n in names] + [torch.full((), self.num_tokens, dtype=dtype,
-                                                                            device=device)]
-            totals = torch.stack(sums)
+            tokens = torch.full((), self.num_tokens, dtype=dtype, device=device)
+            totals = torch.stack([self._window[n].to(dtype) for n in names] + [tokens])
             if self.accelerator.num_processes > 1:
                 totals = self.accelerator.reduce(totals, reduction="sum")
             totals = totals.tolist()
@@ -450,26 +398,3 @@ class PreferenceTrainer(Trainer):
             if "loss" in logs:
                 logs["num_tokens"] = int(totals[-1])
         super().log(logs, start_time)
-
-
-class _HeadCheck(TrainerCallback):
-    """Runs the head self-check when training begins: after the model is wrapped, before any evaluation or step."""
-
-    def __init__(self, trainer: PreferenceTrainer):
-        self.trainer = trainer
-
-    def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
-        self.trainer.check_head()
-
-
-@contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """No dropout for a pass that must be deterministic (a reference), whatever mode the model was in."""
-    training = model.training
-    if training:
-        model.eval()
-    try:
-        yield
-    finally:
-        if training:
-            model.train()
