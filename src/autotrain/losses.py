@@ -21,7 +21,9 @@ per-micro-batch means, and batch 4 x accumulation 1, 2 x 2, 1 x 4 and 2 processe
 `PairTerms` holds one micro-batch's per-pair sums; `PairTerms.loss(N_tokens, N_pairs)` is that micro-batch's share
 (its sums over the step's counts), and the shares of a step add up to L. Data-parallel wrappers (DDP, FSDP,
 DeepSpeed) average gradients over the P processes, so the trainer multiplies each share by P. With no counts given
-the share is the micro-batch's own loss (one micro-batch, one process). Metrics reduce the same way
+the share is the micro-batch's own loss (one micro-batch, one process). A term that is defined per micro-batch
+(`PairTerms.batch_term`, e.g. an MoE router's auxiliary loss) is averaged over the step's micro-batches (over all
+processes). Metrics reduce the same way
 (`reduce_columns`): nll_loss is a token mean, every other metric a mean over pairs, over a logging window or a whole
 evaluation split.
 """
@@ -234,17 +236,24 @@ class PairTerms:
     pair_loss: Tensor  # [B] each pair's preference term, its weight included (ORPO: beta * L_OR); zeros for SFT
     nll_weight: float  # 1.0 when the NLL is part of the loss (ORPO, SFT), 0.0 when it is only reported (DPO)
     metrics: dict[str, Tensor] = field(default_factory=dict)  # [B] per-pair values, reported as means over pairs
+    # A scalar term defined per micro-batch, weight included (e.g. an MoE router's auxiliary loss), which the step
+    # averages over its micro-batches; not part of the per-pair evaluation reduction.
+    batch_term: Tensor | None = None
 
-    def loss(self, num_tokens: Tensor | float | None = None, num_pairs: Tensor | float | None = None) -> Tensor:
-        """This micro-batch's share of the loss of a step with `num_tokens` NLL targets and `num_pairs` pairs; by
-        default the micro-batch alone (its own loss)."""
-        return step_loss(
+    def loss(self, num_tokens: Tensor | float | None = None, num_pairs: Tensor | float | None = None,
+             num_batches: Tensor | float | None = None) -> Tensor:
+        """This micro-batch's share of the loss of a step with `num_tokens` NLL targets, `num_pairs` pairs and
+        `num_batches` micro-batches; by default the micro-batch alone (its own loss)."""
+        loss = step_loss(
             self.nll.sum(),
             self.pair_loss.sum(),
             self.nll_tokens.sum() if num_tokens is None else num_tokens,
             self.pair_loss.shape[0] if num_pairs is None else num_pairs,
             self.nll_weight,
         )
+        if self.batch_term is not None:
+            loss = loss + self.batch_term / _at_least_one(1 if num_batches is None else num_batches)
+        return loss
 
     def columns(self) -> dict[str, Tensor]:
         """Every per-pair value, detached, by name: what an evaluation gathers and a logging window sums."""

@@ -110,37 +110,48 @@ def stop_message(problem: str, step: int, last_checkpoint: str | None, applied: 
     return f"{problem} at step {step}; {state} and no final model was saved; {last} ({hint})"
 
 
+def head_tolerance(largest_logit: float, width: int, eps: float) -> float:
+    """How far two correct computations of the same log-probs may differ.
+
+    Both sides compute the same logits from bitwise the same hidden states (one row, the same decoder inputs), with
+    matmuls of different shapes, whose float32 accumulation differs by up to about sqrt(width) float32 ulps of the
+    logits' scale (width: the hidden size summed over), and which are then rounded to the head's output precision
+    (`eps`: 2**-7 for bf16, 2**-10 for fp16, float32's eps in fp32) once each; a log-softmax moves a log-prob by at
+    most twice its logits' largest change. Margins of 8 and 3 on those two terms, plus 1e-3. A head transform this
+    trainer does not apply (a scale, a cap) moves log-probs of a trained model by a good part of a nat or more.
+    """
+    float32 = torch.finfo(torch.float32).eps
+    return 1e-3 + (3 * eps + 8 * width**0.5 * float32) * (1 + largest_logit)
+
+
 def check_head(model: torch.nn.Module, row: list[int], sequence_logps: Callable[[torch.nn.Module, dict], Any],
-               device: torch.device, eps: float, gather: Callable[[torch.Tensor], torch.Tensor],
+               device: torch.device, precision: tuple[int, float], gather: Callable[[torch.Tensor], torch.Tensor],
                name: str) -> float:
     """Compare the chunked head's log-probs of one row with a log-softmax of the model's own logits; raise
-    ModelError past the tolerance, return the gap otherwise.
+    ModelError past head_tolerance, return the gap otherwise.
 
     `row`: token ids (at least 2). `sequence_logps`: the training code path (autotrain.trainers.clm.trainer), run on
     the row's targets with each target made a sequence of its own, so that its per-sequence sums are per-token
     log-probs. Both sides run on one ordinary padded row (the same decoder inputs, so only the heads differ), in
-    eval mode and without grad. The tolerance is 1e-4 plus 3 units in the last place of the largest logit, in the
-    precision the head computes in (`eps`: 2**-7 for bf16, 2**-10 for fp16, float32's eps otherwise): logits rounded
-    to that precision differ by at most an ulp each between two matmuls of different shapes, which moves a log-prob
-    by at most two. A missing transform (a scale, a cap, a bias) moves log-probs by far more on any trained model.
-    `gather` collects every process's gap (all processes take the same decision: none is left waiting for the
-    others in a collective).
+    eval mode and without grad. `precision`: (hidden size, eps of the head's output), for head_tolerance. `gather`
+    collects every process's gap (all processes take the same decision: none is left waiting in a collective).
     """
-    from autotrain.data.collate import PaddedCollator
-
-    batch = PaddedCollator(pad_id=0)([{"prompt_ids": row[:1], "chosen_ids": row[1:], "rejected_ids": []}])
-    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    k = batch["target_ids"].shape[0]
-    alone = {**batch, "target_seq": torch.arange(k, device=device), "num_pairs": k,
-             "in_completion": torch.ones(k, dtype=torch.bool, device=device)}
+    # The padded layout of autotrain.data.collate for one unpadded row, every position after the first a target of
+    # its own (sequence k is target k).
+    k = len(row) - 1
+    ids = torch.tensor([row], device=device)
+    everywhere = torch.ones(k, dtype=torch.bool, device=device)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "hidden_index": torch.arange(k, device=device),
+             "target_ids": ids[0, 1:], "target_seq": torch.arange(k, device=device), "in_completion": everywhere,
+             "in_nll": everywhere, "num_pairs": k, "num_real_tokens": len(row)}
     with torch.no_grad(), eval_mode(model):
-        ours = sequence_logps(model, alone).sums[:k].float()
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        flat = logits.float().reshape(-1, logits.shape[-1]).index_select(0, batch["hidden_index"])
+        ours = sequence_logps(model, batch).sums[:k].float()
+        logits = model(input_ids=ids, attention_mask=batch["attention_mask"], use_cache=False).logits
+        flat = logits[0, :k].float()
         theirs = flat.log_softmax(-1).gather(-1, batch["target_ids"].unsqueeze(-1)).squeeze(-1)
     found = torch.stack([(ours - theirs).abs().max(), flat.abs().max()]).reshape(1, 2)
     gap, largest = gather(found).max(dim=0).values.tolist()
-    tolerance = 1e-4 + 3 * eps * (1 + largest)
+    tolerance = head_tolerance(largest, *precision)
     if not gap <= tolerance:  # NaN fails too
         raise ModelError(
             f"{name}: the chunked LM head's log-probs differ from the model's own forward by up to {gap:.3g} "
@@ -173,11 +184,12 @@ class HeadCheck(TrainerCallback):
         model = trainer.model_wrapped
         base = trainer.accelerator.unwrap_model(model)
         base = base.get_base_model() if hasattr(base, "get_base_model") else base  # PEFT
-        dtype = base.get_output_embeddings().weight.dtype
+        weight = base.get_output_embeddings().weight
         eps = max({"bf16": 2.0**-7, "fp16": 2.0**-10}.get(str(trainer.accelerator.mixed_precision), 0.0),
-                  torch.finfo(dtype).eps if dtype.is_floating_point else 0.0)
-        gap = check_head(model, head_row(trainer.train_dataset[0]), self.sequence_logps, trainer.args.device, eps,
-                         trainer.accelerator.gather, type(base).__name__)
+                  torch.finfo(weight.dtype).eps if weight.dtype.is_floating_point else 0.0)
+        width = getattr(base.config, "hidden_size", None) or weight.shape[-1]  # a sharded weight may be flat
+        gap = check_head(model, head_row(trainer.train_dataset[0]), self.sequence_logps, trainer.args.device,
+                         (width, eps), trainer.accelerator.gather, type(base).__name__)
         self.seconds = time.perf_counter() - start
         logger.info("checked: the chunked LM head gives the model's own log-probs (largest gap %.1g, %.2f s)", gap,
                     self.seconds)

@@ -295,8 +295,7 @@ class PreferenceTrainer(Trainer):
         if num_items_in_batch is None:  # a batch on its own
             loss = terms.loss()
         else:
-            tokens, pairs, _ = num_items_in_batch
-            loss = terms.loss(tokens, pairs) * self.accelerator.num_processes
+            loss = terms.loss(*num_items_in_batch) * self.accelerator.num_processes
         if model.training:
             self._add_to_window(terms, inputs)
             finite = torch.isfinite(loss.detach())
