@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 from transformers import TrainerCallback
@@ -124,37 +124,51 @@ def head_tolerance(largest_logit: float, width: int, eps: float) -> float:
     return 1e-3 + (3 * eps + 8 * width**0.5 * float32) * (1 + largest_logit)
 
 
-def check_head(model: torch.nn.Module, row: list[int], sequence_logps: Callable[[torch.nn.Module, dict], Any],
-               device: torch.device, precision: tuple[int, float], gather: Callable[[torch.Tensor], torch.Tensor],
-               name: str) -> float:
-    """Compare the chunked head's log-probs of one row with a log-softmax of the model's own logits; raise
-    ModelError past head_tolerance, return the gap otherwise.
+class HeadSpec(NamedTuple):
+    """What check_head needs to know of the model: its class name (for the error), vocabulary size, hidden size
+    (the matmul width, for the tolerance) and the eps of the head's output precision."""
 
-    `row`: token ids (at least 2). `sequence_logps`: the training code path (autotrain.trainers.clm.trainer), run on
-    the row's targets with each target made a sequence of its own, so that its per-sequence sums are per-token
-    log-probs. Both sides run on one ordinary padded row (the same decoder inputs, so only the heads differ), in
-    eval mode and without grad. `precision`: (hidden size, eps of the head's output), for head_tolerance. `gather`
-    collects every process's gap (all processes take the same decision: none is left waiting in a collective).
+    name: str
+    vocab: int
+    width: int
+    eps: float
+
+
+def check_head(model: torch.nn.Module, row: list[int], sequence_logps: Callable[[torch.nn.Module, dict], Any],
+               device: torch.device, spec: HeadSpec, gather: Callable[[torch.Tensor], torch.Tensor]) -> float:
+    """Compare the chunked head's log-probs at the last position of one row with a log-softmax of the logits the
+    model's own forward returns there; raise ModelError past head_tolerance, return the gap otherwise.
+
+    One forward, in eval mode and without grad: `sequence_logps` (the training code path) runs the row, with targets
+    at its last position only, each a sequence of its own (so its per-sequence sums are per-token log-probs), while
+    the model's forward, asked for the last position's logits (`logits_to_keep=1`), returns them with whatever
+    transform it applies (a scale, a soft cap): both come from bitwise the same hidden state. The targets are the
+    row's own tokens and ids spread over the vocabulary. `gather` collects every process's gap, so all processes
+    take the same decision and none is left waiting in a collective.
     """
-    # The padded layout of autotrain.data.collate for one unpadded row, every position after the first a target of
-    # its own (sequence k is target k).
-    k = len(row) - 1
+    targets = sorted(set(row) | set(range(0, spec.vocab, max(1, spec.vocab // 16))))
+    k, last = len(targets), len(row) - 1
     ids = torch.tensor([row], device=device)
     everywhere = torch.ones(k, dtype=torch.bool, device=device)
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "hidden_index": torch.arange(k, device=device),
-             "target_ids": ids[0, 1:], "target_seq": torch.arange(k, device=device), "in_completion": everywhere,
-             "in_nll": everywhere, "num_pairs": k, "num_real_tokens": len(row)}
-    with torch.no_grad(), eval_mode(model):
-        ours = sequence_logps(model, batch).sums[:k].float()
-        logits = model(input_ids=ids, attention_mask=batch["attention_mask"], use_cache=False).logits
-        flat = logits[0, :k].float()
-        theirs = flat.log_softmax(-1).gather(-1, batch["target_ids"].unsqueeze(-1)).squeeze(-1)
-    found = torch.stack([(ours - theirs).abs().max(), flat.abs().max()]).reshape(1, 2)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+             "hidden_index": torch.full((k,), last, device=device), "target_ids": torch.tensor(targets, device=device),
+             "target_seq": torch.arange(k, device=device), "in_completion": everywhere, "in_nll": everywhere,
+             "num_pairs": k, "num_real_tokens": len(row)}
+    returned: list[torch.Tensor] = []
+    handle = model.register_forward_hook(lambda module, args, output: returned.append(output.logits[0, -1]))
+    try:
+        with torch.no_grad(), eval_mode(model):
+            ours = sequence_logps(model, batch).sums[:k].float()
+    finally:
+        handle.remove()
+    own = returned[-1].float()
+    theirs = own.log_softmax(-1).index_select(0, batch["target_ids"])
+    found = torch.stack([(ours - theirs).abs().max(), own.abs().max()]).reshape(1, 2)
     gap, largest = gather(found).max(dim=0).values.tolist()
-    tolerance = head_tolerance(largest, *precision)
+    tolerance = head_tolerance(largest, spec.width, spec.eps)
     if not gap <= tolerance:  # NaN fails too
         raise ModelError(
-            f"{name}: the chunked LM head's log-probs differ from the model's own forward by up to {gap:.3g} "
+            f"{spec.name}: the chunked LM head's log-probs differ from the model's own forward by up to {gap:.3g} "
             f"(tolerance {tolerance:.2g}) on the first training row; its head transforms the logits in a way this "
             "trainer does not reproduce, so it would train a different objective (nothing was trained)"
         )
@@ -187,9 +201,12 @@ class HeadCheck(TrainerCallback):
         weight = base.get_output_embeddings().weight
         eps = max({"bf16": 2.0**-7, "fp16": 2.0**-10}.get(str(trainer.accelerator.mixed_precision), 0.0),
                   torch.finfo(weight.dtype).eps if weight.dtype.is_floating_point else 0.0)
-        width = getattr(base.config, "hidden_size", None) or weight.shape[-1]  # a sharded weight may be flat
-        gap = check_head(model, head_row(trainer.train_dataset[0]), self.sequence_logps, trainer.args.device,
-                         (width, eps), trainer.accelerator.gather, type(base).__name__)
+        # From the config: a sharded (FSDP, ZeRO-3) weight need not have its full shape here.
+        vocab = getattr(base.config, "vocab_size", None) or weight.shape[0]
+        width = getattr(base.config, "hidden_size", None) or weight.shape[-1]
+        spec = HeadSpec(type(base).__name__, vocab, width, eps)
+        gap = check_head(model, head_row(trainer.train_dataset[0]), self.sequence_logps, trainer.args.device, spec,
+                         trainer.accelerator.gather)
         self.seconds = time.perf_counter() - start
         logger.info("checked: the chunked LM head gives the model's own log-probs (largest gap %.1g, %.2f s)", gap,
                     self.seconds)
