@@ -32,7 +32,7 @@ METHODS = ("orpo", "dpo", "sft")
 SPLITS = ((4, 1), (2, 2), (1, 4))  # (batch_size, gradient_accumulation): 4 pairs per optimizer step
 STEPS = 3
 COMMON = dict(logging_steps=1, max_steps=STEPS, lr=2e-3, warmup_ratio=0.0, lora_dropout=0.0, seed=11,
-              valid_split="validation", save_steps=1000, dpo_beta=0.5,
+              valid_split="validation", save_steps=1000, dpo_beta=0.5, disable_gradient_checkpointing=True,
               # Named, not left to the defaults: a launched process reads every field from training_params.json.
               prompt_text_column="prompt", text_column="chosen", rejected_text_column="rejected")
 # DPO trains LoRA (its reference is the same weights with the adapters off); ORPO and SFT a full fine-tune.
@@ -101,7 +101,9 @@ def split_runs(tmp_path_factory, chat_model) -> dict[tuple[str, int, int], Path]
     for method in METHODS:
         for batch_size, accumulation in SPLITS:
             project = root / f"{method}-{batch_size}x{accumulation}"
-            AutoTrainProject(params_for(chat_model, data, project, method, batch_size, accumulation)).create()
+            compared = {} if (batch_size, accumulation) == SPLITS[0] else {"valid_split": None}  # evals: 4 x 1 only
+            AutoTrainProject(params_for(chat_model, data, project, method, batch_size, accumulation,
+                                        **compared)).create()
             runs[method, batch_size, accumulation] = project
     return runs
 
