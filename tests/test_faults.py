@@ -140,14 +140,14 @@ def test_non_finite_loss_stops_before_the_weights_change(tmp_path, chat_model, m
 
     def poisoned(model, batch, beta, reference):
         calls["n"] += 1
-        loss, metrics = real.step(model, batch, beta, reference)
-        return (loss * float("nan") if calls["n"] == 3 else loss), metrics
+        terms = real.terms(model, batch, beta, reference)
+        return dataclasses.replace(terms, nll=terms.nll * float("nan")) if calls["n"] == 3 else terms
 
-    monkeypatch.setitem(trainer_module.METHODS, "orpo", dataclasses.replace(real, step=poisoned))
+    monkeypatch.setitem(trainer_module.METHODS, "orpo", dataclasses.replace(real, terms=poisoned))
     data = write_jsonl(tmp_path / "pairs.jsonl", arithmetic_pairs(12))
     params = LLMTrainingParams(model=str(chat_model), data_path=str(data), project_name=str(tmp_path / "run"),
                                **{**RUN, "save_steps": 2})
-    with pytest.raises(TrainingError, match=r"non-finite loss or gradient at step 3; .*checkpoint-2"):
+    with pytest.raises(TrainingError, match=r"non-finite loss at step 3; the weights were not updated .*checkpoint-2"):
         AutoTrainProject(params=params).create()
     project = tmp_path / "run"
     assert not (project / "adapter_model.safetensors").exists() and not (project / "README.md").exists()

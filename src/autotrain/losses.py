@@ -4,18 +4,41 @@ Preference Optimization: Your Language Model is Secretly a Reward Model", arXiv 
 
 This module imports nothing but torch: the caller computes the log-probs (see autotrain.logprobs), this module
 turns them into the loss and its named parts.
+
+Reductions: one optimizer step, one loss, however the step is split
+--------------------------------------------------------------------
+A step's loss is defined over all of the step's pairs, on every process, never per micro-batch:
+
+    ORPO:  L = (sum of NLL over the step's NLL tokens) / N_tokens  +  beta * (sum over pairs of -log sigma(log-odds)) / N_pairs
+    DPO:   L = (sum over pairs of -log sigma(beta * margin)) / N_pairs
+    SFT:   L = (sum of NLL over the step's NLL tokens) / N_tokens
+
+N_tokens counts the step's NLL targets (`in_nll`: the chosen completion tokens, and the chosen side's prompt tokens
+with orpo_prompt_loss; SFT: the trained completion tokens) and N_pairs its pairs (SFT: its examples), both summed over
+the step's micro-batches and over all processes. So the NLL is a token mean over the whole step, never a mean of
+per-micro-batch means, and batch 4 x accumulation 1, 2 x 2, 1 x 4 and 2 processes x 2 x 1 train on one gradient.
+
+`PairTerms` holds one micro-batch's per-pair sums; `PairTerms.loss(N_tokens, N_pairs)` is that micro-batch's share
+(its sums over the step's counts), and the shares of a step add up to L. Data-parallel wrappers (DDP, FSDP,
+DeepSpeed) average gradients over the P processes, so the trainer multiplies each share by P. With no counts given
+the share is the micro-batch's own loss (one micro-batch, one process). A term that is defined per micro-batch
+(`PairTerms.batch_term`, e.g. an MoE router's auxiliary loss) is averaged over the step's micro-batches (over all
+processes). Metrics reduce the same way
+(`reduce_columns`): nll_loss is a token mean, every other metric a mean over pairs, over a logging window or a whole
+evaluation split.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["DpoOutput", "OrpoOutput", "dpo_loss", "log1mexp", "orpo_loss"]
+__all__ = ["DpoOutput", "OrpoOutput", "PairTerms", "dpo_loss", "log1mexp", "orpo_loss", "reduce_columns", "step_loss"]
 
 _LN2 = math.log(2.0)
 
@@ -134,6 +157,7 @@ class DpoOutput:
     """DPO's loss and its parts: `loss` is a graph-attached scalar, the rewards are detached [B] tensors."""
 
     loss: Tensor  # scalar: mean over pairs of -log sigmoid(beta * margin)
+    pair_losses: Tensor  # [B]: -log sigmoid(beta * margin), attached (loss is their mean)
     margin: Tensor  # [B]: (log pi(c) - log ref(c)) - (log pi(r) - log ref(r)), attached
     chosen_rewards: Tensor  # [B]: beta * (log pi(c) - log ref(c)), detached ("rewards/chosen")
     rejected_rewards: Tensor  # [B]: beta * (log pi(r) - log ref(r)), detached ("rewards/rejected")
@@ -155,9 +179,90 @@ def dpo_loss(chosen_logps: Tensor, rejected_logps: Tensor, ref_chosen_logps: Ten
     chosen_gain = chosen_logps.to(dtype) - ref_chosen_logps.detach().to(dtype)
     rejected_gain = rejected_logps.to(dtype) - ref_rejected_logps.detach().to(dtype)
     margin = chosen_gain - rejected_gain
+    pair_losses = -F.logsigmoid(beta * margin)
     return DpoOutput(
-        loss=-F.logsigmoid(beta * margin).mean(),
+        loss=pair_losses.mean(),
+        pair_losses=pair_losses,
         margin=margin,
         chosen_rewards=(beta * chosen_gain).detach(),
         rejected_rewards=(beta * rejected_gain).detach(),
     )
+
+
+# The per-pair columns (PairTerms.columns) that the reduction itself reads; every other column is a metric reported as
+# its mean over pairs.
+NLL, NLL_TOKENS, PAIR_LOSS, PAIRS = "nll_sum", "nll_tokens", "pair_loss", "pairs"
+_OWN_COLUMNS = (NLL, NLL_TOKENS, PAIR_LOSS, PAIRS)
+
+
+def step_loss(nll_sum: Tensor, pair_loss_sum: Tensor, num_tokens: Tensor | float, num_pairs: Tensor | float,
+              nll_weight: float) -> Tensor:
+    """nll_weight * nll_sum / num_tokens + pair_loss_sum / num_pairs: the reduction of the module docstring.
+
+    `nll_sum` and `pair_loss_sum` are sums over some pairs (a micro-batch, a step, a split); the counts are those of
+    whatever the loss is normalised over (the step's, for a micro-batch's share). A count of 0 reads as 1 (its sum
+    is then 0 too), so the result stays finite; nll_weight 0 leaves the NLL out altogether (DPO).
+    """
+    loss = pair_loss_sum / _at_least_one(num_pairs)
+    if nll_weight:
+        loss = loss + nll_weight * nll_sum / _at_least_one(num_tokens)
+    return loss
+
+
+def reduce_columns(sums: Mapping[str, Tensor | float], nll_weight: float) -> dict[str, Tensor | float]:
+    """Metrics from column sums (each PairTerms column summed over any set of pairs): `loss` (step_loss over those
+    pairs), `nll_loss` (the token mean of their NLL) and every other column's mean over the pairs. Tensors or floats."""
+    pairs = sums[PAIRS]
+    nll_loss = sums[NLL] / _at_least_one(sums[NLL_TOKENS])
+    metrics = {"loss": step_loss(sums[NLL], sums[PAIR_LOSS], sums[NLL_TOKENS], pairs, nll_weight), "nll_loss": nll_loss}
+    metrics.update({name: value / _at_least_one(pairs) for name, value in sums.items() if name not in _OWN_COLUMNS})
+    return metrics
+
+
+def _at_least_one(count: Tensor | float) -> Tensor | float:
+    return count.clamp(min=1) if isinstance(count, Tensor) else max(count, 1)
+
+
+@dataclass(frozen=True)
+class PairTerms:
+    """One micro-batch of a method, per pair: what every reduction of the module docstring is computed from.
+
+    `nll` and `pair_loss` are attached to the autograd graph; `metrics` are detached. All are [B] (B pairs; SFT: B
+    examples), float32.
+    """
+
+    nll: Tensor  # [B] sum of NLL over each pair's NLL targets (`in_nll`)
+    nll_tokens: Tensor  # [B] the number of those targets
+    pair_loss: Tensor  # [B] each pair's preference term, its weight included (ORPO: beta * L_OR); zeros for SFT
+    nll_weight: float  # 1.0 when the NLL is part of the loss (ORPO, SFT), 0.0 when it is only reported (DPO)
+    metrics: dict[str, Tensor] = field(default_factory=dict)  # [B] per-pair values, reported as means over pairs
+    # A scalar term defined per micro-batch, weight included (e.g. an MoE router's auxiliary loss), which the step
+    # averages over its micro-batches; not part of the per-pair evaluation reduction.
+    batch_term: Tensor | None = None
+
+    def loss(self, num_tokens: Tensor | float | None = None, num_pairs: Tensor | float | None = None,
+             num_batches: Tensor | float | None = None) -> Tensor:
+        """This micro-batch's share of the loss of a step with `num_tokens` NLL targets, `num_pairs` pairs and
+        `num_batches` micro-batches; by default the micro-batch alone (its own loss)."""
+        loss = step_loss(
+            self.nll.sum(),
+            self.pair_loss.sum(),
+            self.nll_tokens.sum() if num_tokens is None else num_tokens,
+            self.pair_loss.shape[0] if num_pairs is None else num_pairs,
+            self.nll_weight,
+        )
+        if self.batch_term is not None:
+            loss = loss + self.batch_term / _at_least_one(1 if num_batches is None else num_batches)
+        return loss
+
+    def columns(self) -> dict[str, Tensor]:
+        """Every per-pair value, detached, by name: what an evaluation gathers and a logging window sums."""
+        own = {NLL: self.nll, NLL_TOKENS: self.nll_tokens, PAIR_LOSS: self.pair_loss,
+               PAIRS: torch.ones_like(self.nll_tokens)}
+        return {name: value.detach().float() for name, value in {**own, **self.metrics}.items()}
+
+    def batch_metrics(self) -> dict[str, Tensor]:
+        """This micro-batch's metrics on its own (TRL's names): nll_loss and the means over its pairs."""
+        metrics = reduce_columns({name: value.sum() for name, value in self.columns().items()}, self.nll_weight)
+        del metrics["loss"]
+        return metrics

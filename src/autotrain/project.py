@@ -358,6 +358,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
         beta=params.dpo_beta,
         ref_model=ref_model,
         precompute_ref=params.precompute_ref_logps,
+        disable_dropout=params.disable_dropout,
     )
     for default_display in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(default_display)

@@ -133,6 +133,13 @@ class LLMTrainingParams(Schema):
         "chosen completion, as the ORPO paper defines it.",
     )
 
+    disable_dropout: bool = Field(
+        True,
+        description="Turn off the model's dropout (its nn.Dropout modules and attention-dropout probabilities) in the "
+        "model being trained and in every DPO reference, as TRL does by default: the loss is then a function of the "
+        "weights alone, the same packed or padded. LoRA's own dropout is --lora-dropout, kept as given.",
+    )
+
     # --- Optimisation ---------------------------------------------------------------------------------------
     epochs: int = Field(1, ge=1, description="Passes over the training data.")
     max_steps: int = Field(-1, description="Stop after this many optimizer steps; -1 means epochs decide.")
@@ -161,7 +168,8 @@ class LLMTrainingParams(Schema):
         ge=0,
         lt=1,
         description="Dropout on the LoRA path; none means 0.05, or 0 on mixture-of-experts models whose fused expert "
-        "weights get adapters (peft applies no dropout to those).",
+        "weights get adapters (peft applies no dropout to those). Not affected by --disable-dropout; 0 matches TRL, "
+        "which zeroes it.",
     )
     target_modules: str = Field(
         "all-linear", description="Modules that get adapters: 'all-linear' or comma-separated names."
