@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+# `make test` runs one pytest worker per core (pytest-xdist). These models are tiny: one thread each does the same work
+# without the workers fighting over the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
 UNK, BOS, EOS, IM_START, IM_END = range(5)
