@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from autotrain import __version__
-from autotrain.errors import AutoTrainError, ParamsError, TrainingInterrupted
+from autotrain.errors import AutoTrainError, ParamsError, TrainingInterrupted, did_you_mean
 from autotrain.inference import InferenceParams
 from autotrain.trainers.clm.params import LLMTrainingParams, Schema
 
@@ -92,8 +92,6 @@ class ConfigFile:
 
 def load_config(path: str, schema: type[Schema] = LLMTrainingParams) -> ConfigFile:
     """Read a YAML mapping of `schema` fields (snake or kebab case); each error is one line naming file:line:column."""
-    import difflib
-
     import yaml
 
     try:
@@ -121,8 +119,7 @@ def load_config(path: str, schema: type[Schema] = LLMTrainingParams) -> ConfigFi
                 raise ParamsError(f"{here}: a key must be a parameter name")
             name = key_node.value.replace("-", "_")
             if name not in schema.model_fields:
-                close = difflib.get_close_matches(name, list(schema.model_fields), n=1)
-                hint = f"did you mean {close[0]}?" if close else "the keys are the flags of `aitraining llm --help`"
+                hint = did_you_mean(name, schema.model_fields, otherwise="the keys are the flags of `aitraining llm --help`")
                 raise ParamsError(f"{here}: unknown key '{key_node.value}'; {hint}")
             if name in first_line:
                 raise ParamsError(f"{here}: duplicate key '{key_node.value}' ({name} is already set on line "

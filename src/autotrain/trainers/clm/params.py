@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from autotrain.errors import ParamsError
+from autotrain.errors import ParamsError, did_you_mean
 
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 SAMPLE_DATA = "embedded:sample-pairs"
@@ -328,11 +328,8 @@ def _json_default(default: Any) -> Any:
 def _one_of(value: str, known: list[str], what: str) -> str:
     if value in known:
         return value
-    import difflib
-
-    close = difflib.get_close_matches(value, known, n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(known)}"
-    raise ValueError(f"unknown {what} '{value}'{hint}")
+    hint = did_you_mean(value, known, most=3, otherwise=f"known: {', '.join(known)}")
+    raise ValueError(f"unknown {what} '{value}'; {hint}")
 
 
 def _one_line(exc: ValidationError) -> str:
