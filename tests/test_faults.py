@@ -45,7 +45,7 @@ def run_child(args: list[str], patch: str = "") -> subprocess.CompletedProcess:
 
 KILL_AT_STEP = """
 import os, signal
-from autotrain.trainers.clm import safety
+from autotrain import stop as safety
 _orig = safety.StopOnSignal.on_step_end
 def on_step_end(self, args, state, control, **kw):
     if state.global_step == {step}:

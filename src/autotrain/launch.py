@@ -337,7 +337,7 @@ def _failure(project: Path, code: int, received: int | None, status: dict[str, A
              log_file: Path) -> AutoTrainError:
     """The exception that stands for the launched run's failure in this process."""
     from autotrain import errors
-    from autotrain.project import interrupted
+    from autotrain.stop import interrupted
 
     if received is not None or (status is not None and status.get("kind") == "TrainingInterrupted"):
         number = received if received is not None else int(status["exit_code"]) - 128

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autotrain.errors import ParamsError, TrainingInterrupted
+from autotrain.errors import ParamsError
 from autotrain.project_folder import resume_point  # noqa: F401 - also imported from here by its earlier callers
 from autotrain.trainers.clm.params import DEFAULT_MODEL, LLMTrainingParams
 
@@ -257,22 +257,6 @@ def _checkpoint_step(checkpoint: Path | None) -> int:
     return int(json.loads((checkpoint / "trainer_state.json").read_text())["global_step"])
 
 
-def interrupted(number: int, project: Path) -> TrainingInterrupted:
-    """The error for a run stopped by signal `number`: what was saved, and how to resume."""
-    import signal
-
-    from autotrain.checkpoints import checkpoints
-
-    saved = checkpoints(project)
-    name = signal.Signals(number).name
-    return TrainingInterrupted(
-        f"stopped by {name} after saving {saved[-1] if saved else 'no checkpoint'}; resume with the same command "
-        "plus --resume-from-checkpoint auto (Python: resume_from_checkpoint='auto')",
-        signal_number=number,
-        checkpoint=str(saved[-1]) if saved else None,
-    )
-
-
 def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = None) -> RunResult:
     """Train in this process and return the result; raise on any failure.
 
@@ -293,7 +277,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     quiet.import_quietly("transformers.integrations.integration_utils")  # the first import of transformers
     check_device(params)
     from autotrain import models, outputs, samples
-    from autotrain.checkpoints import finish, set_aside_newer
+    from autotrain.checkpoints import clear_staging, finish, set_aside_newer
     from autotrain.data.prepare import prepare_data
     from autotrain.data.templates import stop_ids
     from autotrain.plots import plot_training
@@ -310,7 +294,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
 
     from autotrain.attention import make_collator
     from autotrain.progress import Progress
-    from autotrain.trainers.clm import safety
+    from autotrain import stop as stopping
     from autotrain.trainers.clm.trainer import PreferenceTrainer
 
     from accelerate import PartialState
@@ -338,14 +322,14 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     project.mkdir(parents=True, exist_ok=True)
     if main:
         params.save_json(project / PARAMS_FILE)  # first: it marks the folder as this tool's (project_folder)
-        safety.clear_staging(project)
+        clear_staging(project)
         aside = set_aside_newer(project, resume_from)
         if aside:
             logger.info("resuming from %s: %d newer checkpoint(s) of the run it left set aside in %s",
                         resume_from.name, len(aside), aside[0].parent)
         outputs.keep_metrics_until(project, _checkpoint_step(resume_from))
     _tracker_environment(params, project)
-    stop = safety.StopOnSignal()
+    stop = stopping.StopOnSignal()
     trainer = PreferenceTrainer(
         model=model,
         args=args,
@@ -372,7 +356,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
 
             wandb.finish()
     if stop.received is not None:
-        raise interrupted(stop.received, project)
+        raise stopping.interrupted(stop.received, project)
     if sample_ids:
         after = samples.answer(trainer.accelerator.unwrap_model(trainer.model), tokenizer, sample_ids, stops)
         samples.write(project, samples.prompt_texts(tokenizer, sample_ids, data.template), before, after)

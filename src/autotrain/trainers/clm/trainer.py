@@ -23,7 +23,8 @@ from autotrain.errors import ModelError, TrainingError
 from autotrain.logprobs import segment_sum, token_logps
 from autotrain.losses import PAIRS, PairTerms, dpo_loss, orpo_loss, reduce_columns
 from autotrain.models import decoder_and_head
-from autotrain.trainers.clm import checks, safety
+from autotrain import checkpoints
+from autotrain.trainers.clm import checks
 
 
 @dataclass(frozen=True)
@@ -365,18 +366,18 @@ class PreferenceTrainer(Trainer):
 
     def _stop_on(self, problem: str | None, applied: bool) -> None:
         if problem is not None:
-            done = safety.checkpoints(Path(self.args.output_dir))
+            done = checkpoints.checkpoints(Path(self.args.output_dir))
             raise TrainingError(checks.stop_message(problem, self.state.global_step + 1,
                                                     str(done[-1]) if done else None, applied))
 
     def _get_output_dir(self, trial):
         # While saving a checkpoint, transformers writes under the staging folder; _save_checkpoint publishes it.
         root = super()._get_output_dir(trial)
-        return os.path.join(root, safety.STAGING) if self._staging else root
+        return os.path.join(root, checkpoints.STAGING) if self._staging else root
 
     def _save_checkpoint(self, model, trial):
         root = Path(super()._get_output_dir(trial))
-        name = f"{safety.CHECKPOINT_PREFIX}{self.state.global_step}"
+        name = f"{checkpoints.CHECKPOINT_PREFIX}{self.state.global_step}"
         self._staging = True
         try:
             super()._save_checkpoint(model, trial)
@@ -385,11 +386,11 @@ class PreferenceTrainer(Trainer):
         # Every process writes its own RNG state into the staged folder: publish it only once all have.
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            staged = root / safety.STAGING / name
+            staged = root / checkpoints.STAGING / name
             # peft's template model card (39 "[More Information Needed]") says nothing about this checkpoint.
             (staged / "README.md").unlink(missing_ok=True)
-            safety.publish(staged, root / name)
-            safety.rotate(root, self.args.save_total_limit)
+            checkpoints.publish(staged, root / name)
+            checkpoints.rotate(root, self.args.save_total_limit)
 
     def _issue_warnings_after_load(self, load_result):
         # A checkpoint of a model with tied embeddings holds one copy of the tied weight; the other name is reported
