@@ -92,7 +92,7 @@ def test_optimizer_and_scheduler_names_are_transformers_own(monkeypatch):
     from transformers.training_args import OptimizerNames
 
     from autotrain.project import check_device
-    from autotrain.trainers.clm import params
+    from autotrain.params import sections as params
 
     assert set(params.OPTIMIZERS) >= {o.value for o in OptimizerNames}
     assert set(params.SCHEDULERS) >= {s.value for s in SchedulerType}

@@ -21,7 +21,7 @@ from typing import Any
 
 from autotrain import atomic
 from autotrain.errors import ModelError
-from autotrain.trainers.clm.params import DEFAULT_MODEL
+from autotrain.params import DEFAULT_MODEL
 
 logger = logging.getLogger("autotrain")
 

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import Field
 
 from autotrain.errors import DataError, ModelError, ParamsError
-from autotrain.trainers.clm.params import Schema
+from autotrain.params import Schema
 
 
 class InferenceParams(Schema):

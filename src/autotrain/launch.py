@@ -39,7 +39,7 @@ from autotrain.project_folder import LAUNCH_CONFIG_FILE as CONFIG_FILE
 from autotrain.project_folder import LAUNCH_LOG_FILE as LOG_FILE
 from autotrain.project_folder import PARAMS_FILE
 from autotrain.project_folder import PREPARED_FILES as LAUNCH_FILES  # what launch() writes before training starts
-from autotrain.trainers.clm.params import LLMTrainingParams
+from autotrain.params import LLMTrainingParams
 
 logger = logging.getLogger("autotrain")
 

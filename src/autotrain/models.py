@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 
 from autotrain.errors import ModelError
-from autotrain.trainers.clm.params import LLMTrainingParams
+from autotrain.params import LLMTrainingParams
 
 logger = logging.getLogger("autotrain")
 

@@ -25,7 +25,7 @@ from transformers import TrainerCallback
 from autotrain import samples
 from autotrain.plots import PLOT_FILE
 from autotrain.project_folder import ADAPTER_DIR, CARD_FILE, METRICS_FILE, PARAMS_FILE  # noqa: F401 - re-exported
-from autotrain.trainers.clm.params import LLMTrainingParams
+from autotrain.params import LLMTrainingParams
 
 logger = logging.getLogger("autotrain")
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from autotrain.errors import ParamsError
 from autotrain.project_folder import resume_point  # noqa: F401 - also imported from here by its earlier callers
-from autotrain.trainers.clm.params import DEFAULT_MODEL, LLMTrainingParams
+from autotrain.params import DEFAULT_MODEL, LLMTrainingParams
 
 logger = logging.getLogger("autotrain")
 
@@ -335,7 +335,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
         args=args,
         train_dataset=data.train.dataset,
         eval_dataset=data.valid.dataset if data.valid is not None else None,
-        data_collator=make_collator(params.packing, tokenizer.pad_token_id, params.orpo_prompt_loss, model=model),
+        data_collator=make_collator(params.packing, tokenizer.pad_token_id, params.prompt_loss, model=model),
         processing_class=tokenizer,
         callbacks=[outputs.MetricsFile(project / outputs.METRICS_FILE), stop, Progress()],
         method=params.trainer,

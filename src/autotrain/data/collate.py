@@ -9,7 +9,7 @@ tensors, so the loss never needs to know the layout:
 - `target_seq` [K]: which sequence it belongs to: pair i's chosen is sequence i, its rejected is B + i;
 - `in_completion` [K]: the target is a completion token (it enters the mean log-prob of its sequence);
 - `in_nll` [K]: the target enters the NLL term (chosen completion tokens; also the chosen sequence's prompt
-  tokens with `orpo_prompt_loss`);
+  tokens with `prompt_loss`);
 - `num_pairs`: B;
 - `num_real_tokens`: tokens the model reads, padding excluded (a host int, for tokens/s; never a device read);
 - `ref_logps` [2B], only when the rows carry precomputed DPO reference log-probs (`ref_chosen_logps`,

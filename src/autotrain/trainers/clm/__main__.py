@@ -29,7 +29,7 @@ from typing import Any
 
 from autotrain.errors import AutoTrainError, ParamsError, TrainingInterrupted
 from autotrain.launch import LAUNCHED_ENV, check_folder, global_rank, write_status
-from autotrain.trainers.clm.params import LLMTrainingParams
+from autotrain.params import LLMTrainingParams
 
 logger = logging.getLogger("autotrain")
 
