@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autotrain import preflight
 from autotrain.errors import ParamsError
-from autotrain.project_folder import resume_point  # noqa: F401 - also imported from here by its earlier callers
-from autotrain.params import DEFAULT_MODEL, LLMTrainingParams
+from autotrain.params import LLMTrainingParams
+from autotrain.project_folder import owned, resume_point
 
 logger = logging.getLogger("autotrain")
 
@@ -79,54 +80,29 @@ class AutoTrainProject:
     def create(self) -> RunResult:
         """Own the project folder, check it and the data (before torch is imported), then train here or launch."""
         from autotrain import launch, quiet
-        from autotrain.project_folder import owned
 
         params = self.params
-        project = project_dir(params)
-        with quiet.libraries(self.verbose), scrubbed_argv(params), owned(project, take=takes_lock()):
-            resume_point(project, params.resume_from_checkpoint)  # before the data is read
-            opened = check_inputs(params)
-            if launch.needs_launch(params):
+        with quiet.libraries(self.verbose), session(params):
+            resume_point(preflight.project_dir(params), params.resume_from_checkpoint)  # before the data is read
+            opened = preflight.check_inputs(params)
+            if preflight.needs_launch(params):
                 # Several processes: accelerate starts them; each runs `python -m autotrain.trainers.clm`.
                 launch.launch(params)
                 return result_of(params)
             return run(params, opened=opened)
 
 
-def check_inputs(params: LLMTrainingParams) -> Any:
-    """Open the data (files, splits, columns) and check the models' files or hub ids, before torch and
-    transformers are imported (seconds): the first error in the input comes in well under a second."""
-    from autotrain import model_files
-    from autotrain.data.prepare import open_data
-
-    opened = open_data(params, paired=params.method != "sft")
-    for name in (params.model, params.model_ref):
-        if name is not None and name != DEFAULT_MODEL:  # the embedded default is checked when it is converted
-            model_files.check(name)
-    return opened
-
-
-def project_dir(params: LLMTrainingParams) -> Path:
-    return Path(params.project_name).expanduser().resolve()
-
-
-def takes_lock() -> bool:
-    """Whether this process owns the project folder for its run: not a process that autotrain.launch started (its
-    parent holds the lock), and only the first process (rank 0) of a run under torchrun, slurm or mpirun."""
-    from autotrain.launch import LAUNCHED_ENV, global_rank
-
-    return not os.environ.get(LAUNCHED_ENV) and global_rank() == 0
-
-
 @contextlib.contextmanager
-def scrubbed_argv(params: LLMTrainingParams) -> Iterator[None]:
-    """While the run lasts, `sys.argv` holds no secret value: trackers record it (wandb keeps the command line in
-    its run files, and an online run uploads them). Restored afterwards."""
+def session(params: LLMTrainingParams) -> Iterator[None]:
+    """What a run holds while it lasts: the project folder's lock (in the process that owns the run:
+    preflight.takes_lock), and a `sys.argv` without secrets, since trackers record it (wandb keeps the command line
+    in its run files, and an online run uploads them). The argv is restored afterwards."""
     secrets = [value for value in params.secret_values() if value]
     saved = list(sys.argv)
     sys.argv[:] = [scrub(arg, secrets) for arg in saved]
     try:
-        yield
+        with owned(preflight.project_dir(params), take=preflight.takes_lock()):
+            yield
     finally:
         sys.argv[:] = saved
 
@@ -135,36 +111,6 @@ def scrub(text: str, secrets: list[str]) -> str:
     for secret in secrets:
         text = text.replace(secret, "***")
     return text
-
-
-def check_device(params: LLMTrainingParams) -> None:
-    """What the machine and the installed transformers must support, before the model loads."""
-    import torch
-    from transformers.trainer_utils import SchedulerType
-    from transformers.training_args import OptimizerNames
-
-    # params checks the names against its own copy of transformers' lists; the installed version decides.
-    if params.optimizer not in {o.value for o in OptimizerNames}:
-        raise ParamsError(f"optimizer: '{params.optimizer}' is not an optimizer of the installed transformers")
-    if params.scheduler not in {s.value for s in SchedulerType}:
-        raise ParamsError(f"scheduler: '{params.scheduler}' is not a scheduler of the installed transformers")
-    if params.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise ParamsError("mixed_precision: fp16 needs a CUDA GPU; on CPU leave it unset (fp32)")
-    if params.mixed_precision == "bf16" and torch.cuda.is_available() and not _bf16_accelerator():
-        raise ParamsError("mixed_precision: bf16 needs an Ampere or newer GPU; use fp16 on this one")
-    if bf16_on_cpu(params):
-        # bf16 autocast on CPU is what a GPU run computes, so a GPU config can be tried on a laptop, only slower.
-        if not torch.amp.is_autocast_available("cpu"):
-            raise ParamsError("mixed_precision: bf16 needs a GPU or a torch with CPU autocast; leave it unset (fp32)")
-        logger.warning("mixed_precision bf16 on CPU: training runs under CPU bf16 autocast, which is far slower than "
-                       "fp32 on most CPUs")
-    if params.quantization is not None:
-        if not torch.cuda.is_available():
-            raise ParamsError(f"quantization: {params.quantization} (bitsandbytes) needs a CUDA GPU; on CPU leave it unset")
-        import importlib.util
-
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise ParamsError(f"quantization: {params.quantization} needs bitsandbytes: pip install bitsandbytes")
 
 
 def training_arguments(params: LLMTrainingParams, project: Path, train_pairs: int, has_valid: bool) -> Any:
@@ -193,7 +139,7 @@ def training_arguments(params: LLMTrainingParams, project: Path, train_pairs: in
         bf16=params.mixed_precision == "bf16",
         fp16=params.mixed_precision == "fp16",
         # transformers refuses bf16 without a GPU unless told to train on the CPU (under bf16 autocast).
-        use_cpu=bf16_on_cpu(params),
+        use_cpu=preflight.bf16_on_cpu(params),
         **_checkpointing_args(TrainingArguments, not params.disable_gradient_checkpointing),
         logging_strategy="steps",
         logging_steps=logging_steps,
@@ -210,19 +156,6 @@ def training_arguments(params: LLMTrainingParams, project: Path, train_pairs: in
         dataloader_pin_memory=False,
         disable_tqdm=True,  # autotrain.progress.Progress shows step/total, loss, tokens/s and ETA instead
     )
-
-
-def _bf16_accelerator() -> bool:
-    from transformers.utils import is_torch_bf16_gpu_available
-
-    return bool(is_torch_bf16_gpu_available())
-
-
-def bf16_on_cpu(params: LLMTrainingParams) -> bool:
-    """bf16 asked for and no accelerator here that does it: the run trains on the CPU under bf16 autocast."""
-    import torch
-
-    return params.mixed_precision == "bf16" and not torch.cuda.is_available() and not _bf16_accelerator()
 
 
 def _checkpointing_args(arguments_class: Any, enabled: bool) -> dict[str, Any]:
@@ -268,14 +201,14 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     from autotrain import defaults, model_files, quiet
     from autotrain.project_folder import PARAMS_FILE
 
-    project = project_dir(params)
+    project = preflight.project_dir(params)
     resume = params.resume_from_checkpoint
     resume_from = resume_point(project, "auto" if folder_checked and resume is None else resume)
     # The data's files, splits and columns are checked before torch and transformers are imported (seconds) and
     # before the model is touched (the default model's one-time conversion takes ~40 s).
-    opened = opened or check_inputs(params)
+    opened = opened or preflight.check_inputs(params)
     quiet.import_quietly("transformers.integrations.integration_utils")  # the first import of transformers
-    check_device(params)
+    preflight.check_device(params)
     from autotrain import models, outputs, samples
     from autotrain.checkpoints import clear_staging, finish, set_aside_newer
     from autotrain.data.prepare import prepare_data
@@ -376,7 +309,7 @@ def result_of(params: LLMTrainingParams) -> RunResult:
     """What a finished run left in its project folder (the same whether it ran here or in launched processes)."""
     from autotrain import outputs, samples
 
-    project = Path(params.project_name).expanduser().resolve()
+    project = preflight.project_dir(params)
     records = outputs.read_metrics(project)
     adapter_dir = None
     if params.peft:
