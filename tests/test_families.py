@@ -274,12 +274,12 @@ HEAD_CASES: dict[str, dict] = {
 
 @pytest.mark.parametrize("kind", list(HEAD_CASES))
 def test_chunked_head_gives_the_models_own_log_probs(kind):
-    """The head transforms (autotrain.models.head_transform) reproduce each family's returned logits: chunked-head
+    """The head transforms (autotrain.head.head_transform) reproduce each family's returned logits: chunked-head
     log-probs equal a log-softmax of the model's own forward logits at every position."""
     from transformers import AutoConfig
 
     from autotrain.logprobs import token_logps
-    from autotrain.models import decoder_and_head
+    from autotrain.head import decoder_and_head
 
     model = perturbed_model(AutoConfig.for_model(kind, **HEAD_CASES[kind])).eval()
     ids = torch.randint(5, 100, (1, 12), generator=torch.Generator().manual_seed(0))

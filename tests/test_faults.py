@@ -192,7 +192,7 @@ def test_unfinished_project_names_resume_and_latest_needs_a_checkpoint(tmp_path,
 
 
 def test_model_folders_must_hold_config_and_safetensors(tmp_path, chat_model):
-    from autotrain.models import check_model_path
+    from autotrain.model_files import check_local as check_model_path
 
     bare = tmp_path / "bare"
     bare.mkdir()

@@ -13,7 +13,7 @@ from autotrain.attention import DENSE_TOKEN_BUDGET, decoder_inputs, make_collato
 from autotrain.data.collate import PaddedCollator
 from autotrain.data.pack import PackedCollator, dense_mask, plan_rows
 from autotrain.logprobs import token_logps
-from autotrain.models import decoder_and_head
+from autotrain.head import decoder_and_head
 from autotrain.trainers.clm.trainer import orpo_step
 
 T, F = True, False

@@ -97,3 +97,35 @@ def test_no_import_cycle_among_source_modules():
 def test_no_source_module_over_400_lines():
     long = {name: n for name, path in modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+# --- One place for each job that was written more than once -------------------------------------------------------
+
+
+def places(predicate) -> set[str]:
+    """The source modules whose code holds a node for which `predicate(node)` is true."""
+    found = set()
+    for name, path in modules().items():
+        if any(predicate(node) for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))):
+            found.add(name)
+    return found
+
+
+def calls_attribute(node: ast.AST, *names: str) -> bool:
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in names
+
+
+def test_models_and_tokenizers_are_loaded_in_one_module():
+    """Training, the reference, inference and the merge of a saved adapter load through autotrain.models (the
+    embedded GGUF's one-time conversion, autotrain.defaults, is the other end of that pipe)."""
+    assert places(lambda node: calls_attribute(node, "from_pretrained")) == {"autotrain.models", "autotrain.defaults"}
+
+
+def test_one_way_back_from_a_wrapped_model():
+    assert places(lambda node: calls_attribute(node, "get_base_model", "unwrap_model")) == {"autotrain.models"}
+
+
+def test_one_closest_name_helper():
+    imported = lambda node: isinstance(node, ast.Import | ast.ImportFrom) and "difflib" in (  # noqa: E731
+        [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module])
+    assert places(imported) == {"autotrain.errors"}

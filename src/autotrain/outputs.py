@@ -23,6 +23,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from autotrain import samples
+from autotrain.models import merge_saved_adapter, unwrap
 from autotrain.plots import PLOT_FILE
 from autotrain.project_folder import ADAPTER_DIR, CARD_FILE, METRICS_FILE, PARAMS_FILE  # noqa: F401 - re-exported
 from autotrain.params import LLMTrainingParams
@@ -74,7 +75,7 @@ def save_model(trainer: Any, tokenizer: Any, template: str | None, params: LLMTr
     each process holds the whole model and the main process saves (and merges) it directly.
     """
     accelerator = trainer.accelerator
-    model = accelerator.unwrap_model(trainer.model)
+    model = unwrap(trainer.model, peft=False)
     stop_at_turn_end(model, tokenizer, template)  # on the base model's config: a merged model keeps it
     sharded = getattr(accelerator, "is_fsdp2", False) or accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
     if sharded:
@@ -83,7 +84,7 @@ def save_model(trainer: Any, tokenizer: Any, template: str | None, params: LLMTr
         return
     if params.peft and params.merge_adapter:
         if sharded:
-            merged = _merge_saved_adapter(project / ADAPTER_DIR, params)
+            merged = merge_saved_adapter(project / ADAPTER_DIR, params.trust_remote_code)
         else:
             model.save_pretrained(project / ADAPTER_DIR)
             merged = model.merge_and_unload()
@@ -147,16 +148,6 @@ def write_adapter_card(folder: Path, params: LLMTrainingParams) -> None:
         "",
     ]
     (folder / CARD_FILE).write_text("\n".join(lines))
-
-
-def _merge_saved_adapter(adapter_dir: Path, params: LLMTrainingParams) -> Any:
-    """The base model (loaded again, on CPU) with the saved adapter merged in."""
-    from peft import AutoPeftModelForCausalLM
-
-    model = AutoPeftModelForCausalLM.from_pretrained(
-        adapter_dir, trust_remote_code=params.trust_remote_code, use_safetensors=True
-    )
-    return model.merge_and_unload()
 
 
 def final_metrics(records: list[dict[str, Any]]) -> dict[str, float]:

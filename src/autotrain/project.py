@@ -291,7 +291,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     if stop.received is not None:
         raise stopping.interrupted(stop.received, project)
     if sample_ids:
-        after = samples.answer(trainer.accelerator.unwrap_model(trainer.model), tokenizer, sample_ids, stops)
+        after = samples.answer(models.unwrap(trainer.model, peft=False), tokenizer, sample_ids, stops)
         samples.write(project, samples.prompt_texts(tokenizer, sample_ids, data.template), before, after)
     outputs.save_model(trainer, tokenizer, data.template, params, project)
     if main:

@@ -21,6 +21,7 @@ from transformers import TrainerCallback
 
 from autotrain.dropout import eval_mode
 from autotrain.errors import ModelError
+from autotrain.models import unwrap
 
 logger = logging.getLogger("autotrain")
 
@@ -196,8 +197,7 @@ class HeadCheck(TrainerCallback):
         start = time.perf_counter()
         trainer = self.trainer
         model = trainer.model_wrapped
-        base = trainer.accelerator.unwrap_model(model)
-        base = base.get_base_model() if hasattr(base, "get_base_model") else base  # PEFT
+        base = unwrap(model)
         weight = base.get_output_embeddings().weight
         eps = max({"bf16": 2.0**-7, "fp16": 2.0**-10}.get(str(trainer.accelerator.mixed_precision), 0.0),
                   torch.finfo(weight.dtype).eps if weight.dtype.is_floating_point else 0.0)

@@ -22,7 +22,8 @@ from autotrain.attention import decoder_inputs
 from autotrain.errors import ModelError, TrainingError
 from autotrain.logprobs import segment_sum, token_logps
 from autotrain.losses import PAIRS, PairTerms, dpo_loss, orpo_loss, reduce_columns
-from autotrain.models import decoder_and_head
+from autotrain.head import decoder_and_head
+from autotrain.models import unwrap
 from autotrain import checkpoints
 from autotrain.trainers.clm import checks
 
@@ -49,13 +50,6 @@ class SequenceLogps:
         return values[: self.pairs], values[self.pairs :]
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside DDP/FSDP/DeepSpeed wrappers (each keeps it as `.module`), PEFT wrapper included."""
-    while not hasattr(model, "get_decoder") and not hasattr(model, "get_base_model") and hasattr(model, "module"):
-        model = model.module
-    return model
-
-
 def sequence_logps(model: torch.nn.Module, batch: dict[str, Any]) -> SequenceLogps:
     """Run the model body once and the LM head only at the batch's targets (see autotrain.data.collate).
 
@@ -70,7 +64,7 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, Any]) -> SequenceLog
     """
     inner = unwrap(model)
     decoder, head, extras = decoder_and_head(inner)
-    router = moe.router_loss(inner.get_base_model() if hasattr(inner, "get_base_model") else inner)
+    router = moe.router_loss(inner)
     found: list[torch.Tensor] = []
     routed: list[Any] = []
 
@@ -263,7 +257,7 @@ class PreferenceTrainer(Trainer):
             return batch["ref_logps"]
         if self.ref_model is not None:
             return sequence_logps(self.ref_model, batch).sums
-        inner = unwrap(model)
+        inner = unwrap(model, peft=False)
         if not hasattr(inner, "disable_adapter") and not untrained:
             raise ValueError("DPO without --peft needs a reference model (the trainer is built with ref_model)")
         with dropout.eval_mode(model):
@@ -395,7 +389,7 @@ class PreferenceTrainer(Trainer):
     def _issue_warnings_after_load(self, load_result):
         # A checkpoint of a model with tied embeddings holds one copy of the tied weight; the other name is reported
         # missing although resuming restores it. Only keys that are really absent are worth a warning.
-        model = unwrap(self.model)
+        model = unwrap(self.model, peft=False)
         shared: dict[int, list[str]] = defaultdict(list)
         for key, tensor in model.state_dict(keep_vars=True).items():
             shared[id(tensor)].append(key)
