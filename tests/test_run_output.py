@@ -25,7 +25,8 @@ from autotrain.trainers.clm.params import LLMTrainingParams
 TOKEN = "hf_CLIsecretTOKEN0123456789abcdefXYZ"
 SHORT = ["--max-steps", "2", "--batch-size", "2", "--gradient-accumulation", "1", "--logging-steps", "1"]
 # Every line a run of ours may print on stdout (the data stage's own lines included); stderr stays empty.
-OUR_LINES = [r"(text|prompt_text|rejected_text)_column not given", r"pairs\.jsonl: ", r"data: \d+ train pairs",
+OUR_LINES = [r"(text|prompt_text|rejected_text)_column not given", r"text_column is 'text' \(the default\)",
+             r"checked: the chunked LM head gives the model's own log-probs", r"pairs\.jsonl: ", r"data: \d+ train pairs",
              r"step \d+/2 \(\d+%\) \| loss ", r"outputs: ", r"tokeniz", r"mixed_precision bf16 on CPU: "]
 MISSING = "nobody-aitraining/no-such-model"
 

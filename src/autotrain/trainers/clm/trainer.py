@@ -9,6 +9,7 @@ logging step reads them. The loop's own checks live in autotrain.trainers.clm.ch
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
