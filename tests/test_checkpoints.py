@@ -14,14 +14,14 @@ import pytest
 from conftest import arithmetic_pairs, write_jsonl
 from test_faults import KILL_AT_STEP, cli_args, run_child
 
+from autotrain import checkpoints
 from autotrain.project import resume_point
-from autotrain.trainers.clm import safety
 
 # Replaces <project>/checkpoint-4 with the staged copy, killing itself at the point named by argv[2].
 REPLACE = """
 import os, signal, sys
 from pathlib import Path
-from autotrain.trainers.clm import safety
+from autotrain import checkpoints
 project, mode = Path(sys.argv[1]), sys.argv[2]
 rename = os.rename
 def rename_then_die(src, dst, *args, **kwargs):
@@ -29,16 +29,16 @@ def rename_then_die(src, dst, *args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)  # the first rename done, the second never happens
 os.rename = rename_then_die
 if mode != "first rename":
-    from autotrain import checkpoints
+    from autotrain import atomic
     if mode == "without exchange":  # another OS, or a file system without renameat2(RENAME_EXCHANGE)
-        checkpoints.exchange = lambda a, b: False
+        atomic.exchange = lambda a, b: False
     else:
-        exchange = checkpoints.exchange
+        exchange = atomic.exchange
         def exchange_then_die(a, b):
             done = exchange(a, b)
             os.kill(os.getpid(), signal.SIGKILL)
-        checkpoints.exchange = exchange_then_die
-safety.publish(project / ".staging" / "checkpoint-4", project / "checkpoint-4")
+        atomic.exchange = exchange_then_die
+checkpoints.publish(project / ".staging" / "checkpoint-4", project / "checkpoint-4")
 """
 
 
@@ -58,13 +58,13 @@ def test_replacing_a_checkpoint_leaves_a_whole_one_whenever_the_process_dies(tmp
     done = subprocess.run([sys.executable, "-c", REPLACE, str(project), mode], capture_output=True, timeout=120)
     if mode != "first rename":  # with the exchange there is no first rename to die after
         assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
-    safety.clear_staging(project)  # what the next start does first
+    checkpoints.clear_staging(project)  # what the next start does first
     assert (project / "checkpoint-4" / "weights").read_text() == survivor
     assert sorted(p.name for p in project.iterdir()) == ["checkpoint-4"]
 
 
 def test_rename_exchange_swaps_two_folders_in_one_call(tmp_path):
-    from autotrain.checkpoints import exchange
+    from autotrain.atomic import exchange
 
     checkpoint(tmp_path / "a", 1, "a")
     checkpoint(tmp_path / "b", 2, "b")

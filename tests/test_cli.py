@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from autotrain.cli import build_parser, params_from_args
-from autotrain.trainers.clm.params import TRAINER_NAMES, LLMTrainingParams
+from autotrain.params import TRAINER_NAMES
+from autotrain.trainers.clm.params import LLMTrainingParams
 
 
 def parse(*flags: str) -> LLMTrainingParams:
@@ -47,9 +48,13 @@ def test_bad_values_are_rejected_by_argparse_or_params():
 
 
 def test_trainer_choices_are_the_registry():
-    from autotrain.trainers.clm.trainer import METHODS
+    from autotrain import methods
+    from autotrain.methods.base import Method
 
-    assert tuple(METHODS) == TRAINER_NAMES
+    assert TRAINER_NAMES is methods.NAMES
+    for name in TRAINER_NAMES:  # every choice loads a method whose torch-free facts are its own
+        method = methods.load(name)
+        assert isinstance(method, Method) and method.spec is methods.spec(name)
 
 
 def test_param_errors_exit_2_with_one_line(tmp_path):
@@ -57,3 +62,25 @@ def test_param_errors_exit_2_with_one_line(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip() == "error: invalid parameters: trainer: unknown trainer 'dpx'; did you mean dpo?"
+
+
+def test_prompt_loss_keeps_its_earlier_name(tmp_path):
+    """The flag puts the prompt under the NLL of SFT too, so it is `prompt_loss` now; scripts, config files and saved
+    training_params.json that say `orpo_prompt_loss` still work, and one value under both names is one error."""
+    from autotrain.errors import ParamsError
+
+    assert parse("--prompt-loss").prompt_loss is True
+    for flag in ("--orpo-prompt-loss", "--orpo_prompt_loss"):
+        assert (parse(flag).prompt_loss, parse(flag).model_fields_set) == (True, {"prompt_loss"})
+    assert LLMTrainingParams(orpo_prompt_loss=True).prompt_loss is True
+    (tmp_path / "run.yml").write_text("orpo-prompt-loss: true\n")
+    assert parse("--config", str(tmp_path / "run.yml")).prompt_loss is True
+    saved = tmp_path / "training_params.json"
+    saved.write_text('{"orpo_prompt_loss": true, "lr": 0.001}')
+    assert LLMTrainingParams.load_json(saved).model_fields_set == {"prompt_loss", "lr"}
+    with pytest.raises(ParamsError, match=r"^invalid parameters: prompt_loss and orpo_prompt_loss name the same "
+                                          r"parameter \(prompt_loss\); give one of them$"):
+        LLMTrainingParams(prompt_loss=True, orpo_prompt_loss=False)
+    (tmp_path / "both.yml").write_text("prompt_loss: true\norpo_prompt_loss: false\n")
+    with pytest.raises(ParamsError, match="both.yml:2:1: duplicate key 'orpo_prompt_loss' .prompt_loss is already set"):
+        parse("--config", str(tmp_path / "both.yml"))

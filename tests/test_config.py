@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from autotrain.cli import build_parser, inference_params_from_args, load_config, main, params_from_args
+from autotrain.cli import build_parser, inference_params_from_args, main, params_from_args
+from autotrain.config_file import load_config
 from autotrain.errors import ParamsError
 from autotrain.trainers.clm.params import LLMTrainingParams
 

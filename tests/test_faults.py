@@ -45,7 +45,7 @@ def run_child(args: list[str], patch: str = "") -> subprocess.CompletedProcess:
 
 KILL_AT_STEP = """
 import os, signal
-from autotrain.trainers.clm import safety
+from autotrain import stop as safety
 _orig = safety.StopOnSignal.on_step_end
 def on_step_end(self, args, state, control, **kw):
     if state.global_step == {step}:
@@ -133,17 +133,17 @@ def test_signal_saves_prints_resume_and_exits(tmp_path, chat_model, reference, n
 
 
 def test_non_finite_loss_stops_before_the_weights_change(tmp_path, chat_model, monkeypatch):
-    from autotrain.trainers.clm import trainer as trainer_module
+    from autotrain.methods import orpo as orpo_module
 
     calls = {"n": 0}
-    real = trainer_module.METHODS["orpo"]
+    real = orpo_module.METHOD
 
     def poisoned(model, batch, beta, reference):
         calls["n"] += 1
         terms = real.terms(model, batch, beta, reference)
         return dataclasses.replace(terms, nll=terms.nll * float("nan")) if calls["n"] == 3 else terms
 
-    monkeypatch.setitem(trainer_module.METHODS, "orpo", dataclasses.replace(real, terms=poisoned))
+    monkeypatch.setattr(orpo_module, "METHOD", dataclasses.replace(real, terms=poisoned))
     data = write_jsonl(tmp_path / "pairs.jsonl", arithmetic_pairs(12))
     params = LLMTrainingParams(model=str(chat_model), data_path=str(data), project_name=str(tmp_path / "run"),
                                **{**RUN, "save_steps": 2})
@@ -192,7 +192,7 @@ def test_unfinished_project_names_resume_and_latest_needs_a_checkpoint(tmp_path,
 
 
 def test_model_folders_must_hold_config_and_safetensors(tmp_path, chat_model):
-    from autotrain.models import check_model_path
+    from autotrain.model_files import check_local as check_model_path
 
     bare = tmp_path / "bare"
     bare.mkdir()

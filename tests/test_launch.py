@@ -29,7 +29,7 @@ import torch
 from conftest import arithmetic_pairs, write_jsonl
 from safetensors.torch import load_file
 
-from autotrain import launch
+from autotrain import launch, launch_config, preflight, project_folder
 from autotrain.errors import AutoTrainError, ParamsError, TrainingInterrupted
 from autotrain.project import AutoTrainProject, run
 from autotrain.trainers.clm.params import LLMTrainingParams
@@ -41,24 +41,24 @@ SETTINGS = dict(batch_size=2, logging_steps=1, max_steps=STEPS, lr=1e-3, warmup_
 LORA = dict(peft=True, lora_dropout=0.0)  # LoRA fields are refused without peft
 SECRET = "hf_SECRET_launch_token_never_written_123"
 MARKERS = ("WORLD_SIZE", "LOCAL_RANK", "RANK", "ACCELERATE_MIXED_PRECISION", "ACCELERATE_DYNAMO_BACKEND",
-           "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", launch.LAUNCHED_ENV)
+           "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", preflight.LAUNCHED_ENV)
 
 
 @pytest.fixture
 def plain_env(monkeypatch):
     """No launcher variables in the environment: this process is not a launched one."""
-    for name in MARKERS + (launch.NUM_PROCESSES_ENV,):
+    for name in MARKERS + (preflight.NUM_PROCESSES_ENV,):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
 
 def gpus(count: int):
-    return mock.patch.object(launch, "_cuda_devices", return_value=count)
+    return mock.patch.object(preflight, "cuda_devices", return_value=count)
 
 
 def written_config(tmp_path: Path, params: LLMTrainingParams, processes: int) -> Path:
-    path = tmp_path / launch.CONFIG_FILE
-    launch.write_accelerate_config(launch.accelerate_config(params, processes), path, tmp_path / launch.PARAMS_FILE)
+    path = tmp_path / project_folder.LAUNCH_CONFIG_FILE
+    launch_config.write_accelerate_config(launch_config.accelerate_config(params, processes), path, tmp_path / project_folder.PARAMS_FILE)
     return path
 
 
@@ -101,12 +101,12 @@ def test_ddp_config_on_gpus_and_mixed_precision(tmp_path, plain_env):
 
     with gpus(4):
         params = LLMTrainingParams(mixed_precision="bf16")  # no backend: several GPUs mean ddp
-        assert launch.num_processes(params) == 4
+        assert preflight.num_processes(params) == 4
         path = written_config(tmp_path, params, 4)
     loaded = load_config_from_file(str(path))
     assert loaded.distributed_type == DistributedType.MULTI_GPU
     assert (loaded.num_processes, loaded.use_cpu, loaded.mixed_precision) == (4, False, "bf16")
-    fp16 = launch.accelerate_config(LLMTrainingParams(mixed_precision="fp16"), 4)
+    fp16 = launch_config.accelerate_config(LLMTrainingParams(mixed_precision="fp16"), 4)
     assert fp16["mixed_precision"] == "fp16"
 
 
@@ -182,38 +182,38 @@ def test_launch_command():
 
 def test_needs_launch(plain_env):
     with gpus(0):
-        assert not launch.needs_launch(LLMTrainingParams())
-        assert launch.needs_launch(LLMTrainingParams(distributed_backend="ddp"))
+        assert not preflight.needs_launch(LLMTrainingParams())
+        assert preflight.needs_launch(LLMTrainingParams(distributed_backend="ddp"))
     with gpus(1):
-        assert not launch.needs_launch(LLMTrainingParams())
+        assert not preflight.needs_launch(LLMTrainingParams())
     with gpus(2):
-        assert launch.needs_launch(LLMTrainingParams())
+        assert preflight.needs_launch(LLMTrainingParams())
         # Inside a launched process: train there, never launch again.
         for name, value in (("WORLD_SIZE", "2"), ("LOCAL_RANK", "0"), ("ACCELERATE_MIXED_PRECISION", "no"),
-                            (launch.LAUNCHED_ENV, "1")):
+                            (preflight.LAUNCHED_ENV, "1")):
             plain_env.setenv(name, value)
-            assert not launch.needs_launch(LLMTrainingParams(distributed_backend="ddp")), name
+            assert not preflight.needs_launch(LLMTrainingParams(distributed_backend="ddp")), name
             plain_env.delenv(name)
 
 
 def test_num_processes(plain_env):
     params = LLMTrainingParams(distributed_backend="ddp")
     with gpus(0):
-        assert launch.num_processes(params) == launch.CPU_PROCESSES == 2
-        plain_env.setenv(launch.NUM_PROCESSES_ENV, "3")
-        assert launch.num_processes(params) == 3
+        assert preflight.num_processes(params) == preflight.CPU_PROCESSES == 2
+        plain_env.setenv(preflight.NUM_PROCESSES_ENV, "3")
+        assert preflight.num_processes(params) == 3
         for bad in ("0", "two", "-1"):
-            plain_env.setenv(launch.NUM_PROCESSES_ENV, bad)
-            with pytest.raises(ParamsError, match=launch.NUM_PROCESSES_ENV):
-                launch.num_processes(params)
-    plain_env.delenv(launch.NUM_PROCESSES_ENV)
+            plain_env.setenv(preflight.NUM_PROCESSES_ENV, bad)
+            with pytest.raises(ParamsError, match=preflight.NUM_PROCESSES_ENV):
+                preflight.num_processes(params)
+    plain_env.delenv(preflight.NUM_PROCESSES_ENV)
     with gpus(8):
-        assert launch.num_processes(params) == 8
-        plain_env.setenv(launch.NUM_PROCESSES_ENV, "4")
-        assert launch.num_processes(params) == 4
-        plain_env.setenv(launch.NUM_PROCESSES_ENV, "9")
+        assert preflight.num_processes(params) == 8
+        plain_env.setenv(preflight.NUM_PROCESSES_ENV, "4")
+        assert preflight.num_processes(params) == 4
+        plain_env.setenv(preflight.NUM_PROCESSES_ENV, "9")
         with pytest.raises(ParamsError, match="only 8 CUDA devices"):
-            launch.num_processes(params)
+            preflight.num_processes(params)
 
 
 @pytest.mark.parametrize("backend", ["fsdp", "deepspeed"])
@@ -234,7 +234,7 @@ def test_deepspeed_not_installed_and_quantization(tmp_path, plain_env):
             launch.launch(params)
     quantized = LLMTrainingParams(distributed_backend="fsdp", quantization="int4", peft=True)
     with gpus(2), pytest.raises(ParamsError, match="quantization int4 is not supported with distributed_backend fsdp"):
-        launch.check(quantized)
+        preflight.check_launch(quantized)
     assert not (tmp_path / "run").exists()
 
 
@@ -251,15 +251,15 @@ def test_used_project_folder_fails_before_anything_is_written(tmp_path, plain_en
 
 def test_a_folder_holding_only_a_launchs_own_files_starts_over(tmp_path):
     project = tmp_path / "run"
-    launch.check_folder(project, None)  # absent
+    project_folder.resume_point(project, None)  # absent
     project.mkdir()
-    launch.check_folder(project, None)  # empty
-    for name in sorted(launch.LAUNCH_FILES):  # a launch that failed before training: nothing to lose
+    project_folder.resume_point(project, None)  # empty
+    for name in sorted(project_folder.PREPARED_FILES):  # a launch that failed before training: nothing to lose
         (project / name).write_text("x\n")
-        launch.check_folder(project, None)
+        project_folder.resume_point(project, None)
     (project / "metrics.jsonl").write_text("{}\n")  # an earlier run got further: refused, as resume_point does
     with pytest.raises(ParamsError, match="holds files of an earlier run"):
-        launch.check_folder(project, None)
+        project_folder.resume_point(project, None)
 
 
 def test_last_error_line():
@@ -287,7 +287,7 @@ def test_output_is_copied_to_the_log_and_signals_reach_the_child(tmp_path):
     parent = textwrap.dedent(f"""
         import os, sys
         from pathlib import Path
-        from autotrain import launch
+        from autotrain import launch, launch_config, preflight, project_folder
         code, received, tail = launch._run_and_tee([sys.executable, "-c", {child!r}], dict(os.environ),
                                                    Path({str(tmp_path / "train.log")!r}))
         print("parent:", code, received, flush=True)
@@ -331,7 +331,7 @@ def launched_runs(tmp_path_factory, chat_model):
     with pytest.MonkeyPatch.context() as env:
         for name in MARKERS:
             env.delenv(name, raising=False)
-        env.setenv(launch.NUM_PROCESSES_ENV, "2")
+        env.setenv(preflight.NUM_PROCESSES_ENV, "2")
         for packing in (True, False):
             common = dict(model=str(chat_model), data_path=str(data), packing=packing, **(LORA if packing else {}),
                           **SETTINGS)
@@ -399,7 +399,7 @@ def bad_data(tmp_path) -> Path:
 
 
 def test_child_error_reaches_the_python_api(tmp_path, chat_model, bad_data, plain_env):
-    plain_env.setenv(launch.NUM_PROCESSES_ENV, "2")
+    plain_env.setenv(preflight.NUM_PROCESSES_ENV, "2")
     settings = dict(model=str(chat_model), data_path=str(bad_data), **SETTINGS)
     with pytest.raises(AutoTrainError) as direct:  # the same run in this process: the error to expect
         run(LLMTrainingParams(project_name=str(tmp_path / "direct"), **settings))
@@ -413,7 +413,7 @@ def test_child_error_reaches_the_python_api(tmp_path, chat_model, bad_data, plai
 
 
 def test_child_error_reaches_the_cli(tmp_path, chat_model, bad_data, plain_env):
-    plain_env.setenv(launch.NUM_PROCESSES_ENV, "2")
+    plain_env.setenv(preflight.NUM_PROCESSES_ENV, "2")
     with pytest.raises(AutoTrainError) as direct:
         run(LLMTrainingParams(model=str(chat_model), data_path=str(bad_data), project_name=str(tmp_path / "direct"),
                               **SETTINGS))
@@ -428,7 +428,7 @@ def test_child_error_reaches_the_cli(tmp_path, chat_model, bad_data, plain_env):
 
 def test_child_crash_reaches_the_python_api(tmp_path, chat_model, plain_env):
     """Weights that fail to load: whatever the single-process run raises, the launched run reports the same."""
-    plain_env.setenv(launch.NUM_PROCESSES_ENV, "2")
+    plain_env.setenv(preflight.NUM_PROCESSES_ENV, "2")
     model = tmp_path / "corrupt-model"
     shutil.copytree(chat_model, model)
     (model / "model.safetensors").write_bytes(b"not safetensors" * 8)
@@ -469,7 +469,7 @@ def test_sigterm_stops_launched_processes_after_a_checkpoint(tmp_path, chat_mode
         except TrainingInterrupted as exc:
             print("interrupted:", exc.exit_code, exc.checkpoint, flush=True)
     """)
-    env = dict(os.environ, **{launch.NUM_PROCESSES_ENV: "2"})
+    env = dict(os.environ, **{preflight.NUM_PROCESSES_ENV: "2"})
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, env=env)
     lines = []

@@ -56,7 +56,7 @@ def test_lora_flags_without_peft_are_refused_naming_the_flag(name, value):
 def test_saved_params_load_back_with_what_was_chosen(tmp_path):
     """training_params.json holds every value; loading it back must not turn defaults into choices (a launched
     process would otherwise refuse LoRA defaults without --peft, or stop guessing the data's columns)."""
-    from autotrain.trainers.clm.__main__ import load_params
+    from autotrain.worker import load_params
 
     params = LLMTrainingParams(lr=1e-4, project_name=str(tmp_path / "p"))
     params.save_json(tmp_path / "params.json")
@@ -91,8 +91,8 @@ def test_optimizer_and_scheduler_names_are_transformers_own(monkeypatch):
     from transformers.trainer_utils import SchedulerType
     from transformers.training_args import OptimizerNames
 
-    from autotrain.project import check_device
-    from autotrain.trainers.clm import params
+    from autotrain.preflight import check_device
+    from autotrain.params import sections as params
 
     assert set(params.OPTIMIZERS) >= {o.value for o in OptimizerNames}
     assert set(params.SCHEDULERS) >= {s.value for s in SchedulerType}

@@ -144,7 +144,7 @@ from accelerate import PartialState
 from autotrain import project
 from autotrain.errors import ModelError
 from autotrain.trainers.clm.params import LLMTrainingParams
-from autotrain.trainers.clm.__main__ import _configure_logging
+from autotrain.worker import _configure_logging
 
 sys.path.insert(0, sys.argv[1])
 import test_head_check  # registers ScaledLlamaForCausalLM, the wrong head

@@ -4,9 +4,10 @@
   to `<project>/checkpoint-N`: transformers finds checkpoints by that name, so a save killed half way leaves the
   previous checkpoint as the newest one.
 - Saving a step that already has a checkpoint (a resumed run saving it again) swaps the two folders in one call
-  (Linux `renameat2(RENAME_EXCHANGE)`), so `checkpoint-N` always names a complete copy. Where the call is missing
-  (another OS, a file system without it) the old copy is first moved to `.staging/replaced-checkpoint-N`; a crash
-  before the new copy takes its name leaves it there, and `clear_staging` puts it back.
+  (Linux `renameat2(RENAME_EXCHANGE)`; autotrain.atomic), so `checkpoint-N` always names a complete copy. Where the
+  call is missing (another OS, a file system without it) the old copy is first moved to
+  `.staging/replaced-checkpoint-N`; a crash before the new copy takes its name leaves it there, and `clear_staging`
+  puts it back.
 - Resuming from a checkpoint while newer ones exist abandons those: `set_aside_newer` moves them to
   `<project>/superseded/` before the first save, so rotation (which keeps the newest steps) can never delete the
   resumed checkpoint or the resumed run's own saves in their favour, and `auto` resumes the resumed branch.
@@ -16,64 +17,24 @@ Standard library only (the project-folder checks use it before torch is imported
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import os
 import shutil
 from pathlib import Path
 
-from autotrain.atomic import fsync_path, fsync_tree
+from autotrain import atomic
+from autotrain.atomic import fsync_path
 
 STAGING = ".staging"
 SUPERSEDED = "superseded"
 CHECKPOINT_PREFIX = "checkpoint-"
 _REPLACED = "replaced-"
 
-_AT_FDCWD = -100
-_RENAME_EXCHANGE = 2
-
-
-def _load_renameat2():
-    try:
-        function = ctypes.CDLL(None, use_errno=True).renameat2  # glibc 2.28+
-    except (AttributeError, OSError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return function
-
-
-_renameat2 = _load_renameat2()
-
-
-def exchange(a: Path, b: Path) -> bool:
-    """Swap two existing paths in one atomic step; False where the OS or the file system cannot."""
-    if _renameat2 is None:
-        return False
-    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
-        return False
-    raise OSError(code, os.strerror(code), str(b))
-
 
 def publish(staged: Path, final: Path) -> None:
-    """Make a fully written folder visible under its final name; an existing copy is replaced atomically."""
-    fsync_tree(staged)
-    if not final.exists():
-        os.rename(staged, final)
-    elif exchange(staged, final):
-        fsync_path(final.parent)
-        shutil.rmtree(staged, ignore_errors=True)  # now the old copy
-    else:
-        replaced = final.parent / STAGING / f"{_REPLACED}{final.name}"
-        shutil.rmtree(replaced, ignore_errors=True)
-        os.rename(final, replaced)  # a crash from here until the next rename is undone by clear_staging
-        os.rename(staged, final)
-        fsync_path(final.parent)
-        shutil.rmtree(replaced, ignore_errors=True)
-    fsync_path(final.parent)
+    """Make a fully written checkpoint visible under its final name; an existing copy is replaced atomically (where
+    the OS cannot swap the two, the old copy waits in `.staging/replaced-checkpoint-N` until the new one has its
+    name, and `clear_staging` puts it back after a crash in between)."""
+    atomic.publish(staged, final, replace_via=final.parent / STAGING / f"{_REPLACED}{final.name}")
 
 
 def clear_staging(project: Path) -> None:

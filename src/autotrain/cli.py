@@ -23,14 +23,13 @@ import logging
 import sys
 import types
 import typing
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from autotrain import __version__
+from autotrain.config_file import ConfigFile, load_config
 from autotrain.errors import AutoTrainError, ParamsError, TrainingInterrupted
 from autotrain.inference import InferenceParams
-from autotrain.trainers.clm.params import LLMTrainingParams, Schema
+from autotrain.params import LLMTrainingParams, Schema
 
 logger = logging.getLogger("autotrain")
 SchemaT = TypeVar("SchemaT", bound=Schema)
@@ -60,7 +59,9 @@ def add_param_flags(parser: Any, schema: type = LLMTrainingParams, skip: frozens
         if name in skip:
             continue
         kind, optional = _unwrap_optional(info.annotation)
-        flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
+        # Every name of the field (its own, then its earlier ones), each in kebab and snake case.
+        flags = [flag for known in schema.names_of(name)
+                 for flag in dict.fromkeys((f"--{known.replace('_', '-')}", f"--{known}"))]
         default = info.default.get_secret_value() if hasattr(info.default, "get_secret_value") else info.default
         help_text = f"{info.description} " + ("(required)" if info.is_required() else f"(default: {default})")
         if kind is bool:
@@ -79,71 +80,6 @@ def add_param_flags(parser: Any, schema: type = LLMTrainingParams, skip: frozens
         parser.add_argument(*flags, dest=name, type=_converter(kind, optional), choices=choices,
                             default=argparse.SUPPRESS, help=help_text,
                             metavar="{" + ",".join(str(c).lower() for c in choices) + "}" if choices else name.upper())
-
-
-@dataclass(frozen=True)
-class ConfigFile:
-    """A config file's values by field name, and where each value is written, so a bad value's error can say."""
-
-    path: str
-    values: dict[str, Any]
-    places: dict[str, str]  # field -> "path:line:column" of its value
-
-
-def load_config(path: str, schema: type[Schema] = LLMTrainingParams) -> ConfigFile:
-    """Read a YAML mapping of `schema` fields (snake or kebab case); each error is one line naming file:line:column."""
-    import difflib
-
-    import yaml
-
-    try:
-        text = Path(path).expanduser().read_bytes()
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: no such config file") from None
-    except OSError as exc:
-        raise ParamsError(f"{path}: cannot read the config file: {exc.strerror}") from None
-    try:
-        loader = yaml.SafeLoader(text)  # decodes the whole file here
-    except yaml.reader.ReaderError as exc:
-        raise ParamsError(f"{path}: cannot read as YAML text: {exc.reason} (position {exc.position})") from None
-    values: dict[str, Any] = {}
-    places: dict[str, str] = {}
-    try:
-        root = loader.get_single_node()
-        if root is None:  # an empty file (or only comments) sets nothing
-            return ConfigFile(path, values, places)
-        if not isinstance(root, yaml.MappingNode):
-            raise ParamsError(f"{_place(path, root.start_mark)}: expected a mapping of parameter names to values")
-        first_line: dict[str, int] = {}
-        for key_node, value_node in root.value:
-            here = _place(path, key_node.start_mark)
-            if not isinstance(key_node, yaml.ScalarNode):
-                raise ParamsError(f"{here}: a key must be a parameter name")
-            name = key_node.value.replace("-", "_")
-            if name not in schema.model_fields:
-                close = difflib.get_close_matches(name, list(schema.model_fields), n=1)
-                hint = f"did you mean {close[0]}?" if close else "the keys are the flags of `aitraining llm --help`"
-                raise ParamsError(f"{here}: unknown key '{key_node.value}'; {hint}")
-            if name in first_line:
-                raise ParamsError(f"{here}: duplicate key '{key_node.value}' ({name} is already set on line "
-                                  f"{first_line[name]})")
-            first_line[name] = key_node.start_mark.line + 1
-            values[name] = loader.construct_object(value_node, deep=True)
-            places[name] = _place(path, value_node.start_mark)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        message = f"{_place(path, mark) if mark else path}: invalid YAML: {exc.problem or exc.context}"
-        if exc.problem and exc.context and exc.context_mark:
-            message += f" ({exc.context} from line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1})"
-        raise ParamsError(message) from None
-    finally:
-        loader.dispose()
-    return ConfigFile(path, values, places)
-
-
-def _place(path: str, mark: Any) -> str:
-    """`path:line:column`, 1-based, from a 0-based yaml mark."""
-    return f"{path}:{mark.line + 1}:{mark.column + 1}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,20 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def params_from_args(args: argparse.Namespace) -> LLMTrainingParams:
-    given = vars(args)
-    stray = sorted(k for k in given if k in InferenceParams.model_fields and k not in LLMTrainingParams.model_fields)
-    if stray:
-        raise ParamsError(f"--{stray[0].replace('_', '-')} is an inference flag; use it with --inference, not --train")
     return _build(LLMTrainingParams, args)
 
 
 def inference_params_from_args(args: argparse.Namespace) -> InferenceParams:
-    given = vars(args)
-    stray = sorted(k for k in given if k in LLMTrainingParams.model_fields and k not in InferenceParams.model_fields)
-    if stray:
-        raise ParamsError(f"--{stray[0].replace('_', '-')} is a training flag; --inference takes --project-name "
-                          "and the --inference-* flags")
     return _build(InferenceParams, args)
+
+
+# What a flag of the other command is called, and what to do instead, by the schema being built.
+_OTHER_COMMAND: dict[type[Schema], tuple[type[Schema], str]] = {
+    LLMTrainingParams: (InferenceParams, "is an inference flag; use it with --inference, not --train"),
+    InferenceParams: (LLMTrainingParams, "is a training flag; --inference takes --project-name and the "
+                      "--inference-* flags"),
+}
 
 
 def _build(schema: type[SchemaT], args: argparse.Namespace) -> SchemaT:
@@ -189,6 +124,10 @@ def _build(schema: type[SchemaT], args: argparse.Namespace) -> SchemaT:
     values were chosen. An invalid value that came from the file is reported at its place in the file."""
     from pydantic import ValidationError
 
+    other, advice = _OTHER_COMMAND[schema]
+    stray = sorted(k for k in vars(args) if k in other.model_fields and k not in schema.model_fields)
+    if stray:
+        raise ParamsError(f"--{stray[0].replace('_', '-')} {advice}")
     flags = {k: v for k, v in vars(args).items() if k in schema.model_fields}
     config = load_config(args.config, schema) if "config" in args else ConfigFile("", {}, {})
     from_file = {k: v for k, v in config.values.items() if k not in flags}

@@ -16,14 +16,12 @@ import logging
 import os
 import shutil
 import sys
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-from autotrain.atomic import fsync_tree
+from autotrain import atomic
 from autotrain.errors import ModelError
-from autotrain.trainers.clm.params import DEFAULT_MODEL
+from autotrain.params import DEFAULT_MODEL
 
 logger = logging.getLogger("autotrain")
 
@@ -56,22 +54,16 @@ def embedded_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     if final.is_dir():
         return final
     root.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(root)
+    atomic.remove_stale_temps(root, _TEMP_PREFIX, _STALE_TEMP_S)
     logger.info("converting the embedded SmolLM2-135M-Instruct GGUF to safetensors (once, ~40 s)…")
-    # A unique sibling on the same filesystem, so the rename is atomic and concurrent conversions never share it.
-    temp = root / f"{_TEMP_PREFIX}{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    temp.mkdir()
+    # Concurrent conversions each write their own temp folder; the first to publish wins, the others use its folder.
+    temp = atomic.new_temp(root, _TEMP_PREFIX, final.name)
     # transformers draws a per-tensor bar on stderr; in a log file it is noise, and stderr carries only errors.
     quiet = contextlib.nullcontext() if sys.stderr.isatty() else contextlib.redirect_stderr(io.StringIO())
     try:
         with quiet:
             _convert(gguf, temp)
-        fsync_tree(temp)
-        os.replace(temp, final)
-    except OSError:
-        # Another process published the same folder first (renaming onto a non-empty folder fails): use theirs.
-        if not final.is_dir():
-            raise
+        atomic.publish(temp, final)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     return final
@@ -109,13 +101,6 @@ def _folder_name(gguf: Path) -> str:
     stat = gguf.stat()
     key = f"{gguf.name}:{version}:{stat.st_size}:{stat.st_mtime_ns}"
     return f"smollm2-135m-instruct-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-
-
-def _remove_stale_temps(root: Path) -> None:
-    """Temp folders of killed conversions hold ~0.5 GB each; a live one is never this old."""
-    for temp in root.glob(_TEMP_PREFIX + "*"):
-        if temp.is_dir() and time.time() - temp.stat().st_mtime > _STALE_TEMP_S:
-            shutil.rmtree(temp, ignore_errors=True)
 
 
 def _convert(gguf: Path, out: Path) -> None:

@@ -6,6 +6,8 @@ there is one. The CLI prints that line and exits 2; the Python API raises the ex
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class AutoTrainError(Exception):
     """A problem with the user's input, reported as one line."""
@@ -48,3 +50,11 @@ class TrainingInterrupted(AutoTrainError):
         super().__init__(message)
         self.exit_code = 128 + signal_number
         self.checkpoint = checkpoint
+
+
+def did_you_mean(value: str, known: Iterable[str], *, most: int = 1, otherwise: str) -> str:
+    """The hint for a mistyped name: `did you mean X?` (up to `most` close names, best first), else `otherwise`."""
+    import difflib
+
+    close = difflib.get_close_matches(value, list(known), n=most)
+    return f"did you mean {', '.join(close)}?" if close else otherwise

@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import Field
 
-from autotrain.errors import DataError, ModelError, ParamsError
-from autotrain.trainers.clm.params import Schema
+from autotrain.errors import DataError, ParamsError
+from autotrain.params import Schema
 
 
 class InferenceParams(Schema):
@@ -58,25 +58,9 @@ def read_prompts(spec: str) -> list[str]:
     return prompts
 
 
-def load_project(project: Path, trust_remote_code: bool = False) -> tuple[Any, Any]:
-    """The trained model and its tokenizer: the merged model where there is one, else base + adapter."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if (project / "config.json").exists():
-        model = AutoModelForCausalLM.from_pretrained(project, use_safetensors=True, trust_remote_code=trust_remote_code)
-    elif (project / "adapter_config.json").exists():
-        from peft import AutoPeftModelForCausalLM
-
-        model = AutoPeftModelForCausalLM.from_pretrained(project, use_safetensors=True,
-                                                         trust_remote_code=trust_remote_code)
-    else:
-        raise ModelError(f"{project}: no trained model here (no config.json or adapter_config.json)")
-    return model.eval(), AutoTokenizer.from_pretrained(project, trust_remote_code=trust_remote_code)
-
-
 def trained_with_remote_code(project: Path) -> bool:
     """Whether the run in `project` allowed the model's own code (its training_params.json says)."""
-    from autotrain.outputs import PARAMS_FILE
+    from autotrain.project_folder import PARAMS_FILE
 
     try:
         return json.loads((project / PARAMS_FILE).read_text()).get("trust_remote_code") is True
@@ -100,13 +84,14 @@ def generate(params: InferenceParams) -> Iterator[dict[str, str]]:
     import torch
 
     from autotrain.data.templates import stop_ids
+    from autotrain.models import load_trained
 
     project = Path(params.project_name).expanduser()
     if not project.is_dir():
         raise ParamsError(f"project_name: {project} does not exist")
     prompts = read_prompts(params.inference_prompts)
     trust = params.trust_remote_code if params.trust_remote_code is not None else trained_with_remote_code(project)
-    model, tokenizer = load_project(project, trust)
+    model, tokenizer = load_trained(project, trust)
     sampling = params.inference_temperature > 0
     # Stop where the template ends a turn, as well as where the model's own generation config says.
     own_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)

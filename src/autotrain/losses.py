@@ -14,7 +14,7 @@ A step's loss is defined over all of the step's pairs, on every process, never p
     SFT:   L = (sum of NLL over the step's NLL tokens) / N_tokens
 
 N_tokens counts the step's NLL targets (`in_nll`: the chosen completion tokens, and the chosen side's prompt tokens
-with orpo_prompt_loss; SFT: the trained completion tokens) and N_pairs its pairs (SFT: its examples), both summed over
+with prompt_loss; SFT: the trained completion tokens) and N_pairs its pairs (SFT: its examples), both summed over
 the step's micro-batches and over all processes. So the NLL is a token mean over the whole step, never a mean of
 per-micro-batch means, and batch 4 x accumulation 1, 2 x 2, 1 x 4 and 2 processes x 2 x 1 train on one gradient.
 

@@ -22,10 +22,12 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from autotrain import samples
+from autotrain import answers, methods
+from autotrain.models import merge_saved_adapter, unwrap
 from autotrain.plots import PLOT_FILE
+from autotrain.progress import is_evaluation
 from autotrain.project_folder import ADAPTER_DIR, CARD_FILE, METRICS_FILE, PARAMS_FILE  # noqa: F401 - re-exported
-from autotrain.trainers.clm.params import LLMTrainingParams
+from autotrain.params import LLMTrainingParams
 
 logger = logging.getLogger("autotrain")
 
@@ -74,7 +76,7 @@ def save_model(trainer: Any, tokenizer: Any, template: str | None, params: LLMTr
     each process holds the whole model and the main process saves (and merges) it directly.
     """
     accelerator = trainer.accelerator
-    model = accelerator.unwrap_model(trainer.model)
+    model = unwrap(trainer.model, peft=False)
     stop_at_turn_end(model, tokenizer, template)  # on the base model's config: a merged model keeps it
     sharded = getattr(accelerator, "is_fsdp2", False) or accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
     if sharded:
@@ -83,7 +85,7 @@ def save_model(trainer: Any, tokenizer: Any, template: str | None, params: LLMTr
         return
     if params.peft and params.merge_adapter:
         if sharded:
-            merged = _merge_saved_adapter(project / ADAPTER_DIR, params)
+            merged = merge_saved_adapter(project / ADAPTER_DIR, params.trust_remote_code)
         else:
             model.save_pretrained(project / ADAPTER_DIR)
             merged = model.merge_and_unload()
@@ -149,16 +151,6 @@ def write_adapter_card(folder: Path, params: LLMTrainingParams) -> None:
     (folder / CARD_FILE).write_text("\n".join(lines))
 
 
-def _merge_saved_adapter(adapter_dir: Path, params: LLMTrainingParams) -> Any:
-    """The base model (loaded again, on CPU) with the saved adapter merged in."""
-    from peft import AutoPeftModelForCausalLM
-
-    model = AutoPeftModelForCausalLM.from_pretrained(
-        adapter_dir, trust_remote_code=params.trust_remote_code, use_safetensors=True
-    )
-    return model.merge_and_unload()
-
-
 def final_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
     """The last value of each metric logged during the run (train and eval)."""
     final: dict[str, float] = {}
@@ -171,7 +163,7 @@ def final_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
 
 def before_after(records: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]] | None:
     """The first and last evaluation (step 0 is before any training)."""
-    evals = [r for r in records if "eval_loss" in r]
+    evals = [r for r in records if is_evaluation(r)]
     if not evals:
         return None
     return evals[0], evals[-1]
@@ -217,7 +209,10 @@ def write_card(project: Path, params: LLMTrainingParams, base_model: str, data: 
         for key in ("eval_rewards/accuracies", "eval_loss", "eval_nll_loss", "eval_rewards/margins"):
             if isinstance(before.get(key), int | float) and isinstance(after.get(key), int | float):
                 lines.append(f"| {key.removeprefix('eval_')} | {before[key]:.4f} | {after[key]:.4f} |")
-    answered = samples.read(project)
+        accuracy = methods.spec(params.trainer).accuracy
+        if accuracy is not None and "eval_rewards/accuracies" in before:
+            lines += ["", f"rewards/accuracies: the share of validation pairs where {accuracy}."]
+    answered = answers.read(project)
     if answered:
         lines += ["", "## Sample answers (validation prompts, greedy)", "", "| prompt | before | after |", "|---|---|---|"]
         lines += [f"| {_cell(s['prompt'])} | {_cell(s['before'])} | {_cell(s['after'])} |" for s in answered]

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autotrain.errors import ParamsError, TrainingInterrupted
-from autotrain.project_folder import resume_point  # noqa: F401 - also imported from here by its earlier callers
-from autotrain.trainers.clm.params import DEFAULT_MODEL, LLMTrainingParams
+from autotrain import methods, preflight
+from autotrain.errors import ParamsError
+from autotrain.params import LLMTrainingParams
+from autotrain.project_folder import owned, resume_point
 
 logger = logging.getLogger("autotrain")
 
@@ -34,10 +35,11 @@ class RunResult:
     hub_repo: str | None = None
     evaluation: tuple[dict[str, float], dict[str, float]] | None = None  # first and last eval, when validated
     samples: tuple[dict[str, str | None], ...] = ()  # validation prompts with answers before and after training
+    accuracy: str | None = None  # what the method's preference accuracy counts (autotrain.methods); None: none
 
     def summary(self) -> str:
         lines = [f"outputs: {self.output_dir}"]
-        from autotrain.samples import one_line
+        from autotrain.answers import one_line
 
         for sample in self.samples:
             lines += [f"prompt: {one_line(sample['prompt'])}", f"  before: {one_line(sample['before'])}",
@@ -45,13 +47,13 @@ class RunResult:
         if self.evaluation is not None:
             before, after = self.evaluation
             key = "eval_rewards/accuracies"
-            if key not in before:  # SFT: no preference pairs
+            if self.accuracy is None or key not in before:  # a method without preference pairs (SFT)
                 key = "eval_loss"
                 lines.append(f"validation loss: {_number(before[key], 4)} before training, {_number(after[key], 4)} "
                              "after")
                 return "\n".join(lines)
             lines.append(
-                f"validation preference accuracy (chosen log-odds > rejected): {_number(before[key], 3)} before "
+                f"validation preference accuracy ({self.accuracy}): {_number(before[key], 3)} before "
                 f"training (step {before['step']}), {_number(after[key], 3)} after (step {after['step']})"
             )
         return "\n".join(lines)
@@ -63,10 +65,10 @@ def _number(value: Any, digits: int) -> str:
 
 
 class AutoTrainProject:
-    """One training run. `process=True` (the default) validates and tokenizes the data before training;
-    data is always validated before the model loads, so `process=False` changes nothing and is accepted only
-    for compatibility with scripts written for the parent tool. `verbose=True` shows the libraries' own logs,
-    warnings and loading bars, which are otherwise kept quiet during the run (autotrain.quiet)."""
+    """One training run. The data is always checked and tokenized before the model loads: `process=True` (the
+    default, the parent tool's name for that) is the only value; `process=False`, which there skipped it, is refused
+    rather than silently ignored. `verbose=True` shows the libraries' own logs, warnings and loading bars, which are
+    otherwise kept quiet during the run (autotrain.quiet)."""
 
     def __init__(self, params: LLMTrainingParams, backend: str = "local", process: bool = True,
                  verbose: bool = False):
@@ -74,59 +76,37 @@ class AutoTrainProject:
             raise ParamsError(f"params must be LLMTrainingParams, got {type(params).__name__}")
         if backend not in BACKENDS:
             raise ParamsError(f"backend '{backend}' is not available; supported: {', '.join(BACKENDS)}")
+        if process is not True:
+            raise ParamsError(f"process={process!r}: the data is always checked and tokenized before training, so "
+                              "there is no processing to skip; leave process out")
         self.params, self.backend, self.process, self.verbose = params, backend, process, verbose
 
     def create(self) -> RunResult:
         """Own the project folder, check it and the data (before torch is imported), then train here or launch."""
         from autotrain import launch, quiet
-        from autotrain.project_folder import owned
 
         params = self.params
-        project = project_dir(params)
-        with quiet.libraries(self.verbose), scrubbed_argv(params), owned(project, take=takes_lock()):
-            resume_point(project, params.resume_from_checkpoint)  # before the data is read
-            opened = check_inputs(params)
-            if launch.needs_launch(params):
+        with quiet.libraries(self.verbose), session(params):
+            resume_point(preflight.project_dir(params), params.resume_from_checkpoint)  # before the data is read
+            opened = preflight.check_inputs(params)
+            if preflight.needs_launch(params):
                 # Several processes: accelerate starts them; each runs `python -m autotrain.trainers.clm`.
                 launch.launch(params)
                 return result_of(params)
             return run(params, opened=opened)
 
 
-def check_inputs(params: LLMTrainingParams) -> Any:
-    """Open the data (files, splits, columns) and check the models' files or hub ids, before torch and
-    transformers are imported (seconds): the first error in the input comes in well under a second."""
-    from autotrain import model_files
-    from autotrain.data.prepare import open_data
-
-    opened = open_data(params, paired=params.method != "sft")
-    for name in (params.model, params.model_ref):
-        if name is not None and name != DEFAULT_MODEL:  # the embedded default is checked when it is converted
-            model_files.check(name)
-    return opened
-
-
-def project_dir(params: LLMTrainingParams) -> Path:
-    return Path(params.project_name).expanduser().resolve()
-
-
-def takes_lock() -> bool:
-    """Whether this process owns the project folder for its run: not a process that autotrain.launch started (its
-    parent holds the lock), and only the first process (rank 0) of a run under torchrun, slurm or mpirun."""
-    from autotrain.launch import LAUNCHED_ENV, global_rank
-
-    return not os.environ.get(LAUNCHED_ENV) and global_rank() == 0
-
-
 @contextlib.contextmanager
-def scrubbed_argv(params: LLMTrainingParams) -> Iterator[None]:
-    """While the run lasts, `sys.argv` holds no secret value: trackers record it (wandb keeps the command line in
-    its run files, and an online run uploads them). Restored afterwards."""
+def session(params: LLMTrainingParams) -> Iterator[None]:
+    """What a run holds while it lasts: the project folder's lock (in the process that owns the run:
+    preflight.takes_lock), and a `sys.argv` without secrets, since trackers record it (wandb keeps the command line
+    in its run files, and an online run uploads them). The argv is restored afterwards."""
     secrets = [value for value in params.secret_values() if value]
     saved = list(sys.argv)
     sys.argv[:] = [scrub(arg, secrets) for arg in saved]
     try:
-        yield
+        with owned(preflight.project_dir(params), take=preflight.takes_lock()):
+            yield
     finally:
         sys.argv[:] = saved
 
@@ -135,36 +115,6 @@ def scrub(text: str, secrets: list[str]) -> str:
     for secret in secrets:
         text = text.replace(secret, "***")
     return text
-
-
-def check_device(params: LLMTrainingParams) -> None:
-    """What the machine and the installed transformers must support, before the model loads."""
-    import torch
-    from transformers.trainer_utils import SchedulerType
-    from transformers.training_args import OptimizerNames
-
-    # params checks the names against its own copy of transformers' lists; the installed version decides.
-    if params.optimizer not in {o.value for o in OptimizerNames}:
-        raise ParamsError(f"optimizer: '{params.optimizer}' is not an optimizer of the installed transformers")
-    if params.scheduler not in {s.value for s in SchedulerType}:
-        raise ParamsError(f"scheduler: '{params.scheduler}' is not a scheduler of the installed transformers")
-    if params.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise ParamsError("mixed_precision: fp16 needs a CUDA GPU; on CPU leave it unset (fp32)")
-    if params.mixed_precision == "bf16" and torch.cuda.is_available() and not _bf16_accelerator():
-        raise ParamsError("mixed_precision: bf16 needs an Ampere or newer GPU; use fp16 on this one")
-    if bf16_on_cpu(params):
-        # bf16 autocast on CPU is what a GPU run computes, so a GPU config can be tried on a laptop, only slower.
-        if not torch.amp.is_autocast_available("cpu"):
-            raise ParamsError("mixed_precision: bf16 needs a GPU or a torch with CPU autocast; leave it unset (fp32)")
-        logger.warning("mixed_precision bf16 on CPU: training runs under CPU bf16 autocast, which is far slower than "
-                       "fp32 on most CPUs")
-    if params.quantization is not None:
-        if not torch.cuda.is_available():
-            raise ParamsError(f"quantization: {params.quantization} (bitsandbytes) needs a CUDA GPU; on CPU leave it unset")
-        import importlib.util
-
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise ParamsError(f"quantization: {params.quantization} needs bitsandbytes: pip install bitsandbytes")
 
 
 def training_arguments(params: LLMTrainingParams, project: Path, train_pairs: int, has_valid: bool) -> Any:
@@ -193,7 +143,7 @@ def training_arguments(params: LLMTrainingParams, project: Path, train_pairs: in
         bf16=params.mixed_precision == "bf16",
         fp16=params.mixed_precision == "fp16",
         # transformers refuses bf16 without a GPU unless told to train on the CPU (under bf16 autocast).
-        use_cpu=bf16_on_cpu(params),
+        use_cpu=preflight.bf16_on_cpu(params),
         **_checkpointing_args(TrainingArguments, not params.disable_gradient_checkpointing),
         logging_strategy="steps",
         logging_steps=logging_steps,
@@ -210,19 +160,6 @@ def training_arguments(params: LLMTrainingParams, project: Path, train_pairs: in
         dataloader_pin_memory=False,
         disable_tqdm=True,  # autotrain.progress.Progress shows step/total, loss, tokens/s and ETA instead
     )
-
-
-def _bf16_accelerator() -> bool:
-    from transformers.utils import is_torch_bf16_gpu_available
-
-    return bool(is_torch_bf16_gpu_available())
-
-
-def bf16_on_cpu(params: LLMTrainingParams) -> bool:
-    """bf16 asked for and no accelerator here that does it: the run trains on the CPU under bf16 autocast."""
-    import torch
-
-    return params.mixed_precision == "bf16" and not torch.cuda.is_available() and not _bf16_accelerator()
 
 
 def _checkpointing_args(arguments_class: Any, enabled: bool) -> dict[str, Any]:
@@ -257,22 +194,6 @@ def _checkpoint_step(checkpoint: Path | None) -> int:
     return int(json.loads((checkpoint / "trainer_state.json").read_text())["global_step"])
 
 
-def interrupted(number: int, project: Path) -> TrainingInterrupted:
-    """The error for a run stopped by signal `number`: what was saved, and how to resume."""
-    import signal
-
-    from autotrain.checkpoints import checkpoints
-
-    saved = checkpoints(project)
-    name = signal.Signals(number).name
-    return TrainingInterrupted(
-        f"stopped by {name} after saving {saved[-1] if saved else 'no checkpoint'}; resume with the same command "
-        "plus --resume-from-checkpoint auto (Python: resume_from_checkpoint='auto')",
-        signal_number=number,
-        checkpoint=str(saved[-1]) if saved else None,
-    )
-
-
 def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = None) -> RunResult:
     """Train in this process and return the result; raise on any failure.
 
@@ -284,22 +205,21 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     from autotrain import defaults, model_files, quiet
     from autotrain.project_folder import PARAMS_FILE
 
-    project = project_dir(params)
+    project = preflight.project_dir(params)
     resume = params.resume_from_checkpoint
     resume_from = resume_point(project, "auto" if folder_checked and resume is None else resume)
     # The data's files, splits and columns are checked before torch and transformers are imported (seconds) and
     # before the model is touched (the default model's one-time conversion takes ~40 s).
-    opened = opened or check_inputs(params)
+    opened = opened or preflight.check_inputs(params)
     quiet.import_quietly("transformers.integrations.integration_utils")  # the first import of transformers
-    check_device(params)
-    from autotrain import models, outputs, samples
-    from autotrain.checkpoints import finish, set_aside_newer
+    preflight.check_device(params)
+    from autotrain import answers, models, outputs
+    from autotrain.checkpoints import clear_staging, finish, set_aside_newer
     from autotrain.data.prepare import prepare_data
     from autotrain.data.templates import stop_ids
     from autotrain.plots import plot_training
-    from autotrain.trainers.clm.trainer import METHODS
 
-    method = METHODS[params.trainer]
+    method = methods.spec(params.trainer)
     model_path = defaults.resolve_model(params.model)
     ref_path = defaults.resolve_model(params.model_ref) if params.model_ref else None
     with model_files.loading(model_path):
@@ -308,10 +228,10 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     data = prepare_data(params, tokenizer, models.model_max_length(config), opened=opened)
     from transformers import PrinterCallback, ProgressCallback, set_seed
 
-    from autotrain.attention import make_collator
+    from autotrain.data.kernels import make_collator
     from autotrain.progress import Progress
-    from autotrain.trainers.clm import safety
-    from autotrain.trainers.clm.trainer import PreferenceTrainer
+    from autotrain import stop as stopping
+    from autotrain.trainers.clm.trainer import MethodTrainer
 
     from accelerate import PartialState
 
@@ -324,9 +244,9 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     sample_ids = data.valid.prompt_ids[: params.sample_answers] if params.sample_answers and main else []
     own_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     stops = stop_ids(tokenizer, data.template, also=own_eos) if sample_ids else None
-    before = samples.answer(model, tokenizer, sample_ids, stops) if sample_ids and resume_from is None else None
+    before = answers.answer(model, tokenizer, sample_ids, stops) if sample_ids and resume_from is None else None
     ref_model = None
-    if method.reference:
+    if method.needs_reference:
         # With adapters the reference is the same weights with the adapters off; precomputing before the first
         # step can use the model itself; otherwise a second, frozen copy is needed.
         fresh = params.precompute_ref_logps and resume_from is None
@@ -338,20 +258,20 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     project.mkdir(parents=True, exist_ok=True)
     if main:
         params.save_json(project / PARAMS_FILE)  # first: it marks the folder as this tool's (project_folder)
-        safety.clear_staging(project)
+        clear_staging(project)
         aside = set_aside_newer(project, resume_from)
         if aside:
             logger.info("resuming from %s: %d newer checkpoint(s) of the run it left set aside in %s",
                         resume_from.name, len(aside), aside[0].parent)
         outputs.keep_metrics_until(project, _checkpoint_step(resume_from))
     _tracker_environment(params, project)
-    stop = safety.StopOnSignal()
-    trainer = PreferenceTrainer(
+    stop = stopping.StopOnSignal()
+    trainer = MethodTrainer(
         model=model,
         args=args,
         train_dataset=data.train.dataset,
         eval_dataset=data.valid.dataset if data.valid is not None else None,
-        data_collator=make_collator(params.packing, tokenizer.pad_token_id, params.orpo_prompt_loss, model=model),
+        data_collator=make_collator(params.packing, tokenizer.pad_token_id, params.prompt_loss, model=model),
         processing_class=tokenizer,
         callbacks=[outputs.MetricsFile(project / outputs.METRICS_FILE), stop, Progress()],
         method=params.trainer,
@@ -372,10 +292,10 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
 
             wandb.finish()
     if stop.received is not None:
-        raise interrupted(stop.received, project)
+        raise stopping.interrupted(stop.received, project)
     if sample_ids:
-        after = samples.answer(trainer.accelerator.unwrap_model(trainer.model), tokenizer, sample_ids, stops)
-        samples.write(project, samples.prompt_texts(tokenizer, sample_ids, data.template), before, after)
+        after = answers.answer(models.unwrap(trainer.model, peft=False), tokenizer, sample_ids, stops)
+        answers.write(project, answers.prompt_texts(tokenizer, sample_ids, data.template), before, after)
     outputs.save_model(trainer, tokenizer, data.template, params, project)
     if main:
         finish(project)
@@ -390,13 +310,13 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
 
 def result_of(params: LLMTrainingParams) -> RunResult:
     """What a finished run left in its project folder (the same whether it ran here or in launched processes)."""
-    from autotrain import outputs, samples
+    from autotrain import answers, outputs
 
-    project = Path(params.project_name).expanduser().resolve()
+    project = preflight.project_dir(params)
     records = outputs.read_metrics(project)
     adapter_dir = None
     if params.peft:
         adapter_dir = project / outputs.ADAPTER_DIR if params.merge_adapter else project
     hub_repo = f"{params.username}/{project.name}" if params.push_to_hub else None
     return RunResult(project, outputs.final_metrics(records), adapter_dir, hub_repo, outputs.before_after(records),
-                     tuple(samples.read(project)))
+                     tuple(answers.read(project)), methods.spec(params.trainer).accuracy)

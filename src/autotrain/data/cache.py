@@ -13,8 +13,8 @@ The key hashes everything that decides the ids:
 - the settings: columns, max_prompt_length, max_completion_length, the resolved block size, the chat_template
   choice.
 
-An entry appears only by renaming a finished temp folder, so a killed run never leaves a half entry that looks
-valid; a bad row raises before anything is renamed.
+An entry appears only by renaming a finished temp folder (autotrain.atomic), so a killed run never leaves a half
+entry that looks valid; a bad row raises before anything is renamed.
 """
 
 from __future__ import annotations
@@ -22,17 +22,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
-import socket
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from autotrain import atomic
 from autotrain.data.sources import Split
 from autotrain.data.tokenize import Limits, TokenCounts, TokenizedSplit, report
 
@@ -118,18 +116,13 @@ class TokenCache:
             logger.warning("cannot create the cache folder %s (%s); the tokenized data will not be kept", root, exc)
             path = Path(tempfile.mkdtemp(prefix="aitraining-tokens-")) / DATA_FILE
             return TokenizedSplit.open(path, build(path))
-        _remove_stale_temps(root)
-        temp = root / f"{_TEMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        temp.mkdir()
+        atomic.remove_stale_temps(root, _TEMP_PREFIX, _STALE_TEMP_S)
+        temp = atomic.new_temp(root, _TEMP_PREFIX, key)
         try:
             _write_meta(temp, key, build(temp / DATA_FILE))
-            if final.exists():  # unreadable (checked above): replace it
-                shutil.rmtree(final, ignore_errors=True)
-            try:
-                os.replace(temp, final)
-            except OSError:
-                if not final.is_dir():  # another run published the same key first: theirs is as good
-                    raise
+            # An entry there already was unreadable (checked above): replaced. One another run published
+            # meanwhile is as good as this one.
+            atomic.publish(temp, final, replace_via=temp.with_name(temp.name + "-replaced"))
         finally:
             shutil.rmtree(temp, ignore_errors=True)
         published = _open(final, key)
@@ -146,11 +139,7 @@ def _write_meta(folder: Path, key: str, counts: TokenCounts) -> None:
         "counts": {**asdict(counts), "dropped": dict(counts.dropped), "truncated": dict(counts.truncated)},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    path = folder / META_FILE
-    with path.open("w") as handle:
-        json.dump(meta, handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2))  # flushed to disk by atomic.publish
 
 
 def _open(folder: Path, key: str) -> tuple[TokenizedSplit, TokenCounts] | None:
@@ -167,28 +156,3 @@ def _open(folder: Path, key: str) -> tuple[TokenizedSplit, TokenCounts] | None:
         return TokenizedSplit.open(data, counts), counts
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def _remove_stale_temps(root: Path) -> None:
-    """Temps of killed runs: this host's whose process is gone, and any host's older than _STALE_TEMP_S."""
-    here = f"{_TEMP_PREFIX}{socket.gethostname()}-"
-    for temp in root.glob(_TEMP_PREFIX + "*"):
-        try:
-            stale = time.time() - temp.stat().st_mtime > _STALE_TEMP_S
-            if not stale and temp.name.startswith(here):
-                pid = int(temp.name[len(here) :].split("-")[0])
-                stale = pid != os.getpid() and not _alive(pid)
-        except (OSError, ValueError):
-            continue
-        if stale:
-            shutil.rmtree(temp, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True

@@ -17,7 +17,7 @@ from autotrain.data.cache import TokenCache
 from autotrain.data.render import Columns, Renderer, pick_template, resolve_columns
 from autotrain.data.sources import Split, load_split
 from autotrain.data.tokenize import Limits, TokenizedSplit, resolve_block_size, write_tokens
-from autotrain.trainers.clm.params import LLMTrainingParams
+from autotrain.params import LLMTrainingParams
 
 logger = logging.getLogger("autotrain")
 

@@ -32,7 +32,7 @@ from typing import Any
 from autotrain.data.split import QUOTE_IT, Row, Split
 from autotrain.data.templates import CHATML_TEMPLATE, NAMED_TEMPLATES, ZEPHYR_TEMPLATE, pick_template, render
 from autotrain.errors import DataError, ParamsError
-from autotrain.trainers.clm.params import LLMTrainingParams
+from autotrain.params import LLMTrainingParams
 
 __all__ = ["CHATML_TEMPLATE", "NAMED_TEMPLATES", "ZEPHYR_TEMPLATE", "Columns", "RenderedPair", "Renderer",
            "pick_template", "resolve_columns"]

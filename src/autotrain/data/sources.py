@@ -18,7 +18,7 @@ from autotrain.data.files import (
 from autotrain.data.json_file import JsonSplit
 from autotrain.data.split import Advance, Location, RawSplit, Row, Split, ignore_progress
 from autotrain.errors import DataError
-from autotrain.trainers.clm.params import SAMPLE_DATA
+from autotrain.params import SAMPLE_DATA
 
 __all__ = ["DatasetSplit", "Location", "RawSplit", "Row", "Split", "load_split", "open_file", "sample_data_dir"]
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autotrain.atomic import fsync_path
 from autotrain.data.render import RenderedPair, Renderer
 from autotrain.data.split import Location, Split
 from autotrain.errors import DataError
@@ -135,7 +134,6 @@ def write_tokens(split: Split, renderer: Renderer, tokenizer: Any, limits: Limit
                 sink.add(_tokenize(batch, tokenizer, renderer.templated, paired, limits, dropped, truncated))
                 batch = []
         sink.add(_tokenize(batch, tokenizer, renderer.templated, paired, limits, dropped, truncated))
-    fsync_path(path)  # flushed before the caller publishes it, so a crash never leaves a short file under its name
     counts = TokenCounts(sink.rows, rows, dropped, truncated, renderer.shape)
     report(split.source, counts)
     return counts

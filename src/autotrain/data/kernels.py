@@ -1,4 +1,4 @@
-"""Which attention kernel runs a packed batch, and the mask that kernel takes.
+"""Which attention kernel runs a packed batch, and the mask that kernel takes; the collator each model gets.
 
 A packed row (autotrain.data.pack) needs a mask that is neither causal over the row nor a padding mask. Each
 attention implementation of transformers 5 takes it its own way:
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from autotrain.data.collate import PaddedCollator
 from autotrain.data.pack import PAD_SEGMENT, PackedCollator, dense_mask, segment_mask_mod
+from autotrain.models import unwrap
 
 logger = logging.getLogger("autotrain")
 
@@ -63,13 +64,9 @@ def _log_once(message: str) -> None:
         logger.warning(message)
 
 
-def _base(model: torch.nn.Module) -> torch.nn.Module:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def packing_kernel(model: torch.nn.Module) -> tuple[str | None, str]:
     """(kernel, why): the KERNELS value that runs a packed batch on this model, or None and the reason it can't."""
-    base = _base(model)
+    base = unwrap(model)
     config = base.config
     impl = getattr(config, "_attn_implementation", None) or "eager"
     if impl not in KERNELS:
@@ -141,20 +138,20 @@ def decoder_inputs(model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, A
         if "position_ids" in batch:
             args["position_ids"] = batch["position_ids"]
         return args
-    impl = getattr(_base(model).config, "_attn_implementation", None) or "eager"
+    impl = getattr(unwrap(model).config, "_attn_implementation", None) or "eager"
     kernel = KERNELS.get(impl)
     shared = "cu_seq_lens" not in batch
     if kernel is None or (kernel == "varlen" and shared):
         raise ValueError(
             f"this packed batch cannot run on attention implementation '{impl}'; build the collator with "
-            "autotrain.attention.make_collator(model=...) so it falls back to a layout this model can run"
+            "autotrain.data.kernels.make_collator(model=...) so it falls back to a layout this model can run"
         )
     args = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
     segment_ids = batch["segment_ids"]
     if kernel == "dense":
         args["attention_mask"] = dense_mask(segment_ids)
     elif kernel == "additive":
-        dtype = _base(model).get_input_embeddings().weight.dtype
+        dtype = unwrap(model).get_input_embeddings().weight.dtype
         allowed = dense_mask(segment_ids)
         args["attention_mask"] = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
             ~allowed, torch.finfo(dtype).min

@@ -1,30 +1,22 @@
-"""Nothing lost: atomic checkpoints, a clean stop on SIGINT/SIGTERM, and no step on a non-finite loss.
+"""A clean stop on SIGINT/SIGTERM: save a checkpoint at the end of the current optimizer step, then stop.
 
-- Checkpoints are written into `<project>/.staging/`, fsynced, and published by one rename; an existing one is
-  replaced in one atomic swap; a save killed half way is undone on the next start (autotrain.checkpoints, whose
-  functions are re-exported here).
-- The first SIGINT/SIGTERM asks the loop to save and stop at the end of the current optimizer step; a second one
-  falls back to the default behaviour (exit at once).
-- The optimizer never steps on a non-finite loss or gradient: the run stops with an error naming the step and
-  the last good checkpoint, and no final model is saved.
+The first signal asks the loop to save and stop at the next step boundary (`StopOnSignal`); a second one falls back
+to the default behaviour (exit at once), so a run that hangs can still be stopped. The run then raises
+`interrupted(...)`: the error naming what was saved and how to resume, with the shell's exit code (130, 143). A
+launched run's parent raises the same error for its children (autotrain.launch).
 """
 
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from transformers import TrainerCallback
 
-from autotrain.checkpoints import (  # noqa: F401 - the checkpoint operations, under the names callers use
-    CHECKPOINT_PREFIX,
-    STAGING,
-    checkpoints,
-    clear_staging,
-    publish,
-    rotate,
-)
+from autotrain.checkpoints import checkpoints
+from autotrain.errors import TrainingInterrupted
 
 
 class StopOnSignal(TrainerCallback):
@@ -53,3 +45,15 @@ class StopOnSignal(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         return control
+
+
+def interrupted(number: int, project: Path) -> TrainingInterrupted:
+    """The error for a run stopped by signal `number`: what was saved, and how to resume."""
+    saved = checkpoints(project)
+    name = signal.Signals(number).name
+    return TrainingInterrupted(
+        f"stopped by {name} after saving {saved[-1] if saved else 'no checkpoint'}; resume with the same command "
+        "plus --resume-from-checkpoint auto (Python: resume_from_checkpoint='auto')",
+        signal_number=number,
+        checkpoint=str(saved[-1]) if saved else None,
+    )

@@ -1,0 +1,79 @@
+"""`--config FILE`: a YAML mapping of a params schema's fields, read with the place of each value.
+
+Keys are field names in snake or kebab case (`lora_r: 8` or `lora-r: 8`), or a field's earlier name; `null` means
+None; values keep YAML's own types. An unknown or duplicate key, a YAML syntax error, or (reported by autotrain.cli
+when the params are built) a bad value is one line naming `FILE:LINE:COLUMN`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autotrain.errors import ParamsError, did_you_mean
+from autotrain.params import LLMTrainingParams, Schema
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """A config file's values by field name, and where each value is written, so a bad value's error can say."""
+
+    path: str
+    values: dict[str, Any]
+    places: dict[str, str]  # field -> "path:line:column" of its value
+
+
+def load_config(path: str, schema: type[Schema] = LLMTrainingParams) -> ConfigFile:
+    """Read a YAML mapping of `schema` fields (snake or kebab case); each error is one line naming file:line:column."""
+    import yaml
+
+    try:
+        text = Path(path).expanduser().read_bytes()
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such config file") from None
+    except OSError as exc:
+        raise ParamsError(f"{path}: cannot read the config file: {exc.strerror}") from None
+    try:
+        loader = yaml.SafeLoader(text)  # decodes the whole file here
+    except yaml.reader.ReaderError as exc:
+        raise ParamsError(f"{path}: cannot read as YAML text: {exc.reason} (position {exc.position})") from None
+    values: dict[str, Any] = {}
+    places: dict[str, str] = {}
+    names = schema.accepted_names()  # a field's earlier names set it too
+    try:
+        root = loader.get_single_node()
+        if root is None:  # an empty file (or only comments) sets nothing
+            return ConfigFile(path, values, places)
+        if not isinstance(root, yaml.MappingNode):
+            raise ParamsError(f"{_place(path, root.start_mark)}: expected a mapping of parameter names to values")
+        first_line: dict[str, int] = {}
+        for key_node, value_node in root.value:
+            here = _place(path, key_node.start_mark)
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise ParamsError(f"{here}: a key must be a parameter name")
+            name = names.get(key_node.value.replace("-", "_"))
+            if name is None:
+                hint = did_you_mean(key_node.value.replace("-", "_"), schema.model_fields,
+                                    otherwise="the keys are the flags of `aitraining llm --help`")
+                raise ParamsError(f"{here}: unknown key '{key_node.value}'; {hint}")
+            if name in first_line:
+                raise ParamsError(f"{here}: duplicate key '{key_node.value}' ({name} is already set on line "
+                                  f"{first_line[name]})")
+            first_line[name] = key_node.start_mark.line + 1
+            values[name] = loader.construct_object(value_node, deep=True)
+            places[name] = _place(path, value_node.start_mark)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        message = f"{_place(path, mark) if mark else path}: invalid YAML: {exc.problem or exc.context}"
+        if exc.problem and exc.context and exc.context_mark:
+            message += f" ({exc.context} from line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1})"
+        raise ParamsError(message) from None
+    finally:
+        loader.dispose()
+    return ConfigFile(path, values, places)
+
+
+def _place(path: str, mark: Any) -> str:
+    """`path:line:column`, 1-based, from a 0-based yaml mark."""
+    return f"{path}:{mark.line + 1}:{mark.column + 1}"

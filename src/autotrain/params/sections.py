@@ -1,0 +1,256 @@
+"""The sections of LLMTrainingParams: one class per section, each field once, with its own checks.
+
+A field's description is its documentation (the CLI's --help). Rules that tie fields of several sections together
+live on LLMTrainingParams itself (autotrain.params.llm).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+
+from autotrain import methods
+from autotrain.params.schema import AutoOrAtLeastTwo, AutoOrPositive, Schema, one_of
+
+DEFAULT_MODEL = "embedded:smollm2-135m-instruct"  # resolved by autotrain.defaults
+SAMPLE_DATA = "embedded:sample-pairs"  # resolved by autotrain.data.sources
+
+# transformers' `OptimizerNames` and `SchedulerType` values (5.24), written out so that checking a name does not
+# import transformers (seconds, before even a data error could be reported). A test compares them with the installed
+# transformers; autotrain.preflight.check_device checks the name against the installed version before training.
+OPTIMIZERS: tuple[str, ...] = (
+    "adamw_torch", "adamw_torch_fused", "adamw_torch_xla", "adamw_torch_npu_fused", "adafactor", "adamw_anyprecision",
+    "adamw_torch_4bit", "adamw_torch_8bit", "ademamix", "sgd", "adagrad", "adamw_bnb_8bit", "adamw_8bit",
+    "ademamix_8bit", "lion_8bit", "lion_32bit", "paged_adamw_32bit", "paged_adamw_8bit", "paged_ademamix_32bit",
+    "paged_ademamix_8bit", "paged_lion_32bit", "paged_lion_8bit", "rmsprop", "rmsprop_bnb", "rmsprop_bnb_8bit",
+    "rmsprop_bnb_32bit", "galore_adamw", "galore_adamw_8bit", "galore_adafactor", "galore_adamw_layerwise",
+    "galore_adamw_8bit_layerwise", "galore_adafactor_layerwise", "lomo", "adalomo", "grokadamw",
+    "schedule_free_radam", "schedule_free_adamw", "schedule_free_sgd", "apollo_adamw", "apollo_adamw_layerwise",
+    "stable_adamw",
+)
+SCHEDULERS: tuple[str, ...] = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
+    "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay", "greedy",
+)
+
+
+# The --trainer choices: autotrain.methods' registry (torch-free), the one list of method names.
+TRAINER_NAMES: tuple[str, ...] = methods.NAMES
+
+
+class DataParams(Schema):
+    """Data and model: what is trained, on what, and where the run's outputs go."""
+
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="Base model: a local folder or a hub id. Default: the embedded SmolLM2-135M-Instruct.",
+    )
+    project_name: str = Field(
+        "project-name",
+        description="Output folder of the run: a new folder (or one of an earlier run of this tool, to resume it).",
+    )
+    data_path: str = Field(
+        SAMPLE_DATA,
+        description="A .jsonl/.json/.csv/.parquet file, a folder of split files (train.*, validation.*), "
+        "a datasets save_to_disk folder or a datasets hub id. Default: the bundled sample pairs.",
+    )
+    train_split: str = Field("train", description="Split to train on.")
+    valid_split: str | None = Field(None, description="Split to evaluate on (none by default).")
+    text_column: str = Field(
+        "text",
+        description="Column of the chosen completion. If left at 'text' and the data has no 'text' but a "
+        "'chosen' column, 'chosen' is used.",
+    )
+    prompt_text_column: str | None = Field(
+        None, description="Column of the prompt. Default: 'prompt' when the data has one."
+    )
+    rejected_text_column: str | None = Field(
+        None, description="Column of the rejected completion. Default: 'rejected' when the data has one."
+    )
+    trust_remote_code: bool = Field(False, description="Allow the model's own Python code from its repository.")
+
+    @field_validator("project_name")
+    @classmethod
+    def _own_folder(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError(f"must name a folder (got {value!r})")
+        normal = os.path.normpath(value.strip())
+        if normal == ".":
+            raise ValueError(f"{value!r} is the current folder; name a new folder for the run's outputs")
+        if all(part == ".." for part in normal.split(os.sep)) or normal in ("/", "~"):
+            raise ValueError(f"{value!r} holds the current folder; name a new folder for the run's outputs")
+        return value
+
+
+class MethodParams(Schema):
+    """Method: the loss, its reference model, and how pairs become tokens and rows."""
+
+    trainer: str = Field(
+        "orpo",
+        description="Training method: "
+        + ", ".join(f"{spec.name} ({spec.help})" for spec in methods.SPECS.values())
+        + "".join(f"; {alias} is {name}" for alias, name in methods.ALIASES.items()) + ".",
+    )
+    dpo_beta: float = Field(
+        0.1, ge=0, description="ORPO's lambda (weight of the odds-ratio term) or DPO's beta (strength of the KL pull)."
+    )
+    model_ref: str | None = Field(
+        None,
+        description="DPO reference model (a folder or hub id). Default: the base model itself; with --peft, the same "
+        "weights with the adapters disabled, so no second copy is loaded.",
+    )
+    precompute_ref_logps: bool = Field(
+        False,
+        description="DPO: compute the reference log-probs once per dataset before training (one pass, then no "
+        "reference forward per step).",
+    )
+    max_prompt_length: int = Field(128, ge=1, description="Prompt tokens kept; a longer prompt keeps its end.")
+    max_completion_length: int | None = Field(
+        None, ge=1, description="Completion tokens kept (chosen and rejected each); none means no cap."
+    )
+    block_size: AutoOrAtLeastTwo = Field(
+        -1, description="Cap on prompt + completion tokens; -1 means min(model maximum, 1024)."
+    )
+    packing: bool = Field(
+        True,
+        description="Pack pairs without padding, sharing each prompt (prompt | chosen | rejected, several pairs per "
+        "row); the loss is unchanged. Models whose attention cannot take a packed mask use the padded layout.",
+    )
+    prompt_loss: bool = Field(
+        False,
+        validation_alias=AliasChoices("prompt_loss", "orpo_prompt_loss"),
+        description="Put the prompt tokens under the NLL term too, in every method that has one (ORPO as TRL does it, "
+        "SFT; DPO only reports its NLL). Off: the NLL covers only the completion, as the ORPO paper defines it. "
+        "Earlier name: orpo_prompt_loss.",
+    )
+    disable_dropout: bool = Field(
+        True,
+        description="Turn off the model's dropout (its nn.Dropout modules and attention-dropout probabilities) in the "
+        "model being trained and in every DPO reference, as TRL does by default: the loss is then a function of the "
+        "weights alone, the same packed or padded. LoRA's own dropout is --lora-dropout, kept as given.",
+    )
+
+    @field_validator("trainer")
+    @classmethod
+    def _known_trainer(cls, value: str) -> str:
+        return one_of(value, TRAINER_NAMES, "trainer")
+
+
+class OptimisationParams(Schema):
+    """Optimisation: steps, batches, the optimizer and its schedule, precision."""
+
+    epochs: int = Field(1, ge=1, description="Passes over the training data.")
+    max_steps: AutoOrPositive = Field(-1, description="Stop after this many optimizer steps; -1 means epochs decide.")
+    batch_size: int = Field(2, ge=1, description="Pairs per device per micro-batch.")
+    lr: float = Field(3e-5, gt=0, description="Peak learning rate.")
+    gradient_accumulation: int = Field(4, ge=1, description="Micro-batches per optimizer step.")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of steps spent warming up the learning rate.")
+    optimizer: str = Field("adamw_torch", description="Optimizer name, as transformers' `optim` takes it.")
+    scheduler: str = Field("linear", description="Learning-rate schedule, as transformers' `lr_scheduler_type`.")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    seed: int = Field(42, description="Seed of initialisation, dropout and data order.")
+    mixed_precision: Literal["fp16", "bf16"] | None = Field(
+        None, description="Mixed precision on a GPU: fp16 or bf16; none trains in fp32."
+    )
+    disable_gradient_checkpointing: bool = Field(
+        False, description="Turn off gradient checkpointing (faster, more memory)."
+    )
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, value: str) -> str:
+        return one_of(value, OPTIMIZERS, "optimizer")
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str) -> str:
+        return one_of(value, SCHEDULERS, "scheduler")
+
+
+class LoraParams(Schema):
+    """LoRA: adapters instead of all weights. Every field but `peft` means something only with it."""
+
+    peft: bool = Field(False, description="Train LoRA adapters instead of all weights.")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
+    lora_dropout: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="Dropout on the LoRA path; none means 0.05, or 0 on mixture-of-experts models whose fused expert "
+        "weights get adapters (peft applies no dropout to those). Not affected by --disable-dropout; 0 matches TRL, "
+        "which zeroes it.",
+    )
+    target_modules: str = Field(
+        "all-linear", description="Modules that get adapters: 'all-linear' or comma-separated names."
+    )
+    merge_adapter: bool = Field(
+        True, description="Also save a merged full model (the adapter is kept in <project>/adapter)."
+    )
+
+
+class TemplateParams(Schema):
+    """Chat template: how conversations become text."""
+
+    chat_template: Literal["tokenizer", "chatml", "zephyr", "none"] | None = Field(
+        None, description="Chat template: none given uses the tokenizer's own where it has one, else no template."
+    )
+
+
+class EvaluationParams(Schema):
+    """Evaluation: when the validation split is scored, and the sample answers."""
+
+    eval_strategy: Literal["epoch", "steps"] = Field(
+        "epoch",
+        description="When to evaluate on --valid-split (besides before training): each epoch, or every --eval-steps.",
+    )
+    eval_steps: AutoOrPositive = Field(-1, description="Evaluate every N optimizer steps when --eval-strategy steps.")
+    sample_answers: int = Field(
+        0,
+        ge=0,
+        description="Answer this many validation prompts greedily before and after training; shown in the summary "
+        "and the model card (needs --valid-split).",
+    )
+
+
+class ScaleOutParams(Schema):
+    """Scale-out: launched processes and quantized weights."""
+
+    distributed_backend: Literal["ddp", "fsdp", "deepspeed"] | None = Field(
+        None,
+        description="Run under `accelerate launch` with this backend. Default: ddp when more than one GPU is "
+        "visible, else one process.",
+    )
+    deepspeed_stage: int = Field(2, ge=2, le=3, description="DeepSpeed ZeRO stage with --distributed-backend deepspeed.")
+    quantization: Literal["int4", "int8"] | None = Field(
+        None, description="Load the base model quantized with bitsandbytes (QLoRA: needs --peft and a CUDA GPU)."
+    )
+
+
+class LoggingParams(Schema):
+    """Logging and saving: the tracker, the logging interval, checkpoints and resuming."""
+
+    log: Literal["none", "tensorboard", "wandb"] = Field("none", description="Experiment tracker.")
+    logging_steps: AutoOrPositive = Field(-1, description="Log every N optimizer steps; -1 chooses from the data size.")
+    save_total_limit: int = Field(1, ge=1, description="Checkpoints kept.")
+    save_steps: AutoOrPositive = Field(-1, description="Save a checkpoint every N optimizer steps; -1 saves at each epoch end.")
+    resume_from_checkpoint: str | None = Field(
+        None,
+        description="Resume an interrupted run: 'auto' (the newest checkpoint, or start fresh if there is none), "
+        "'latest' (the newest checkpoint, which must exist) or a checkpoint folder.",
+    )
+
+
+class HubParams(Schema):
+    """Hub: uploading the result."""
+
+    push_to_hub: bool = Field(False, description="Upload the result to the hub as <username>/<project_name>.")
+    username: str | None = Field(None, description="Hub user or organisation for push_to_hub.")
+    token: SecretStr | None = Field(
+        None,
+        description="Hub token for push_to_hub (never written to disk). Prefer the HF_TOKEN environment variable: a "
+        "token on the command line is visible to other users of the machine (ps) and in the shell history.",
+    )

@@ -1,0 +1,168 @@
+"""What a run checks before it writes anything, shared by a run in this process (autotrain.project) and a launch
+of several processes (autotrain.launch); and which process of a run this one is.
+
+The checks, in the order a run takes them, each only as costly as it has to be:
+
+1. the project folder (`autotrain.project_folder.resume_point`), under the folder's lock, before the data is read;
+2. `check_inputs`: the data (files, splits, columns) and the models' files or hub ids, without importing torch or
+   transformers (seconds), so the first error in the input comes in well under a second;
+3. `check_device`: what the machine and the installed transformers support (optimizer and scheduler names, mixed
+   precision, quantization); a launch adds `check_launch` (the backend against the machine, the process count).
+
+`needs_launch` decides whether the run trains here or in launched processes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from autotrain import methods
+from autotrain.errors import ParamsError
+from autotrain.params import DEFAULT_MODEL, LLMTrainingParams
+
+logger = logging.getLogger("autotrain")
+
+NUM_PROCESSES_ENV = "AITRAINING_NUM_PROCESSES"
+CPU_PROCESSES = 2  # `--distributed-backend ddp` on a machine without CUDA, when AITRAINING_NUM_PROCESSES is unset
+# Set by autotrain.launch for the processes it starts: the folder was checked and prepared by the parent.
+LAUNCHED_ENV = "AITRAINING_LAUNCHED"
+
+# Set in every process that a launcher (torchrun, accelerate launch, deepspeed, mpirun) started: such a process
+# trains itself and never launches again. ACCELERATE_MIXED_PRECISION and ACCELERATE_DYNAMO_BACKEND are set by each
+# of accelerate's launchers, also for a single process.
+_LAUNCHED_MARKERS = (
+    "WORLD_SIZE", "LOCAL_RANK", "RANK", "ACCELERATE_MIXED_PRECISION", "ACCELERATE_DYNAMO_BACKEND",
+    "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", LAUNCHED_ENV,
+)
+
+
+def project_dir(params: LLMTrainingParams) -> Path:
+    return Path(params.project_name).expanduser().resolve()
+
+
+def check_inputs(params: LLMTrainingParams) -> Any:
+    """Open the data (files, splits, columns) and check the models' files or hub ids; return the opened data
+    (autotrain.data.prepare.OpenedData). Imports neither torch nor transformers."""
+    from autotrain import model_files
+    from autotrain.data.prepare import open_data
+
+    opened = open_data(params, paired=methods.spec(params.trainer).paired)
+    for name in (params.model, params.model_ref):
+        if name is not None and name != DEFAULT_MODEL:  # the embedded default is checked when it is converted
+            model_files.check(name)
+    return opened
+
+
+def check_device(params: LLMTrainingParams) -> None:
+    """What the machine and the installed transformers must support, before the model loads."""
+    import torch
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    # params checks the names against its own copy of transformers' lists; the installed version decides.
+    if params.optimizer not in {o.value for o in OptimizerNames}:
+        raise ParamsError(f"optimizer: '{params.optimizer}' is not an optimizer of the installed transformers")
+    if params.scheduler not in {s.value for s in SchedulerType}:
+        raise ParamsError(f"scheduler: '{params.scheduler}' is not a scheduler of the installed transformers")
+    if params.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ParamsError("mixed_precision: fp16 needs a CUDA GPU; on CPU leave it unset (fp32)")
+    if params.mixed_precision == "bf16" and torch.cuda.is_available() and not _bf16_accelerator():
+        raise ParamsError("mixed_precision: bf16 needs an Ampere or newer GPU; use fp16 on this one")
+    if bf16_on_cpu(params):
+        # bf16 autocast on CPU is what a GPU run computes, so a GPU config can be tried on a laptop, only slower.
+        if not torch.amp.is_autocast_available("cpu"):
+            raise ParamsError("mixed_precision: bf16 needs a GPU or a torch with CPU autocast; leave it unset (fp32)")
+        logger.warning("mixed_precision bf16 on CPU: training runs under CPU bf16 autocast, which is far slower than "
+                       "fp32 on most CPUs")
+    if params.quantization is not None:
+        if not torch.cuda.is_available():
+            raise ParamsError(f"quantization: {params.quantization} (bitsandbytes) needs a CUDA GPU; on CPU leave it unset")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ParamsError(f"quantization: {params.quantization} needs bitsandbytes: pip install bitsandbytes")
+
+
+def _bf16_accelerator() -> bool:
+    from transformers.utils import is_torch_bf16_gpu_available
+
+    return bool(is_torch_bf16_gpu_available())
+
+
+def bf16_on_cpu(params: LLMTrainingParams) -> bool:
+    """bf16 asked for and no accelerator here that does it: the run trains on the CPU under bf16 autocast."""
+    import torch
+
+    return params.mixed_precision == "bf16" and not torch.cuda.is_available() and not _bf16_accelerator()
+
+
+def cuda_devices() -> int:
+    """The CUDA devices this process sees (CUDA_VISIBLE_DEVICES selects them)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def backend_of(params: LLMTrainingParams) -> str:
+    """The backend a launch uses: the one asked for, else ddp (several GPUs)."""
+    return params.distributed_backend or "ddp"
+
+
+def check_launch(params: LLMTrainingParams) -> None:
+    """What a launch needs besides `check_device`: the backend fits the machine, its packages are installed, and
+    the number of processes is one this machine can run."""
+    backend = backend_of(params)
+    gpus = cuda_devices()
+    if backend in ("fsdp", "deepspeed") and gpus == 0:
+        raise ParamsError(
+            f"distributed_backend: {backend} needs CUDA GPUs and none is visible; on CPU use --distributed-backend ddp"
+        )
+    if backend == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        raise ParamsError("distributed_backend: deepspeed needs the deepspeed package (pip install deepspeed)")
+    if backend in ("fsdp", "deepspeed") and params.quantization is not None:
+        raise ParamsError(
+            f"quantization {params.quantization} is not supported with distributed_backend {backend}; use ddp"
+        )
+    num_processes(params)
+
+
+def num_processes(params: LLMTrainingParams) -> int:
+    """The visible CUDA devices; AITRAINING_NUM_PROCESSES overrides; without CUDA (ddp only) 2 by default."""
+    gpus = cuda_devices()
+    text = os.environ.get(NUM_PROCESSES_ENV, "").strip()
+    if text:
+        if not text.isdigit() or int(text) < 1:
+            raise ParamsError(f"{NUM_PROCESSES_ENV}={text!r}: must be a whole number of processes, at least 1")
+        count = int(text)
+        if gpus and count > gpus:
+            raise ParamsError(f"{NUM_PROCESSES_ENV}={count}, but only {gpus} CUDA devices are visible")
+        return count
+    return gpus if gpus else CPU_PROCESSES
+
+
+def needs_launch(params: LLMTrainingParams) -> bool:
+    """Whether create() must start processes: a backend was asked for, or more than one GPU is visible."""
+    if inside_launched_process():
+        return False
+    if params.distributed_backend is not None:
+        return True
+    return cuda_devices() > 1
+
+
+def inside_launched_process() -> bool:
+    """True in a process that a launcher started (see _LAUNCHED_MARKERS)."""
+    return any(os.environ.get(name) for name in _LAUNCHED_MARKERS)
+
+
+def global_rank() -> int:
+    """This process's rank in its run (0 when no launcher says otherwise: torchrun, mpirun, slurm via either)."""
+    text = os.environ.get("RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or os.environ.get("PMI_RANK") or "0"
+    return int(text) if text.strip().isdigit() else 0
+
+
+def takes_lock() -> bool:
+    """Whether this process owns the project folder for its run: not a process that autotrain.launch started (its
+    parent holds the lock), and only the first process (rank 0) of a run under torchrun, slurm or mpirun."""
+    return not os.environ.get(LAUNCHED_ENV) and global_rank() == 0
