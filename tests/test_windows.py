@@ -162,3 +162,42 @@ def test_flex_block_masks_per_layer_type_equal_padded(kind, monkeypatch):
         loss = orpo_step(flex, packed, 0.1)[0].item()
         expected = orpo_step(reference, PaddedCollator(EOS)(features), 0.1)[0].item()
     assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def _varlen_reference(module, query, key, value, attention_mask, scaling=None, sliding_window=None, softcap=None,
+                      cu_seq_lens_q=None, **kwargs):
+    """What flash-attn's varlen kernel computes, in plain torch, as transformers calls it: causal within each
+    cu_seq_lens segment, and window_size=(sliding_window - 1, ...) to the left, i.e. q - k < sliding_window."""
+    assert attention_mask is None and cu_seq_lens_q is not None
+    width = query.shape[2]
+    segment = torch.zeros(width, dtype=torch.long).index_add_(
+        0, cu_seq_lens_q[1:-1].long(), torch.ones(len(cu_seq_lens_q) - 2, dtype=torch.long)).cumsum(0)
+    index = torch.arange(width)
+    allowed = (segment[:, None] == segment[None, :]) & (index[None, :] <= index[:, None])
+    if sliding_window is not None:
+        allowed &= index[:, None] - index[None, :] < sliding_window
+    groups = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    scores = query @ key.transpose(-1, -2) * (scaling if scaling is not None else query.shape[-1] ** -0.5)
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
+    weights = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+    return (weights @ value).transpose(1, 2).contiguous(), None
+
+
+@pytest.mark.parametrize("kind", ["gemma2", "qwen2"])
+def test_varlen_layout_gets_each_layers_window(kind, monkeypatch):
+    """The flash (varlen) path passes no mask: each layer hands its own sliding_window (and Gemma 2 its softcap) to
+    the kernel. With a plain-torch stand-in for flash-attn's varlen kernel (no flash-attn on CPU), the per-sequence
+    packed layout gives the padded layout's loss."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    features = long_pairs(seed=4)
+    model = windowed_model(kind)
+    expected = ours(model, PaddedCollator(EOS)(features))
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, "flash_attention_2", _varlen_reference)
+    model.config._attn_implementation = "flash_attention_2"
+    assert packing_kernel(model) == ("varlen", "flash_attention_2")
+    batch = make_collator(True, EOS, prompt_loss=False, model=model)(features)
+    assert "cu_seq_lens" in batch and "attention_mask" not in decoder_inputs(model, batch)
+    assert ours(model, batch)[:2] == pytest.approx(expected[:2], rel=1e-5)

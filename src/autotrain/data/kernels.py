@@ -10,13 +10,18 @@ attention implementation of transformers 5 takes it its own way:
     flash_attention_2 / _3        one segment per   position_ids and cu_seq_lens_* / max_length_* (varlen);
                                   sequence          the prompt is computed twice, as flash cannot express
                                                     "rejected sees the prompt but not chosen"
-    anything else                 padded            PaddedCollator (logged once)
+    anything else                 padded            PaddedFallback (its first batch logs why and what it costs)
 
 transformers passes a 4-D attention_mask (tensor or BlockMask) to the attention layers as is
-(masking_utils._preprocess_mask_arguments returns early on it), which is what makes the first three work.
+(masking_utils._preprocess_mask_arguments returns early on it), which is what makes the first three work. A model
+whose layers differ in type (sliding windows next to full attention: Gemma 2 and 3, Cohere 2, Qwen2 with windows)
+gets a dict of such masks, one per layer type (autotrain.data.layer_masks); the varlen kernels take each layer's
+window from the layer itself. Gemma 2's attention softcapping is applied by the kernel: eager (its default; it has
+no SDPA) softcaps before adding the mask, flex_attention in transformers' score_mod.
 
-Only the SDPA and eager paths run in this project's tests (CPU). The flex and varlen paths follow the documented
-APIs of torch (create_block_mask) and transformers (FlashAttentionKwargs) but have not run on a GPU here.
+Only the SDPA and eager paths train in this project's tests (CPU); flex runs forward only there (CPU flex_attention
+has no backward), and varlen against a plain-torch stand-in for flash-attn. The flex and varlen paths follow the
+documented APIs of torch (create_block_mask) and transformers (FlashAttentionKwargs) but have not run on a GPU here.
 """
 
 from __future__ import annotations
