@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from autotrain.data import kernels
-from autotrain.data.kernels import DENSE_TOKEN_BUDGET, decoder_inputs, make_collator
+from autotrain.data.kernels import DENSE_TOKEN_BUDGET, EAGER_TOKEN_BUDGET, decoder_inputs, make_collator
 from autotrain.data.collate import PaddedCollator
 from autotrain.data.pack import PackedCollator, dense_mask, plan_rows
 from autotrain.logprobs import token_logps
@@ -236,8 +236,9 @@ def test_make_collator_chooses_by_attention_and_falls_back_once(caplog):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     assert isinstance(make_collator(False, 0, False, tiny_model()), PaddedCollator)
-    packed = make_collator(True, 0, True, tiny_model(attn="eager"))
+    packed = make_collator(True, 0, True, tiny_model(attn="sdpa"))
     assert isinstance(packed, PackedCollator) and packed.token_budget == DENSE_TOKEN_BUDGET and packed.prompt_loss
+    assert make_collator(True, 0, True, tiny_model(attn="eager")).token_budget == EAGER_TOKEN_BUDGET
     kernels._logged.clear()  # "once" is per process: an earlier test may have logged it already
     # LFM2's convolution layers would carry one pair's state into the next pair of a packed row.
     hybrid = AutoModelForCausalLM.from_config(AutoConfig.for_model(

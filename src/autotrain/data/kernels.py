@@ -41,7 +41,7 @@ from autotrain.models import unwrap
 
 logger = logging.getLogger("autotrain")
 
-__all__ = ["DENSE_TOKEN_BUDGET", "KERNELS", "PaddedFallback", "decoder_inputs", "make_collator", "packing_kernel"]
+__all__ = ["DENSE_TOKEN_BUDGET", "EAGER_TOKEN_BUDGET", "KERNELS", "PaddedFallback", "decoder_inputs", "make_collator", "packing_kernel"]
 
 # config._attn_implementation -> how a packed batch reaches it.
 KERNELS = {
@@ -58,6 +58,11 @@ KERNELS = {
 # 512 to 1,024. A pair longer than the budget still gets a row of its own. Flex and varlen skip masked work, so they
 # pack the whole batch into one row.
 DENSE_TOKEN_BUDGET = 1024
+# Eager attention materialises every fp32 score of a row, several times (softcap, mask, softmax, their gradients), so
+# it pays the square of the row length more dearly: on the Gemma-2-shaped CPU bench model (bench/orpo_bench.py
+# --family gemma2), a forward and backward of 8 pairs took 17.0 CPU s in rows of 1,007 tokens, 13.0 s in rows of 560
+# (one pair each), 11.8 s padded (16 rows of 350, the prompt twice).
+EAGER_TOKEN_BUDGET = 512
 
 # flex_attention's default block size; the BlockMask and the mask_mod lookups are sized in whole blocks.
 _FLEX_BLOCK = 128
@@ -106,7 +111,7 @@ def make_collator(
 
     A batch is still `batch_size` pairs (the loss averages over the same pairs and tokens in either layout); the
     packed collator lays them out in one or more rows of about `token_budget` tokens. None chooses per kernel:
-    DENSE_TOKEN_BUDGET for sdpa/eager, the whole batch in one row for flex and varlen. Without a model the packed
+    DENSE_TOKEN_BUDGET for sdpa, EAGER_TOKEN_BUDGET for eager, the whole batch in one row for flex and varlen. Without a model the packed
     layout for sdpa/eager is assumed; `decoder_inputs` refuses a batch the model's kernel cannot run.
     """
     if not packing:
@@ -118,7 +123,8 @@ def make_collator(
         return PackedCollator(pad_id, prompt_loss, token_budget, share_prompt=False)
     if kernel == "flex":
         return PackedCollator(pad_id, prompt_loss, token_budget, pad_to_multiple_of=_FLEX_BLOCK)
-    return PackedCollator(pad_id, prompt_loss, token_budget if token_budget is not None else DENSE_TOKEN_BUDGET)
+    default = EAGER_TOKEN_BUDGET if kernel == "additive" else DENSE_TOKEN_BUDGET
+    return PackedCollator(pad_id, prompt_loss, token_budget if token_budget is not None else default)
 
 
 @dataclass(frozen=True)
