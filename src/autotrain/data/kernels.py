@@ -41,7 +41,8 @@ from autotrain.models import unwrap
 
 logger = logging.getLogger("autotrain")
 
-__all__ = ["DENSE_TOKEN_BUDGET", "EAGER_TOKEN_BUDGET", "KERNELS", "PaddedFallback", "decoder_inputs", "make_collator", "packing_kernel"]
+__all__ = ["DENSE_TOKEN_BUDGET", "EAGER_TOKEN_BUDGET", "KERNELS", "PaddedFallback", "decoder_inputs", "make_collator",
+           "packing_kernel"]
 
 # config._attn_implementation -> how a packed batch reaches it.
 KERNELS = {
@@ -111,8 +112,9 @@ def make_collator(
 
     A batch is still `batch_size` pairs (the loss averages over the same pairs and tokens in either layout); the
     packed collator lays them out in one or more rows of about `token_budget` tokens. None chooses per kernel:
-    DENSE_TOKEN_BUDGET for sdpa, EAGER_TOKEN_BUDGET for eager, the whole batch in one row for flex and varlen. Without a model the packed
-    layout for sdpa/eager is assumed; `decoder_inputs` refuses a batch the model's kernel cannot run.
+    DENSE_TOKEN_BUDGET for sdpa, EAGER_TOKEN_BUDGET for eager, the whole batch in one row for flex and varlen.
+    Without a model the packed layout for sdpa is assumed; `decoder_inputs` refuses a batch the model's kernel cannot
+    run. A model that cannot take a packed mask gets PaddedFallback, whose first batch says why and what it costs.
     """
     if not packing:
         return PaddedCollator(pad_id=pad_id, prompt_loss=prompt_loss)
