@@ -337,7 +337,8 @@ def main() -> None:
 
     card = torch.cuda.get_device_name() if cuda else f"{cpu_name()}, {torch.get_num_threads()} threads"
     print(f"card: {card}; torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}")
-    print(f"size {cli.size}, {size.family}: model {size.model}; {size.pairs} pairs/step; prompts {size.prompt[0]}-{size.prompt[1]}, "
+    print(f"size {cli.size}, {size.family}: model {size.model}; {size.pairs} pairs/step; "
+          f"prompts {size.prompt[0]}-{size.prompt[1]}, "
           f"completions {size.completion[0]}-{size.completion[1]} tokens; "
           f"{size.warmup} warm-up + {size.steps} timed steps")
     for note in size.notes:
