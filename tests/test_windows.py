@@ -19,7 +19,7 @@ from test_trl_equivalence import trl_batch
 from autotrain.data.kernels import decoder_inputs, make_collator, packing_kernel
 from autotrain.data.collate import PaddedCollator
 from autotrain.data.pack import PackedCollator
-from autotrain.trainers.clm.trainer import orpo_step
+from autotrain.methods.orpo import orpo_step
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
