@@ -2,6 +2,7 @@
 
     python bench/orpo_bench.py --size cpu     # a Qwen2.5-0.5B-layout model scaled down; a few minutes on 2 cores
     python bench/orpo_bench.py --size gpu     # Qwen2.5-0.5B shape, bf16 autocast, for one H100-class GPU
+    python bench/orpo_bench.py --size cpu --family gemma2   # Gemma-2-2B layout scaled down: windows, softcapping
 
 Both sides run inside transformers' Trainer (same optimizer, learning rate and seed: TRL's ORPOConfig defaults),
 full fine-tune, random weights from a fixed seed, synthetic token ids with uniform lengths:
@@ -39,7 +40,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from transformers import Qwen2Config, TrainerCallback  # noqa: E402
+from transformers import AutoConfig, TrainerCallback  # noqa: E402
 
 PAD, EOS = 0, 1
 
@@ -53,32 +54,51 @@ class Size:
     warmup: int
     steps: int
     bf16: bool
-    our_attn: str  # attn_implementation of our model; TRL always runs sdpa, its default
+    our_attn: str  # attn_implementation of our model
     notes: list[str] = field(default_factory=list)
+    family: str = "qwen2"
+    trl_attn: str = "sdpa"  # TRL's and our padded run's: transformers' default for the family
 
 
+QWEN2 = dict(max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6, use_sliding_window=False)
 QWEN25_05B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                  intermediate_size=4864, vocab_size=151936)
+                  intermediate_size=4864, vocab_size=151936, **QWEN2)
+# Gemma 2's own: alternating sliding (4096) and full layers, attention logits softcapped at 50, final logits at 30.
+GEMMA2_2B = dict(hidden_size=2304, num_hidden_layers=26, num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+                 intermediate_size=9216, vocab_size=256000, query_pre_attn_scalar=256, sliding_window=4096,
+                 attn_logit_softcapping=50.0, final_logit_softcapping=30.0, max_position_embeddings=8192)
+_HALVED = "lengths halved from the anchor's prompts 32-256 / completions 32-512; fp32 (CPU)"
 SIZES = {
     "cpu": Size(
         model=dict(hidden_size=256, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2,
-                   intermediate_size=1408, vocab_size=16384),
+                   intermediate_size=1408, vocab_size=16384, **QWEN2),
         pairs=8, prompt=(16, 128), completion=(16, 256), warmup=2, steps=5, bf16=False, our_attn="sdpa",
         notes=["Qwen2 layout scaled down: head_dim 64, GQA, SwiGLU (intermediate ~5.5x hidden), tied embeddings; "
                "vocab 16384 keeps the LM head ~35% of the parameters (Qwen2.5-0.5B: 28%)",
-               "lengths halved from the anchor's prompts 32-256 / completions 32-512; fp32 (CPU)"]),
+               _HALVED]),
     "gpu": Size(model=QWEN25_05B, pairs=8, prompt=(32, 256), completion=(32, 512), warmup=3, steps=20, bf16=True,
                 our_attn="flex_attention",
                 notes=["Qwen2.5-0.5B shape; fp32 weights with bf16 autocast (Trainer bf16=True, TRL's default)"]),
+    "cpu-gemma2": Size(
+        model={**GEMMA2_2B, "hidden_size": 256, "num_hidden_layers": 6, "num_attention_heads": 4,
+               "num_key_value_heads": 2, "head_dim": 64, "query_pre_attn_scalar": 64, "intermediate_size": 1024,
+               "vocab_size": 16384, "sliding_window": 128},
+        pairs=8, prompt=(16, 128), completion=(16, 256), warmup=2, steps=5, bf16=False, our_attn="eager",
+        family="gemma2", trl_attn="eager",
+        notes=["Gemma-2-2B layout scaled down: head_dim 64, GQA, GeGLU (intermediate 4x hidden), tied embeddings, "
+               "softcaps 50 / 30, sliding and full layers alternating, the window scaled to 128 so that it binds",
+               "eager attention on every side: Gemma 2 has no SDPA (SDPA cannot softcap)", _HALVED]),
+    "gpu-gemma2": Size(model=GEMMA2_2B, pairs=8, prompt=(32, 256), completion=(32, 512), warmup=3, steps=20,
+                       bf16=True, our_attn="flex_attention", family="gemma2", trl_attn="eager",
+                       notes=["Gemma-2-2B shape, bf16 autocast; ours on flex_attention (softcap as its score_mod)"]),
 }
 
 
 def build_model(size: Size, attn: str, device: torch.device) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
-    config = Qwen2Config(**size.model, tie_word_embeddings=True, max_position_embeddings=32768, rope_theta=1e6,
-                         rms_norm_eps=1e-6, use_sliding_window=False, pad_token_id=PAD, eos_token_id=EOS,
-                         bos_token_id=None, use_cache=False)
+    config = AutoConfig.for_model(size.family, **size.model, tie_word_embeddings=True, pad_token_id=PAD,
+                                  eos_token_id=EOS, bos_token_id=None, use_cache=False)
     torch.manual_seed(0)  # every run starts from the same weights
     return AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=torch.float32).to(device)
 
@@ -269,7 +289,7 @@ def first_batch_losses(size: Size, device: torch.device, pairs: list[dict], text
     batch = pairs[: size.pairs]
     out = {}
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
-        ref = build_model(size, "sdpa", device).eval()
+        ref = build_model(size, size.trl_attn, device).eval()
         trainer = trl_trainer(ref, size, text, tok, tmp, device.type == "cuda", gc_on=False)
         rows = [trainer.train_dataset[i] for i in range(size.pairs)]
         for f, row in zip(batch, rows):  # TRL's own tokenization must give our ids, or the bench compares nothing
@@ -290,11 +310,12 @@ def first_batch_losses(size: Size, device: torch.device, pairs: list[dict], text
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=sorted(SIZES), required=True)
+    parser.add_argument("--size", choices=["cpu", "gpu"], required=True)
+    parser.add_argument("--family", choices=["qwen2", "gemma2"], default="qwen2")
     parser.add_argument("--steps", type=int, help="timed steps (default: per size)")
     parser.add_argument("--token-budget", type=int, help="tokens per packed row (default: autotrain's choice)")
     cli = parser.parse_args()
-    size = SIZES[cli.size]
+    size = SIZES[cli.size if cli.family == "qwen2" else f"{cli.size}-{cli.family}"]
     if cli.steps:
         size = Size(**{**size.__dict__, "steps": cli.steps})
     cuda = cli.size == "gpu"
@@ -316,7 +337,8 @@ def main() -> None:
 
     card = torch.cuda.get_device_name() if cuda else f"{cpu_name()}, {torch.get_num_threads()} threads"
     print(f"card: {card}; torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}")
-    print(f"size {cli.size}: model {size.model}; {size.pairs} pairs/step; prompts {size.prompt[0]}-{size.prompt[1]}, "
+    print(f"size {cli.size}, {size.family}: model {size.model}; {size.pairs} pairs/step; "
+          f"prompts {size.prompt[0]}-{size.prompt[1]}, "
           f"completions {size.completion[0]}-{size.completion[1]} tokens; "
           f"{size.warmup} warm-up + {size.steps} timed steps")
     for note in size.notes:
@@ -359,15 +381,17 @@ def main() -> None:
     # Other processes on a small CPU distort every number; the load average says whether any ran.
     print(f"timed runs (load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs):", flush=True)
     results = [
-        timed_run("TRL ORPOTrainer, checkpointing on (default)", size, device, trl_run(True), "sdpa"),
-        timed_run("TRL ORPOTrainer, checkpointing off", size, device, trl_run(False), "sdpa"),
+        timed_run("TRL ORPOTrainer, checkpointing on (default)", size, device, trl_run(True), size.trl_attn),
+        timed_run("TRL ORPOTrainer, checkpointing off", size, device, trl_run(False), size.trl_attn),
         timed_run("ours, packed, checkpointing on", size, device, our_run(True), size.our_attn),
         timed_run("ours, packed, checkpointing off", size, device, our_run(False), size.our_attn),
-        timed_run("ours, padded layout, checkpointing off", size, device, our_run(False, packing=False), "sdpa"),
+        timed_run("ours, padded layout, checkpointing off", size, device, our_run(False, packing=False),
+                  size.trl_attn),
     ]
-    if cuda:  # the dense-mask kernel (what a model loaded with sdpa gets), and a larger batch at low memory
+    if cuda:  # the dense-mask kernel (what a model loaded with sdpa gets; Gemma 2 has none), and a larger batch
         results += [
-            timed_run("ours, packed (sdpa dense mask), checkpointing off", size, device, our_run(False), "sdpa"),
+            *[timed_run("ours, packed (sdpa dense mask), checkpointing off", size, device, our_run(False), "sdpa")
+              for _ in range(size.trl_attn == "sdpa")],
             timed_run(f"ours, packed, {2 * size.pairs} pairs/step, checkpointing on", size, device,
                       our_run(True, pairs_per_step=2 * size.pairs), size.our_attn),
         ]

@@ -3,8 +3,7 @@
 For each family:
 - the first-step ORPO loss and NLL equal TRL's ORPOTrainer (prompt loss on) to 1e-4 relative, router aux loss
   included for the MoE models;
-- the layout the model gets (packed where its attention takes a packed mask, else padded) gives the padded layout's
-  loss and grad_norm;
+- every family trains packed by default, and the packed layout gives the padded layout's loss and grad_norm;
 - LoRA with the default flags trains (every adapter gets a gradient, no base weight does);
 - the tokenizer a project saves reloads with AutoTokenizer and encodes a chat exactly as the one trained with.
 
@@ -57,9 +56,6 @@ FAMILIES: dict[str, dict] = {
     "qwen3_moe": {**_MOE, "num_experts": 4, "moe_intermediate_size": 32, "head_dim": 16},
 }
 
-# The layout each family trains in today. Sliding windows and mixed layer types take no packed mask yet (issue 13).
-PADDED = {"mistral": "sliding-window attention", "gemma2": "layer types", "gemma3_text": "layer types"}
-
 MESSAGES = [
     {"role": "system", "content": "Answer briefly."},
     {"role": "user", "content": "What is 2 + 2?\nSay it."},
@@ -70,7 +66,7 @@ MESSAGES = [
 def tiny_config(family: str, **overrides):
     from transformers import AutoConfig
 
-    config = AutoConfig.for_model(family, **{**_COMMON, **FAMILIES[family], **overrides})
+    config = AutoConfig.for_model(family, **{**_COMMON, **FAMILIES.get(family, {}), **overrides})
     for key, value in config.to_dict().items():
         if isinstance(value, float) and ("dropout" in key or "pdrop" in key):
             setattr(config, key, 0.0)
@@ -152,14 +148,11 @@ def _loss_and_grad_norm(model: torch.nn.Module, batch: dict) -> tuple[float, flo
 def test_packed_layout_equals_padded(family):
     name, _, model = family
     kernel, why = packing_kernel(model)
-    if name in PADDED:
-        assert kernel is None and PADDED[name] in why, (name, kernel, why)
-    else:
-        assert kernel is not None, (name, why)
+    assert kernel is not None, (name, why)  # every family packs; tests/test_windows.py has windows that bind
     features = pair_features()
     model.train()
     collator = make_collator(True, EOS, prompt_loss=True, model=model)
-    assert ("segment_ids" in collator(features)) == (name not in PADDED), name
+    assert "segment_ids" in collator(features), name
     packed = _loss_and_grad_norm(model, collator(features))
     padded = _loss_and_grad_norm(model, PaddedCollator(EOS, prompt_loss=True)(features))
     assert packed[0] == pytest.approx(padded[0], rel=1e-5), name
@@ -295,15 +288,23 @@ def test_chunked_head_gives_the_models_own_log_probs(kind):
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_multimodal_gemma3_is_not_packed_over_its_sliding_layers():
+def test_multimodal_gemma3_packs_with_a_mask_per_layer_type():
     """AutoModelForCausalLM loads Gemma 3 from 4B up as Gemma3ForConditionalGeneration, whose layer types sit in the
-    text config; a packed 4-D mask would override their sliding windows."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    text config: it takes the per-layer-type masks too, with a window (16) shorter than the rows."""
+    from transformers import AutoConfig
 
-    config = AutoConfig.for_model("gemma3", **HEAD_CASES["gemma3"])
-    assert set(config.get_text_config().layer_types) == {"sliding_attention"}  # 2 layers: both sliding
-    kernel, why = packing_kernel(AutoModelForCausalLM.from_config(config))
-    assert kernel is None and "sliding_attention" in why
+    from test_windows import long_pairs
+
+    text = {**HEAD_CASES["gemma3"]["text_config"], "sliding_window": 16,
+            "layer_types": ["sliding_attention", "full_attention"]}
+    model = perturbed_model(AutoConfig.for_model("gemma3", **{**HEAD_CASES["gemma3"], "text_config": text})).train()
+    assert type(model).__name__ == "Gemma3ForConditionalGeneration"
+    features = long_pairs()
+    packed = make_collator(True, EOS, prompt_loss=True, model=model)(features)
+    assert "segment_ids" in packed
+    ours = _loss_and_grad_norm(model, packed)
+    padded = _loss_and_grad_norm(model, PaddedCollator(EOS, prompt_loss=True)(features))
+    assert ours == pytest.approx(padded, rel=1e-5)
 
 
 def _adapter_dropouts(net: torch.nn.Module) -> set[float]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from autotrain.data import kernels
-from autotrain.data.kernels import DENSE_TOKEN_BUDGET, decoder_inputs, make_collator
+from autotrain.data.kernels import DENSE_TOKEN_BUDGET, EAGER_TOKEN_BUDGET, decoder_inputs, make_collator
 from autotrain.data.collate import PaddedCollator
 from autotrain.data.pack import PackedCollator, dense_mask, plan_rows
 from autotrain.logprobs import token_logps
@@ -233,18 +233,25 @@ def test_flex_block_mask_through_the_model_equals_padded(monkeypatch):
 
 
 def test_make_collator_chooses_by_attention_and_falls_back_once(caplog):
-    from transformers import AutoModelForCausalLM, MistralConfig
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     assert isinstance(make_collator(False, 0, False, tiny_model()), PaddedCollator)
-    packed = make_collator(True, 0, True, tiny_model(attn="eager"))
+    packed = make_collator(True, 0, True, tiny_model(attn="sdpa"))
     assert isinstance(packed, PackedCollator) and packed.token_budget == DENSE_TOKEN_BUDGET and packed.prompt_loss
+    assert make_collator(True, 0, True, tiny_model(attn="eager")).token_budget == EAGER_TOKEN_BUDGET
     kernels._logged.clear()  # "once" is per process: an earlier test may have logged it already
-    sliding = AutoModelForCausalLM.from_config(MistralConfig(
-        vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=2, sliding_window=8), attn_implementation="sdpa")
+    # LFM2's convolution layers would carry one pair's state into the next pair of a packed row.
+    hybrid = AutoModelForCausalLM.from_config(AutoConfig.for_model(
+        "lfm2", vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, layer_types=["conv", "full_attention"]))
     with caplog.at_level(logging.WARNING, logger="autotrain"):
-        first = make_collator(True, 0, False, sliding)
-        second = make_collator(True, 0, False, sliding)
+        first = make_collator(True, 0, False, hybrid)
+        second = make_collator(True, 0, False, hybrid)
+        assert not caplog.records  # the cost is measured on the first batch
+        for collator in (first, second, first):
+            collator(TWO_PAIRS)
     assert isinstance(first, PaddedCollator) and isinstance(second, PaddedCollator)
-    assert [r.getMessage() for r in caplog.records].count(
-        "packing is off for this model (sliding-window attention); using the padded layout") == 1
+    # TWO_PAIRS padded: 4 rows of 4 tokens, 15 real (pair 1's chosen 7 9 2 is one short): 1/16 = 6% padding.
+    assert [r.getMessage() for r in caplog.records] == [
+        "packing is off for this model (layer types ['conv', 'full_attention']: conv layers take no packed mask); "
+        "padded layout: 6% of computed tokens are padding (first batch)"]

@@ -10,31 +10,39 @@ attention implementation of transformers 5 takes it its own way:
     flash_attention_2 / _3        one segment per   position_ids and cu_seq_lens_* / max_length_* (varlen);
                                   sequence          the prompt is computed twice, as flash cannot express
                                                     "rejected sees the prompt but not chosen"
-    anything else                 padded            PaddedCollator (logged once)
+    anything else                 padded            PaddedFallback (its first batch logs why and what it costs)
 
 transformers passes a 4-D attention_mask (tensor or BlockMask) to the attention layers as is
-(masking_utils._preprocess_mask_arguments returns early on it), which is what makes the first three work.
+(masking_utils._preprocess_mask_arguments returns early on it), which is what makes the first three work. A model
+whose layers differ in type (sliding windows next to full attention: Gemma 2 and 3, Cohere 2, Qwen2 with windows)
+gets a dict of such masks, one per layer type (autotrain.data.layer_masks); the varlen kernels take each layer's
+window from the layer itself. Gemma 2's attention softcapping is applied by the kernel: eager (its default; it has
+no SDPA) softcaps before adding the mask, flex_attention in transformers' score_mod.
 
-Only the SDPA and eager paths run in this project's tests (CPU). The flex and varlen paths follow the documented
-APIs of torch (create_block_mask) and transformers (FlashAttentionKwargs) but have not run on a GPU here.
+Only the SDPA and eager paths train in this project's tests (CPU); flex runs forward only there (CPU flex_attention
+has no backward), and varlen against a plain-torch stand-in for flash-attn. The flex and varlen paths follow the
+documented APIs of torch (create_block_mask) and transformers (FlashAttentionKwargs) but have not run on a GPU here.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
 from autotrain.data.collate import PaddedCollator
+from autotrain.data.layer_masks import layer_windows, per_layer, unpackable_layers, windowed_mask_mod, within_window
 from autotrain.data.pack import PAD_SEGMENT, PackedCollator, dense_mask, segment_mask_mod
 from autotrain.models import unwrap
 
 logger = logging.getLogger("autotrain")
 
-__all__ = ["DENSE_TOKEN_BUDGET", "KERNELS", "decoder_inputs", "make_collator", "packing_kernel"]
+__all__ = ["DENSE_TOKEN_BUDGET", "EAGER_TOKEN_BUDGET", "KERNELS", "PaddedFallback", "decoder_inputs", "make_collator",
+           "packing_kernel"]
 
 # config._attn_implementation -> how a packed batch reaches it.
 KERNELS = {
@@ -51,17 +59,16 @@ KERNELS = {
 # 512 to 1,024. A pair longer than the budget still gets a row of its own. Flex and varlen skip masked work, so they
 # pack the whole batch into one row.
 DENSE_TOKEN_BUDGET = 1024
+# Eager attention materialises every fp32 score of a row, several times (softcap, mask, softmax, their gradients), so
+# it pays the square of the row length more dearly: on the Gemma-2-shaped CPU bench model (bench/orpo_bench.py
+# --family gemma2), a forward and backward of 8 pairs took 17.0 CPU s in rows of 1,007 tokens, 13.0 s in rows of 560
+# (one pair each), 11.8 s padded (16 rows of 350, the prompt twice).
+EAGER_TOKEN_BUDGET = 512
 
 # flex_attention's default block size; the BlockMask and the mask_mod lookups are sized in whole blocks.
 _FLEX_BLOCK = 128
 
 _logged: set[str] = set()
-
-
-def _log_once(message: str) -> None:
-    if message not in _logged:
-        _logged.add(message)
-        logger.warning(message)
 
 
 def packing_kernel(model: torch.nn.Module) -> tuple[str | None, str]:
@@ -73,20 +80,14 @@ def packing_kernel(model: torch.nn.Module) -> tuple[str | None, str]:
         return None, f"attention implementation '{impl}' takes no custom mask"
     if getattr(config, "is_encoder_decoder", False) or not getattr(config, "is_causal", True):
         return None, "not a causal decoder-only model"
-    # A multimodal model (Gemma 3 from 4B up loads as Gemma3ForConditionalGeneration) keeps them in its text config.
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    layer_types = getattr(text, "layer_types", None) or []
-    if any(kind != "full_attention" for kind in layer_types):
-        # A 4-D mask overrides every layer's own: a sliding window would be lost, and recurrent or linear-attention
-        # layers would carry state from one pair into the next.
-        return None, f"layer types {sorted(set(layer_types))} (not all full attention)"
-    if not layer_types and getattr(text, "sliding_window", None) and getattr(text, "use_sliding_window", True):
-        return None, "sliding-window attention"
+    kernel = KERNELS[impl]
+    why = unpackable_layers(config, base.get_decoder(), per_sequence=kernel == "varlen")
+    if why is not None:
+        return None, why
     if getattr(config, "alibi", False):
         return None, "ALiBi positions are computed from the padding mask, not from position_ids"
     if "position_ids" not in inspect.signature(base.get_decoder().forward).parameters:
         return None, "the decoder takes no position_ids"
-    kernel = KERNELS[impl]
     if kernel == "flex" and not _has_flex():
         return None, "flex_attention needs torch >= 2.5"
     return kernel, impl
@@ -111,20 +112,40 @@ def make_collator(
 
     A batch is still `batch_size` pairs (the loss averages over the same pairs and tokens in either layout); the
     packed collator lays them out in one or more rows of about `token_budget` tokens. None chooses per kernel:
-    DENSE_TOKEN_BUDGET for sdpa/eager, the whole batch in one row for flex and varlen. Without a model the packed
-    layout for sdpa/eager is assumed; `decoder_inputs` refuses a batch the model's kernel cannot run.
+    DENSE_TOKEN_BUDGET for sdpa, EAGER_TOKEN_BUDGET for eager, the whole batch in one row for flex and varlen.
+    Without a model the packed layout for sdpa is assumed; `decoder_inputs` refuses a batch the model's kernel cannot
+    run. A model that cannot take a packed mask gets PaddedFallback, whose first batch says why and what it costs.
     """
     if not packing:
         return PaddedCollator(pad_id=pad_id, prompt_loss=prompt_loss)
     kernel, why = packing_kernel(model) if model is not None else ("dense", "no model given")
     if kernel is None:
-        _log_once(f"packing is off for this model ({why}); using the padded layout")
-        return PaddedCollator(pad_id=pad_id, prompt_loss=prompt_loss)
+        return PaddedFallback(pad_id=pad_id, prompt_loss=prompt_loss, reason=why)
     if kernel == "varlen":
         return PackedCollator(pad_id, prompt_loss, token_budget, share_prompt=False)
     if kernel == "flex":
         return PackedCollator(pad_id, prompt_loss, token_budget, pad_to_multiple_of=_FLEX_BLOCK)
-    return PackedCollator(pad_id, prompt_loss, token_budget if token_budget is not None else DENSE_TOKEN_BUDGET)
+    default = EAGER_TOKEN_BUDGET if kernel == "additive" else DENSE_TOKEN_BUDGET
+    return PackedCollator(pad_id, prompt_loss, token_budget if token_budget is not None else default)
+
+
+@dataclass(frozen=True)
+class PaddedFallback(PaddedCollator):
+    """The padded layout for a model that cannot take a packed mask; its first batch logs, once per reason, what
+    forced it and what it costs."""
+
+    reason: str = ""
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = super().__call__(features)
+        if self.reason not in _logged:
+            _logged.add(self.reason)
+            padding = 1 - batch["num_real_tokens"] / batch["input_ids"].numel()  # host ints: no device read
+            logger.warning(
+                f"packing is off for this model ({self.reason}); padded layout: {padding:.0%} of computed tokens are "
+                "padding (first batch)"
+            )
+        return batch
 
 
 def decoder_inputs(model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
@@ -147,17 +168,22 @@ def decoder_inputs(model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, A
             "autotrain.data.kernels.make_collator(model=...) so it falls back to a layout this model can run"
         )
     args = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
-    segment_ids = batch["segment_ids"]
-    if kernel == "dense":
-        args["attention_mask"] = dense_mask(segment_ids)
-    elif kernel == "additive":
-        dtype = unwrap(model).get_input_embeddings().weight.dtype
+    segment_ids, positions = batch["segment_ids"], batch["position_ids"]
+    # One mask per distinct window; a dict keyed by layer type when the layers differ (autotrain.data.layer_masks).
+    windows = layer_windows(unwrap(model).config)
+    if kernel in ("dense", "additive"):
         allowed = dense_mask(segment_ids)
-        args["attention_mask"] = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
-            ~allowed, torch.finfo(dtype).min
-        )
+        dtype = unwrap(model).get_input_embeddings().weight.dtype if kernel == "additive" else None
+
+        def build(window: int | None) -> torch.Tensor:
+            mask = allowed if window is None else allowed & within_window(positions, window)
+            if dtype is None:
+                return mask
+            return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+
+        args["attention_mask"] = per_layer(windows, build)
     elif kernel == "flex":
-        args["attention_mask"] = _block_mask(segment_ids)
+        args["attention_mask"] = per_layer(windows, lambda w: _block_mask(segment_ids, positions, w))
     else:  # varlen: no mask at all; flash reads the sequence boundaries
         cu = batch["cu_seq_lens"].to(device=segment_ids.device, dtype=torch.int32)
         length = int(batch["max_seq_len"])  # a host int from the collator, not a device read
@@ -165,17 +191,23 @@ def decoder_inputs(model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, A
     return args
 
 
-def _block_mask(segment_ids: torch.Tensor) -> Any:
-    """A flex_attention BlockMask for segment_ids [R, T] (untested here: CPU flex_attention has no backward)."""
+def _block_mask(segment_ids: torch.Tensor, position_ids: torch.Tensor | None = None, window: int | None = None) -> Any:
+    """A flex_attention BlockMask for segment_ids [R, T], within `window` positions when given (position_ids [R, T]).
+
+    Untested on CUDA here; on CPU flex_attention runs forward only."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     rows, width = segment_ids.shape
     # The kernel may evaluate mask_mod on a whole block past the row's end; pad the lookup table so those reads stay
     # in bounds (transformers' own flex masks do the same). Padding segments attend to nothing real.
-    table = F.pad(segment_ids, (0, (width // _FLEX_BLOCK + 1) * _FLEX_BLOCK - width), value=PAD_SEGMENT)
+    extra = (width // _FLEX_BLOCK + 1) * _FLEX_BLOCK - width
+    table = F.pad(segment_ids, (0, extra), value=PAD_SEGMENT)
     # Uncompiled create_block_mask materialises [R, T, T] intermediates of the table's dtype; segment ids are below
     # 3 * T, so int16 holds them for rows under ~10k tokens (decided from the shape: no device read).
     table = table.to(torch.int16 if 3 * table.shape[1] < torch.iinfo(torch.int16).max else torch.int32)
+    mask_mod = segment_mask_mod(table)
+    if window is not None and position_ids is not None:
+        mask_mod = windowed_mask_mod(mask_mod, F.pad(position_ids, (0, extra)).to(table.dtype), window)
     # Not compiled: the dense [R, T, T] intermediate is small next to the activations, and compiling would add a
     # recompilation per new row width.
-    return create_block_mask(segment_mask_mod(table), rows, None, width, width, device=segment_ids.device)
+    return create_block_mask(mask_mod, rows, None, width, width, device=segment_ids.device)
