@@ -24,7 +24,7 @@ from autotrain.errors import ModelError, TrainingError
 from autotrain.logprobs import segment_sum, token_logps
 from autotrain.losses import PAIRS, PairTerms, dpo_loss, orpo_loss, reduce_columns
 from autotrain.head import decoder_and_head
-from autotrain.models import unwrap
+from autotrain.models import unwrap, whole_on
 from autotrain import checkpoints
 from autotrain.trainers.clm import checks
 
@@ -276,7 +276,9 @@ class PreferenceTrainer(Trainer):
         model, loader = self.model, self.get_eval_dataloader(dataset)
         chosen: list[float] = []
         rejected: list[float] = []
-        with torch.no_grad(), self.compute_loss_context_manager(), dropout.eval_mode(model):
+        # Under FSDP/DeepSpeed this runs before train() prepares the model, which is still where it loaded.
+        with torch.no_grad(), self.compute_loss_context_manager(), dropout.eval_mode(model), \
+                whole_on(self.ref_model or model, self.args.device):
             for batch in loader:
                 batch = self._prepare_inputs(batch)
                 sums = self.reference_sums(model, batch, untrained=True)
