@@ -15,6 +15,9 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as md
 import sys
+import warnings
+
+warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")  # eager on purpose
 
 
 def line(name: str, fn) -> None:

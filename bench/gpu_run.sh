@@ -49,7 +49,7 @@ fi
 export PYTHONPATH=$SITE:$PWD/src:$PWD/bench${PYTHONPATH:+:$PYTHONPATH}
 
 # 1. preflight (runs without CUDA too: it says so in its device line)
-stage 1-preflight 90 "$PY" bench/gpu_preflight.py
+stage 1-preflight 120 "$PY" bench/gpu_preflight.py
 
 # 2.. need CUDA: one clear line and a clean stop without it
 if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
