@@ -60,8 +60,8 @@ def layouts() -> list[tuple[str, str, bool]]:
 
 
 def losses(device: torch.device, pairs: list[dict], text, tok) -> None:
-    from autotrain.attention import make_collator
-    from autotrain.trainers.clm.trainer import orpo_step
+    from autotrain.data.kernels import make_collator
+    from autotrain.methods.orpo import orpo_step
 
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     batch = pairs[: TINY.pairs]
@@ -92,8 +92,8 @@ def losses(device: torch.device, pairs: list[dict], text, tok) -> None:
 
 def gradients(device: torch.device, pairs: list[dict]) -> None:
     """fp32: d loss / d weights of packed flex against padded sdpa, largest difference relative to each tensor."""
-    from autotrain.attention import make_collator
-    from autotrain.trainers.clm.trainer import orpo_step
+    from autotrain.data.kernels import make_collator
+    from autotrain.methods.orpo import orpo_step
 
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     grads = {}
@@ -116,8 +116,8 @@ def kernel_dtypes(device: torch.device, pairs: list[dict]) -> None:
     """Under bf16 autocast with fp32 weights, the q/k/v dtypes each attention function receives."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    from autotrain.attention import make_collator
-    from autotrain.trainers.clm.trainer import orpo_step
+    from autotrain.data.kernels import make_collator
+    from autotrain.methods.orpo import orpo_step
 
     for attn in ("sdpa", "flex_attention"):
         seen = set()
