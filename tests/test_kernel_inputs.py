@@ -89,7 +89,7 @@ def test_block_mask_memory_is_linear_in_the_rows_tokens():
     batch = {"input_ids": torch.zeros_like(segment_ids), "segment_ids": segment_ids,
              "position_ids": torch.zeros_like(segment_ids)}
     grown = _peak_growth(lambda: kernels.decoder_inputs(model, batch))
-    assert grown < width * width // 4, f"peak grew by {grown / 2**20:.1f} MiB"
+    assert grown < width * width // 2, f"peak grew by {grown / 2**20:.1f} MiB"  # half the dense mask alone
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "flex_attention"])
@@ -123,3 +123,33 @@ def test_kernels_get_one_dtype_under_bf16_autocast(attn, monkeypatch):
     assert torch.isfinite(loss)
     assert len(seen) == 2  # one call per layer
     assert set(seen) == {(torch.bfloat16,) * 3}, seen
+
+
+def test_bucket_widths_by_hand():
+    from autotrain.data.pack import bucket_width
+
+    # (width, multiple) -> the smallest of 4, 5, 6, 7 x 2^k x multiple holding it (below 4 x multiple: the multiples).
+    cases = {(1, 128): 128, (384, 128): 384, (512, 128): 512, (513, 128): 640, (1024, 128): 1024,
+             (1025, 128): 1280, (1281, 128): 1536, (1793, 128): 2048, (2049, 128): 2560, (9000, 128): 10240,
+             (13000, 128): 14336, (7, 1): 7, (9, 1): 10}
+    assert {case: bucket_width(*case) for case in cases} == cases
+
+
+def test_flex_rows_take_few_widths_over_a_run():
+    """The GPU bench's batches (8 pairs: prompts 32-256, completions 32-512, one packed row for flex): a compiled
+    kernel sees a handful of row widths, not one per step (multiples of 128 alone gave one per ~1-3 steps)."""
+    rng = random.Random(0)
+    collate = kernels.make_collator(True, 0, False, model=tiny_llama("flex_attention"))
+    widths, waste = set(), []
+    for _ in range(60):
+        pairs = [{"prompt_ids": [5] * rng.randint(32, 256), "chosen_ids": [6] * rng.randint(32, 512),
+                  "rejected_ids": [7] * rng.randint(32, 512)} for _ in range(8)]
+        batch = collate(pairs)
+        # Shared-prompt packing: each pair's prompt once, then its two completions.
+        real = sum(len(p["prompt_ids"]) + len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in pairs)
+        rows, width = batch["input_ids"].shape
+        assert rows == 1 and width % 128 == 0 and width >= real
+        widths.add(width)
+        waste.append(width / real - 1)
+    assert len(widths) <= 8, sorted(widths)
+    assert max(waste) <= 0.25 + 128 / 2000 and sum(waste) / len(waste) <= 0.15

@@ -28,7 +28,9 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from autotrain.data.block_mask import strip_block_mask
 from autotrain.data.collate import PaddedCollator
+from autotrain.data.kernel_dtypes import use_one_dtype
 from autotrain.data.pack import PAD_SEGMENT, PackedCollator, dense_mask, segment_mask_mod
 from autotrain.models import unwrap
 
@@ -114,6 +116,7 @@ def make_collator(
     DENSE_TOKEN_BUDGET for sdpa/eager, the whole batch in one row for flex and varlen. Without a model the packed
     layout for sdpa/eager is assumed; `decoder_inputs` refuses a batch the model's kernel cannot run.
     """
+    use_one_dtype()  # q, k and v in one dtype at every kernel under autocast (autotrain.data.kernel_dtypes)
     if not packing:
         return PaddedCollator(pad_id=pad_id, prompt_loss=prompt_loss)
     kernel, why = packing_kernel(model) if model is not None else ("dense", "no model given")
@@ -123,7 +126,7 @@ def make_collator(
     if kernel == "varlen":
         return PackedCollator(pad_id, prompt_loss, token_budget, share_prompt=False)
     if kernel == "flex":
-        return PackedCollator(pad_id, prompt_loss, token_budget, pad_to_multiple_of=_FLEX_BLOCK)
+        return PackedCollator(pad_id, prompt_loss, token_budget, pad_to_multiple_of=_FLEX_BLOCK, bucketed=True)
     return PackedCollator(pad_id, prompt_loss, token_budget if token_budget is not None else DENSE_TOKEN_BUDGET)
 
 
@@ -166,16 +169,11 @@ def decoder_inputs(model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, A
 
 
 def _block_mask(segment_ids: torch.Tensor) -> Any:
-    """A flex_attention BlockMask for segment_ids [R, T] (untested here: CPU flex_attention has no backward)."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
+    """A flex_attention BlockMask for segment_ids [R, T] (the forward is checked on CPU; CPU flex has no backward)."""
     rows, width = segment_ids.shape
     # The kernel may evaluate mask_mod on a whole block past the row's end; pad the lookup table so those reads stay
     # in bounds (transformers' own flex masks do the same). Padding segments attend to nothing real.
     table = F.pad(segment_ids, (0, (width // _FLEX_BLOCK + 1) * _FLEX_BLOCK - width), value=PAD_SEGMENT)
-    # Uncompiled create_block_mask materialises [R, T, T] intermediates of the table's dtype; segment ids are below
-    # 3 * T, so int16 holds them for rows under ~10k tokens (decided from the shape: no device read).
-    table = table.to(torch.int16 if 3 * table.shape[1] < torch.iinfo(torch.int16).max else torch.int32)
-    # Not compiled: the dense [R, T, T] intermediate is small next to the activations, and compiling would add a
-    # recompilation per new row width.
-    return create_block_mask(segment_mask_mod(table), rows, None, width, width, device=segment_ids.device)
+    # Built a strip of query blocks at a time: torch's uncompiled create_block_mask holds the dense [R, T, T] mask
+    # (1.7 GiB at 13k tokens, BENCHMARKS.md), and compiling it would recompile per row width.
+    return strip_block_mask(segment_mask_mod(table), rows, width, segment_ids.device, block=_FLEX_BLOCK)
