@@ -113,32 +113,39 @@ def gradients(device: torch.device, pairs: list[dict]) -> None:
 
 
 def kernel_dtypes(device: torch.device, pairs: list[dict]) -> None:
-    """Under bf16 autocast with fp32 weights, the q/k/v dtypes each attention function receives."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    """Under bf16 autocast with fp32 weights, the q/k/v dtypes torch's kernels receive from transformers (spied at
+    torch's sdpa and at transformers' call into the compiled flex_attention, past autotrain's casting wrappers)."""
+    import transformers.integrations.flex_attention as hf_flex
 
     from autotrain.data.kernels import make_collator
     from autotrain.methods.orpo import orpo_step
 
-    for attn in ("sdpa", "flex_attention"):
-        seen = set()
-        original = ALL_ATTENTION_FUNCTIONS[attn]
+    seen: set[tuple[str, str, str]] = set()
+    sdpa, flex = torch.nn.functional.scaled_dot_product_attention, hf_flex.compile_friendly_flex_attention
 
-        def spy(module, query, key, value, *args, _original=original, **kwargs):
+    def spy(kernel):
+        def call(query, key, value, *args, **kwargs):
             seen.add((str(query.dtype), str(key.dtype), str(value.dtype)))
-            return _original(module, query, key, value, *args, **kwargs)
+            return kernel(query, key, value, *args, **kwargs)
+        return call
 
-        ALL_ATTENTION_FUNCTIONS[attn] = spy
-        try:
-            model = ob.build_model(TINY, attn, device)
-            batch = on(device, make_collator(True, ob.PAD, prompt_loss=True, model=model)(pairs[: TINY.pairs]))
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                orpo_step(model, batch, 0.1)[0].backward()
-            result(f"kernel dtypes {attn} under bf16 autocast", all(len(set(d)) == 1 for d in seen),
-                   f"q, k, v dtypes seen: {sorted(seen)}")
-        except Exception as exc:  # noqa: BLE001
-            result(f"kernel dtypes {attn} under bf16 autocast", False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
-        finally:
-            ALL_ATTENTION_FUNCTIONS[attn] = original
+    torch.nn.functional.scaled_dot_product_attention = spy(sdpa)
+    hf_flex.compile_friendly_flex_attention = spy(flex)
+    try:
+        for attn in ("sdpa", "flex_attention"):
+            seen.clear()
+            try:
+                model = ob.build_model(TINY, attn, device)
+                batch = on(device, make_collator(True, ob.PAD, prompt_loss=True, model=model)(pairs[: TINY.pairs]))
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    orpo_step(model, batch, 0.1)[0].backward()
+                result(f"kernel dtypes {attn} under bf16 autocast", bool(seen) and all(len(set(d)) == 1 for d in seen),
+                       f"q, k, v dtypes seen: {sorted(seen)}")
+            except Exception as exc:  # noqa: BLE001
+                result(f"kernel dtypes {attn} under bf16 autocast", False,
+                       f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+    finally:
+        torch.nn.functional.scaled_dot_product_attention, hf_flex.compile_friendly_flex_attention = sdpa, flex
 
 
 def main() -> int:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -27,7 +28,7 @@ from unittest import mock
 
 import pytest
 import torch
-from conftest import arithmetic_pairs, write_jsonl
+from conftest import arithmetic_pairs, greedy_answer, write_jsonl
 from safetensors.torch import load_file
 
 from autotrain import launch, launch_config, preflight, project_folder
@@ -361,16 +362,24 @@ def assert_same_weights(actual: dict[str, torch.Tensor], expected: dict[str, tor
         assert error <= 1e-5 * scale + 1e-12, f"{name}: max difference {error:.3g}, scale {scale:.3g}"
 
 
+@contextlib.contextmanager
+def two_processes():
+    """This process as a plain caller (no launcher variables) whose launches start 2 processes (module fixtures
+    cannot use the function-scoped plain_env)."""
+    with pytest.MonkeyPatch.context() as env:
+        for name in MARKERS:
+            env.delenv(name, raising=False)
+        env.setenv(preflight.NUM_PROCESSES_ENV, "2")
+        yield
+
+
 @pytest.fixture(scope="module")
 def launched_runs(tmp_path_factory, chat_model):
     """For packing on (LoRA) and off (full fine-tune): a launched 2-process run and its 1-process reference."""
     root = tmp_path_factory.mktemp("launched")
     data = write_jsonl(root / "pairs.jsonl", arithmetic_pairs(PAIRS))
     runs = {}
-    with pytest.MonkeyPatch.context() as env:
-        for name in MARKERS:
-            env.delenv(name, raising=False)
-        env.setenv(preflight.NUM_PROCESSES_ENV, "2")
+    with two_processes():
         for packing in (True, False):
             common = dict(model=str(chat_model), data_path=str(data), packing=packing, **(LORA if packing else {}),
                           **SETTINGS)
@@ -433,10 +442,7 @@ def fsdp_runs(launched_runs, tmp_path_factory, chat_model):
     root = tmp_path_factory.mktemp("fsdp")
     data = write_jsonl(root / "pairs.jsonl", arithmetic_pairs(PAIRS))
     runs = {}
-    with pytest.MonkeyPatch.context() as env:
-        for name in MARKERS:
-            env.delenv(name, raising=False)
-        env.setenv(preflight.NUM_PROCESSES_ENV, "2")
+    with two_processes():
         for packing in (True, False):
             params = LLMTrainingParams(model=str(chat_model), data_path=str(data), packing=packing,
                                        project_name=str(root / f"fsdp-{packing}"), distributed_backend="fsdp",
@@ -493,18 +499,6 @@ def _kill_tree(pid: int) -> None:
             os.kill(number, signal.SIGKILL)
         except ProcessLookupError:
             pass
-
-
-def greedy_answer(model_dir: Path, tokenizer_dir: Path, prompt: str) -> str:
-    """What stock transformers answers greedily (64 new tokens) to `prompt` under the tokenizer's chat template."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                        return_tensors="pt", return_dict=True)["input_ids"]
-    out = model.generate(input_ids=ids, max_new_tokens=64, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
 
 
 def test_fsdp2_precomputed_reference_and_sample_answers(tmp_path, chat_model, plain_env):
