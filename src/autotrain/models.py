@@ -199,7 +199,7 @@ def whole_on(model: torch.nn.Module, device: torch.device | str) -> Iterator[tor
         return
     device = torch.device(device)
     before = next(model.parameters()).device
-    if before == device:
+    if before.type == device.type and (before.index or 0) == (device.index or 0):  # "cuda" is "cuda:0"
         yield model
         return
     model.to(device)

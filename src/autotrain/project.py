@@ -249,7 +249,8 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     stops = stop_ids(tokenizer, data.template, also=own_eos) if sample_ids else None
     before = None
     if sample_ids and resume_from is None:
-        with models.whole_on(model, next(model.parameters()).device):  # ZeRO-3: this process holds a shard only
+        # On the training device (Trainer has not moved the model yet); under ZeRO-3 the full weights gathered.
+        with models.whole_on(model, args.device):
             before = samples.answer(model, tokenizer, sample_ids, stops)
     ref_model = None
     if method.needs_reference:

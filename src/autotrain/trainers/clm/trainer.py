@@ -77,7 +77,9 @@ class PreferenceTrainer(Trainer):
         if "ref_logps" in batch:
             return batch["ref_logps"]
         if self.ref_model is not None:
-            return sequence_logps(self.ref_model, batch).sums
+            # Under ZeRO-3 the reference loaded as shards too (zero3_init_flag) and no engine gathers them for it.
+            with whole_on(self.ref_model, self.args.device):
+                return sequence_logps(self.ref_model, batch).sums
         inner = unwrap(model, peft=False)
         if not hasattr(inner, "disable_adapter") and not untrained:
             raise ValueError("a reference without --peft needs a reference model (the trainer is built with ref_model)")
