@@ -86,13 +86,16 @@ def train(model: Path, data: Path, project: Path, **overrides) -> tuple[dict, fl
     return last, torch.cuda.max_memory_allocated() / 2**30, wall
 
 
+STEPS = 20  # QLoRA steps (--steps)
+
+
 def qlora(out: Path) -> str:
     model = build_model(out / "llama-1b", LLAMA_32_1B, torch.bfloat16)
     data = write_pairs(out / "pairs.jsonl", LLAMA_32_1B["vocab_size"], 160, (32, 256), (32, 512))
     lines = []
     for name, extra in (("int4", {"quantization": "int4"}), ("bf16 LoRA", {})):
         last, peak, wall = train(model, data, out / f"qlora-{name.split()[0]}", peft=True, lora_r=16, lora_alpha=32,
-                                 max_steps=20, **extra)
+                                 max_steps=STEPS, **extra)
         rate = last["num_tokens"] / max(wall, 1e-9)
         lines.append(f"{name}: loss {last['loss']:.4f} at step {last['step']}, peak {peak:.2f} GiB, "
                      f"{last['num_tokens']} real tokens in {wall:.1f} s of create() ({rate:.0f}/s incl. load)")
@@ -118,13 +121,30 @@ def fsdp(out: Path) -> str:
             raise RuntimeError(f"fsdp {name}: the saved weights equal the initial ones")
         lines.append(f"{name}: loss {last['loss']:.4f} after {last['step']} steps, {moved}/{len(before)} tensors "
                      f"changed, {wall:.1f} s")
+    # The two paths CPU cannot show: --precompute-ref-logps runs in the Trainer's __init__, the model still on the
+    # CPU (FSDP prepares it in train()) and the batches on CUDA; --sample-answers generates from the sharded model.
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    valid = out / "small-split"
+    valid.mkdir(exist_ok=True)
+    (valid / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:40]))
+    (valid / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[40:]))
+    last, _, wall = train(model, valid, out / "fsdp-dpo", distributed_backend="fsdp", max_steps=2, peft=True,
+                          trainer="dpo", precompute_ref_logps=True, valid_split="validation", sample_answers=2)
+    answers = (out / "fsdp-dpo" / "samples.jsonl").read_text().splitlines()
+    if len(answers) != 2:
+        raise RuntimeError(f"fsdp dpo: {len(answers)} sample answers written, 2 asked")
+    lines.append(f"dpo + precompute + sample answers: loss {last['loss']:.4f} after {last['step']} steps, "
+                 f"2 answers, {wall:.1f} s")
     return "; ".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/gpu-checks"))
+    parser.add_argument("--only", choices=["qlora", "fsdp"], help="run one check")
+    parser.add_argument("--steps", type=int, default=STEPS, help="QLoRA training steps")
     args = parser.parse_args()
+    globals()["STEPS"] = args.steps
     if not torch.cuda.is_available():
         print("RESULT none: no CUDA GPU visible")
         return 1
@@ -132,6 +152,8 @@ def main() -> int:
     print(f"card: {torch.cuda.get_device_name()}; torch {torch.__version__}", flush=True)
     failed = 0
     for name, check in (("qlora", qlora), ("fsdp", fsdp)):
+        if args.only not in (None, name):
+            continue
         try:
             print(f"RESULT {name} ok: {check(args.out)}", flush=True)
         except Exception:  # noqa: BLE001 - report and go on to the next check

@@ -152,7 +152,10 @@ class Counting:
 
 class StepClock(TrainerCallback):
     def __init__(self, cuda: bool):
-        self.cuda, self.ends = cuda, []
+        self.cuda, self.ends, self.start = cuda, [], 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
+        self.start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):  # noqa: D102
         if self.cuda:
@@ -243,6 +246,7 @@ class Result:
     step_s: float = 0.0
     peak_gib: float = 0.0
     error: str = ""
+    warmup_s: float = 0.0  # the warm-up steps: flex_attention's compilation lands here, apart from the timed steps
 
 
 def timed_run(name: str, size: Size, device: torch.device, make: Callable[[torch.nn.Module, str], tuple[Any, Counting]],
@@ -267,6 +271,7 @@ def timed_run(name: str, size: Size, device: torch.device, make: Callable[[torch
             seconds = clock.ends[-1] - clock.ends[size.warmup - 1]
             tokens = sum(counter.tokens[size.warmup : size.warmup + size.steps])
             result.tokens_per_s, result.step_s = tokens / seconds, seconds / size.steps
+            result.warmup_s = clock.ends[size.warmup - 1] - clock.start
     except torch.cuda.OutOfMemoryError:
         result.error = "out of memory"
     except Exception as exc:  # one failed run must not cost the others on a rented GPU
@@ -274,7 +279,8 @@ def timed_run(name: str, size: Size, device: torch.device, make: Callable[[torch
     del model
     release_memory()
     print(f"  {name}: " + (result.error or f"{result.tokens_per_s:,.0f} real tokens/s, {result.step_s:.2f} s/step, "
-                           f"peak {result.peak_gib:.2f} GiB"), flush=True)
+                           f"peak {result.peak_gib:.2f} GiB; warm-up {result.warmup_s:.1f} s, compile included"),
+          flush=True)
     return result
 
 

@@ -135,3 +135,15 @@ def spy_from_pretrained(monkeypatch, names: tuple[str, ...]) -> list[tuple[str, 
 
         monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
     return seen
+
+
+def greedy_answer(model_dir: Path, tokenizer_dir: Path, prompt: str) -> str:
+    """What stock transformers answers greedily (64 new tokens) to `prompt` under the tokenizer's chat template."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)["input_ids"]
+    out = model.generate(input_ids=ids, max_new_tokens=64, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()

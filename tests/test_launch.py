@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -26,7 +28,7 @@ from unittest import mock
 
 import pytest
 import torch
-from conftest import arithmetic_pairs, write_jsonl
+from conftest import arithmetic_pairs, greedy_answer, write_jsonl
 from safetensors.torch import load_file
 
 from autotrain import launch, launch_config, preflight, project_folder
@@ -115,7 +117,7 @@ def test_fsdp_config_is_read_by_accelerate_and_its_plugin(tmp_path, plain_env):
     from accelerate.commands.config.config_args import load_config_from_file
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, patch_environment
     from accelerate.utils.launch import prepare_multi_gpu_env
-    from torch.distributed.fsdp import ShardingStrategy, StateDictType
+    from torch.distributed.fsdp import StateDictType
 
     params = LLMTrainingParams(distributed_backend="fsdp", peft=True, mixed_precision="bf16")
     with gpus(2):
@@ -130,13 +132,19 @@ def test_fsdp_config_is_read_by_accelerate_and_its_plugin(tmp_path, plain_env):
     with patch_environment(**env), mock.patch.object(accelerate_dataclasses, "is_cuda_available", return_value=True), \
             mock.patch.object(torch.cuda, "current_device", return_value=0):
         plugin = FullyShardedDataParallelPlugin()
-    assert plugin.fsdp_version == 1
-    assert plugin.sharding_strategy == ShardingStrategy.FULL_SHARD
+    # FSDP2 (fully_shard): FSDP1's root backward hook sits on the returned logits, which this loss never uses (it
+    # runs in a forward hook on the decoder), so FSDP1 fails in the first backward of a full fine-tune and leaves a
+    # LoRA run mid-backward (saving then fails). FSDP2 shards per parameter: frozen and trainable weights (LoRA) share
+    # a module without use_orig_params, which it no longer has.
+    assert plugin.fsdp_version == 2
+    assert plugin.reshard_after_forward is True  # ZeRO-3-like: each block's weights are freed after its forward
     assert plugin.state_dict_type == StateDictType.FULL_STATE_DICT  # saving gathers the full weights
-    assert plugin.use_orig_params is True  # LoRA: frozen and trainable weights in the same wrapped module
+    assert plugin.use_orig_params is None and plugin.sync_module_states is None  # obsolete in FSDP2: not set
     assert plugin.auto_wrap_policy.__name__ == "transformer_auto_wrap_policy"
     assert plugin.activation_checkpointing is False  # left to the trainer's gradient checkpointing
-    assert plugin.cpu_offload.offload_params is False
+    from torch.distributed.fsdp import CPUOffloadPolicy
+
+    assert not isinstance(plugin.cpu_offload, CPUOffloadPolicy)  # FSDP2's no-offload policy is the base OffloadPolicy
 
 
 @pytest.mark.parametrize("stage", [2, 3])
@@ -166,8 +174,40 @@ def test_deepspeed_config_is_read_by_accelerate_and_its_plugin(tmp_path, plain_e
     assert zero["stage"] == stage
     assert zero["offload_optimizer"]["device"] == "none" and zero["offload_param"]["device"] == "none"
     assert zero["stage3_gather_16bit_weights_on_model_save"] is (stage == 3)  # ZeRO-3 saves gathered weights
+    # ZeRO-3: each process loads only its shard (deepspeed.zero.Init while transformers loads the weights); the
+    # flag was False, so every process held the full model first.
+    assert plugin.zero3_init_flag is (stage == 3)
     # transformers refuses a DeepSpeed config that disagrees with its TrainingArguments: these come from the params.
     assert config["gradient_accumulation_steps"] == 3 and config["gradient_clipping"] == 0.5
+
+
+def test_zero3_weights_load_after_the_arguments_that_announce_it(tmp_path, chat_model, monkeypatch):
+    """zero3_init_flag works only if transformers knows of ZeRO-3 when it loads the weights: TrainingArguments
+    (whose DeepSpeed plugin registers the config transformers' `is_deepspeed_zero3_enabled` reads) must exist first.
+    Fails while run() loads the model before it builds the arguments (every process then holds the full model)."""
+    import transformers
+
+    events: list[str] = []
+    post_init = transformers.TrainingArguments.__post_init__
+
+    class Stop(Exception):
+        pass
+
+    def arguments(self, *args, **kwargs):
+        events.append("TrainingArguments")
+        return post_init(self, *args, **kwargs)
+
+    def weights(cls, *args, **kwargs):
+        events.append("weights")
+        raise Stop
+
+    monkeypatch.setattr(transformers.TrainingArguments, "__post_init__", arguments)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", classmethod(weights))
+    data = write_jsonl(tmp_path / "pairs.jsonl", arithmetic_pairs(4))
+    with pytest.raises(Stop):
+        run(LLMTrainingParams(model=str(chat_model), data_path=str(data), project_name=str(tmp_path / "run"),
+                              **SETTINGS))
+    assert events[:2] == ["TrainingArguments", "weights"], events
 
 
 def test_launch_command():
@@ -216,11 +256,11 @@ def test_num_processes(plain_env):
             preflight.num_processes(params)
 
 
-@pytest.mark.parametrize("backend", ["fsdp", "deepspeed"])
-def test_fsdp_and_deepspeed_without_cuda_fail_before_anything_is_written(tmp_path, plain_env, backend):
+def test_deepspeed_without_cuda_fails_before_anything_is_written(tmp_path, plain_env):
+    # FSDP2 runs on CPU processes joined by gloo (test_fsdp2_two_processes_match_...); DeepSpeed needs CUDA.
     project = tmp_path / "run"
-    params = LLMTrainingParams(distributed_backend=backend, project_name=str(project))  # the bundled data is read first
-    with gpus(0), pytest.raises(ParamsError, match=f"distributed_backend: {backend} needs CUDA GPUs"):
+    params = LLMTrainingParams(distributed_backend="deepspeed", project_name=str(project))  # bundled data read first
+    with gpus(0), pytest.raises(ParamsError, match="distributed_backend: deepspeed needs CUDA GPUs"):
         AutoTrainProject(params).create()
     assert not project.exists()
 
@@ -322,16 +362,24 @@ def assert_same_weights(actual: dict[str, torch.Tensor], expected: dict[str, tor
         assert error <= 1e-5 * scale + 1e-12, f"{name}: max difference {error:.3g}, scale {scale:.3g}"
 
 
+@contextlib.contextmanager
+def two_processes():
+    """This process as a plain caller (no launcher variables) whose launches start 2 processes (module fixtures
+    cannot use the function-scoped plain_env)."""
+    with pytest.MonkeyPatch.context() as env:
+        for name in MARKERS:
+            env.delenv(name, raising=False)
+        env.setenv(preflight.NUM_PROCESSES_ENV, "2")
+        yield
+
+
 @pytest.fixture(scope="module")
 def launched_runs(tmp_path_factory, chat_model):
     """For packing on (LoRA) and off (full fine-tune): a launched 2-process run and its 1-process reference."""
     root = tmp_path_factory.mktemp("launched")
     data = write_jsonl(root / "pairs.jsonl", arithmetic_pairs(PAIRS))
     runs = {}
-    with pytest.MonkeyPatch.context() as env:
-        for name in MARKERS:
-            env.delenv(name, raising=False)
-        env.setenv(preflight.NUM_PROCESSES_ENV, "2")
+    with two_processes():
         for packing in (True, False):
             common = dict(model=str(chat_model), data_path=str(data), packing=packing, **(LORA if packing else {}),
                           **SETTINGS)
@@ -386,6 +434,113 @@ def test_two_processes_match_one_process_with_accumulation(launched_runs, packin
             assert close(a[key], b[key]), f"step {b['step']} {key}: 2 processes {a[key]}, 1 process {b[key]}"
     weights = "adapter/adapter_model.safetensors" if packing else "model.safetensors"
     assert_same_weights(load_file(result.output_dir / weights), load_file(reference.output_dir / weights))
+
+
+@pytest.fixture(scope="module")
+def fsdp_runs(launched_runs, tmp_path_factory, chat_model):
+    """The runs of launched_runs again with FSDP2 (fully_shard) over 2 gloo processes, and the same references."""
+    root = tmp_path_factory.mktemp("fsdp")
+    data = write_jsonl(root / "pairs.jsonl", arithmetic_pairs(PAIRS))
+    runs = {}
+    with two_processes():
+        for packing in (True, False):
+            params = LLMTrainingParams(model=str(chat_model), data_path=str(data), packing=packing,
+                                       project_name=str(root / f"fsdp-{packing}"), distributed_backend="fsdp",
+                                       gradient_accumulation=1, **(LORA if packing else {}), **SETTINGS)
+            runs[packing] = (AutoTrainProject(params).create(), launched_runs[packing][1])
+    return runs
+
+
+@pytest.mark.parametrize("packing", [True, False], ids=["lora-packing", "full-no-packing"])
+def test_fsdp2_two_processes_match_one_process_with_accumulation(fsdp_runs, packing):
+    """FSDP2 x 2 gloo processes == 1 process x accumulation 2: steps, metrics and final weights, and the saved model
+    loads with stock transformers (and peft).
+
+    Fails on FSDP version 1: on CPU torch refuses it outright; on CUDA its root backward hook, attached to the
+    logits this loss never uses, does not fire (full fine-tune: `expected to be in states [FORWARD_BACKWARD] but
+    current state is IDLE` in the first backward; LoRA: saving fails mid-backward).
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    result, reference = fsdp_runs[packing]
+    two, one = steps(result.output_dir), steps(reference.output_dir)
+    assert [r["step"] for r in two] == [r["step"] for r in one] == list(range(1, STEPS + 1))
+    for a, b in zip(two, one):
+        for key in ("loss", "grad_norm", "nll_loss", "log_odds_ratio", "logps/rejected", "num_tokens"):
+            assert close(a[key], b[key]), f"step {b['step']} {key}: FSDP2 {a[key]}, 1 process {b[key]}"
+    weights = "adapter/adapter_model.safetensors" if packing else "model.safetensors"
+    assert_same_weights(load_file(result.output_dir / weights), load_file(reference.output_dir / weights))
+    assert (result.output_dir / "accelerate_config.yaml").read_text().count("fsdp_version: 2") == 1
+    loaded = AutoModelForCausalLM.from_pretrained(result.output_dir)  # the merged (or full) model at the top
+    expected = AutoModelForCausalLM.from_pretrained(reference.output_dir)
+    assert_same_weights(loaded.state_dict(), expected.state_dict())
+    if packing:
+        base = AutoModelForCausalLM.from_pretrained(json.loads((result.output_dir / "training_params.json").read_text())["model"])
+        merged = PeftModel.from_pretrained(base, result.output_dir / "adapter").merge_and_unload()
+        assert_same_weights(merged.state_dict(), expected.state_dict())
+
+
+def _kill_tree(pid: int) -> None:
+    """Kill `pid` and every process below it (the launcher starts its own session, out of reach of killpg)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    todo, found = [pid], []
+    while todo:
+        found.append(todo.pop())
+        todo += children.get(found[-1], [])
+    for number in reversed(found):
+        try:
+            os.kill(number, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_fsdp2_precomputed_reference_and_sample_answers(tmp_path, chat_model, plain_env):
+    """DPO with --precompute-ref-logps and --sample-answers under FSDP2, 2 gloo processes: no hang, the answers
+    written are stock transformers' greedy answers of the base and the saved model, and the precomputed reference
+    is the policy at step 1 (LoRA starts as the base), so the first loss is -log sigmoid(0) = ln 2.
+
+    Only rank 0 generating after training is expected to hang on NCCL (its forward's all-gathers meet the other
+    rank's save_model collectives); on CPU gloo that earlier code passed this test too (2026-12-01: the mismatched
+    collectives pair up; TORCH_DISTRIBUTED_DEBUG=DETAIL segfaults these processes either way), so this test guards
+    the FSDP2 sample-answer and precompute paths' results, and bench/gpu_checks.py's FSDP smoke runs them on CUDA.
+    """
+    data = tmp_path / "data"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", arithmetic_pairs(8))
+    valid = arithmetic_pairs(2, start=20)
+    write_jsonl(data / "validation.jsonl", valid)
+    project = tmp_path / "run"
+    params = LLMTrainingParams(model=str(chat_model), data_path=str(data), project_name=str(project),
+                               distributed_backend="fsdp", trainer="dpo", precompute_ref_logps=True,
+                               valid_split="validation", sample_answers=2, gradient_accumulation=1,
+                               **{**SETTINGS, "max_steps": 2}, **LORA)
+    params.save_json(tmp_path / "params.json")
+    script = ("from autotrain.project import AutoTrainProject, LLMTrainingParams as P\n"
+              f"AutoTrainProject(P.load_json({str(tmp_path / 'params.json')!r})).create()")
+    env = dict(os.environ, **{preflight.NUM_PROCESSES_ENV: "2"})
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env=env)
+    try:
+        output, _ = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        _kill_tree(process.pid)
+        output, _ = process.communicate()
+        pytest.fail("FSDP2 run with --sample-answers did not finish in 300 s (hang?):\n" + output[-3000:])
+    assert process.returncode == 0, output[-3000:]
+    first = steps(project)[0]
+    assert close(first["loss"], math.log(2)), first
+    answers = [json.loads(line) for line in (project / "samples.jsonl").read_text().splitlines()]
+    assert [a["prompt"] for a in answers] == [row["prompt"] for row in valid]
+    for answer, row in zip(answers, valid):
+        assert answer["before"] == greedy_answer(chat_model, chat_model, row["prompt"])
+        assert answer["after"] == greedy_answer(project, chat_model, row["prompt"])  # the merged model at the top
 
 
 # --- Failures in the launched processes ---------------------------------------------------------------------------

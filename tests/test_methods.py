@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import IM_END, IM_START, NEWLINE, arithmetic_pairs, char_ids, write_jsonl
+from conftest import IM_END, IM_START, NEWLINE, arithmetic_pairs, char_ids, greedy_answer, write_jsonl
 from test_packing import ODD, assert_same, random_pairs, tiny_model
 
 from autotrain.data.collate import PaddedCollator
@@ -352,8 +352,6 @@ def test_tensorboard_events_load_in_tensorboards_reader(tmp_path, chat_model, mo
 
 
 def test_sample_answers_before_and_after_are_the_models_greedy_answers(tmp_path, chat_model):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     rows = [{"prompt": f"{i}?", "completion": "zzzz"} for i in range(8)]  # quick to learn, unlike the base's answer
     # Prompts that share their first word: it is theirs, not the template's, and must stay (issue 11).
     valid = [{"prompt": "Add 7 and 1.", "completion": "zzzz"}, {"prompt": "Add 2 and 5.", "completion": "zzzz"}]
@@ -364,12 +362,7 @@ def test_sample_answers_before_and_after_are_the_models_greedy_answers(tmp_path,
     result = AutoTrainProject(params=params).create()
 
     def greedy(model_dir: Path, prompt: str) -> str:
-        tokenizer = AutoTokenizer.from_pretrained(chat_model)
-        model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                            return_tensors="pt", return_dict=True)["input_ids"]
-        out = model.generate(input_ids=ids, max_new_tokens=64, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+        return greedy_answer(model_dir, chat_model, prompt)
 
     # The template's own text (role markers here, a default system prompt elsewhere) is dropped, the prompt's kept.
     assert [s["prompt"] for s in result.samples] == [r["prompt"] for r in valid[:2]]

@@ -20,13 +20,19 @@ def accelerate_config(params: LLMTrainingParams, num_processes: int) -> dict[str
     - ddp: MULTI_GPU, accelerate's torchrun launcher. Without CUDA it is the same launcher with `use_cpu`: the
       processes join with gloo (launch() also sets ACCELERATE_USE_CPU for them). accelerate's MULTI_CPU type would
       start a single process unless it is run under mpirun.
-    - fsdp: FSDP (version 1), full sharding, wrapping each transformer block (the model's `_no_split_modules`),
-      `use_orig_params` (LoRA: frozen and trainable weights in one flat parameter) and FULL_STATE_DICT, so that
-      saving gathers the full weights on the main process. Gradient (activation) checkpointing stays with the
-      trainer (`--disable-gradient-checkpointing`), not FSDP's own.
+    - fsdp: FSDP2 (`fully_shard`, accelerate's `fsdp_version: 2`), each transformer block (the model's
+      `_no_split_modules`) its own unit, resharded after its forward (ZeRO-3-like), FULL_STATE_DICT so that saving
+      gathers the full weights on the main process. Not FSDP1: its root backward hook hangs on the returned logits,
+      which this tool's loss (computed in a forward hook on the decoder, autotrain.trainers.clm.trainer) never uses,
+      so a full fine-tune fails in its first backward and a LoRA run is left mid-backward (saving fails). FSDP2
+      shards per parameter, so frozen and trainable weights (LoRA) share a unit with no `use_orig_params` (FSDP1's
+      setting for that; FSDP2 has none). It runs on CPU processes joined by gloo too. Gradient (activation)
+      checkpointing stays with the trainer (`--disable-gradient-checkpointing`), not FSDP's own.
     - deepspeed: ZeRO stage `deepspeed_stage` (2 or 3) without offload; gradient accumulation and clipping are the
       params' (transformers refuses a DeepSpeed config that disagrees with its own arguments). Stage 3 gathers
-      16-bit weights when saving.
+      16-bit weights when saving and sets `zero3_init_flag`, so that each process loads only its shard of the
+      weights (transformers partitions them while loading, once TrainingArguments have announced ZeRO-3:
+      autotrain.project builds them before it loads the model).
 
     One machine (`num_machines: 1`, `machine_rank: 0`) and a free port (`main_process_port: 0`); for several
     machines edit `num_machines`, `num_processes` (the total), `machine_rank`, `main_process_ip` and
@@ -51,17 +57,12 @@ def accelerate_config(params: LLMTrainingParams, num_processes: int) -> dict[str
     }
     if backend == "fsdp":
         config["fsdp_config"] = {
-            "fsdp_version": 1,
-            "fsdp_sharding_strategy": "FULL_SHARD",
-            "fsdp_reshard_after_forward": "FULL_SHARD",
+            "fsdp_version": 2,
+            "fsdp_reshard_after_forward": True,
             "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-            "fsdp_backward_prefetch": "BACKWARD_PRE",
-            "fsdp_forward_prefetch": False,
             "fsdp_state_dict_type": "FULL_STATE_DICT",
-            "fsdp_use_orig_params": True,
             "fsdp_offload_params": False,
             "fsdp_cpu_ram_efficient_loading": False,
-            "fsdp_sync_module_states": True,
             "fsdp_activation_checkpointing": False,
         }
     if backend == "deepspeed":
@@ -72,7 +73,7 @@ def accelerate_config(params: LLMTrainingParams, num_processes: int) -> dict[str
             "offload_param_device": "none",
             "gradient_accumulation_steps": params.gradient_accumulation,
             "gradient_clipping": params.max_grad_norm,
-            "zero3_init_flag": False,
+            "zero3_init_flag": stage == 3,
             **({"zero3_save_16bit_model": True} if stage == 3 else {}),
         }
     return config

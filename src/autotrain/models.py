@@ -9,10 +9,11 @@ and cheaply, so the data can be checked before any weights are read.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -165,3 +166,44 @@ def unwrap(model: torch.nn.Module, peft: bool = True) -> torch.nn.Module:
 
     model = extract_model_from_parallel(model)
     return model.get_base_model() if peft and hasattr(model, "get_base_model") else model
+
+
+@contextlib.contextmanager
+def whole_on(model: torch.nn.Module, device: torch.device | str) -> Iterator[torch.nn.Module]:
+    """The model with all its weights on `device`, for a forward pass before the trainer has prepared it.
+
+    Under FSDP and DeepSpeed, transformers' Trainer leaves the model where it loaded (the CPU) until `train()` wraps
+    it, while `_prepare_inputs` sends batches to the accelerator: a pass in `__init__` (precomputed reference
+    log-probs) would mix devices. ZeRO-3 with `zero3_init_flag` loads each process's shard only: the full weights
+    are gathered for the pass (every process must enter, as every process builds the trainer). An FSDP2 model (after
+    training) has its root's weights gathered, every process taking part. Otherwise the model moves to `device` and
+    back, so that the wrapper later finds it as it was loaded.
+    """
+    from torch.distributed.fsdp import FSDPModule
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if isinstance(model, FSDPModule):
+        # FSDP2 after train(): generate() calls the inner model's forward, past the root's hooks that gather the
+        # root's own weights (embeddings, head). Each block's hooks gather its weights, every process taking part.
+        model.unshard()
+        try:
+            yield model
+        finally:
+            model.reshard()
+        return
+    if is_deepspeed_zero3_enabled():
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+            yield model
+        return
+    device = torch.device(device)
+    before = next(model.parameters()).device
+    if before.type == device.type and (before.index or 0) == (device.index or 0):  # "cuda" is "cuda:0"
+        yield model
+        return
+    model.to(device)
+    try:
+        yield model
+    finally:
+        model.to(before)

@@ -115,7 +115,8 @@ def check_launch(params: LLMTrainingParams) -> None:
     the number of processes is one this machine can run."""
     backend = backend_of(params)
     gpus = cuda_devices()
-    if backend in ("fsdp", "deepspeed") and gpus == 0:
+    # FSDP2 (fully_shard) runs on CPU processes joined by gloo, as ddp does; DeepSpeed needs CUDA.
+    if backend == "deepspeed" and gpus == 0:
         raise ParamsError(
             f"distributed_backend: {backend} needs CUDA GPUs and none is visible; on CPU use --distributed-backend ddp"
         )
@@ -140,6 +141,15 @@ def num_processes(params: LLMTrainingParams) -> int:
             raise ParamsError(f"{NUM_PROCESSES_ENV}={count}, but only {gpus} CUDA devices are visible")
         return count
     return gpus if gpus else CPU_PROCESSES
+
+
+def sharded_weights() -> bool:
+    """Whether this process will hold only a shard of the weights (a launch with FSDP, or DeepSpeed ZeRO-3, as
+    accelerate's launcher tells its processes): then every process must take part in any forward pass, generate's
+    included, or the one that runs alone waits forever for the others' shards."""
+    flag = lambda name: os.environ.get(name, "false").lower() == "true"  # noqa: E731
+    zero3 = flag("ACCELERATE_USE_DEEPSPEED") and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
+    return flag("ACCELERATE_USE_FSDP") or zero3
 
 
 def needs_launch(params: LLMTrainingParams) -> bool:

@@ -236,15 +236,25 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     from accelerate import PartialState
 
     main = PartialState().is_main_process  # with several processes, only the first writes the project's files
+    # Before the model: under ZeRO-3 the arguments announce it (accelerate's zero3_init_flag), and transformers then
+    # loads only this process's shard of the weights.
+    args = training_arguments(params, project, len(data.train), data.valid is not None)
     set_seed(params.seed)  # before the model: LoRA's initial weights depend on it
     with model_files.loading(model_path):
         model = models.load_model(params, model_path)
     quiet.settle()  # peft and accelerate are imported by now
-    # Sample answers are the main process's to give; a resumed run has no untrained model left to ask.
-    sample_ids = data.valid.prompt_ids[: params.sample_answers] if params.sample_answers and main else []
+    # Sample answers are the main process's to write; when the weights are sharded (FSDP, ZeRO-3) every process must
+    # take part in generate. A resumed run has no untrained model left to ask.
+    sharded = preflight.sharded_weights()
+    asked = params.sample_answers and (main or sharded)
+    sample_ids = data.valid.prompt_ids[: params.sample_answers] if asked else []
     own_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     stops = stop_ids(tokenizer, data.template, also=own_eos) if sample_ids else None
-    before = answers.answer(model, tokenizer, sample_ids, stops) if sample_ids and resume_from is None else None
+    before = None
+    if sample_ids and resume_from is None:
+        # On the training device (Trainer has not moved the model yet); under ZeRO-3 the full weights gathered.
+        with models.whole_on(model, args.device):
+            before = answers.answer(model, tokenizer, sample_ids, stops)
     ref_model = None
     if method.needs_reference:
         # With adapters the reference is the same weights with the adapters off; precomputing before the first
@@ -254,7 +264,6 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
             vocab = model.get_output_embeddings().weight.shape[0]
             with model_files.loading(ref_path or model_path):
                 ref_model = models.load_reference(params, ref_path or model_path, vocab)
-    args = training_arguments(params, project, len(data.train), data.valid is not None)
     project.mkdir(parents=True, exist_ok=True)
     if main:
         params.save_json(project / PARAMS_FILE)  # first: it marks the folder as this tool's (project_folder)
@@ -294,8 +303,10 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     if stop.received is not None:
         raise stopping.interrupted(stop.received, project)
     if sample_ids:
-        after = answers.answer(models.unwrap(trainer.model, peft=False), tokenizer, sample_ids, stops)
-        answers.write(project, answers.prompt_texts(tokenizer, sample_ids, data.template), before, after)
+        with models.whole_on(trainer.model, trainer.args.device):
+            after = answers.answer(models.unwrap(trainer.model, peft=False), tokenizer, sample_ids, stops)
+        if main:
+            answers.write(project, answers.prompt_texts(tokenizer, sample_ids, data.template), before, after)
     outputs.save_model(trainer, tokenizer, data.template, params, project)
     if main:
         finish(project)

@@ -34,8 +34,10 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from autotrain.data.block_mask import strip_block_mask
 from autotrain.data.collate import PaddedCollator
 from autotrain.data.layer_masks import layer_windows, per_layer, unpackable_layers, windowed_mask_mod, within_window
+from autotrain.data.kernel_dtypes import use_one_dtype
 from autotrain.data.pack import PAD_SEGMENT, PackedCollator, dense_mask, segment_mask_mod
 from autotrain.models import unwrap
 
@@ -116,6 +118,7 @@ def make_collator(
     Without a model the packed layout for sdpa is assumed; `decoder_inputs` refuses a batch the model's kernel cannot
     run. A model that cannot take a packed mask gets PaddedFallback, whose first batch says why and what it costs.
     """
+    use_one_dtype()  # q, k and v in one dtype at every kernel under autocast (autotrain.data.kernel_dtypes)
     if not packing:
         return PaddedCollator(pad_id=pad_id, prompt_loss=prompt_loss)
     kernel, why = packing_kernel(model) if model is not None else ("dense", "no model given")
@@ -124,7 +127,7 @@ def make_collator(
     if kernel == "varlen":
         return PackedCollator(pad_id, prompt_loss, token_budget, share_prompt=False)
     if kernel == "flex":
-        return PackedCollator(pad_id, prompt_loss, token_budget, pad_to_multiple_of=_FLEX_BLOCK)
+        return PackedCollator(pad_id, prompt_loss, token_budget, pad_to_multiple_of=_FLEX_BLOCK, bucketed=True)
     default = EAGER_TOKEN_BUDGET if kernel == "additive" else DENSE_TOKEN_BUDGET
     return PackedCollator(pad_id, prompt_loss, token_budget if token_budget is not None else default)
 
@@ -194,20 +197,15 @@ def decoder_inputs(model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, A
 def _block_mask(segment_ids: torch.Tensor, position_ids: torch.Tensor | None = None, window: int | None = None) -> Any:
     """A flex_attention BlockMask for segment_ids [R, T], within `window` positions when given (position_ids [R, T]).
 
-    Untested on CUDA here; on CPU flex_attention runs forward only."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
+    The forward is checked on CPU; CPU flex has no backward."""
     rows, width = segment_ids.shape
     # The kernel may evaluate mask_mod on a whole block past the row's end; pad the lookup table so those reads stay
     # in bounds (transformers' own flex masks do the same). Padding segments attend to nothing real.
     extra = (width // _FLEX_BLOCK + 1) * _FLEX_BLOCK - width
     table = F.pad(segment_ids, (0, extra), value=PAD_SEGMENT)
-    # Uncompiled create_block_mask materialises [R, T, T] intermediates of the table's dtype; segment ids are below
-    # 3 * T, so int16 holds them for rows under ~10k tokens (decided from the shape: no device read).
-    table = table.to(torch.int16 if 3 * table.shape[1] < torch.iinfo(torch.int16).max else torch.int32)
     mask_mod = segment_mask_mod(table)
     if window is not None and position_ids is not None:
         mask_mod = windowed_mask_mod(mask_mod, F.pad(position_ids, (0, extra)).to(table.dtype), window)
-    # Not compiled: the dense [R, T, T] intermediate is small next to the activations, and compiling would add a
-    # recompilation per new row width.
-    return create_block_mask(mask_mod, rows, None, width, width, device=segment_ids.device)
+    # Built a strip of query blocks at a time: torch's uncompiled create_block_mask holds the dense [R, T, T] mask
+    # (1.7 GiB at 13k tokens, BENCHMARKS.md), and compiling it would recompile per row width.
+    return strip_block_mask(mask_mod, rows, width, segment_ids.device, block=_FLEX_BLOCK)

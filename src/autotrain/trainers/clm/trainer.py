@@ -22,7 +22,7 @@ from autotrain import checkpoints, dropout, methods
 from autotrain.errors import TrainingError
 from autotrain.forward import sequence_logps
 from autotrain.losses import PAIRS, PairTerms, reduce_columns
-from autotrain.models import unwrap
+from autotrain.models import unwrap, whole_on
 from autotrain.progress import is_evaluation
 from autotrain.trainers.clm import checks
 
@@ -79,7 +79,9 @@ class MethodTrainer(Trainer):
         if "ref_logps" in batch:
             return batch["ref_logps"]
         if self.ref_model is not None:
-            return sequence_logps(self.ref_model, batch).sums
+            # Under ZeRO-3 the reference loaded as shards too (zero3_init_flag) and no engine gathers them for it.
+            with whole_on(self.ref_model, self.args.device):
+                return sequence_logps(self.ref_model, batch).sums
         inner = unwrap(model, peft=False)
         if not hasattr(inner, "disable_adapter") and not untrained:
             raise ValueError("a reference without --peft needs a reference model (the trainer is built with ref_model)")
@@ -98,7 +100,9 @@ class MethodTrainer(Trainer):
         model, loader = self.model, self.get_eval_dataloader(dataset)
         chosen: list[float] = []
         rejected: list[float] = []
-        with torch.no_grad(), self.compute_loss_context_manager(), dropout.eval_mode(model):
+        # Under FSDP/DeepSpeed this runs before train() prepares the model, which is still where it loaded.
+        with torch.no_grad(), self.compute_loss_context_manager(), dropout.eval_mode(model), \
+                whole_on(self.ref_model or model, self.args.device):
             for batch in loader:
                 batch = self._prepare_inputs(batch)
                 sums = self.reference_sums(model, batch, untrained=True)
