@@ -106,6 +106,7 @@ def make_collator(
     prompt_loss: bool,
     model: torch.nn.Module | None = None,
     token_budget: int | None = None,
+    padding_side: str = "right",
 ) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
     """The collator for this model: packed where its attention takes a packed mask, padded otherwise.
 
@@ -113,13 +114,14 @@ def make_collator(
     packed collator lays them out in one or more rows of about `token_budget` tokens. None chooses per kernel:
     DENSE_TOKEN_BUDGET for sdpa/eager, the whole batch in one row for flex and varlen. Without a model the packed
     layout for sdpa/eager is assumed; `decoder_inputs` refuses a batch the model's kernel cannot run.
+    `padding_side` is the padded layout's (packed rows have no padding to place).
     """
     if not packing:
-        return PaddedCollator(pad_id=pad_id, prompt_loss=prompt_loss)
+        return PaddedCollator(pad_id=pad_id, prompt_loss=prompt_loss, padding_side=padding_side)
     kernel, why = packing_kernel(model) if model is not None else ("dense", "no model given")
     if kernel is None:
         _log_once(f"packing is off for this model ({why}); using the padded layout")
-        return PaddedCollator(pad_id=pad_id, prompt_loss=prompt_loss)
+        return PaddedCollator(pad_id=pad_id, prompt_loss=prompt_loss, padding_side=padding_side)
     if kernel == "varlen":
         return PackedCollator(pad_id, prompt_loss, token_budget, share_prompt=False)
     if kernel == "flex":

@@ -54,6 +54,9 @@ class PaddedCollator:
 
     pad_id: int
     prompt_loss: bool = False
+    # "left" (aitraining's padding) puts the padding before each row; the rows then carry position_ids counted from
+    # their first real token, so every token sits at the position it has in the right-padded layout.
+    padding_side: str = "right"
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         pairs = len(features)
@@ -63,10 +66,13 @@ class PaddedCollator:
         width = max(len(r) for r in rows)
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        position_ids = torch.zeros((len(rows), width), dtype=torch.long)
         hidden_index, target_ids, target_seq, in_completion, in_nll = [], [], [], [], []
         for seq, ids in enumerate(rows):
-            input_ids[seq, : len(ids)] = torch.tensor(ids)
-            attention_mask[seq, : len(ids)] = 1
+            start = width - len(ids) if self.padding_side == "left" else 0
+            input_ids[seq, start : start + len(ids)] = torch.tensor(ids)
+            attention_mask[seq, start : start + len(ids)] = 1
+            position_ids[seq, start : start + len(ids)] = torch.arange(len(ids))
             prompt_len = len(features[seq % pairs]["prompt_ids"])
             chosen = seq < pairs
             mask = features[seq].get("chosen_mask") if chosen else None
@@ -74,7 +80,7 @@ class PaddedCollator:
             for t in range(max(first, 1), len(ids)):
                 if mask is not None and t >= prompt_len and not mask[t - prompt_len]:
                     continue  # a context turn of a conversation: read, not trained
-                hidden_index.append(seq * width + t - 1)
+                hidden_index.append(seq * width + start + t - 1)
                 target_ids.append(ids[t])
                 target_seq.append(seq)
                 in_completion.append(t >= prompt_len)
@@ -89,6 +95,7 @@ class PaddedCollator:
             "in_nll": torch.tensor(in_nll, dtype=torch.bool),
             "num_pairs": pairs,
             "num_real_tokens": sum(len(r) for r in rows),
+            **({"position_ids": position_ids} if self.padding_side == "left" else {}),
             **reference_logps(features),
         }
 
