@@ -93,7 +93,7 @@ def add_param_flags(parser: Any, schema: type = LLMTrainingParams, skip: frozens
 
 
 USAGE = """aitraining llm --train [--config FILE] [--FLAG VALUE ...]
-       aitraining llm --inference --project-name DIR --inference-prompts TEXT|FILE [--FLAG VALUE ...]
+       aitraining llm --inference --project-name DIR --inference-prompts TEXT|FILE [...]
        aitraining --config FILE [--FLAG VALUE ...]   (short for llm --train --config FILE)"""
 
 

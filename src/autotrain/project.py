@@ -82,6 +82,10 @@ class AutoTrainProject:
         from autotrain import launch, quiet
 
         params = self.params
+        if params.use_sweep:  # trials in <project>/trials/, the best one's model in <project>/ (autotrain.sweep)
+            from autotrain.sweep import run_sweep
+
+            return run_sweep(params, self.verbose)
         with quiet.libraries(self.verbose), session(params):
             resume_point(preflight.project_dir(params), params.resume_from_checkpoint)  # before the data is read
             opened = preflight.check_inputs(params)
