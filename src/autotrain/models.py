@@ -168,7 +168,7 @@ def check_attention(params: LLMTrainingParams, config: Any) -> None:
         raise ModelError(f"attn_implementation: unknown kernel '{chosen}'; known: eager, {', '.join(_KERNEL_FLAGS)}")
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config))
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
     if model_class is None:  # remote code: transformers checks when the model loads
         return
     if not getattr(model_class, _KERNEL_FLAGS[chosen], False):
