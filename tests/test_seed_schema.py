@@ -176,3 +176,23 @@ def test_inference_fields_of_the_seed_are_the_inference_commands():
     assert {"inference_prompts", "inference_max_tokens", "inference_temperature", "inference_top_p"} <= set(
         InferenceParams.model_fields)
     assert "aitraining llm --inference" in refused_line("inference_max_tokens", 256)
+
+
+def test_readme_migration_table_is_the_generated_one():
+    """The table is generated from the params (scripts/migration_table.py); a field added or changed without
+    regenerating it fails here."""
+    from pathlib import Path
+
+    from autotrain.params.migration import END, START, migration_table
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert readme.split(START, 1)[1].split(END, 1)[0].strip() == migration_table()
+    table = migration_table()
+    for name in SEED_FIELDS:  # every aitraining field has its row
+        assert f"`{name}`" in table, name
+
+
+def test_ours_only_is_what_aitraining_lacks():
+    from autotrain.params.seed import OURS_ONLY
+
+    assert OURS_ONLY == set(LLMTrainingParams.model_fields) - set(SEED_FIELDS)

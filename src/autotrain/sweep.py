@@ -36,7 +36,11 @@ _NOT_COPIED = ("checkpoint-*", "runs", "wandb", ".*.lock")
 
 def run_sweep(params: LLMTrainingParams, verbose: bool = False) -> Any:
     """Run the sweep `params` describe and return the best trial's result, with the project as its folder."""
-    import optuna
+    try:
+        import optuna
+    except ImportError:
+        raise ParamsError("use_sweep runs its trials with optuna, which is not installed: "
+                          "pip install 'aitraining[sweep]'") from None
 
     from autotrain import quiet
     from autotrain.project_folder import owned

@@ -22,6 +22,13 @@ DIFFERENT_DEFAULTS: dict[str, tuple[object, str]] = {
     "lora_dropout": (0.05, "none means 0.05, except 0 for fused MoE expert weights, which peft cannot drop out"),
 }
 
+# Our fields that aitraining's LLMTrainingParams does not have (the migration table leaves them out; a test checks
+# this list against aitraining's field list).
+OURS_ONLY: frozenset[str] = frozenset({
+    "trust_remote_code", "precompute_ref_logps", "prompt_loss", "disable_dropout", "max_steps", "deepspeed_stage",
+    "eval_steps", "sample_answers",
+})
+
 # Each is (what the field is for in aitraining, what to do here instead or "").
 _CONVERSION = ("dataset conversion", "rows are read as they are: name the columns with --prompt-text-column, "
                "--text-column and --rejected-text-column (strings or message lists)")
