@@ -85,7 +85,7 @@ class AutoTrainProject:
         if params.use_sweep:  # trials in <project>/trials/, the best one's model in <project>/ (autotrain.sweep)
             from autotrain.sweep import run_sweep
 
-            return run_sweep(params, self.verbose)
+            return run_sweep(params, _trial, result_of, self.verbose)
         with quiet.libraries(self.verbose), session(params):
             resume_point(preflight.project_dir(params), params.resume_from_checkpoint)  # before the data is read
             opened = preflight.check_inputs(params)
@@ -94,6 +94,13 @@ class AutoTrainProject:
                 launch.launch(params)
                 return result_of(params)
             return run(params, opened=opened)
+
+
+def _trial(params: LLMTrainingParams, callbacks: tuple[Any, ...]) -> RunResult:
+    """One sweep trial, in this process, in its own new folder (autotrain.sweep)."""
+    with session(params):
+        resume_point(preflight.project_dir(params), None)
+        return run(params, callbacks=callbacks)
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,11 @@ _STUDY = "sweep"
 _NOT_COPIED = ("checkpoint-*", "runs", "wandb", ".*.lock")
 
 
-def run_sweep(params: LLMTrainingParams, verbose: bool = False) -> Any:
-    """Run the sweep `params` describe and return the best trial's result, with the project as its folder."""
+def run_sweep(params: LLMTrainingParams, train: Callable[..., Any], result_of: Callable[[LLMTrainingParams], Any],
+              verbose: bool = False) -> Any:
+    """Run the sweep `params` describe and return the best trial's result, with the project as its folder.
+    `train(params, callbacks)` runs one trial in this process; `result_of(params)` reads a finished run's result
+    (autotrain.project passes its own, so this module does not import it)."""
     try:
         import optuna
     except ImportError:
@@ -46,7 +50,7 @@ def run_sweep(params: LLMTrainingParams, verbose: bool = False) -> Any:
     from autotrain.project_folder import owned
 
     project = preflight.project_dir(params)
-    ranges = parse_space(params.sweep_params)
+    ranges = parse_space(params.sweep_params, LLMTrainingParams.model_fields)
     _check_folder(project)
     base = {name: getattr(params, name) for name in params.model_fields_set
             if name not in SweepParams.model_fields and name not in ("project_name", "resume_from_checkpoint")}
@@ -64,8 +68,8 @@ def run_sweep(params: LLMTrainingParams, verbose: bool = False) -> Any:
         _same_sweep(study, params)
         _retry_dead_trials(study, storage)
         while _finished(study) < params.sweep_n_trials:
-            _one_trial(study, params, base, ranges, project)
-        return _conclude(study, params, ranges, project)
+            _one_trial(study, params, base, ranges, project, train)
+        return _conclude(study, params, ranges, project, result_of)
 
 
 def _check_folder(project: Path) -> None:
@@ -111,12 +115,9 @@ def _suggest(trial: Any, r: Range) -> Any:
     return trial.suggest_float(r.name, r.low, r.high, log=r.kind == "log")
 
 
-def _one_trial(study: Any, params: LLMTrainingParams, base: dict[str, Any], ranges: list[Range],
-               project: Path) -> None:
+def _one_trial(study: Any, params: LLMTrainingParams, base: dict[str, Any], ranges: list[Range], project: Path,
+               train: Callable[..., Any]) -> None:
     from optuna.trial import TrialState
-
-    from autotrain.project import run, session
-    from autotrain.project_folder import resume_point
 
     trial = study.ask()
     values = {r.name: _suggest(trial, r) for r in ranges}
@@ -131,9 +132,7 @@ def _one_trial(study: Any, params: LLMTrainingParams, base: dict[str, Any], rang
     logger.info("sweep: trial %03d of %d: %s", trial.number, params.sweep_n_trials, _shown(values))
     report = PruneOnEval(trial, params.sweep_metric)
     try:
-        with session(trial_params):
-            resume_point(folder, None)
-            result = run(trial_params, callbacks=(report,))
+        result = train(trial_params, (report,))
     except BaseException:
         study.tell(trial, state=TrialState.FAIL)
         raise
@@ -173,10 +172,9 @@ class PruneOnEval(TrainerCallback):
             control.should_training_stop = True
 
 
-def _conclude(study: Any, params: LLMTrainingParams, ranges: list[Range], project: Path) -> Any:
+def _conclude(study: Any, params: LLMTrainingParams, ranges: list[Range], project: Path,
+              result_of: Callable[[LLMTrainingParams], Any]) -> Any:
     from optuna.trial import TrialState
-
-    from autotrain.project import result_of
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:

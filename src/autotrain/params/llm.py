@@ -25,7 +25,7 @@ from autotrain.params.sections import (
     ScaleOutParams,
     TemplateParams,
 )
-from autotrain.params.sweep import SweepParams
+from autotrain.params.sweep import SweepParams, parse_space
 
 # The sections in reading order (the order of --help and of training_params.json), each with its title.
 SECTIONS: tuple[tuple[str, type[Schema]], ...] = (
@@ -65,6 +65,11 @@ class LLMTrainingParams(*reversed([section for _, section in SECTIONS])):  # typ
                              "aitraining's name for --no-prompt-loss): give one")
         if self.wandb_visualizer and self.log != "wandb":
             raise ValueError("wandb_visualizer shows a W&B run: add --log wandb")
+        if self.sweep_params is not None:
+            try:
+                parse_space(self.sweep_params, type(self).model_fields)
+            except ValueError as exc:
+                raise ValueError(f"sweep_params: {exc}") from None
         if self.use_sweep and not self.valid_split:
             raise ValueError(f"use_sweep optimises {self.sweep_metric} on the validation split: add --valid-split")
         if self.sample_answers and not self.valid_split:

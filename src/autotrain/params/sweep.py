@@ -63,21 +63,20 @@ class SweepParams(Schema):
         return value
 
 
-def parse_space(text: str | None) -> list[Range]:
-    """The ranges of a sweep_params JSON text (None: the default space); ValueError names what is wrong."""
+def parse_space(text: str | None, fields: Any = None) -> list[Range]:
+    """The ranges of a sweep_params JSON text (None: the default space); ValueError names what is wrong.
+    `fields`: the names a range may set (LLMTrainingParams checks them; this module does not import it)."""
     try:
         space = json.loads(text if text is not None else DEFAULT_SPACE)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not JSON ({exc.msg} at position {exc.pos})") from None
     if not isinstance(space, dict) or not space:
         raise ValueError("must be a JSON object of field names to ranges")
-    return [_range(name, spec) for name, spec in space.items()]
+    return [_range(name, spec, fields) for name, spec in space.items()]
 
 
-def _range(name: str, spec: Any) -> Range:
-    from autotrain.params.llm import LLMTrainingParams
-
-    if name not in LLMTrainingParams.model_fields or name in _NOT_SWEPT:
+def _range(name: str, spec: Any, fields: Any) -> Range:
+    if (fields is not None and name not in fields) or name in _NOT_SWEPT:
         raise ValueError(f"'{name}' cannot be swept: name a training field such as lr, batch_size or lora_r")
     if isinstance(spec, list) and len(spec) == 3 and isinstance(spec[2], str):
         spec = {"low": spec[0], "high": spec[1], "type": spec[2]}
