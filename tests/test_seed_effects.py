@@ -302,3 +302,11 @@ def test_enhanced_eval_text_metrics_are_refused_with_the_reason():
     with pytest.raises(ParamsError, match=r"custom_metrics: must be a JSON array of metric names"):
         LLMTrainingParams(custom_metrics='{"a": 1}')
     assert LLMTrainingParams(custom_metrics='["perplexity"]').custom_metrics == '["perplexity"]'
+
+
+def test_the_resume_line_leaves_out_the_wandb_token_too():
+    from autotrain.cli import _without_resume
+
+    assert _without_resume(["llm", "--train", "--log", "wandb", "--wandb-token", "k-123", "--lr", "1e-4"]) == (
+        ["llm", "--train", "--log", "wandb", "--lr", "1e-4"], True)
+    assert _without_resume(["llm", "--train", "--wandb_token=k-123"]) == (["llm", "--train"], True)

@@ -253,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         if exc.checkpoint is not None:
             kept, dropped_token = _without_resume(argv)
             if dropped_token:
-                print("note: the resume command leaves out --token; export HF_TOKEN instead", file=sys.stderr)
+                print("note: the resume command leaves out the tokens typed as flags; export HF_TOKEN (and "
+                      "WANDB_API_KEY) instead", file=sys.stderr)
             print("resume: aitraining " + " ".join(kept) + " --resume-from-checkpoint auto", file=sys.stderr)
         return exc.exit_code
     except AutoTrainError as exc:
@@ -274,12 +275,13 @@ def _with_command(argv: list[str]) -> list[str]:
     return list(argv)
 
 
-_DROPPED = {"--resume-from-checkpoint", "--resume_from_checkpoint", "--token"}  # flags the resume line leaves out
+_SECRET_FLAGS = {"--token", "--wandb-token", "--wandb_token"}
+_DROPPED = {"--resume-from-checkpoint", "--resume_from_checkpoint", *_SECRET_FLAGS}  # what the resume line leaves out
 
 
 def _without_resume(argv: list[str] | None) -> tuple[list[str], bool]:
-    """The command as typed, minus any earlier resume flag and the hub token (a secret on screen and in shell
-    history), quoted for a shell; and whether a token was left out."""
+    """The command as typed, minus any earlier resume flag and the hub and W&B tokens (secrets on screen and in
+    shell history), quoted for a shell; and whether a token was left out."""
     import shlex
 
     args, kept, skip, token = list(sys.argv[1:] if argv is None else argv), [], False, False
@@ -289,7 +291,7 @@ def _without_resume(argv: list[str] | None) -> tuple[list[str], bool]:
             skip = False
         elif flag in _DROPPED:
             skip = "=" not in arg
-            token = token or flag == "--token"
+            token = token or flag in _SECRET_FLAGS
         else:
             kept.append(shlex.quote(arg))
     return kept, token
