@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 
+from autotrain import methods
 from autotrain.params.schema import AutoOrAtLeastTwo, AutoOrPositive, Schema, one_of
 
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"  # resolved by autotrain.defaults
@@ -36,9 +37,8 @@ SCHEDULERS: tuple[str, ...] = (
 )
 
 
-# The training methods (autotrain.trainers.clm.trainer.METHODS holds one entry per name); `default` is the seed's
-# name for `sft`.
-TRAINER_NAMES: tuple[str, ...] = ("orpo", "dpo", "sft", "default")
+# The --trainer choices: autotrain.methods' registry (torch-free), the one list of method names.
+TRAINER_NAMES: tuple[str, ...] = methods.NAMES
 
 
 # What --eval-metrics and --custom-metrics can compute here, each from the validation's own metrics.
@@ -134,8 +134,9 @@ class MethodParams(Schema):
 
     trainer: str = Field(
         "orpo",
-        description="Training method: orpo (SFT + odds-ratio term, no reference model), dpo (sigmoid DPO against a "
-        "frozen reference), sft or default (NLL on the completion or text).",
+        description="Training method: "
+        + ", ".join(f"{spec.name} ({spec.help})" for spec in methods.SPECS.values())
+        + "".join(f"; {alias} is {name}" for alias, name in methods.ALIASES.items()) + ".",
     )
     dpo_beta: float = Field(
         0.1, ge=0, description="ORPO's lambda (weight of the odds-ratio term) or DPO's beta (strength of the KL pull)."
