@@ -161,8 +161,7 @@ class MethodParams(Schema):
     packing: bool = Field(
         True,
         description="Pack pairs without padding, sharing each prompt (prompt | chosen | rejected, several pairs per "
-        "row); the loss is unchanged. Models whose attention cannot take a packed mask use the padded layout. "
-        "aitraining's default: off.",
+        "row); the loss is unchanged. Models whose attention cannot take a packed mask use the padded layout.",
     )
     padding: Literal["right", "left"] = Field(
         "right", description="Side the padded layout pads (--no-packing); packing does not pad, so it ignores this."
