@@ -138,10 +138,10 @@ def test_ddp_timeout_reaches_the_process_group(monkeypatch):
 def test_auto_find_batch_size_halves_the_batch_on_out_of_memory(tmp_path, chat_model, monkeypatch):
     """~6 s. A CUDA out-of-memory error at batch 2 (raised here on purpose): with auto_find_batch_size training
     starts again at batch 1 and finishes; without it, the error ends the run."""
-    from autotrain.trainers.clm.trainer import PreferenceTrainer
+    from autotrain.trainers.clm.trainer import MethodTrainer
 
     seen = []
-    original = PreferenceTrainer.training_step
+    original = MethodTrainer.training_step
 
     def training_step(self, model, inputs, *rest):
         seen.append(inputs["num_pairs"])
@@ -149,7 +149,7 @@ def test_auto_find_batch_size_halves_the_batch_on_out_of_memory(tmp_path, chat_m
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return original(self, model, inputs, *rest)
 
-    monkeypatch.setattr(PreferenceTrainer, "training_step", training_step)
+    monkeypatch.setattr(MethodTrainer, "training_step", training_step)
     data = write_jsonl(tmp_path / "d.jsonl", arithmetic_pairs(4))
     common = dict(model=str(chat_model), data_path=str(data), batch_size=2, gradient_accumulation=1, max_steps=2)
     result = AutoTrainProject(LLMTrainingParams(project_name=str(tmp_path / "auto"), auto_find_batch_size=True,
