@@ -27,9 +27,10 @@ from typing import Any, Literal, TypeVar
 
 from autotrain import __version__
 from autotrain.config_file import ConfigFile, load_config
-from autotrain.errors import AutoTrainError, ParamsError, TrainingInterrupted
+from autotrain.errors import AutoTrainError, ParamsError, TrainingInterrupted, did_you_mean
 from autotrain.inference import InferenceParams
-from autotrain.params import LLMTrainingParams, Schema
+from autotrain.params import SECTIONS, LLMTrainingParams, Schema
+from autotrain.params.seed import DIFFERENT_DEFAULTS, not_this_tool
 
 logger = logging.getLogger("autotrain")
 SchemaT = TypeVar("SchemaT", bound=Schema)
@@ -53,19 +54,28 @@ def _converter(kind: Any, optional: bool) -> Any:
     return convert
 
 
-def add_param_flags(parser: Any, schema: type = LLMTrainingParams, skip: frozenset[str] = frozenset()) -> None:
-    """One flag per field of a params schema (LLMTrainingParams by default)."""
-    for name, info in schema.model_fields.items():
+_METAVARS = {int: "N", float: "X"}
+
+
+def add_param_flags(parser: Any, schema: type = LLMTrainingParams, skip: frozenset[str] = frozenset(),
+                    fields: Any = None) -> None:
+    """One flag per field of a params schema (LLMTrainingParams by default; `fields`: only these of its fields).
+
+    Each flag is shown once, in kebab case; the snake-case spelling and a field's earlier names are accepted too
+    (`_Parser` rewrites them to this one before parsing)."""
+    for name in fields if fields is not None else schema.model_fields:
+        info = schema.model_fields[name]
         if name in skip:
             continue
         kind, optional = _unwrap_optional(info.annotation)
-        # Every name of the field (its own, then its earlier ones), each in kebab and snake case.
-        flags = [flag for known in schema.names_of(name)
-                 for flag in dict.fromkeys((f"--{known.replace('_', '-')}", f"--{known}"))]
+        flag = f"--{name.replace('_', '-')}"
         default = info.default.get_secret_value() if hasattr(info.default, "get_secret_value") else info.default
-        help_text = f"{info.description} " + ("(required)" if info.is_required() else f"(default: {default})")
+        help_text = f"{info.description} " + ("(required)" if info.is_required() else f"(default: {default}")
+        if name in DIFFERENT_DEFAULTS and schema is LLMTrainingParams:
+            help_text += f"; aitraining's: {DIFFERENT_DEFAULTS[name][0]}"
+        help_text += "" if info.is_required() else ")"
         if kind is bool:
-            parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=help_text)
             continue
         choices = None
@@ -77,29 +87,100 @@ def add_param_flags(parser: Any, schema: type = LLMTrainingParams, skip: frozens
             kind = str
         elif kind not in (int, float):
             kind = str
-        parser.add_argument(*flags, dest=name, type=_converter(kind, optional), choices=choices,
-                            default=argparse.SUPPRESS, help=help_text,
-                            metavar="{" + ",".join(str(c).lower() for c in choices) + "}" if choices else name.upper())
+        metavar = "{" + ",".join(str(c).lower() for c in choices) + "}" if choices else _METAVARS.get(kind, "TEXT")
+        parser.add_argument(flag, dest=name, type=_converter(kind, optional), choices=choices,
+                            default=argparse.SUPPRESS, help=help_text, metavar=metavar)
+
+
+USAGE = """aitraining llm --train [--config FILE] [--FLAG VALUE ...]
+       aitraining llm --inference --project-name DIR --inference-prompts TEXT|FILE [...]
+       aitraining --config FILE [--FLAG VALUE ...]   (short for llm --train --config FILE)"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with every flag accepted under all its spellings but shown under one, and a user error as one
+    line: no synopsis, and an unknown flag answered with the closest known one (or, for a field of another
+    aitraining trainer, with what it is)."""
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args([_canonical_flag(arg) for arg in args], namespace)
+
+    def error(self, message: str) -> typing.NoReturn:
+        if message.startswith("unrecognized arguments: "):
+            message = _unknown_flag(message.removeprefix("unrecognized arguments: ").split()[0], self)
+        self.exit(2, f"error: {message}\n")
+
+
+def _flag_spellings() -> dict[str, str]:
+    """Every accepted flag spelling -> the one shown (snake case and earlier names -> the kebab-case flag)."""
+    spellings = {}
+    for schema in (LLMTrainingParams, InferenceParams):
+        for field in schema.model_fields:
+            shown = field.replace("_", "-")
+            for name in schema.names_of(field):
+                for spelled in {name, name.replace("_", "-")}:
+                    spellings[f"--{spelled}"] = f"--{shown}"
+                    spellings[f"--no-{spelled}"] = f"--no-{shown}"
+    return spellings
+
+
+_SPELLINGS: dict[str, str] = {}
+
+
+def _canonical_flag(arg: str) -> str:
+    if not _SPELLINGS:
+        _SPELLINGS.update(_flag_spellings())
+    if not arg.startswith("--"):
+        return arg
+    flag, eq, value = arg.partition("=")
+    return _SPELLINGS.get(flag, flag) + eq + value
+
+
+def _unknown_flag(arg: str, parser: argparse.ArgumentParser) -> str:
+    flag = arg.split("=", 1)[0]
+    refused = not_this_tool(flag.removeprefix("--").removeprefix("no-")) if flag.startswith("--") else None
+    if refused is not None:
+        return refused
+    known = sorted({f for action in _all_actions(parser) for f in action.option_strings if f.startswith("--")})
+    hint = did_you_mean(flag.replace("_", "-"), known, otherwise="see aitraining llm --help")
+    return f"unknown flag {flag}; {hint}"
+
+
+def _all_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    actions = list(parser._actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                actions += sub._actions
+    return actions
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="aitraining", description="Preference fine-tuning (ORPO) of causal LMs.",
-        epilog="`aitraining --config FILE [flags]` is short for `aitraining llm --train --config FILE [flags]`.",
+    formatter = lambda prog: argparse.HelpFormatter(prog, max_help_position=30, width=100)  # noqa: E731
+    parser = _Parser(
+        prog="aitraining", usage=USAGE, description="Preference fine-tuning (ORPO, DPO, SFT) of causal LMs.",
+        formatter_class=formatter,
     )
     parser.add_argument("--version", action="version", version=f"aitraining {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    llm = commands.add_parser("llm", help="Fine-tune a causal language model.", allow_abbrev=False)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="llm")
+    llm = commands.add_parser("llm", help="Fine-tune a causal language model.", allow_abbrev=False, usage=USAGE,
+                              formatter_class=formatter,
+                              description="Flags are grouped as the params are (autotrain.params); snake case "
+                              "(--lora_r) works too.")
     llm.add_argument("--train", action="store_true", help="Run training.")
     llm.add_argument("--inference", action="store_true", help="Answer prompts with a trained project (JSON lines).")
     llm.add_argument("--verbose", action="store_true", help="Show tracebacks and library logs.")
     llm.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                      help="A YAML file of parameters: keys are the flags' names (lora_r: 8 or lora-r: 8; null means "
                      "none); flags typed here override its values. With --inference it holds the inference "
-                     "parameters. `aitraining --config FILE` alone means `llm --train`.")
-    add_param_flags(llm.add_argument_group("training parameters"))
-    add_param_flags(llm.add_argument_group("inference parameters"), InferenceParams,
-                    skip=frozenset(LLMTrainingParams.model_fields))
+                     "parameters.")
+    for title, section in SECTIONS:
+        about = section.__doc__.split(":", 1)[-1].strip()
+        group = llm.add_argument_group(title, about[:1].upper() + about[1:])
+        add_param_flags(group, fields=list(section.model_fields))
+    add_param_flags(llm.add_argument_group("Inference", "With --inference: the trained project answers prompts."),
+                    InferenceParams, skip=frozenset(LLMTrainingParams.model_fields))
     return parser
 
 
@@ -172,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         if exc.checkpoint is not None:
             kept, dropped_token = _without_resume(argv)
             if dropped_token:
-                print("note: the resume command leaves out --token; export HF_TOKEN instead", file=sys.stderr)
+                print("note: the resume command leaves out the tokens typed as flags; export HF_TOKEN (and "
+                      "WANDB_API_KEY) instead", file=sys.stderr)
             print("resume: aitraining " + " ".join(kept) + " --resume-from-checkpoint auto", file=sys.stderr)
         return exc.exit_code
     except AutoTrainError as exc:
@@ -193,12 +275,13 @@ def _with_command(argv: list[str]) -> list[str]:
     return list(argv)
 
 
-_DROPPED = {"--resume-from-checkpoint", "--resume_from_checkpoint", "--token"}  # flags the resume line leaves out
+_SECRET_FLAGS = {"--token", "--wandb-token", "--wandb_token"}
+_DROPPED = {"--resume-from-checkpoint", "--resume_from_checkpoint", *_SECRET_FLAGS}  # what the resume line leaves out
 
 
 def _without_resume(argv: list[str] | None) -> tuple[list[str], bool]:
-    """The command as typed, minus any earlier resume flag and the hub token (a secret on screen and in shell
-    history), quoted for a shell; and whether a token was left out."""
+    """The command as typed, minus any earlier resume flag and the hub and W&B tokens (secrets on screen and in
+    shell history), quoted for a shell; and whether a token was left out."""
     import shlex
 
     args, kept, skip, token = list(sys.argv[1:] if argv is None else argv), [], False, False
@@ -208,7 +291,7 @@ def _without_resume(argv: list[str] | None) -> tuple[list[str], bool]:
             skip = False
         elif flag in _DROPPED:
             skip = "=" not in arg
-            token = token or flag == "--token"
+            token = token or flag in _SECRET_FLAGS
         else:
             kept.append(shlex.quote(arg))
     return kept, token

@@ -13,6 +13,7 @@ from typing import Any
 
 from autotrain.errors import ParamsError, did_you_mean
 from autotrain.params import LLMTrainingParams, Schema
+from autotrain.params.seed import not_this_tool
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ def load_config(path: str, schema: type[Schema] = LLMTrainingParams) -> ConfigFi
                 raise ParamsError(f"{here}: a key must be a parameter name")
             name = names.get(key_node.value.replace("-", "_"))
             if name is None:
+                refused = not_this_tool(key_node.value)
+                if refused is not None:  # a field of another aitraining trainer: no guess at a near name
+                    raise ParamsError(f"{here}: {refused}")
                 hint = did_you_mean(key_node.value.replace("-", "_"), schema.model_fields,
                                     otherwise="the keys are the flags of `aitraining llm --help`")
                 raise ParamsError(f"{here}: unknown key '{key_node.value}'; {hint}")

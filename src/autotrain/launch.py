@@ -81,6 +81,8 @@ def launch(params: LLMTrainingParams) -> None:
         env["ACCELERATE_USE_CPU"] = "true"
     if params.token is not None:
         env["HF_TOKEN"] = params.token.get_secret_value()
+    if params.wandb_token is not None:  # like the hub token: the environment, never a file or a command line
+        env["WANDB_API_KEY"] = params.wandb_token.get_secret_value()
     cmd = command(config_file, params_file)
     logger.info("launching %d %s processes (%s): %s", count, preflight.backend_of(params),
                 "CPU, gloo" if cpu else "CUDA", " ".join(cmd))

@@ -89,7 +89,13 @@ def load_model(params: LLMTrainingParams, model: str) -> torch.nn.Module:
         extra["quantization_config"] = quantization_config(params)
         # Each process holds its quantized copy on its own GPU (bitsandbytes weights cannot be moved after loading).
         extra["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
-    net = _from_pretrained(model, params.trust_remote_code, **extra)
+    try:
+        net = _from_pretrained(model, params.trust_remote_code, **extra)
+    except (ValueError, ImportError) as exc:
+        if params.attention is None:
+            raise
+        # transformers refuses a kernel the model or the machine cannot run (flash_attn missing, no CUDA ...).
+        raise ModelError(f"attn_implementation {params.attention}: {str(exc).split('. ')[0]}") from None
     # The KV cache is useless in training and conflicts with gradient checkpointing.
     net.config.use_cache = False
     if params.peft:
@@ -142,8 +148,34 @@ def _from_pretrained(name: str | Path, trust_remote_code: bool, **extra: Any) ->
 
 
 def _attention(params: LLMTrainingParams) -> dict[str, Any]:
+    if params.attention is not None:  # the user's choice wins (check_attention refused what the model cannot run)
+        return {"attn_implementation": params.attention}
     # flex_attention skips a packed row's masked blocks on CUDA; elsewhere transformers' default (SDPA) is used.
     return {"attn_implementation": "flex_attention"} if torch.cuda.is_available() and params.packing else {}
+
+
+# The attention kernels transformers offers, and the model-class flag that says a model can use each.
+_KERNEL_FLAGS = {"sdpa": "_supports_sdpa", "flex_attention": "_supports_flex_attn",
+                 "flash_attention_2": "_supports_flash_attn", "flash_attention_3": "_supports_flash_attn"}
+
+
+def check_attention(params: LLMTrainingParams, config: Any) -> None:
+    """Refuse, before the data is tokenized, an attn_implementation the model's class says it cannot run (sdpa on
+    Gemma 2, whose attention soft-caps its logits), naming the kernels it can."""
+    chosen = params.attention
+    if chosen is None or chosen == "eager":
+        return
+    if chosen not in _KERNEL_FLAGS:
+        raise ModelError(f"attn_implementation: unknown kernel '{chosen}'; known: eager, {', '.join(_KERNEL_FLAGS)}")
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
+    if model_class is None:  # remote code: transformers checks when the model loads
+        return
+    if not getattr(model_class, _KERNEL_FLAGS[chosen], False):
+        can = ["eager"] + [k for k, flag in _KERNEL_FLAGS.items() if getattr(model_class, flag, False)]
+        raise ModelError(f"attn_implementation {chosen}: {model_class.__name__} does not support it; it supports "
+                         f"{', '.join(can)}")
 
 
 def quantization_config(params: LLMTrainingParams) -> Any:

@@ -237,8 +237,8 @@ def push_to_hub(project: Path, params: LLMTrainingParams) -> str:
 
     token = params.token.get_secret_value() if params.token else None
     api = HfApi(token=token)
-    repo_id = f"{params.username}/{Path(params.project_name).name}"
-    api.create_repo(repo_id, private=True, exist_ok=True)
+    repo_id = params.hub_repo
+    api.create_repo(repo_id, private=params.hub_private, exist_ok=True)
     api.upload_folder(
         folder_path=str(project),
         repo_id=repo_id,

@@ -86,6 +86,10 @@ class AutoTrainProject:
         from autotrain import launch, quiet
 
         params = self.params
+        if params.use_sweep:  # trials in <project>/trials/, the best one's model in <project>/ (autotrain.sweep)
+            from autotrain.sweep import run_sweep
+
+            return run_sweep(params, _trial, result_of, self.verbose)
         with quiet.libraries(self.verbose), session(params):
             resume_point(preflight.project_dir(params), params.resume_from_checkpoint)  # before the data is read
             opened = preflight.check_inputs(params)
@@ -94,6 +98,13 @@ class AutoTrainProject:
                 launch.launch(params)
                 return result_of(params)
             return run(params, opened=opened)
+
+
+def _trial(params: LLMTrainingParams, callbacks: tuple[Any, ...]) -> RunResult:
+    """One sweep trial, in this process, in its own new folder (autotrain.sweep)."""
+    with session(params):
+        resume_point(preflight.project_dir(params), None)
+        return run(params, callbacks=callbacks)
 
 
 @contextlib.contextmanager
@@ -150,8 +161,10 @@ def training_arguments(params: LLMTrainingParams, project: Path, train_pairs: in
         eval_strategy=params.eval_strategy if has_valid else "no",
         eval_steps=params.eval_steps if params.eval_strategy == "steps" else None,
         eval_on_start=has_valid,
-        save_strategy="steps" if params.save_steps > 0 else "epoch",
+        save_strategy=params.save_every,
         save_steps=params.save_steps if params.save_steps > 0 else 500,
+        auto_find_batch_size=params.auto_find_batch_size,  # halves the batch on OOM (accelerate)
+        ddp_timeout=params.ddp_timeout,
         logging_nan_inf_filter=False,  # a NaN must show, not be replaced by an average (and it costs a sync)
         save_total_limit=params.save_total_limit,
         report_to=report_to,
@@ -170,8 +183,25 @@ def _checkpointing_args(arguments_class: Any, enabled: bool) -> dict[str, Any]:
     return {name: enabled, f"{name}_kwargs": {"use_reentrant": False}}
 
 
+def process_state(params: LLMTrainingParams) -> Any:
+    """accelerate's PartialState, first built here so that the process group gets the run's ddp_timeout (a later
+    TrainingArguments cannot change the state once it exists)."""
+    from datetime import timedelta
+
+    from accelerate import PartialState
+
+    return PartialState(timeout=timedelta(seconds=params.ddp_timeout))
+
+
 def _tracker_environment(params: LLMTrainingParams, project: Path) -> None:
     if params.log == "wandb":
+        if params.wandb_token is not None:  # the environment only: never written to a file
+            os.environ["WANDB_API_KEY"] = params.wandb_token.get_secret_value()
+        if params.wandb_run_id:  # log into that run, as aitraining's wandb_run_id does
+            os.environ["WANDB_RUN_ID"], os.environ["WANDB_RESUME"] = params.wandb_run_id, "allow"
+        else:
+            for name in ("WANDB_RUN_ID", "WANDB_RESUME"):
+                os.environ.pop(name, None)
         # Set for every run, not setdefault: an earlier run in this process must not send this one elsewhere.
         os.environ["WANDB_DIR"] = str(project)
         os.environ["WANDB_PROJECT"] = Path(params.project_name).name
@@ -184,6 +214,8 @@ def _tracker_environment(params: LLMTrainingParams, project: Path) -> None:
         if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
             os.environ["WANDB_MODE"] = "offline"
             logger.info("wandb: no WANDB_API_KEY, logging offline under %s/wandb (sync later with `wandb sync`)", project)
+        if params.tracks_visually:
+            logger.info("wandb: watch this run in the terminal with `wandb beta leet %s`", project / "wandb")
     if params.log == "tensorboard":
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(project / "runs")
 
@@ -194,7 +226,8 @@ def _checkpoint_step(checkpoint: Path | None) -> int:
     return int(json.loads((checkpoint / "trainer_state.json").read_text())["global_step"])
 
 
-def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = None) -> RunResult:
+def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = None,
+        callbacks: tuple[Any, ...] = ()) -> RunResult:
     """Train in this process and return the result; raise on any failure.
 
     `folder_checked`: the project folder was checked before this process started (by autotrain.launch, or by
@@ -203,7 +236,8 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     `open_data` returned it, when the caller checked it already.
     """
     from autotrain import defaults, model_files, quiet
-    from autotrain.project_folder import PARAMS_FILE
+    from autotrain.eval_metrics import eval_extras
+    from autotrain.project_folder import PARAMS_FILE, PROCESSED_DIR
 
     project = preflight.project_dir(params)
     resume = params.resume_from_checkpoint
@@ -225,6 +259,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     with model_files.loading(model_path):
         tokenizer = models.load_tokenizer(model_path, params.trust_remote_code)
         config = models.load_config(model_path, params.trust_remote_code)
+    models.check_attention(params, config)
     data = prepare_data(params, tokenizer, models.model_max_length(config), opened=opened)
     from transformers import PrinterCallback, ProgressCallback, set_seed
 
@@ -233,9 +268,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     from autotrain import stop as stopping
     from autotrain.trainers.clm.trainer import MethodTrainer
 
-    from accelerate import PartialState
-
-    main = PartialState().is_main_process  # with several processes, only the first writes the project's files
+    main = process_state(params).is_main_process  # with several processes, only the first writes the project's files
     # Before the model: under ZeRO-3 the arguments announce it (accelerate's zero3_init_flag), and transformers then
     # loads only this process's shard of the weights.
     args = training_arguments(params, project, len(data.train), data.valid is not None)
@@ -267,6 +300,8 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     project.mkdir(parents=True, exist_ok=True)
     if main:
         params.save_json(project / PARAMS_FILE)  # first: it marks the folder as this tool's (project_folder)
+        if params.save_processed_data == "local":
+            data.save(project / PROCESSED_DIR)
         clear_staging(project)
         aside = set_aside_newer(project, resume_from)
         if aside:
@@ -280,7 +315,8 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
         args=args,
         train_dataset=data.train.dataset,
         eval_dataset=data.valid.dataset if data.valid is not None else None,
-        data_collator=make_collator(params.packing, tokenizer.pad_token_id, params.prompt_loss, model=model),
+        data_collator=make_collator(params.packing, tokenizer.pad_token_id, params.nll_on_prompt, model=model,
+                                    padding_side=params.padding),
         processing_class=tokenizer,
         callbacks=[outputs.MetricsFile(project / outputs.METRICS_FILE), stop, Progress()],
         method=params.trainer,
@@ -291,6 +327,8 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     )
     for default_display in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(default_display)
+    # First: what they add to an evaluation's metrics (enhanced eval) reaches the trackers and metrics.jsonl too.
+    trainer.callback_handler.callbacks[:0] = [*eval_extras(params), *callbacks]
     stop.install()
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -328,6 +366,6 @@ def result_of(params: LLMTrainingParams) -> RunResult:
     adapter_dir = None
     if params.peft:
         adapter_dir = project / outputs.ADAPTER_DIR if params.merge_adapter else project
-    hub_repo = f"{params.username}/{project.name}" if params.push_to_hub else None
+    hub_repo = params.hub_repo if params.push_to_hub else None
     return RunResult(project, outputs.final_metrics(records), adapter_dir, hub_repo, outputs.before_after(records),
                      tuple(answers.read(project)), methods.spec(params.trainer).accuracy)

@@ -30,6 +30,7 @@ PARAMS_FILE = "training_params.json"  # written first: its presence marks a fold
 CARD_FILE = "README.md"  # written last: its presence marks a finished run
 METRICS_FILE = "metrics.jsonl"
 ADAPTER_DIR = "adapter"
+PROCESSED_DIR = "processed_data"  # the tokenized splits, with save_processed_data local
 LAUNCH_CONFIG_FILE = "accelerate_config.yaml"
 LAUNCH_LOG_FILE = "train.log"
 # What autotrain.launch writes before training starts: a folder holding only these is started over.

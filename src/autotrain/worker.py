@@ -114,9 +114,7 @@ def _train(params: LLMTrainingParams) -> Any:
             # it (rank 0 under the lock), and none goes on (and writes to it) until all have. A folder holding only
             # training_params.json and accelerate_config.yaml (prepared for this run) is a fresh one.
             resume_point(project_dir(params), params.resume_from_checkpoint)
-            from accelerate import PartialState
-
-            PartialState().wait_for_everyone()
+            project.process_state(params).wait_for_everyone()
         return project.run(params, folder_checked=True)
 
 

@@ -78,12 +78,14 @@ def _code_fingerprint() -> str:
 class TokenCache:
     """Finds or builds the tokenized entry of a split, for one tokenizer, template, columns and limits."""
 
-    def __init__(self, tokenizer: Any, template: str | None, settings: dict[str, Any], limits: Limits):
+    def __init__(self, tokenizer: Any, template: str | None, settings: dict[str, Any], limits: Limits,
+                 keep: bool = True):
         import tokenizers
         import transformers
 
         from autotrain import __version__
 
+        self.keep = keep  # False (save_processed_data none): tokenize into a private temp folder, not cached
         self.base = {
             "format": FORMAT,
             "versions": [__version__, transformers.__version__, tokenizers.__version__],
@@ -102,6 +104,8 @@ class TokenCache:
         """The cached entry for `key`; else `build(path)` writes the ids to `path`, published under `key` when it
         succeeds."""
         root = cache_dir()
+        if not self.keep:
+            return _uncached(build)
         final = root / key
         hit = _open(final, key)
         if hit is not None:
@@ -111,11 +115,8 @@ class TokenCache:
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # a read-only home: tokenize into a private temp folder, uncached
-            import tempfile
-
             logger.warning("cannot create the cache folder %s (%s); the tokenized data will not be kept", root, exc)
-            path = Path(tempfile.mkdtemp(prefix="aitraining-tokens-")) / DATA_FILE
-            return TokenizedSplit.open(path, build(path))
+            return _uncached(build)
         atomic.remove_stale_temps(root, _TEMP_PREFIX, _STALE_TEMP_S)
         temp = atomic.new_temp(root, _TEMP_PREFIX, key)
         try:
@@ -129,6 +130,13 @@ class TokenCache:
         if published is None:
             raise OSError(f"{final}: the tokenized data just written cannot be read back")
         return published[0]
+
+
+def _uncached(build: Callable[[Path], TokenCounts]) -> TokenizedSplit:
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="aitraining-tokens-")) / DATA_FILE
+    return TokenizedSplit.open(path, build(path))
 
 
 def _write_meta(folder: Path, key: str, counts: TokenCounts) -> None:

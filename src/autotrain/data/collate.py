@@ -34,6 +34,9 @@ class PaddedCollator:
 
     pad_id: int
     prompt_loss: bool = False
+    # "left" (aitraining's padding) puts the padding before each row; the rows then carry position_ids counted from
+    # their first real token, so every token sits at the position it has in the right-padded layout.
+    padding_side: str = "right"
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         pairs = len(features)
@@ -43,13 +46,16 @@ class PaddedCollator:
         width = max(len(r) for r in rows)
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        position_ids = torch.zeros((len(rows), width), dtype=torch.long)
         targets = Targets()
         for seq, ids in enumerate(rows):
-            input_ids[seq, : len(ids)] = torch.tensor(ids)
-            attention_mask[seq, : len(ids)] = 1
+            start = width - len(ids) if self.padding_side == "left" else 0
+            input_ids[seq, start : start + len(ids)] = torch.tensor(ids)
+            attention_mask[seq, start : start + len(ids)] = 1
+            position_ids[seq, start : start + len(ids)] = torch.arange(len(ids))
             prompt_len = len(features[seq % pairs]["prompt_ids"])
             chosen = seq < pairs
-            base = seq * width
+            base = seq * width + start
             if chosen and self.prompt_loss and prompt_len > 1:
                 targets.add(list(range(base, base + prompt_len - 1)), ids[1:prompt_len], seq, completion=False,
                             nll=True)
@@ -67,5 +73,6 @@ class PaddedCollator:
             **targets.tensors(),
             "num_pairs": pairs,
             "num_real_tokens": sum(len(r) for r in rows),
+            **({"position_ids": position_ids} if self.padding_side == "left" else {}),
             **reference_logps(features),
         }

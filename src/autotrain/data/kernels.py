@@ -109,6 +109,7 @@ def make_collator(
     prompt_loss: bool,
     model: torch.nn.Module | None = None,
     token_budget: int | None = None,
+    padding_side: str = "right",
 ) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
     """The collator for this model: packed where its attention takes a packed mask, padded otherwise.
 
@@ -117,13 +118,14 @@ def make_collator(
     DENSE_TOKEN_BUDGET for sdpa, EAGER_TOKEN_BUDGET for eager, the whole batch in one row for flex and varlen.
     Without a model the packed layout for sdpa is assumed; `decoder_inputs` refuses a batch the model's kernel cannot
     run. A model that cannot take a packed mask gets PaddedFallback, whose first batch says why and what it costs.
+    `padding_side` is the padded layout's (packed rows have no padding to place).
     """
     use_one_dtype()  # q, k and v in one dtype at every kernel under autocast (autotrain.data.kernel_dtypes)
     if not packing:
-        return PaddedCollator(pad_id=pad_id, prompt_loss=prompt_loss)
+        return PaddedCollator(pad_id=pad_id, prompt_loss=prompt_loss, padding_side=padding_side)
     kernel, why = packing_kernel(model) if model is not None else ("dense", "no model given")
     if kernel is None:
-        return PaddedFallback(pad_id=pad_id, prompt_loss=prompt_loss, reason=why)
+        return PaddedFallback(pad_id=pad_id, prompt_loss=prompt_loss, padding_side=padding_side, reason=why)
     if kernel == "varlen":
         return PackedCollator(pad_id, prompt_loss, token_budget, share_prompt=False)
     if kernel == "flex":

@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from autotrain.data.cache import TokenCache
 from autotrain.data.render import Columns, Renderer, pick_template, resolve_columns
 from autotrain.data.sources import Split, load_split
+from autotrain.data.split import Sampled
 from autotrain.data.tokenize import Limits, TokenizedSplit, resolve_block_size, write_tokens
 from autotrain.params import LLMTrainingParams
 
@@ -29,6 +31,12 @@ class PreparedData:
     columns: Columns
     template: str | None  # the chat template used; saved with the tokenizer so inference renders the same way
     limits: Limits
+
+    def save(self, folder: Path) -> None:
+        """Each tokenized split as a datasets save_to_disk folder (`datasets.load_from_disk(folder / 'train')`)."""
+        for name, split in (("train", self.train), ("validation", self.valid)):
+            if split is not None:
+                split.dataset.save_to_disk(str(folder / name))
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,10 @@ def open_data(params: LLMTrainingParams, paired: bool = True) -> OpenedData:
     """Open the splits and pick their columns. `paired`: preference rows for ORPO/DPO; False for SFT rows."""
     train_raw = load_split(params.data_path, params.train_split, is_train=True)
     valid_raw = load_split(params.data_path, params.valid_split, is_train=False) if params.valid_split else None
+    if params.max_samples is not None:  # as aitraining: evenly spaced training rows, the first fifth as many to validate
+        train_raw = Sampled.evenly(train_raw, params.max_samples)
+        if valid_raw is not None:
+            valid_raw = Sampled.first(valid_raw, max(1, params.max_samples // 5))
     columns = resolve_columns(params, train_raw, paired)
     if valid_raw is not None:
         columns.check(valid_raw)  # the same columns must exist there too
@@ -55,18 +67,22 @@ def prepare_data(params: LLMTrainingParams, tokenizer: Any, model_max: int | Non
     """Tokenize the splits (`opened` by `open_data`, or opened here)."""
     opened = opened or open_data(params, paired)
     train_raw, valid_raw, columns = opened.train, opened.valid, opened.columns
-    template = pick_template(tokenizer, params.chat_template)
+    template = pick_template(tokenizer, params.chat_template if params.apply_chat_template else "none")
+    if "model_max_length" in params.model_fields_set or params.model_max_length != 2048:
+        model_max = params.model_max_length  # aitraining: 2048 means "the model's own", any other value wins
     limits = Limits(
         max_prompt_length=params.max_prompt_length,
         max_completion_length=params.max_completion_length,
         block_size=resolve_block_size(params.block_size, model_max),
     )
     renderer = Renderer(tokenizer, template, columns)
-    settings = {"columns": [columns.prompt, columns.chosen, columns.rejected], "chat_template": params.chat_template}
-    cache = TokenCache(tokenizer, template, settings, limits)
+    settings = {"columns": [columns.prompt, columns.chosen, columns.rejected], "chat_template": params.chat_template,
+                "add_eos_token": params.add_eos_token}
+    cache = TokenCache(tokenizer, template, settings, limits, keep=params.save_processed_data != "none")
 
     def tokenized(split: Split, name: str, extra: dict[str, Any] | None = None) -> TokenizedSplit:
-        build = partial(write_tokens, split, renderer, tokenizer, limits)  # called with the Arrow file to write
+        # called with the Arrow file to write
+        build = partial(write_tokens, split, renderer, tokenizer, limits, eos=params.add_eos_token)
         return cache.get(split, cache.key(split, name, extra), build)
 
     train = tokenized(train_raw, params.train_split)

@@ -104,3 +104,39 @@ class RawSplit(Split):
     def fingerprint(self) -> str:
         payload = json.dumps([self._rows, self._lines], sort_keys=True, default=repr)
         return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class Sampled(Split):
+    """Some rows of another split, picked by their position (0-based) in it: `evenly(n)` takes every len/n-th row
+    from the first (aitraining's max_samples), `first(n)` the first n. Errors still name the row in its source."""
+
+    def __init__(self, inner: Split, positions: Callable[[int], range], label: str):
+        super().__init__(inner.source)
+        self.inner, self._positions, self._label = inner, positions, label
+        self.progress_unit = inner.progress_unit
+
+    @classmethod
+    def evenly(cls, inner: Split, count: int) -> Sampled:
+        return cls(inner, lambda total: range(0, total, max(1, total // count))[:count], f"evenly:{count}")
+
+    @classmethod
+    def first(cls, inner: Split, count: int) -> Sampled:
+        return cls(inner, lambda total: range(min(count, total)), f"first:{count}")
+
+    def rows(self, advance: Advance = ignore_progress) -> Iterator[tuple[int, Row]]:
+        keep = set(self._positions(sum(1 for _ in self.inner.rows())))  # streamed: one pass to count
+        for position, (number, row) in enumerate(self.inner.rows(advance)):
+            if position in keep:
+                yield number, row
+
+    def where(self, number: int) -> str:
+        return self.inner.where(number)
+
+    def value_advice(self, column: str) -> str:
+        return self.inner.value_advice(column)
+
+    def progress_total(self) -> int | None:
+        return self.inner.progress_total()
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(f"{self.inner.fingerprint()}|{self._label}".encode()).hexdigest()

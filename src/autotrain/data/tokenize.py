@@ -98,23 +98,31 @@ class TokenizedSplit:
 
 
 def resolve_block_size(block_size: int, model_max: int | None) -> int:
-    """-1 means min(model maximum, 1024)."""
-    if block_size != -1:
-        return block_size
-    return min(model_max or 1024, 1024)
+    """-1 means min(model maximum, 1024); a larger block size than the model's maximum is cut to it (as aitraining
+    does)."""
+    if block_size == -1:
+        return min(model_max or 1024, 1024)
+    if model_max is not None and block_size > model_max:
+        logger.warning("block_size %d is more than the model's maximum length %d; using %d", block_size, model_max,
+                       model_max)
+        return model_max
+    return block_size
 
 
-def tokenize_split(split: Split, renderer: Renderer, tokenizer: Any, limits: Limits, path: Path) -> TokenizedSplit:
+def tokenize_split(split: Split, renderer: Renderer, tokenizer: Any, limits: Limits, path: Path,
+                   eos: bool = True) -> TokenizedSplit:
     """`write_tokens` to `path`, then memory-map it."""
-    return TokenizedSplit.open(path, write_tokens(split, renderer, tokenizer, limits, path))
+    return TokenizedSplit.open(path, write_tokens(split, renderer, tokenizer, limits, path, eos=eos))
 
 
-def write_tokens(split: Split, renderer: Renderer, tokenizer: Any, limits: Limits, path: Path) -> TokenCounts:
+def write_tokens(split: Split, renderer: Renderer, tokenizer: Any, limits: Limits, path: Path,
+                 eos: bool = True) -> TokenCounts:
     """Tokenize every row into an Arrow file at `path`; truncate; drop (and count) pairs that cannot train.
+    `eos`: end each completion with EOS where no chat template ends it (aitraining's add_eos_token).
 
     A bad row raises DataError and leaves `path` incomplete: the caller writes it somewhere it can discard.
     """
-    if renderer.template is None and tokenizer.eos_token_id is None:
+    if renderer.template is None and eos and tokenizer.eos_token_id is None:
         raise DataError("the tokenizer has no EOS token, needed to end completions without a chat template")
     paired = renderer.columns.rejected is not None
     dropped, truncated, rows = Counter(), Counter(), 0
@@ -131,9 +139,10 @@ def write_tokens(split: Split, renderer: Renderer, tokenizer: Any, limits: Limit
                 continue
             batch.append(pair)
             if len(batch) == BATCH_PAIRS:
-                sink.add(_tokenize(batch, tokenizer, renderer.templated, paired, limits, dropped, truncated))
+                sink.add(_tokenize(batch, tokenizer, renderer.templated, paired, limits, dropped, truncated,
+                                   eos))
                 batch = []
-        sink.add(_tokenize(batch, tokenizer, renderer.templated, paired, limits, dropped, truncated))
+        sink.add(_tokenize(batch, tokenizer, renderer.templated, paired, limits, dropped, truncated, eos))
     counts = TokenCounts(sink.rows, rows, dropped, truncated, renderer.shape)
     report(split.source, counts)
     return counts
@@ -141,7 +150,7 @@ def write_tokens(split: Split, renderer: Renderer, tokenizer: Any, limits: Limit
 
 def _tokenize(
     batch: list[RenderedPair], tokenizer: Any, templated: bool, paired: bool, limits: Limits, dropped: Counter,
-    truncated: Counter,
+    truncated: Counter, add_eos: bool = True,
 ) -> list[list[list[int]]]:
     """The kept pairs of a batch as columns of ids: prompt, chosen, rejected; supervised rows (not `paired`) have an
     empty rejected and a fourth column, chosen_mask (1 for a trained token, 0 for a context turn's)."""
@@ -155,7 +164,7 @@ def _tokenize(
     pieces = [p.chosen_pieces or ((p.chosen, True),) for p in batch]
     texts = [text for row in pieces for text, _ in row] + ([p.rejected for p in batch] if paired else [])
     encoded = iter(_encode(tokenizer, texts, special=False))
-    eos = [] if templated else [tokenizer.eos_token_id]
+    eos = [] if templated or not add_eos else [tokenizer.eos_token_id]
     chosen_rows: list[tuple[list[int], list[int]]] = []
     for row in pieces:
         ids: list[int] = []

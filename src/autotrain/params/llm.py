@@ -26,6 +26,7 @@ from autotrain.params.sections import (
     ScaleOutParams,
     TemplateParams,
 )
+from autotrain.params.sweep import SweepParams, parse_space
 
 # The sections in reading order (the order of --help and of training_params.json), each with its title.
 SECTIONS: tuple[tuple[str, type[Schema]], ...] = (
@@ -38,10 +39,11 @@ SECTIONS: tuple[tuple[str, type[Schema]], ...] = (
     ("Scale-out", ScaleOutParams),
     ("Logging and saving", LoggingParams),
     ("Hub", HubParams),
+    ("Sweep", SweepParams),
 )
 
 # Fields whose values are secrets: never written to disk, never logged.
-SECRET_FIELDS: frozenset[str] = frozenset({"token"})
+SECRET_FIELDS: frozenset[str] = frozenset({"token", "wandb_token"})
 # Fields that only mean something with `peft` (LoRA); given without it they would be ignored, so they are refused.
 LORA_FIELDS: tuple[str, ...] = tuple(name for name in LoraParams.model_fields if name != "peft")
 
@@ -52,8 +54,25 @@ class LLMTrainingParams(*reversed([section for _, section in SECTIONS])):  # typ
 
     @model_validator(mode="after")
     def _consistent(self) -> LLMTrainingParams:
-        if self.push_to_hub and not self.username:
-            raise ValueError("push_to_hub needs --username")
+        if self.push_to_hub and not (self.username or self.repo_id):
+            raise ValueError("push_to_hub needs --username or --repo-id")
+        if self.use_flash_attention_2 and self.attn_implementation not in (None, "flash_attention_2"):
+            raise ValueError(f"use_flash_attention_2 asks for flash_attention_2, attn_implementation for "
+                             f"{self.attn_implementation}: give one")
+        if not self.apply_chat_template and self.chat_template not in (None, "none"):
+            raise ValueError(f"apply_chat_template is off but chat_template is {self.chat_template}: give one")
+        if {"prompt_loss", "response_only_loss"} <= self.model_fields_set and self.prompt_loss == self.response_only_loss:
+            raise ValueError("prompt_loss and response_only_loss say opposite things (response_only_loss is "
+                             "aitraining's name for --no-prompt-loss): give one")
+        if self.wandb_visualizer and self.log != "wandb":
+            raise ValueError("wandb_visualizer shows a W&B run: add --log wandb")
+        if self.sweep_params is not None:
+            try:
+                parse_space(self.sweep_params, type(self).model_fields)
+            except ValueError as exc:
+                raise ValueError(f"sweep_params: {exc}") from None
+        if self.use_sweep and not self.valid_split:
+            raise ValueError(f"use_sweep optimises {self.sweep_metric} on the validation split: add --valid-split")
         if self.sample_answers and not self.valid_split:
             raise ValueError("sample_answers answers validation prompts: add --valid-split")
         if self.eval_strategy == "steps" and self.eval_steps == -1:
@@ -70,6 +89,33 @@ class LLMTrainingParams(*reversed([section for _, section in SECTIONS])):  # typ
             users = [s.name for s in methods.SPECS.values() if s.needs_reference]
             raise ValueError(f"{field} applies to --trainer {' or '.join(users)} only (trainer is {self.trainer})")
         return self
+
+    @property
+    def nll_on_prompt(self) -> bool:
+        """The prompt tokens enter the NLL term: --prompt-loss, or aitraining's --no-response-only-loss."""
+        return self.prompt_loss or not self.response_only_loss
+
+    @property
+    def save_every(self) -> str:
+        """The save strategy: as given, else `steps` when only --save-steps was given (its meaning before
+        save_strategy existed), else `epoch`; a save_steps of -1 means each epoch."""
+        if "save_strategy" in self.model_fields_set:
+            return self.save_strategy
+        return "steps" if "save_steps" in self.model_fields_set and self.save_steps > 0 else "epoch"
+
+    @property
+    def attention(self) -> str | None:
+        """The attention kernel the user asked for, if any."""
+        return "flash_attention_2" if self.use_flash_attention_2 else self.attn_implementation
+
+    @property
+    def tracks_visually(self) -> bool:
+        """wandb_visualizer resolved: on by default with --log wandb, as in aitraining."""
+        return self.log == "wandb" if self.wandb_visualizer is None else self.wandb_visualizer
+
+    @property
+    def hub_repo(self) -> str:
+        return self.repo_id or f"{self.username}/{Path(self.project_name).name}"
 
     @property
     def method(self) -> str:

@@ -26,7 +26,7 @@ class Schema(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise ParamsError(_one_line(exc)) from None
+            raise ParamsError(_one_line(exc, type(self))) from None
 
     @classmethod
     def names_of(cls, field: str) -> list[str]:
@@ -73,13 +73,19 @@ AutoOrPositive = Annotated[int, _auto_or_at_least(1)]
 AutoOrAtLeastTwo = Annotated[int, _auto_or_at_least(2)]
 
 
-def _one_line(exc: ValidationError) -> str:
+def _one_line(exc: ValidationError, schema: type[Schema]) -> str:
+    from autotrain.params.seed import not_this_tool
+
     parts = []
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"])
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            message = "unknown parameter"
+            refused = not_this_tool(field)
+            if refused is not None:  # a field of another aitraining trainer: say so, no guess at a near name
+                parts.append(refused)
+                continue
+            message = "unknown parameter; " + did_you_mean(field, schema.accepted_names(), otherwise="see --help")
         elif err["type"] == "literal_error":
             message = f"got {err['input']!r}; {message[0].lower()}{message[1:]}"
         # A cross-field rule (no field in loc) names its fields in its message.

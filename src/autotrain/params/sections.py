@@ -6,6 +6,7 @@ live on LLMTrainingParams itself (autotrain.params.llm).
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Literal
 
@@ -40,6 +41,18 @@ SCHEDULERS: tuple[str, ...] = (
 TRAINER_NAMES: tuple[str, ...] = methods.NAMES
 
 
+# What --eval-metrics and --custom-metrics can compute here, each from the validation's own metrics.
+METRICS: tuple[str, ...] = ("perplexity",)
+_TEXT_METRICS = ("bleu", "rouge", "bertscore", "accuracy", "f1", "exact_match", "meteor")
+
+
+def known_metric(name: str) -> str:
+    if name in _TEXT_METRICS:
+        raise ValueError(f"'{name}' scores generated text, which this tool's evaluation does not generate; known "
+                         f"here: {', '.join(METRICS)} (--sample-answers shows answers)")
+    return one_of(name, METRICS, "metric")
+
+
 class DataParams(Schema):
     """Data and model: what is trained, on what, and where the run's outputs go."""
 
@@ -70,6 +83,38 @@ class DataParams(Schema):
         None, description="Column of the rejected completion. Default: 'rejected' when the data has one."
     )
     trust_remote_code: bool = Field(False, description="Allow the model's own Python code from its repository.")
+    max_samples: int | None = Field(
+        None,
+        ge=1,
+        description="Train on at most N rows of the training split, evenly spaced over it (every len/N-th row, as "
+        "aitraining picks them); the validation split keeps its first max(1, N/5) rows.",
+    )
+    model_max_length: int = Field(
+        2048,
+        ge=2,
+        description="The model's longest input; 2048 (the default) means the model config's own maximum. "
+        "--block-size is capped at it.",
+    )
+    attn_implementation: str | None = Field(
+        None,
+        description="Attention kernel: eager, sdpa, flex_attention, flash_attention_2/3. Your choice is used as given "
+        "or refused with the reason. Default: flex_attention on CUDA with packing, else transformers' choice.",
+    )
+    use_flash_attention_2: bool = Field(False, description="Same as --attn-implementation flash_attention_2.")
+    save_processed_data: str = Field(
+        "auto",
+        description="Where the tokenized data goes: auto (the user cache, reused by later runs), local (also a copy "
+        "in <project>/processed_data/) or none (a temporary folder, not kept). aitraining's hub and both "
+        "(a dataset upload) are not done here.",
+    )
+
+    @field_validator("save_processed_data")
+    @classmethod
+    def _where_tokens_go(cls, value: str) -> str:
+        if value in ("hub", "both"):
+            raise ValueError(f"'{value}' uploads the processed data to the hub, which this tool does not do; "
+                             "use auto, local or none")
+        return one_of(value, ("auto", "local", "none"), "save_processed_data")
 
     @field_validator("project_name")
     @classmethod
@@ -118,12 +163,23 @@ class MethodParams(Schema):
         description="Pack pairs without padding, sharing each prompt (prompt | chosen | rejected, several pairs per "
         "row); the loss is unchanged. Models whose attention cannot take a packed mask use the padded layout.",
     )
+    padding: Literal["right", "left"] = Field(
+        "right", description="Side the padded layout pads (--no-packing); packing does not pad, so it ignores this."
+    )
+    add_eos_token: bool = Field(
+        True,
+        description="Without a chat template, end each completion with the EOS token (with one, the template's "
+        "end-of-turn token ends it).",
+    )
     prompt_loss: bool = Field(
         False,
         validation_alias=AliasChoices("prompt_loss", "orpo_prompt_loss"),
         description="Put the prompt tokens under the NLL term too, in every method that has one (ORPO as TRL does it, "
         "SFT; DPO only reports its NLL). Off: the NLL covers only the completion, as the ORPO paper defines it. "
         "Earlier name: orpo_prompt_loss.",
+    )
+    response_only_loss: bool = Field(
+        True, description="aitraining's name for the opposite of --prompt-loss: --no-response-only-loss is --prompt-loss."
     )
     disable_dropout: bool = Field(
         True,
@@ -157,6 +213,11 @@ class OptimisationParams(Schema):
     )
     disable_gradient_checkpointing: bool = Field(
         False, description="Turn off gradient checkpointing (faster, more memory)."
+    )
+    auto_find_batch_size: bool = Field(
+        False,
+        description="On a CUDA out-of-memory error, halve --batch-size and start again (accelerate's "
+        "find_executable_batch_size, through transformers' Trainer).",
     )
 
     @field_validator("optimizer")
@@ -198,6 +259,9 @@ class TemplateParams(Schema):
     chat_template: Literal["tokenizer", "chatml", "zephyr", "none"] | None = Field(
         None, description="Chat template: none given uses the tokenizer's own where it has one, else no template."
     )
+    apply_chat_template: bool = Field(
+        True, description="Render rows with the chat template; --no-apply-chat-template is --chat-template none."
+    )
 
 
 class EvaluationParams(Schema):
@@ -214,6 +278,40 @@ class EvaluationParams(Schema):
         description="Answer this many validation prompts greedily before and after training; shown in the summary "
         "and the model card (needs --valid-split).",
     )
+    use_enhanced_eval: bool = Field(
+        False, description="Add the --eval-metrics to each evaluation's metrics (eval_<name>)."
+    )
+    eval_metrics: str = Field(
+        "perplexity",
+        description="Comma-separated metrics for --use-enhanced-eval. Known here: perplexity (exp of the validation "
+        "NLL per completion token). aitraining's text metrics (bleu, rouge, ...) need generated answers: not done.",
+    )
+    custom_metrics: str | None = Field(
+        None,
+        description='JSON array of metric names added to each evaluation, e.g. \'["perplexity"]\' (the names of '
+        "--eval-metrics).",
+    )
+
+    @field_validator("eval_metrics")
+    @classmethod
+    def _known_metrics(cls, value: str) -> str:
+        for name in value.split(","):
+            known_metric(name.strip())
+        return value
+
+    @field_validator("custom_metrics")
+    @classmethod
+    def _known_custom(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                names = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not JSON ({exc.msg} at position {exc.pos})") from None
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise ValueError('must be a JSON array of metric names, e.g. ["perplexity"]')
+            for name in names:
+                known_metric(name)
+        return value
 
 
 class ScaleOutParams(Schema):
@@ -225,6 +323,9 @@ class ScaleOutParams(Schema):
         "visible, else one process.",
     )
     deepspeed_stage: int = Field(2, ge=2, le=3, description="DeepSpeed ZeRO stage with --distributed-backend deepspeed.")
+    ddp_timeout: int = Field(
+        7200, ge=1, description="Seconds a process waits for the others in a collective before failing (NCCL timeout)."
+    )
     quantization: Literal["int4", "int8"] | None = Field(
         None, description="Load the base model quantized with bitsandbytes (QLoRA: needs --peft and a CUDA GPU)."
     )
@@ -236,7 +337,21 @@ class LoggingParams(Schema):
     log: Literal["none", "tensorboard", "wandb"] = Field("none", description="Experiment tracker.")
     logging_steps: AutoOrPositive = Field(-1, description="Log every N optimizer steps; -1 chooses from the data size.")
     save_total_limit: int = Field(1, ge=1, description="Checkpoints kept.")
-    save_steps: AutoOrPositive = Field(-1, description="Save a checkpoint every N optimizer steps; -1 saves at each epoch end.")
+    save_strategy: Literal["epoch", "steps", "no"] = Field(
+        "epoch",
+        description="When to save a checkpoint: each epoch, every --save-steps, or never. Giving --save-steps alone "
+        "means steps.",
+    )
+    save_steps: AutoOrPositive = Field(500, description="Optimizer steps between checkpoints with --save-strategy steps.")
+    wandb_token: SecretStr | None = Field(
+        None, description="W&B API key for --log wandb (never written to disk; WANDB_API_KEY works too)."
+    )
+    wandb_run_id: str | None = Field(None, description="W&B run id to resume (logs into that run instead of a new one).")
+    wandb_visualizer: bool | None = Field(
+        None,
+        description="Print the command that opens W&B's terminal visualizer on this run (wandb beta leet). "
+        "Default: on with --log wandb.",
+    )
     resume_from_checkpoint: str | None = Field(
         None,
         description="Resume an interrupted run: 'auto' (the newest checkpoint, or start fresh if there is none), "
@@ -247,7 +362,9 @@ class LoggingParams(Schema):
 class HubParams(Schema):
     """Hub: uploading the result."""
 
-    push_to_hub: bool = Field(False, description="Upload the result to the hub as <username>/<project_name>.")
+    push_to_hub: bool = Field(False, description="Upload the result to the hub as --repo-id (or <username>/<project_name>).")
+    repo_id: str | None = Field(None, description="Hub repository for push_to_hub, e.g. my-org/my-model.")
+    hub_private: bool = Field(True, description="Create the hub repository private.")
     username: str | None = Field(None, description="Hub user or organisation for push_to_hub.")
     token: SecretStr | None = Field(
         None,

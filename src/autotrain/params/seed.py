@@ -1,0 +1,88 @@
+"""What becomes of the parent tool's (aitraining's) LLMTrainingParams fields here.
+
+Every field of aitraining's schema is one of three things:
+- a field here with the same name and default (most of them);
+- a field here whose default differs on purpose (`DIFFERENT_DEFAULTS`: --help and the README's migration table say
+  so, both generated from this table);
+- a field of a trainer this tool is not (`NOT_THIS_TOOL`): given, it is refused with one line that names it and
+  says what this tool does instead, never as an unknown parameter nor with a "did you mean" to an unrelated field.
+
+Standard library only: imported by the schema, the CLI and the config-file reader.
+"""
+
+from __future__ import annotations
+
+# field -> (aitraining's default, why ours differs)
+DIFFERENT_DEFAULTS: dict[str, tuple[object, str]] = {
+    "model": ("google/gemma-3-270m", "an embedded model, so a first run needs no download"),
+    "data_path": ("data", "the bundled sample pairs, so a first run needs no data"),
+    "trainer": ("default", "this is a preference tool: ORPO; `default` is still accepted and means sft"),
+    "packing": (None, "packing shares each prompt and keeps the loss the same; models that cannot take it pad"),
+    "log": ("wandb", "no tracker unless asked: a run should not need an account or write to one"),
+    "lora_dropout": (0.05, "none means 0.05, except 0 for fused MoE expert weights, which peft cannot drop out"),
+}
+
+# Our fields that aitraining's LLMTrainingParams does not have (the migration table leaves them out; a test checks
+# this list against aitraining's field list).
+OURS_ONLY: frozenset[str] = frozenset({
+    "trust_remote_code", "precompute_ref_logps", "prompt_loss", "disable_dropout", "max_steps", "deepspeed_stage",
+    "eval_steps", "sample_answers",
+})
+
+# Each is (what the field is for in aitraining, what to do here instead or "").
+_CONVERSION = ("dataset conversion", "rows are read as they are: name the columns with --prompt-text-column, "
+               "--text-column and --rejected-text-column (strings or message lists)")
+_MANUAL = ("manual forward/backward control", "the Trainer's own loop runs here")
+_SAMPLING = ("sampling during training", "--sample-answers N answers validation prompts before and after training")
+_CHECKPOINTS = ("manual checkpoint control", "use --save-strategy, --save-steps and --resume-from-checkpoint")
+_INFERENCE = ("inference after training", "run `aitraining llm --inference --project-name DIR --inference-prompts "
+              "...` on the finished project")
+_DISTILL = ("prompt distillation", "")
+_RL = ("reinforcement learning (PPO, GRPO)", "this tool trains ORPO, DPO and SFT")
+_VLLM = ("vLLM generation for GRPO", "")
+_EVAL = ("enhanced evaluation extras", "evaluation here scores --valid-split; --use-enhanced-eval adds perplexity")
+
+# field -> what it belongs to (and what to do here instead, where there is something)
+NOT_THIS_TOOL: dict[str, tuple[str, str]] = {
+    "image_column": ("vision-language preference training (images)", "this tool trains text-only causal LMs"),
+    "unsloth": ("unsloth acceleration", "training here runs on transformers and peft"),
+    **dict.fromkeys(("auto_convert_dataset", "use_sharegpt_mapping", "sharegpt_mapping_enabled",
+                     "suggested_chat_template", "column_mapping", "runtime_mapping", "map_eos_token",
+                     "conversation_extension"), _CONVERSION),
+    **dict.fromkeys(("use_distillation", "teacher_model", "teacher_prompt_template", "student_prompt_template",
+                     "distill_temperature", "distill_alpha", "distill_max_teacher_length"), _DISTILL),
+    "post_trial_script": ("a shell command after each sweep trial", "read <project>/sweep.md"),
+    **dict.fromkeys(("wandb_sweep", "wandb_sweep_project", "wandb_sweep_entity", "wandb_sweep_id"),
+                    ("W&B's own sweep dashboard", "the sweep here is optuna's; each trial logs to W&B with --log wandb")),
+    **dict.fromkeys(("eval_dataset_path", "eval_batch_size", "eval_save_predictions", "eval_benchmark"), _EVAL),
+    "chat_format": ("its own message renderer", "use --chat-template"),
+    "token_weights": ("per-role token weights", "the loss weighs completion tokens (the prompt too with --prompt-loss)"),
+    **dict.fromkeys(("rl_gamma", "rl_gae_lambda", "rl_kl_coef", "rl_value_loss_coef", "rl_clip_range",
+                     "rl_reward_fn", "rl_multi_objective", "rl_reward_weights", "rl_env_type", "rl_env_config",
+                     "rl_reward_model_path", "rl_num_ppo_epochs", "rl_chunk_size", "rl_mini_batch_size",
+                     "rl_optimize_device_cache", "rl_value_clip_range", "rl_max_new_tokens", "rl_top_k", "rl_top_p",
+                     "rl_temperature", "rl_env_module", "rl_env_class", "rl_num_generations", "rl_loss_type",
+                     "rl_mask_truncated_completions"), _RL),
+    **dict.fromkeys(("use_vllm", "vllm_mode", "vllm_gpu_memory_utilization", "vllm_server_url",
+                     "vllm_tensor_parallel_size", "vllm_server_gpus"), _VLLM),
+    **dict.fromkeys(("custom_loss", "custom_loss_weights"),
+                    ("custom losses", "the loss is the method's: --trainer orpo, dpo or sft")),
+    **dict.fromkeys(("use_forward_backward", "forward_backward_loss_fn", "forward_backward_custom_fn",
+                     "manual_optimizer_control", "optimizer_step_frequency"), _MANUAL),
+    "gradient_accumulation_steps": (_MANUAL[0], "use --gradient-accumulation"),
+    "grad_clip_value": (_MANUAL[0], "use --max-grad-norm"),
+    **dict.fromkeys(("sample_every_n_steps", "sample_prompts", "sample_temperature", "sample_top_k",
+                     "sample_top_p"), _SAMPLING),
+    **dict.fromkeys(("manual_checkpoint_control", "save_state_every_n_steps", "load_state_from"), _CHECKPOINTS),
+    **dict.fromkeys(("inference_prompts", "inference_max_tokens", "inference_temperature", "inference_top_p",
+                     "inference_top_k", "inference_output"), _INFERENCE),
+}
+
+
+def not_this_tool(name: str) -> str | None:
+    """The one line for an aitraining field this tool does not do, or None if `name` is not one."""
+    field = name.replace("-", "_")
+    if field not in NOT_THIS_TOOL:
+        return None
+    what, instead = NOT_THIS_TOOL[field]
+    return f"{field} is aitraining's {what}, which this tool does not do" + (f"; {instead}" if instead else "")

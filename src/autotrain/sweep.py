@@ -1,0 +1,248 @@
+"""`use_sweep`: trials of sampled hyperparameters, one after another, with optuna; the best one kept.
+
+- Each trial is a full run in `<project>/trials/NNN/` (NNN is optuna's trial number), with the swept fields
+  (autotrain.params.sweep) set over the user's other parameters.
+- Each evaluation reports `sweep_metric` to optuna; its MedianPruner stops a trial whose metric is worse than the
+  median of the earlier trials at the same step (after two finished trials, and not on the untrained model's
+  step-0 evaluation). A pruned trial keeps its folder and counts as finished.
+- `<project>/sweep.db` is optuna's storage (SQLite). A sweep that was killed is started again with the same command:
+  its finished trials stay; a trial that was running when it died is marked failed and its parameters are tried
+  again first (the sweep holds the project's lock, so a running trial in the storage is a dead one).
+- When `sweep_n_trials` trials are finished: `<project>/sweep.md` (a table of every trial), `<project>/sweep.png`
+  (the metric against each swept parameter) and, in `<project>/` itself, the best trial's model and outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from autotrain import preflight
+from autotrain.errors import ParamsError
+from autotrain.params import LLMTrainingParams
+from autotrain.params.sweep import Range, SweepParams, parse_space
+
+logger = logging.getLogger("autotrain")
+
+STORAGE_FILE, TABLE_FILE, PLOT_FILE, TRIALS_DIR = "sweep.db", "sweep.md", "sweep.png", "trials"
+_STUDY = "sweep"
+# Not copied from the best trial into the project: its checkpoints and tracker logs stay in its own folder.
+_NOT_COPIED = ("checkpoint-*", "runs", "wandb", ".*.lock")
+
+
+def run_sweep(params: LLMTrainingParams, train: Callable[..., Any], result_of: Callable[[LLMTrainingParams], Any],
+              verbose: bool = False) -> Any:
+    """Run the sweep `params` describe and return the best trial's result, with the project as its folder.
+    `train(params, callbacks)` runs one trial in this process; `result_of(params)` reads a finished run's result
+    (autotrain.project passes its own, so this module does not import it)."""
+    try:
+        import optuna
+    except ImportError:
+        raise ParamsError("use_sweep runs its trials with optuna, which is not installed: "
+                          "pip install 'aitraining[sweep]'") from None
+
+    from autotrain import quiet
+    from autotrain.project_folder import owned
+
+    project = preflight.project_dir(params)
+    ranges = parse_space(params.sweep_params, LLMTrainingParams.model_fields)
+    _check_folder(project)
+    base = {name: getattr(params, name) for name in params.model_fields_set
+            if name not in SweepParams.model_fields and name not in ("project_name", "resume_from_checkpoint")}
+    if params.push_to_hub:
+        raise ParamsError("use_sweep: push_to_hub is not done for a sweep; push the best model after it")
+    with quiet.libraries(verbose), owned(project):
+        project.mkdir(parents=True, exist_ok=True)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = optuna.storages.RDBStorage(f"sqlite:///{project / STORAGE_FILE}")
+        study = optuna.create_study(
+            study_name=_STUDY, storage=storage, direction=params.sweep_direction, load_if_exists=True,
+            sampler=optuna.samplers.TPESampler(seed=params.seed),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+        )
+        _same_sweep(study, params)
+        _retry_dead_trials(study, storage)
+        while _finished(study) < params.sweep_n_trials:
+            _one_trial(study, params, base, ranges, project, train)
+        return _conclude(study, params, ranges, project, result_of)
+
+
+def _check_folder(project: Path) -> None:
+    """A sweep uses a new or empty folder, or one holding an earlier sweep (resumed)."""
+    if project.is_dir() and any(project.iterdir()) and not (project / STORAGE_FILE).exists():
+        raise ParamsError(f"project_name: {project} holds files and no {STORAGE_FILE}; a sweep needs a new folder "
+                          "(or the folder of the sweep to resume)")
+
+
+def _same_sweep(study: Any, params: LLMTrainingParams) -> None:
+    """A resumed sweep must be the same search: its space, metric and direction."""
+    settings = {"space": params.sweep_params, "metric": params.sweep_metric, "direction": params.sweep_direction}
+    saved = study.user_attrs.get("settings")
+    if saved is None:
+        study.set_user_attr("settings", settings)
+    elif saved != settings:
+        changed = ", ".join(f"{k} {saved[k]!r} -> {settings[k]!r}" for k in settings if saved[k] != settings[k])
+        raise ParamsError(f"project_name: the sweep in this folder searched differently ({changed}); use a new folder")
+
+
+def _retry_dead_trials(study: Any, storage: Any) -> None:
+    from optuna.trial import TrialState
+
+    study_id = storage.get_study_id_from_name(_STUDY)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        storage.set_trial_state_values(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number),
+                                       TrialState.FAIL)
+        logger.info("sweep: trial %03d was stopped while running; its parameters are tried again", trial.number)
+        study.enqueue_trial(trial.params)
+
+
+def _finished(study: Any) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def _suggest(trial: Any, r: Range) -> Any:
+    if r.kind == "categorical":
+        return trial.suggest_categorical(r.name, list(r.choices))
+    if r.kind == "int":
+        return trial.suggest_int(r.name, int(r.low), int(r.high))
+    return trial.suggest_float(r.name, r.low, r.high, log=r.kind == "log")
+
+
+def _one_trial(study: Any, params: LLMTrainingParams, base: dict[str, Any], ranges: list[Range], project: Path,
+               train: Callable[..., Any]) -> None:
+    from optuna.trial import TrialState
+
+    trial = study.ask()
+    values = {r.name: _suggest(trial, r) for r in ranges}
+    folder = project / TRIALS_DIR / f"{trial.number:03d}"
+    try:
+        trial_params = LLMTrainingParams(**{**base, **values, "project_name": str(folder)})
+        if preflight.needs_launch(trial_params):
+            raise ParamsError("use_sweep runs its trials in this process: one GPU, no --distributed-backend")
+    except ParamsError as exc:
+        study.tell(trial, state=TrialState.FAIL)
+        raise ParamsError(f"sweep trial {trial.number:03d} ({_shown(values)}): {exc}") from None
+    logger.info("sweep: trial %03d of %d: %s", trial.number, params.sweep_n_trials, _shown(values))
+    report = PruneOnEval(trial, params.sweep_metric)
+    try:
+        result = train(trial_params, (report,))
+    except BaseException:
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    value = result.metrics.get(params.sweep_metric)
+    if value is None:
+        study.tell(trial, state=TrialState.FAIL)
+        known = sorted(k for k in result.metrics if k.startswith("eval_"))
+        raise ParamsError(f"sweep_metric: {params.sweep_metric} is not among the evaluation's metrics "
+                          f"({', '.join(known)})")
+    if report.pruned:
+        study.tell(trial, state=TrialState.PRUNED)
+        logger.info("sweep: trial %03d pruned at step %d (%s %.4g)", trial.number, report.step, params.sweep_metric,
+                    report.value)
+    else:
+        study.tell(trial, value)
+        logger.info("sweep: trial %03d %s = %.4g", trial.number, params.sweep_metric, value)
+
+
+def _shown(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+
+
+class PruneOnEval(TrainerCallback):
+    """Reports each evaluation's `metric` to the optuna trial and stops training when optuna prunes it."""
+
+    def __init__(self, trial: Any, metric: str):
+        self.trial, self.metric = trial, metric
+        self.pruned, self.step, self.value = False, 0, float("nan")
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        if not logs or self.metric not in logs or self.pruned:
+            return
+        self.step, self.value = state.global_step, logs[self.metric]
+        self.trial.report(self.value, self.step)
+        if self.trial.should_prune():
+            self.pruned = True
+            control.should_training_stop = True
+
+
+def _conclude(study: Any, params: LLMTrainingParams, ranges: list[Range], project: Path,
+              result_of: Callable[[LLMTrainingParams], Any]) -> Any:
+    from optuna.trial import TrialState
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        raise ParamsError(f"use_sweep: every trial was pruned or failed; no best trial (see {project / TABLE_FILE})")
+    best = study.best_trial
+    best_folder = project / TRIALS_DIR / f"{best.number:03d}"
+    _write_table(study, params, ranges, project, best.number)
+    _plot(study, params, ranges, project)
+    shutil.copytree(best_folder, project, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*_NOT_COPIED))
+    logger.info("sweep: best trial %03d (%s = %.4g, %s); its model is in %s", best.number, params.sweep_metric,
+                best.value, _shown(best.params), project)
+    logger.info("%s", (project / TABLE_FILE).read_text().rstrip())
+    best_params = LLMTrainingParams.load_json(best_folder / "training_params.json")
+    result = result_of(best_params)
+    from dataclasses import replace
+
+    adapter = result.adapter_dir
+    return replace(result, output_dir=project,
+                   adapter_dir=None if adapter is None else project / adapter.relative_to(best_folder))
+
+
+def _rows(study: Any, metric: str) -> list[tuple[Any, float | None]]:
+    """Each finished or failed trial with its metric: the final value, or a pruned trial's last reported one."""
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        value = trial.value
+        if value is None and trial.intermediate_values:
+            value = trial.intermediate_values[max(trial.intermediate_values)]
+        rows.append((trial, value))
+    return rows
+
+
+def _write_table(study: Any, params: LLMTrainingParams, ranges: list[Range], project: Path, best: int) -> None:
+    names = [r.name for r in ranges]
+    lines = [f"# Sweep: {params.sweep_metric} ({params.sweep_direction})", "",
+             "| trial | state | " + " | ".join([params.sweep_metric, *names]) + " |",
+             "|---" * (3 + len(names)) + "|"]
+    for trial, value in _rows(study, params.sweep_metric):
+        state = trial.state.name.lower() + (" (best)" if trial.number == best else "")
+        cells = [f"{trial.number:03d}", state, "" if value is None else f"{value:.6g}"]
+        cells += [_cell(trial.params.get(n)) for n in names]
+        lines.append("| " + " | ".join(cells) + " |")
+    (project / TABLE_FILE).write_text("\n".join(lines) + "\n")
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _plot(study: Any, params: LLMTrainingParams, ranges: list[Range], project: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.trial import TrialState
+
+    rows = [(t, v) for t, v in _rows(study, params.sweep_metric) if v is not None]
+    figure, axes = plt.subplots(1, len(ranges), figsize=(4 * len(ranges), 3.2), constrained_layout=True,
+                                squeeze=False)
+    for axis, r in zip(axes[0], ranges):
+        for state, marker, label in ((TrialState.COMPLETE, "o", "finished"), (TrialState.PRUNED, "x", "pruned")):
+            points = [(t.params[r.name], v) for t, v in rows if t.state == state and r.name in t.params]
+            if points:
+                axis.plot(*zip(*points), marker, linestyle="none", label=label)
+        if r.kind == "log":
+            axis.set_xscale("log")
+        axis.set_xlabel(r.name)
+        axis.set_ylabel(params.sweep_metric)
+        axis.legend()
+    figure.savefig(project / PLOT_FILE, dpi=100)
+    plt.close(figure)
