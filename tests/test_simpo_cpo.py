@@ -1,0 +1,146 @@
+"""SimPO, CPO and CPO-SimPO: the losses against float64 references written here from the papers' equations and hand
+values; the steps against TRL's CPOTrainer on one micro-batch of a tiny model; packed equal to padded.
+
+    CPO   (arXiv 2401.08417, eq. 3 plus the NLL term):  L = -log sigmoid(beta * (log pi(c) - log pi(r))) + alpha * NLL
+    SimPO (arXiv 2405.14734, eq. 6):  L = -log sigmoid(beta / |c| * log pi(c) - beta / |r| * log pi(r) - gamma)
+    CPO-SimPO: SimPO's term + alpha * NLL
+
+No expected value here comes from the code under test.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from autotrain.losses import CpoOutput, cpo_loss, simpo_loss
+
+LN2 = math.log(2.0)
+
+
+def sigmoid_loss64(x: float) -> float:
+    """-log sigmoid(x) = -log(1 / (1 + e^-x)), literally, in Python floats (float64)."""
+    return -math.log(1.0 / (1.0 + math.exp(-x)))
+
+
+def cpo_reference(c: list[float], r: list[float], nll: float, beta: float, alpha: float, gamma: float = 0.0) -> float:
+    return sum(sigmoid_loss64(beta * (ci - ri) - gamma) for ci, ri in zip(c, r)) / len(c) + alpha * nll
+
+
+def draws(n: int, seed: int, low: float, high: float) -> list[float]:
+    g = torch.Generator().manual_seed(seed)
+    return (low + (high - low) * torch.rand(n, generator=g, dtype=torch.float64)).tolist()
+
+
+# --- the losses ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch", [1, 5, 64])
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_cpo_matches_a_float64_reference(batch, alpha):
+    c, r = draws(batch, batch, -40.0, -1.0), draws(batch, batch + 100, -40.0, -1.0)
+    nll, beta = 1.3, 0.1
+    out = cpo_loss(torch.tensor(c), torch.tensor(r), torch.tensor(nll), beta, alpha)
+    assert isinstance(out, CpoOutput) and out.loss.dtype == torch.float32 and out.loss.shape == ()
+    assert out.loss.item() == pytest.approx(cpo_reference(c, r, nll, beta, alpha), rel=1e-6)
+    assert out.pair_losses.double().tolist() == pytest.approx(
+        [sigmoid_loss64(beta * (ci - ri)) for ci, ri in zip(c, r)], rel=1e-5)
+    assert out.chosen_rewards.double().tolist() == pytest.approx([beta * v for v in c], rel=1e-6)
+    assert out.rejected_rewards.double().tolist() == pytest.approx([beta * v for v in r], rel=1e-6)
+    assert out.nll.item() == pytest.approx(nll)  # reported whatever alpha
+    assert not out.chosen_rewards.requires_grad
+
+
+@pytest.mark.parametrize("batch", [1, 5, 64])
+@pytest.mark.parametrize("alpha", [0.0, 0.7])
+def test_simpo_matches_a_float64_reference(batch, alpha):
+    counts_c = [float(n) for n in torch.randint(1, 30, (batch,), generator=torch.Generator().manual_seed(batch))]
+    counts_r = [float(n) for n in torch.randint(1, 30, (batch,), generator=torch.Generator().manual_seed(batch + 1))]
+    c = [m * n for m, n in zip(draws(batch, batch, -3.0, -0.1), counts_c)]
+    r = [m * n for m, n in zip(draws(batch, batch + 7, -3.0, -0.1), counts_r)]
+    nll, beta, gamma = 0.9, 2.5, 1.375
+    means_c = [s / n for s, n in zip(c, counts_c)]
+    means_r = [s / n for s, n in zip(r, counts_r)]
+    expected = cpo_reference(means_c, means_r, nll, beta, alpha, gamma)
+    out = simpo_loss(torch.tensor(c), torch.tensor(r), torch.tensor(counts_c), torch.tensor(counts_r),
+                     torch.tensor(nll), beta, gamma, alpha)
+    assert out.loss.item() == pytest.approx(expected, rel=1e-5)
+    assert out.chosen_rewards.double().tolist() == pytest.approx([beta * m for m in means_c], rel=1e-5)
+    assert out.margin.double().tolist() == pytest.approx(
+        [beta * (a - b) - gamma for a, b in zip(means_c, means_r)], rel=1e-4, abs=1e-5)
+
+
+def test_hand_computed_cases():
+    # SimPO, beta 2, gamma 1: chosen -2 over 2 tokens (mean -1), rejected -4.5 over 3 (mean -1.5):
+    # 2 * (-1 + 1.5) - 1 = 0, and -log sigmoid(0) = ln 2. Rewards 2 * -1 = -2 and 2 * -1.5 = -3.
+    simpo = simpo_loss(torch.tensor([-2.0]), torch.tensor([-4.5]), torch.tensor([2]), torch.tensor([3]),
+                       torch.tensor(1.2), beta=2.0, gamma=1.0)
+    assert simpo.loss.item() == pytest.approx(LN2, rel=1e-7)
+    assert (simpo.chosen_rewards.item(), simpo.rejected_rewards.item()) == (-2.0, -3.0)
+    # CPO-SimPO on the same pair with alpha 0.5 and NLL 1.2 adds 0.6.
+    mixed = simpo_loss(torch.tensor([-2.0]), torch.tensor([-4.5]), torch.tensor([2]), torch.tensor([3]),
+                       torch.tensor(1.2), beta=2.0, gamma=1.0, alpha=0.5)
+    assert mixed.loss.item() == pytest.approx(LN2 + 0.6, rel=1e-7)
+    # CPO, beta 0.5: pair 0 has c - r = -4 + 6 = 2, margin 1, log(1 + e^-1) = 0.3132616875182228;
+    # pair 1 has c == r, ln 2 = 0.6931471805599453. Mean 0.5032044340390841, plus alpha 1 * NLL 2 = 2.5032044340390841.
+    cpo = cpo_loss(torch.tensor([-4.0, -7.0]), torch.tensor([-6.0, -7.0]), torch.tensor(2.0), beta=0.5, alpha=1.0)
+    assert cpo.pair_losses.tolist() == pytest.approx([0.3132616875182228, 0.6931471805599453], rel=1e-7)
+    assert cpo.loss.item() == pytest.approx(2.5032044340390841, rel=1e-7)
+    # beta = 0: every pair costs log(1 + e^gamma), whatever its log-probs.
+    flat = simpo_loss(torch.tensor([-1.0, -50.0]), torch.tensor([-9.0, -1.0]), torch.ones(2), torch.ones(2),
+                      torch.tensor(0.0), beta=0.0, gamma=1.0)
+    assert flat.loss.item() == pytest.approx(math.log1p(math.e), rel=1e-7)
+
+
+def test_hand_derived_gradients():
+    """d/d(sum_c) of -log sigmoid(beta (sum_c/|c| - sum_r/|r|) - gamma) over B pairs is -beta sigmoid(-m) / (|c| B):
+    at m = 0, -beta / (2 |c| B). SimPO divides each sequence's gradient by its length; CPO does not."""
+    sums_c = torch.tensor([-2.0, -3.0], dtype=torch.float64, requires_grad=True)
+    sums_r = torch.tensor([-4.5, -3.0], dtype=torch.float64, requires_grad=True)
+    # pair 0: 2 * (-1 + 1.5) - 1 = 0; pair 1: 2 * (-1 + 1) - 1 = -1
+    simpo_loss(sums_c, sums_r, torch.tensor([2, 3]), torch.tensor([3, 3]), torch.tensor(0.0), 2.0, 1.0).loss.backward()
+    s1 = 1.0 / (1.0 + math.exp(-1.0))  # sigmoid(-m) at m = -1
+    assert sums_c.grad.tolist() == pytest.approx([-2.0 * 0.5 / (2 * 2), -2.0 * s1 / (3 * 2)], rel=1e-12)
+    assert sums_r.grad.tolist() == pytest.approx([2.0 * 0.5 / (3 * 2), 2.0 * s1 / (3 * 2)], rel=1e-12)
+
+    c = torch.tensor([-5.0], dtype=torch.float64, requires_grad=True)
+    nll = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    cpo_loss(c, c.detach().clone(), nll, beta=0.1, alpha=0.25).loss.backward()
+    assert c.grad.item() == pytest.approx(-0.1 * 0.5, rel=1e-12)  # margin 0: -beta * sigmoid(0)
+    assert nll.grad.item() == pytest.approx(0.25, rel=1e-12)  # alpha weighs the NLL
+
+
+def test_gradcheck_float64():
+    g = torch.Generator().manual_seed(3)
+    c = (-torch.rand(4, generator=g, dtype=torch.float64) * 20).requires_grad_()
+    r = (-torch.rand(4, generator=g, dtype=torch.float64) * 20).requires_grad_()
+    nll = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
+    counts = torch.tensor([3.0, 1.0, 7.0, 2.0], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda a, b, n: cpo_loss(a, b, n, 0.3, 1.0).loss, (c, r, nll))
+    assert torch.autograd.gradcheck(lambda a, b, n: simpo_loss(a, b, counts, counts.flip(0), n, 2.0, 0.5, 0.4).loss,
+                                    (c, r, nll))
+
+
+def test_stable_for_huge_margins():
+    c = torch.tensor([0.0, -1e5], requires_grad=True)
+    out = cpo_loss(c, torch.tensor([-1e5, 0.0]), torch.tensor(0.0), beta=1.0, alpha=0.0)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(c.grad).all()
+    assert out.loss.item() == pytest.approx(1e5 / 2, rel=1e-6)  # pair 1: -log sigmoid(-1e5) = 1e5; pair 0: ~0
+
+
+def test_alpha_zero_leaves_the_nll_out_of_the_graph():
+    nll = torch.tensor(float("nan"), requires_grad=True)  # a NaN NLL must not reach a loss that does not use it
+    out = cpo_loss(torch.tensor([-1.0]), torch.tensor([-2.0]), nll, beta=0.1, alpha=0.0)
+    assert torch.isfinite(out.loss)
+
+
+def test_shapes_are_checked():
+    with pytest.raises(ValueError, match="one shape"):
+        cpo_loss(torch.zeros(2), torch.zeros(3), torch.tensor(0.0), 0.1, 1.0)
+    with pytest.raises(ValueError, match="scalar"):
+        cpo_loss(torch.zeros(2), torch.zeros(2), torch.zeros(2), 0.1, 1.0)
+    with pytest.raises(ValueError, match="one shape"):
+        simpo_loss(torch.zeros(2), torch.zeros(2), torch.ones(3), torch.ones(2), torch.tensor(0.0), 2.0, 1.0)
