@@ -7,9 +7,10 @@ live on LLMTrainingParams itself (autotrain.params.llm).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 
 from autotrain.params.schema import AutoOrAtLeastTwo, AutoOrPositive, Schema, one_of
 
@@ -37,7 +38,19 @@ SCHEDULERS: tuple[str, ...] = (
 
 # The training methods (autotrain.trainers.clm.trainer.METHODS holds one entry per name); `default` is the seed's
 # name for `sft`.
-TRAINER_NAMES: tuple[str, ...] = ("orpo", "dpo", "sft", "default")
+TRAINER_NAMES: tuple[str, ...] = ("orpo", "dpo", "simpo", "cpo", "sft", "default")
+
+# Each method's own defaults, as its authors give them, for the values left unset (none). ORPO: lambda 0.1 (paper:
+# 0.1-0.25). DPO and CPO: beta 0.1, CPO's NLL weight alpha 1.0 (the CPO paper, TRL's CPOConfig). SimPO: beta 2.0 and
+# gamma / beta 0.5 (the SimPO paper: beta 2.0-2.5, gamma / beta about 0.5; gamma follows a chosen beta), no NLL.
+METHOD_DEFAULTS: dict[str, dict[str, float]] = {
+    "orpo": {"beta": 0.1},
+    "dpo": {"beta": 0.1},
+    "cpo": {"beta": 0.1, "alpha": 1.0},
+    "simpo": {"beta": 2.0, "gamma_per_beta": 0.5, "alpha": 0.0},
+    "sft": {"beta": 0.1},
+}
+METHOD_TITLES: dict[str, str] = {"orpo": "ORPO", "dpo": "DPO", "simpo": "SimPO", "cpo": "CPO", "sft": "SFT"}
 
 
 class DataParams(Schema):
@@ -90,10 +103,27 @@ class MethodParams(Schema):
     trainer: str = Field(
         "orpo",
         description="Training method: orpo (SFT + odds-ratio term, no reference model), dpo (sigmoid DPO against a "
-        "frozen reference), sft or default (NLL on the completion or text).",
+        "frozen reference), simpo (length-normalised reward with a margin, no reference; with --cpo-alpha > 0 "
+        "CPO-SimPO), cpo (sigmoid preference term on summed log-probs + NLL, no reference), sft or default (NLL on "
+        "the completion or text).",
     )
-    dpo_beta: float = Field(
-        0.1, ge=0, description="ORPO's lambda (weight of the odds-ratio term) or DPO's beta (strength of the KL pull)."
+    dpo_beta: float | None = Field(
+        None,
+        ge=0,
+        description="ORPO's lambda (weight of the odds-ratio term), or the beta of DPO, CPO and SimPO (the scale of "
+        "the reward inside the sigmoid). none: the method's own default (orpo, dpo, cpo 0.1; simpo 2.0).",
+    )
+    simpo_gamma: float | None = Field(
+        None,
+        ge=0,
+        description="SimPO's target reward margin gamma (--trainer simpo only). none: 0.5 x beta, the SimPO paper's "
+        "gamma / beta.",
+    )
+    cpo_alpha: float | None = Field(
+        None,
+        ge=0,
+        description="Weight of the NLL term of cpo (none: 1.0, as the CPO paper and TRL) and simpo (none: 0, SimPO "
+        "itself; > 0 is CPO-SimPO). --trainer cpo and simpo only.",
     )
     model_ref: str | None = Field(
         None,
@@ -135,6 +165,59 @@ class MethodParams(Schema):
     @classmethod
     def _known_trainer(cls, value: str) -> str:
         return one_of(value, TRAINER_NAMES, "trainer")
+
+    @model_validator(mode="after")
+    def _method_fields(self) -> MethodParams:
+        method = "sft" if self.trainer == "default" else self.trainer
+        for name, methods in (("simpo_gamma", ("simpo",)), ("cpo_alpha", ("cpo", "simpo"))):
+            if getattr(self, name) is not None and method not in methods:
+                raise ValueError(f"{name} applies to --trainer {' and '.join(methods)} only (trainer is {self.trainer})")
+        return self
+
+    def method_settings(self) -> MethodSettings:
+        """beta, gamma and alpha of this run's method: the values given, else the method's defaults (METHOD_DEFAULTS)."""
+        method = "sft" if self.trainer == "default" else self.trainer
+        own = METHOD_DEFAULTS[method]
+        beta = own["beta"] if self.dpo_beta is None else self.dpo_beta
+        gamma = alpha = 0.0
+        defaulted = ["beta"] if self.dpo_beta is None else []
+        if method == "simpo":
+            gamma = own["gamma_per_beta"] * beta if self.simpo_gamma is None else self.simpo_gamma
+            defaulted += ["gamma"] if self.simpo_gamma is None else []
+        if method in ("simpo", "cpo"):
+            alpha = own["alpha"] if self.cpo_alpha is None else self.cpo_alpha
+            defaulted += ["alpha"] if self.cpo_alpha is None else []
+        return MethodSettings(method, beta, gamma, alpha, tuple(defaulted))
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """The method's resolved hyperparameters and which of them are the method's defaults rather than given."""
+
+    method: str
+    beta: float
+    gamma: float  # SimPO's margin; 0 for every other method
+    alpha: float  # the NLL weight of CPO and SimPO (CPO-SimPO when > 0); 0 for every other method
+    defaulted: tuple[str, ...]  # names among beta, gamma, alpha left unset and taken from METHOD_DEFAULTS
+
+    @property
+    def title(self) -> str:
+        """The method's name as a reader knows it; SimPO with an NLL term is CPO-SimPO."""
+        return "CPO-SimPO" if self.method == "simpo" and self.alpha > 0 else METHOD_TITLES[self.method]
+
+    def describe(self) -> str:
+        """One line for the log and the card, e.g. 'SimPO: beta 2 (SimPO's default), gamma 1 (0.5 x beta, ...)'."""
+        names = {"beta": "lambda" if self.method == "orpo" else "beta", "gamma": "gamma", "alpha": "alpha"}
+        shown = ["beta"] + (["gamma"] if self.method == "simpo" else []) + (
+            ["alpha"] if self.method in ("simpo", "cpo") else [])
+        parts = []
+        for name in shown:
+            text = f"{names[name]} {getattr(self, name):g}"
+            if name in self.defaulted:
+                ratio = f"{METHOD_DEFAULTS['simpo']['gamma_per_beta']:g} x beta, " if name == "gamma" else ""
+                text += f" ({ratio}{METHOD_TITLES[self.method]}'s default)"
+            parts.append(text)
+        return f"{self.title}: " + ", ".join(parts)
 
 
 class OptimisationParams(Schema):

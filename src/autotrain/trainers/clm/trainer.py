@@ -22,7 +22,7 @@ from autotrain import dropout, moe
 from autotrain.attention import decoder_inputs
 from autotrain.errors import ModelError, TrainingError
 from autotrain.logprobs import segment_sum, token_logps
-from autotrain.losses import PAIRS, PairTerms, dpo_loss, orpo_loss, reduce_columns
+from autotrain.losses import PAIRS, PairTerms, cpo_loss, dpo_loss, orpo_loss, reduce_columns, simpo_loss
 from autotrain.head import decoder_and_head
 from autotrain.models import unwrap
 from autotrain import checkpoints
@@ -151,6 +151,29 @@ def dpo_terms(model: torch.nn.Module, batch: dict[str, Any], beta: float, refere
                      batch_term=seqs.router_loss)
 
 
+def simpo_terms(model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: Reference | None = None,
+                gamma: float = 0.0, alpha: float = 0.0) -> PairTerms:
+    """SimPO per pair on mean completion log-probs with margin gamma; alpha > 0 adds the NLL term (CPO-SimPO)."""
+    seqs = sequence_logps(model, batch)
+    out = simpo_loss(*seqs.split(seqs.sums), *seqs.split(seqs.counts), seqs.nll, beta, gamma, alpha)
+    chosen, rejected = seqs.split(seqs.means)
+    # SimPO's reward is beta times the mean log-prob: compared on the mean, so the accuracy holds at beta = 0 too.
+    metrics = _reward_metrics(out.chosen_rewards, out.rejected_rewards, chosen, rejected, chosen, rejected)
+    return PairTerms(*_pair_nll(seqs), pair_loss=out.pair_losses, nll_weight=alpha, metrics=metrics,
+                     batch_term=seqs.router_loss)
+
+
+def cpo_terms(model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: Reference | None = None,
+              alpha: float = 1.0) -> PairTerms:
+    """CPO per pair on summed completion log-probs, plus alpha times the NLL of the chosen completions."""
+    seqs = sequence_logps(model, batch)
+    chosen, rejected = seqs.split(seqs.sums)
+    out = cpo_loss(chosen, rejected, seqs.nll, beta, alpha)
+    metrics = _reward_metrics(out.chosen_rewards, out.rejected_rewards, chosen, rejected, chosen, rejected)
+    return PairTerms(*_pair_nll(seqs), pair_loss=out.pair_losses, nll_weight=alpha, metrics=metrics,
+                     batch_term=seqs.router_loss)
+
+
 def sft_terms(model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: Reference | None = None
               ) -> PairTerms:
     """Supervised fine-tuning: the NLL of the completion tokens (`in_nll`), nothing else."""
@@ -182,25 +205,30 @@ def _reward_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor
 class Method:
     """What sets one training method apart; everything else (data stage, collators, loop, outputs) is shared."""
 
-    terms: Callable[..., PairTerms]  # (model, batch, beta, reference) -> the micro-batch's per-pair terms
+    terms: Callable[..., PairTerms]  # (model, batch, beta, reference, **options) -> the micro-batch's per-pair terms
     paired: bool  # needs a rejected completion per row
     reference: bool  # needs a frozen reference model
+    options: tuple[str, ...] = ()  # the MethodSettings fields besides beta that `terms` takes (gamma, alpha)
 
-    def step(self, model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: Reference | None = None
-             ) -> tuple[torch.Tensor, Metrics]:
+    def step(self, model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: Reference | None = None,
+             **options: float) -> tuple[torch.Tensor, Metrics]:
         """One batch on its own (one micro-batch, one process): its loss and its metrics (TRL's names)."""
-        terms = self.terms(model, batch, beta, reference)
+        terms = self.terms(model, batch, beta, reference, **options)
         return terms.loss(), terms.batch_metrics()
 
 
 ORPO = Method(orpo_terms, paired=True, reference=False)
 DPO = Method(dpo_terms, paired=True, reference=True)
+SIMPO = Method(simpo_terms, paired=True, reference=False, options=("gamma", "alpha"))
+CPO = Method(cpo_terms, paired=True, reference=False, options=("alpha",))
 SFT = Method(sft_terms, paired=False, reference=False)
 orpo_step, dpo_step, sft_step = ORPO.step, DPO.step, SFT.step
 # One entry per --trainer choice (params.TRAINER_NAMES); `default` is the seed's name for sft.
 METHODS: dict[str, Method] = {
     "orpo": ORPO,
     "dpo": DPO,
+    "simpo": SIMPO,
+    "cpo": CPO,
     "sft": SFT,
     "default": SFT,
 }
@@ -219,13 +247,16 @@ class PreferenceTrainer(Trainer):
     loss_is_scaled_for_ga = True
 
     def __init__(self, *args: Any, method: str, beta: float, ref_model: torch.nn.Module | None = None,
-                 precompute_ref: bool = False, disable_dropout: bool = True, **kwargs: Any):
+                 precompute_ref: bool = False, disable_dropout: bool = True, options: dict[str, float] | None = None,
+                 **kwargs: Any):
         checks.check_trainer_api(Trainer)
         super().__init__(*args, **kwargs)
         # Before transformers 5.19 (no loss_is_scaled_for_ga) training_step leaves the loss undivided when the model
         # "accepts loss kwargs" and num_items_in_batch is given; get_batch_samples always gives it here.
         self.model_accepts_loss_kwargs = True
         self.method, self.beta = METHODS[method], beta
+        # The method's own settings besides beta (SimPO's gamma, the NLL weight alpha of CPO and SimPO).
+        self.options = {name: value for name, value in (options or {}).items() if name in self.method.options}
         self.ref_model = ref_model
         for net in (self.model, ref_model) if disable_dropout else ():
             if net is not None:
@@ -327,7 +358,7 @@ class PreferenceTrainer(Trainer):
 
     def _terms(self, model: torch.nn.Module, inputs: dict[str, Any]) -> PairTerms:
         reference = (lambda batch: self.reference_sums(model, batch)) if self.method.reference else None
-        terms = self.method.terms(model, inputs, self.beta, reference)
+        terms = self.method.terms(model, inputs, self.beta, reference, **self.options)
         self._nll_weight = terms.nll_weight
         return terms
 
