@@ -35,6 +35,7 @@ class RunResult:
     hub_repo: str | None = None
     evaluation: tuple[dict[str, float], dict[str, float]] | None = None  # first and last eval, when validated
     samples: tuple[dict[str, str | None], ...] = ()  # validation prompts with answers before and after training
+    accuracy_rule: str = "chosen log-odds > rejected"  # what the method's preference accuracy compares
 
     def summary(self) -> str:
         lines = [f"outputs: {self.output_dir}"]
@@ -52,7 +53,7 @@ class RunResult:
                              "after")
                 return "\n".join(lines)
             lines.append(
-                f"validation preference accuracy (chosen log-odds > rejected): {_number(before[key], 3)} before "
+                f"validation preference accuracy ({self.accuracy_rule}): {_number(before[key], 3)} before "
                 f"training (step {before['step']}), {_number(after[key], 3)} after (step {after['step']})"
             )
         return "\n".join(lines)
@@ -218,7 +219,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
 
     method = METHODS[params.trainer]
     settings = params.method_settings()
-    logger.info("method %s", settings.describe())
+    logger.info("method: %s", settings.describe())
     model_path = defaults.resolve_model(params.model)
     ref_path = defaults.resolve_model(params.model_ref) if params.model_ref else None
     with model_files.loading(model_path):
@@ -319,4 +320,4 @@ def result_of(params: LLMTrainingParams) -> RunResult:
         adapter_dir = project / outputs.ADAPTER_DIR if params.merge_adapter else project
     hub_repo = f"{params.username}/{project.name}" if params.push_to_hub else None
     return RunResult(project, outputs.final_metrics(records), adapter_dir, hub_repo, outputs.before_after(records),
-                     tuple(samples.read(project)))
+                     tuple(samples.read(project)), params.method_settings().accuracy_rule)

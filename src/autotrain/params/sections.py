@@ -51,6 +51,14 @@ METHOD_DEFAULTS: dict[str, dict[str, float]] = {
     "sft": {"beta": 0.1},
 }
 METHOD_TITLES: dict[str, str] = {"orpo": "ORPO", "dpo": "DPO", "simpo": "SimPO", "cpo": "CPO", "sft": "SFT"}
+# What each method's preference accuracy compares: its own reward (rewards/accuracies), in words.
+ACCURACY_RULES: dict[str, str] = {
+    "orpo": "chosen log-odds > rejected",
+    "dpo": "chosen log-prob gain over the reference > rejected",
+    "simpo": "chosen mean token log-prob > rejected",
+    "cpo": "chosen log-prob > rejected",
+    "sft": "",
+}
 
 
 class DataParams(Schema):
@@ -201,15 +209,19 @@ class MethodSettings:
     defaulted: tuple[str, ...]  # names among beta, gamma, alpha left unset and taken from METHOD_DEFAULTS
 
     @property
+    def accuracy_rule(self) -> str:
+        return ACCURACY_RULES[self.method]
+
+    @property
     def title(self) -> str:
         """The method's name as a reader knows it; SimPO with an NLL term is CPO-SimPO."""
         return "CPO-SimPO" if self.method == "simpo" and self.alpha > 0 else METHOD_TITLES[self.method]
 
     def describe(self) -> str:
-        """One line for the log and the card, e.g. 'SimPO: beta 2 (SimPO's default), gamma 1 (0.5 x beta, ...)'."""
+        """One line for the log and the card, e.g. 'SimPO with beta 2 (SimPO's default), gamma 1 (0.5 x beta, ...)'."""
         names = {"beta": "lambda" if self.method == "orpo" else "beta", "gamma": "gamma", "alpha": "alpha"}
-        shown = ["beta"] + (["gamma"] if self.method == "simpo" else []) + (
-            ["alpha"] if self.method in ("simpo", "cpo") else [])
+        shown = [] if self.method == "sft" else ["beta"]
+        shown += (["gamma"] if self.method == "simpo" else []) + (["alpha"] if self.method in ("simpo", "cpo") else [])
         parts = []
         for name in shown:
             text = f"{names[name]} {getattr(self, name):g}"
@@ -217,7 +229,7 @@ class MethodSettings:
                 ratio = f"{METHOD_DEFAULTS['simpo']['gamma_per_beta']:g} x beta, " if name == "gamma" else ""
                 text += f" ({ratio}{METHOD_TITLES[self.method]}'s default)"
             parts.append(text)
-        return f"{self.title}: " + ", ".join(parts)
+        return f"{self.title} with " + ", ".join(parts) if parts else self.title
 
 
 class OptimisationParams(Schema):
