@@ -7,7 +7,7 @@ Both sides run inside transformers' Trainer (same optimizer, learning rate and s
 full fine-tune, random weights from a fixed seed, synthetic token ids with uniform lengths:
 - TRL: trl.experimental.orpo.ORPOTrainer with its defaults (its own tokenization of the same token strings, its
   padded collator), gradient checkpointing on (its default) and off;
-- ours: autotrain's PreferenceTrainer with the packed collator (autotrain.attention.make_collator) and chunked
+- ours: autotrain's PreferenceTrainer with the packed collator (autotrain.data.kernels.make_collator) and chunked
   log-probs, gradient checkpointing on and off; orpo_prompt_loss on, so the loss is TRL's (its NLL covers the prompt).
 
 Reported per run:
@@ -260,7 +260,7 @@ def timed_run(name: str, size: Size, device: torch.device, make: Callable[[torch
 
 def first_batch_losses(size: Size, device: torch.device, pairs: list[dict], text: Any, tok: Any) -> dict[str, float]:
     """fp32, no autocast, TF32 off: TRL's loss, ours packed (the timed kernel) and ours padded on one batch."""
-    from autotrain.attention import make_collator
+    from autotrain.data.kernels import make_collator
     from autotrain.data.collate import PaddedCollator
     from autotrain.trainers.clm.trainer import orpo_step
 
@@ -312,7 +312,7 @@ def main() -> None:
     import trl
     from datasets import Dataset
 
-    from autotrain.attention import make_collator
+    from autotrain.data.kernels import make_collator
 
     card = torch.cuda.get_device_name() if cuda else f"{cpu_name()}, {torch.get_num_threads()} threads"
     print(f"card: {card}; torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}")

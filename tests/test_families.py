@@ -22,7 +22,7 @@ import torch
 from conftest import BOS, EOS, IM_END, VOCAB_SIZE, char_ids, make_tokenizer
 from test_trl_equivalence import trl_batch
 
-from autotrain.attention import make_collator, packing_kernel
+from autotrain.data.kernels import make_collator, packing_kernel
 from autotrain.data.collate import PaddedCollator
 from autotrain.trainers.clm.trainer import orpo_step
 

@@ -86,7 +86,7 @@ def build_trainer(tmp_path: Path, model: torch.nn.Module, packing: bool):
     from datasets import Dataset
     from transformers import TrainingArguments
 
-    from autotrain.attention import make_collator
+    from autotrain.data.kernels import make_collator
     from autotrain.trainers.clm.trainer import PreferenceTrainer
 
     rows = Dataset.from_list([{"prompt_ids": [3, 20, 21, 22, 4, 100, 3, 30], "chosen_ids": [40, 41, 42, 4, 100],

@@ -266,7 +266,7 @@ def test_sft_conversation_trains_every_assistant_turn_and_masks_the_others(tmp_p
 
 
 def test_sft_mask_leaves_context_turns_out_of_the_loss_like_transformers():
-    from autotrain.attention import make_collator
+    from autotrain.data.kernels import make_collator
 
     model = tiny_model(seed=6)
     rows = [{"prompt_ids": [5, 9], "chosen_ids": [20, 21, 2, 40, 41, 42, 22, 23, 2], "rejected_ids": [],

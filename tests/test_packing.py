@@ -8,8 +8,8 @@ import logging
 import pytest
 import torch
 
-from autotrain import attention
-from autotrain.attention import DENSE_TOKEN_BUDGET, decoder_inputs, make_collator
+from autotrain.data import kernels
+from autotrain.data.kernels import DENSE_TOKEN_BUDGET, decoder_inputs, make_collator
 from autotrain.data.collate import PaddedCollator
 from autotrain.data.pack import PackedCollator, dense_mask, plan_rows
 from autotrain.logprobs import token_logps
@@ -238,7 +238,7 @@ def test_make_collator_chooses_by_attention_and_falls_back_once(caplog):
     assert isinstance(make_collator(False, 0, False, tiny_model()), PaddedCollator)
     packed = make_collator(True, 0, True, tiny_model(attn="eager"))
     assert isinstance(packed, PackedCollator) and packed.token_budget == DENSE_TOKEN_BUDGET and packed.prompt_loss
-    attention._logged.clear()  # "once" is per process: an earlier test may have logged it already
+    kernels._logged.clear()  # "once" is per process: an earlier test may have logged it already
     sliding = AutoModelForCausalLM.from_config(MistralConfig(
         vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
         num_key_value_heads=2, sliding_window=8), attn_implementation="sdpa")

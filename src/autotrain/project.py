@@ -228,7 +228,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     data = prepare_data(params, tokenizer, models.model_max_length(config), opened=opened)
     from transformers import PrinterCallback, ProgressCallback, set_seed
 
-    from autotrain.attention import make_collator
+    from autotrain.data.kernels import make_collator
     from autotrain.progress import Progress
     from autotrain import stop as stopping
     from autotrain.trainers.clm.trainer import PreferenceTrainer

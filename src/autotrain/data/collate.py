@@ -1,26 +1,4 @@
-"""Collators: per-pair token ids -> the tensors one forward pass needs.
-
-Whatever the layout, a collator names the log-prob *targets* explicitly rather than through shifted label
-tensors, so the loss never needs to know the layout:
-
-- `input_ids`, `attention_mask`: what the model reads;
-- `hidden_index` [K]: for each target, the flat index (row * T + t) of the hidden state that predicts it;
-- `target_ids` [K]: the token predicted there;
-- `target_seq` [K]: which sequence it belongs to: pair i's chosen is sequence i, its rejected is B + i;
-- `in_completion` [K]: the target is a completion token (it enters the mean log-prob of its sequence);
-- `in_nll` [K]: the target enters the NLL term (chosen completion tokens; also the chosen sequence's prompt
-  tokens with `prompt_loss`);
-- `num_pairs`: B;
-- `num_real_tokens`: tokens the model reads, padding excluded (a host int, for tokens/s; never a device read);
-- `ref_logps` [2B], only when the rows carry precomputed DPO reference log-probs (`ref_chosen_logps`,
-  `ref_rejected_logps`): chosen sums then rejected sums, in pair order.
-
-Rows of a supervised (SFT) dataset have an empty `rejected_ids`: there is no rejected sequence, sequences B..2B-1
-get no targets, and `in_nll` covers the completion; their `chosen_mask` (1 trained, 0 context) leaves the context
-turns of a conversation out of the targets.
-
-Only targets are listed, so the LM head runs on K positions instead of every position of every row.
-"""
+"""The padded layout: chosen and rejected as separate rows, right-padded; the batch contract is autotrain.data.batch."""
 
 from __future__ import annotations
 
@@ -28,6 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from autotrain.data.batch import Targets, paired, reference_logps, trained
 
 
 @dataclass(frozen=True)
@@ -63,44 +43,29 @@ class PaddedCollator:
         width = max(len(r) for r in rows)
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        hidden_index, target_ids, target_seq, in_completion, in_nll = [], [], [], [], []
+        targets = Targets()
         for seq, ids in enumerate(rows):
             input_ids[seq, : len(ids)] = torch.tensor(ids)
             attention_mask[seq, : len(ids)] = 1
             prompt_len = len(features[seq % pairs]["prompt_ids"])
             chosen = seq < pairs
-            mask = features[seq].get("chosen_mask") if chosen else None
-            first = 1 if (chosen and self.prompt_loss) else prompt_len
-            for t in range(max(first, 1), len(ids)):
-                if mask is not None and t >= prompt_len and not mask[t - prompt_len]:
-                    continue  # a context turn of a conversation: read, not trained
-                hidden_index.append(seq * width + t - 1)
-                target_ids.append(ids[t])
-                target_seq.append(seq)
-                in_completion.append(t >= prompt_len)
-                in_nll.append(chosen)
+            base = seq * width
+            if chosen and self.prompt_loss and prompt_len > 1:
+                targets.add(list(range(base, base + prompt_len - 1)), ids[1:prompt_len], seq, completion=False,
+                            nll=True)
+            # With an empty prompt nothing predicts a completion's first token.
+            first = max(prompt_len, 1)
+            hidden = list(range(base + first - 1, base + len(ids) - 1))
+            if chosen:  # a conversation's context turns are read, not trained (chosen_mask)
+                hidden, predicted = trained(hidden, ids[prompt_len:], first - prompt_len, features[seq])
+            else:
+                predicted = ids[first:]
+            targets.add(hidden, predicted, seq, completion=True, nll=chosen)
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
-            "hidden_index": torch.tensor(hidden_index, dtype=torch.long),
-            "target_ids": torch.tensor(target_ids, dtype=torch.long),
-            "target_seq": torch.tensor(target_seq, dtype=torch.long),
-            "in_completion": torch.tensor(in_completion, dtype=torch.bool),
-            "in_nll": torch.tensor(in_nll, dtype=torch.bool),
+            **targets.tensors(),
             "num_pairs": pairs,
             "num_real_tokens": sum(len(r) for r in rows),
             **reference_logps(features),
         }
-
-
-def paired(features: list[dict[str, Any]]) -> bool:
-    """Preference rows (a rejected completion each) rather than supervised ones (empty rejected_ids)."""
-    return bool(features[0]["rejected_ids"])
-
-
-def reference_logps(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """The precomputed DPO reference log-probs of these rows, as `ref_logps` [2B], if they carry them."""
-    if "ref_chosen_logps" not in features[0]:
-        return {}
-    values = [f["ref_chosen_logps"] for f in features] + [f["ref_rejected_logps"] for f in features]
-    return {"ref_logps": torch.tensor(values, dtype=torch.float32)}

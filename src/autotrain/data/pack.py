@@ -13,8 +13,8 @@ padded layout:
 - targets: the rejected's first completion token is predicted from the hidden state of the prompt's last token,
   which `hidden_index` names explicitly (it is not the token just left of it, which is chosen's last token).
 
-The batch carries the same target-list contract as the padded layout (see autotrain.data.collate), so the loss is
-untouched, plus `position_ids` and `segment_ids`, from which autotrain.attention builds the mask each kernel
+The batch carries the same target-list contract as the padded layout (autotrain.data.batch), so the loss is
+untouched, plus `position_ids` and `segment_ids`, from which autotrain.data.kernels builds the mask each kernel
 takes (a boolean [R, 1, T, T] tensor for SDPA, an additive one for eager, a flex_attention BlockMask). There is no
 2-D `attention_mask`.
 
@@ -64,7 +64,7 @@ as the padded layout counts it only on the chosen row.
 
 Supervised (SFT) rows have an empty `rejected_ids` and are laid out as prompt | completion.
 
-This module imports nothing but torch (and the shared batch helpers of autotrain.data.collate).
+This module imports nothing but torch (and the batch contract's builders, autotrain.data.batch).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from autotrain.data.collate import reference_logps
+from autotrain.data.batch import Targets, reference_logps, trained
 
 __all__ = ["PAD_SEGMENT", "PackedCollator", "dense_mask", "plan_rows", "segment_mask_mod"]
 
@@ -104,33 +104,6 @@ def plan_rows(sizes: list[int], token_budget: int | None) -> list[list[int]]:
     return [sorted(row) for row in rows]
 
 
-class _Targets:
-    """The target lists of the batch contract, filled span by span."""
-
-    def __init__(self) -> None:
-        self.hidden_index: list[int] = []
-        self.target_ids: list[int] = []
-        self.target_seq: list[int] = []
-        self.in_completion: list[bool] = []
-        self.in_nll: list[bool] = []
-
-    def add(self, hidden: list[int], ids: list[int], seq: int, completion: bool, nll: bool) -> None:
-        self.hidden_index += hidden
-        self.target_ids += ids
-        self.target_seq += [seq] * len(ids)
-        self.in_completion += [completion] * len(ids)
-        self.in_nll += [nll] * len(ids)
-
-    def tensors(self) -> dict[str, Tensor]:
-        return {
-            "hidden_index": torch.tensor(self.hidden_index, dtype=torch.long),
-            "target_ids": torch.tensor(self.target_ids, dtype=torch.long),
-            "target_seq": torch.tensor(self.target_seq, dtype=torch.long),
-            "in_completion": torch.tensor(self.in_completion, dtype=torch.bool),
-            "in_nll": torch.tensor(self.in_nll, dtype=torch.bool),
-        }
-
-
 @dataclass(frozen=True)
 class PackedCollator:
     """Per-pair token ids -> packed rows (see the module docstring for the layout and a worked example).
@@ -155,7 +128,7 @@ class PackedCollator:
         width = max(sum(sizes[i] for i in row) for row in rows)
         width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
         ids, pos, seg = [], [], []
-        targets = _Targets()
+        targets = Targets()
         place = self._place_shared if self.share_prompt else self._place_separate
         for r, row in enumerate(rows):
             row_ids: list[int] = []
@@ -193,7 +166,7 @@ class PackedCollator:
 
     def _place_shared(
         self, f: dict[str, Any], pair: int, pairs: int, k: int, base: int,
-        ids: list[int], pos: list[int], seg: list[int], targets: _Targets,
+        ids: list[int], pos: list[int], seg: list[int], targets: Targets,
     ) -> None:
         prompt, chosen, rejected = f["prompt_ids"], f["chosen_ids"], f["rejected_ids"]
         p, c = len(prompt), len(chosen)
@@ -204,7 +177,7 @@ class PackedCollator:
             targets.add(list(range(base, base + p - 1)), prompt[1:], pair, completion=False, nll=True)
         # With an empty prompt nothing predicts a completion's first token; the padded layout skips it too.
         skip = 1 if p == 0 else 0
-        hidden, predicted = _trained(list(range(base + p - 1 + skip, base + p + c - 1)), chosen, skip, f)
+        hidden, predicted = trained(list(range(base + p - 1 + skip, base + p + c - 1)), chosen, skip, f)
         targets.add(hidden, predicted, pair, True, True)
         if not rejected:  # a supervised row: prompt | completion only
             return
@@ -214,7 +187,7 @@ class PackedCollator:
 
     def _place_separate(
         self, f: dict[str, Any], pair: int, pairs: int, k: int, base: int,
-        ids: list[int], pos: list[int], seg: list[int], targets: _Targets,
+        ids: list[int], pos: list[int], seg: list[int], targets: Targets,
     ) -> None:
         prompt = f["prompt_ids"]
         p = len(prompt)
@@ -230,22 +203,11 @@ class PackedCollator:
             first = max(p, 1)
             hidden = list(range(start + first - 1, start + len(tokens) - 1))
             if chosen:
-                hidden, predicted = _trained(hidden, tokens[p:], first - p, f)
+                hidden, predicted = trained(hidden, tokens[p:], first - p, f)
             else:
                 predicted = tokens[first:]
             targets.add(hidden, predicted, seq, True, chosen)
             start += len(tokens)
-
-
-def _trained(hidden: list[int], completion: list[int], skip: int, f: dict[str, Any]) -> tuple[list[int], list[int]]:
-    """The chosen targets `completion[skip:]` (read at `hidden`) that are trained: all of them, or those whose
-    `chosen_mask` is 1 (a conversation's context turns are read, not trained)."""
-    ids = completion[skip:]
-    mask = f.get("chosen_mask")
-    if mask is None:
-        return hidden, ids
-    kept = [k for k in range(len(ids)) if mask[skip + k]]
-    return [hidden[k] for k in kept], [ids[k] for k in kept]
 
 
 def segment_mask_mod(segment_ids: Tensor) -> Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]:

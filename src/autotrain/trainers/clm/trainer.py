@@ -19,7 +19,7 @@ import torch
 from transformers import EvalPrediction, Trainer
 
 from autotrain import dropout, moe
-from autotrain.attention import decoder_inputs
+from autotrain.data.kernels import decoder_inputs
 from autotrain.errors import ModelError, TrainingError
 from autotrain.logprobs import segment_sum, token_logps
 from autotrain.losses import PAIRS, PairTerms, cpo_loss, dpo_loss, orpo_loss, reduce_columns, simpo_loss
@@ -54,7 +54,7 @@ class SequenceLogps:
 def sequence_logps(model: torch.nn.Module, batch: dict[str, Any]) -> SequenceLogps:
     """Run the model body once and the LM head only at the batch's targets (see autotrain.data.collate).
 
-    Takes a padded or a packed batch (autotrain.data.pack); autotrain.attention turns the latter's segment ids into
+    Takes a padded or a packed batch (autotrain.data.pack); autotrain.data.kernels turns the latter's segment ids into
     the mask the model's attention kernel takes. The call goes through the outermost module, so a DDP, FSDP or
     DeepSpeed wrapper sees a normal forward (gradient sync, parameter gathering); a forward hook on the decoder
     takes its hidden states and runs the chunked head inside that forward, while the model's own head runs on one

@@ -1,4 +1,4 @@
-"""Which attention kernel runs a packed batch, and the mask that kernel takes.
+"""Which attention kernel runs a packed batch, and the mask that kernel takes; the collator each model gets.
 
 A packed row (autotrain.data.pack) needs a mask that is neither causal over the row nor a padding mask. Each
 attention implementation of transformers 5 takes it its own way:
@@ -144,7 +144,7 @@ def decoder_inputs(model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, A
     if kernel is None or (kernel == "varlen" and shared):
         raise ValueError(
             f"this packed batch cannot run on attention implementation '{impl}'; build the collator with "
-            "autotrain.attention.make_collator(model=...) so it falls back to a layout this model can run"
+            "autotrain.data.kernels.make_collator(model=...) so it falls back to a layout this model can run"
         )
     args = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
     segment_ids = batch["segment_ids"]

@@ -1,0 +1,85 @@
+"""The batch contract: what every collator gives the forward pass, and the one builder of its target lists.
+
+Whatever the layout, a collator names the log-prob *targets* explicitly rather than through shifted label
+tensors, so the loss never needs to know the layout:
+
+- `input_ids`, `attention_mask`: what the model reads;
+- `hidden_index` [K]: for each target, the flat index (row * T + t) of the hidden state that predicts it;
+- `target_ids` [K]: the token predicted there;
+- `target_seq` [K]: which sequence it belongs to: pair i's chosen is sequence i, its rejected is B + i;
+- `in_completion` [K]: the target is a completion token (it enters the mean log-prob of its sequence);
+- `in_nll` [K]: the target enters the NLL term (chosen completion tokens; also the chosen sequence's prompt
+  tokens with `prompt_loss`);
+- `num_pairs`: B;
+- `num_real_tokens`: tokens the model reads, padding excluded (a host int, for tokens/s; never a device read);
+- `ref_logps` [2B], only when the rows carry precomputed DPO reference log-probs (`ref_chosen_logps`,
+  `ref_rejected_logps`): chosen sums then rejected sums, in pair order.
+
+Rows of a supervised (SFT) dataset have an empty `rejected_ids`: there is no rejected sequence, sequences B..2B-1
+get no targets, and `in_nll` covers the completion; their `chosen_mask` (1 trained, 0 context) leaves the context
+turns of a conversation out of the targets.
+
+Only targets are listed, so the LM head runs on K positions instead of every position of every row. Both layouts
+(autotrain.data.collate's padded one, autotrain.data.pack's packed one) fill their targets through `Targets`, span by
+span, so the two cannot disagree on what a target is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+class Targets:
+    """The target lists of the batch contract, filled span by span."""
+
+    def __init__(self) -> None:
+        self.hidden_index: list[int] = []
+        self.target_ids: list[int] = []
+        self.target_seq: list[int] = []
+        self.in_completion: list[bool] = []
+        self.in_nll: list[bool] = []
+
+    def add(self, hidden: list[int], ids: list[int], seq: int, completion: bool, nll: bool) -> None:
+        """Targets `ids` of sequence `seq`, each predicted from the flat hidden-state index beside it in `hidden`."""
+        self.hidden_index += hidden
+        self.target_ids += ids
+        self.target_seq += [seq] * len(ids)
+        self.in_completion += [completion] * len(ids)
+        self.in_nll += [nll] * len(ids)
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {
+            "hidden_index": torch.tensor(self.hidden_index, dtype=torch.long),
+            "target_ids": torch.tensor(self.target_ids, dtype=torch.long),
+            "target_seq": torch.tensor(self.target_seq, dtype=torch.long),
+            "in_completion": torch.tensor(self.in_completion, dtype=torch.bool),
+            "in_nll": torch.tensor(self.in_nll, dtype=torch.bool),
+        }
+
+
+def trained(hidden: list[int], completion: list[int], skip: int, feature: dict[str, Any]
+            ) -> tuple[list[int], list[int]]:
+    """The chosen targets `completion[skip:]` (read at `hidden`) that are trained: all of them, or those whose
+    `chosen_mask` is 1 (a conversation's context turns are read, not trained)."""
+    ids = completion[skip:]
+    mask = feature.get("chosen_mask")
+    if mask is None:
+        return hidden, ids
+    kept = [k for k in range(len(ids)) if mask[skip + k]]
+    return [hidden[k] for k in kept], [ids[k] for k in kept]
+
+
+def paired(features: list[dict[str, Any]]) -> bool:
+    """Preference rows (a rejected completion each) rather than supervised ones (empty rejected_ids)."""
+    return bool(features[0]["rejected_ids"])
+
+
+def reference_logps(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """The precomputed DPO reference log-probs of these rows, as `ref_logps` [2B], if they carry them."""
+    if "ref_chosen_logps" not in features[0]:
+        return {}
+    values = [f["ref_chosen_logps"] for f in features] + [f["ref_rejected_logps"] for f in features]
+    return {"ref_logps": torch.tensor(values, dtype=torch.float32)}
