@@ -292,3 +292,38 @@ def test_a_run_evaluates_before_and_after_and_says_which_defaults(tmp_path, meth
     assert (tmp_path / "run" / "plots" / "training.png").stat().st_size > 0
     rule = {"simpo": "chosen mean token log-prob > rejected", "cpo": "chosen log-prob > rejected"}[method]
     assert f"validation preference accuracy ({rule}): " in out
+
+
+@pytest.mark.parametrize("case", ["cpo", "cpo-simpo"])
+def test_micro_batch_shares_give_the_whole_batch_gradient(case):
+    """Split invariance at the step: micro-batches of 2, 1 and 4 pairs of very uneven lengths, each loss its share of
+    the step's (autotrain.losses: the NLL over the step's tokens, the pair term over its pairs), add up to the loss and
+    gradient of the 7 pairs as one batch. A mean of per-micro-batch means would not (checked, so the test can fail).
+    The full runs through the Trainer, with accumulation and 2 processes, are in test_step_invariance."""
+    from test_packing import ODD, assert_same, random_pairs, tiny_model
+
+    from autotrain.data.collate import PaddedCollator
+    from autotrain.data.pack import PackedCollator
+    from autotrain.trainers.clm.trainer import METHODS
+
+    method, beta, options, _ = TRL_CASES[case]
+    features = random_pairs(ODD, seed=6)
+    terms = METHODS[method].terms
+
+    model = tiny_model(seed=2)
+    whole = terms(model, PaddedCollator(0)(features), beta, None, **options).loss()
+    whole.backward()
+    expected = (whole.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+
+    model.zero_grad(set_to_none=True)
+    parts = [PackedCollator(0, token_budget=30)(features[a:b]) for a, b in [(0, 2), (2, 3), (3, 7)]]
+    tokens, pairs = sum(int(b["in_nll"].sum()) for b in parts), len(features)
+    total, naive = 0.0, 0.0
+    for batch in parts:
+        share = terms(model, batch, beta, None, **options)
+        loss = share.loss(tokens, pairs)
+        loss.backward()
+        total += loss.item()
+        naive += share.loss().item() / len(parts)
+    assert_same((torch.tensor(total), {n: p.grad for n, p in model.named_parameters()}), expected)
+    assert abs(naive - expected[0].item()) > 1e-3 * expected[0].item()
