@@ -262,7 +262,7 @@ def first_batch_losses(size: Size, device: torch.device, pairs: list[dict], text
     """fp32, no autocast, TF32 off: TRL's loss, ours packed (the timed kernel) and ours padded on one batch."""
     from autotrain.data.kernels import make_collator
     from autotrain.data.collate import PaddedCollator
-    from autotrain.trainers.clm.trainer import orpo_step
+    from autotrain.methods.orpo import orpo_step
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

@@ -24,7 +24,7 @@ from test_trl_equivalence import trl_batch
 
 from autotrain.data.kernels import make_collator, packing_kernel
 from autotrain.data.collate import PaddedCollator
-from autotrain.trainers.clm.trainer import orpo_step
+from autotrain.methods.orpo import orpo_step
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
@@ -358,7 +358,7 @@ def _moe_model(kind: str, attention: str) -> torch.nn.Module:
 @pytest.mark.parametrize("kind", ["mixtral", "qwen3_moe"])
 def test_moe_router_loss_is_the_same_packed_on_every_kernel(kind, attention):
     """The packed layout (boolean or additive 4-D mask) trains the padded layout's router loss, not a crash."""
-    from autotrain.trainers.clm.trainer import sequence_logps
+    from autotrain.forward import sequence_logps
 
     model = _moe_model(kind, attention)
     features = pair_features()
@@ -376,7 +376,7 @@ def test_moe_router_loss_is_the_same_packed_on_every_kernel(kind, attention):
 def test_moe_sft_loss_equals_the_models_own(kind):
     """SFT rows (prompt once, no rejected side): packed and padded give transformers' own loss with labels, which is
     the token-mean NLL plus router_aux_loss_coef times the model's aux loss."""
-    from autotrain.trainers.clm.trainer import sft_step
+    from autotrain.methods.sft import sft_step
 
     model = _moe_model(kind, "sdpa")
     rows = [{**f, "rejected_ids": []} for f in pair_features()]

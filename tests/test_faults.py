@@ -133,17 +133,17 @@ def test_signal_saves_prints_resume_and_exits(tmp_path, chat_model, reference, n
 
 
 def test_non_finite_loss_stops_before_the_weights_change(tmp_path, chat_model, monkeypatch):
-    from autotrain.trainers.clm import trainer as trainer_module
+    from autotrain.methods import orpo as orpo_module
 
     calls = {"n": 0}
-    real = trainer_module.METHODS["orpo"]
+    real = orpo_module.METHOD
 
     def poisoned(model, batch, beta, reference):
         calls["n"] += 1
         terms = real.terms(model, batch, beta, reference)
         return dataclasses.replace(terms, nll=terms.nll * float("nan")) if calls["n"] == 3 else terms
 
-    monkeypatch.setitem(trainer_module.METHODS, "orpo", dataclasses.replace(real, terms=poisoned))
+    monkeypatch.setattr(orpo_module, "METHOD", dataclasses.replace(real, terms=poisoned))
     data = write_jsonl(tmp_path / "pairs.jsonl", arithmetic_pairs(12))
     params = LLMTrainingParams(model=str(chat_model), data_path=str(data), project_name=str(tmp_path / "run"),
                                **{**RUN, "save_steps": 2})

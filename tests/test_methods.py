@@ -21,7 +21,8 @@ from autotrain.data.pack import PackedCollator
 from autotrain.losses import dpo_loss
 from autotrain.project import AutoTrainProject
 from autotrain.trainers.clm.params import LLMTrainingParams
-from autotrain.trainers.clm.trainer import dpo_step, sft_step
+from autotrain.methods.dpo import dpo_step
+from autotrain.methods.sft import sft_step
 
 LN2 = math.log(2.0)
 
@@ -190,8 +191,12 @@ def test_dpo_full_finetune_loads_a_frozen_reference_copy(tmp_path, chat_model, m
     real = models.load_reference
     monkeypatch.setattr(models, "load_reference", lambda *a, **k: loaded.append(a[1]) or real(*a, **k))
     data = split_folder(tmp_path, arithmetic_pairs(8), arithmetic_pairs(2, start=40))
-    _, records = run(tmp_path, chat_model, data, "dpo-full", trainer="dpo", valid_split="validation", max_steps=2)
+    project, records = run(tmp_path, chat_model, data, "dpo-full", trainer="dpo", valid_split="validation",
+                           max_steps=2)
     assert loaded == [str(chat_model)]
+    card = (project / "README.md").read_text()  # DPO's accuracy is about rewards over the reference, not log-odds
+    assert "where chosen gained more log-probability over the reference than rejected." in card
+    assert "log-odds" not in card
     evals = [r for r in records if "eval_loss" in r]
     assert evals[0]["eval_loss"] == pytest.approx(LN2, rel=1e-6)
     assert evals[-1]["step"] == 2 and evals[-1]["eval_loss"] != pytest.approx(LN2, rel=1e-4)  # the policy moved
@@ -374,3 +379,24 @@ def test_sample_answers_before_and_after_are_the_models_greedy_answers(tmp_path,
     assert all(s["after"].startswith("zz") and s["before"] != s["after"] for s in result.samples)
     assert "## Sample answers" in (result.output_dir / "README.md").read_text()
     assert f"  before: {result.samples[0]['before']}" in result.summary()
+
+
+def test_the_summary_says_what_each_methods_accuracy_counts(tmp_path):
+    """DPO's accuracy compares implicit rewards (gains over the reference), ORPO's compares log-odds; SFT has none."""
+    from autotrain.project import result_of
+
+    evals = [{"step": 0, "eval_loss": 0.7, "eval_rewards/accuracies": 0.25},
+             {"step": 4, "eval_loss": 0.5, "eval_rewards/accuracies": 0.75}]
+    said = {}
+    for trainer in ("orpo", "dpo", "sft"):
+        project = tmp_path / trainer
+        project.mkdir()
+        rows = evals if trainer != "sft" else [{k: v for k, v in e.items() if "accuracies" not in k} for e in evals]
+        (project / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        params = LLMTrainingParams(project_name=str(project), trainer=trainer, valid_split="validation")
+        said[trainer] = result_of(params).summary().splitlines()[-1]
+    assert said["orpo"] == ("validation preference accuracy (chosen log-odds > rejected): 0.250 before training "
+                            "(step 0), 0.750 after (step 4)")
+    assert said["dpo"] == ("validation preference accuracy (chosen gained more log-probability over the reference "
+                           "than rejected): 0.250 before training (step 0), 0.750 after (step 4)")
+    assert said["sft"] == "validation loss: 0.7000 before training, 0.5000 after"

@@ -14,7 +14,7 @@ from autotrain.data.collate import PaddedCollator
 from autotrain.data.pack import PackedCollator, dense_mask, plan_rows
 from autotrain.logprobs import token_logps
 from autotrain.head import decoder_and_head
-from autotrain.trainers.clm.trainer import orpo_step
+from autotrain.methods.orpo import orpo_step
 
 T, F = True, False
 TWO_PAIRS = [

@@ -167,7 +167,7 @@ def test_first_step_matches_trl_cpo_trainer(tmp_path, chat_model, case):
     from trl.experimental.cpo import CPOConfig, CPOTrainer
 
     from autotrain.data.collate import PaddedCollator
-    from autotrain.trainers.clm.trainer import METHODS
+    from autotrain import methods
 
     method, beta, options, trl_options = TRL_CASES[case]
     torch.manual_seed(0)
@@ -187,7 +187,7 @@ def test_first_step_matches_trl_cpo_trainer(tmp_path, chat_model, case):
     model.eval()
     with torch.no_grad():
         trl_loss, trl_metrics = trainer.get_batch_loss_metrics(model, trl_batch(features, tokenizer.pad_token_id))
-        ours, metrics = METHODS[method].step(model, PaddedCollator(tokenizer.pad_token_id)(features), beta, **options)
+        ours, metrics = methods.load(method).step(model, PaddedCollator(tokenizer.pad_token_id)(features), beta, **options)
 
     assert ours.item() == pytest.approx(trl_loss.item(), rel=1e-5)
     names = ["logps/chosen", "logps/rejected", "rewards/chosen", "rewards/rejected", "rewards/margins",
@@ -204,7 +204,7 @@ def test_packed_equals_padded(case):
 
     from autotrain.data.collate import PaddedCollator
     from autotrain.data.pack import PackedCollator
-    from autotrain.trainers.clm.trainer import METHODS
+    from autotrain import methods
 
     method, beta, options, _ = TRL_CASES[case]
     features = random_pairs(ODD, seed=4)
@@ -212,7 +212,7 @@ def test_packed_equals_padded(case):
     for collate in (PaddedCollator(0), PackedCollator(0, token_budget=40)):
         model = tiny_model(lora=True)
         batch = collate(features)
-        loss, _ = METHODS[method].step(model, batch, beta, **options)
+        loss, _ = methods.load(method).step(model, batch, beta, **options)
         loss.backward()
         results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}))
     assert 1 < batch["input_ids"].shape[0] < len(features)  # packed: several rows, several pairs in a row
@@ -290,8 +290,9 @@ def test_a_run_evaluates_before_and_after_and_says_which_defaults(tmp_path, meth
     card = (tmp_path / "run" / "README.md").read_text()
     assert f"Method: {card_line}." in card and "| rewards/accuracies |" in card
     assert (tmp_path / "run" / "plots" / "training.png").stat().st_size > 0
-    rule = {"simpo": "chosen mean token log-prob > rejected", "cpo": "chosen log-prob > rejected"}[method]
+    rule = {"simpo": "chosen mean token log-prob > rejected", "cpo": "chosen summed log-prob > rejected"}[method]
     assert f"validation preference accuracy ({rule}): " in out
+    assert f"rewards/accuracies: the share of validation pairs where {rule}." in card
 
 
 @pytest.mark.parametrize("case", ["cpo", "cpo-simpo"])
@@ -304,11 +305,11 @@ def test_micro_batch_shares_give_the_whole_batch_gradient(case):
 
     from autotrain.data.collate import PaddedCollator
     from autotrain.data.pack import PackedCollator
-    from autotrain.trainers.clm.trainer import METHODS
+    from autotrain import methods
 
     method, beta, options, _ = TRL_CASES[case]
     features = random_pairs(ODD, seed=6)
-    terms = METHODS[method].terms
+    terms = methods.load(method).terms
 
     model = tiny_model(seed=2)
     whole = terms(model, PaddedCollator(0)(features), beta, None, **options).loss()

@@ -9,7 +9,7 @@ import torch
 from conftest import make_tokenizer
 
 from autotrain.data.collate import PaddedCollator
-from autotrain.trainers.clm.trainer import orpo_step
+from autotrain.methods.orpo import orpo_step
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from autotrain import samples
+from autotrain import methods, samples
 from autotrain.models import merge_saved_adapter, unwrap
 from autotrain.plots import PLOT_FILE
 from autotrain.project_folder import ADAPTER_DIR, CARD_FILE, METRICS_FILE, PARAMS_FILE  # noqa: F401 - re-exported
@@ -211,6 +211,9 @@ def write_card(project: Path, params: LLMTrainingParams, base_model: str, data: 
         for key in ("eval_rewards/accuracies", "eval_loss", "eval_nll_loss", "eval_rewards/margins"):
             if isinstance(before.get(key), int | float) and isinstance(after.get(key), int | float):
                 lines.append(f"| {key.removeprefix('eval_')} | {before[key]:.4f} | {after[key]:.4f} |")
+        accuracy = methods.spec(params.trainer).accuracy
+        if accuracy is not None and "eval_rewards/accuracies" in before:
+            lines += ["", f"rewards/accuracies: the share of validation pairs where {accuracy}."]
     answered = samples.read(project)
     if answered:
         lines += ["", "## Sample answers (validation prompts, greedy)", "", "| prompt | before | after |", "|---|---|---|"]

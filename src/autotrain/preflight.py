@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from autotrain import methods
 from autotrain.errors import ParamsError
 from autotrain.params import DEFAULT_MODEL, LLMTrainingParams
 
@@ -49,7 +50,7 @@ def check_inputs(params: LLMTrainingParams) -> Any:
     from autotrain import model_files
     from autotrain.data.prepare import open_data
 
-    opened = open_data(params, paired=params.method != "sft")
+    opened = open_data(params, paired=methods.spec(params.trainer).paired)
     for name in (params.model, params.model_ref):
         if name is not None and name != DEFAULT_MODEL:  # the embedded default is checked when it is converted
             model_files.check(name)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autotrain import preflight
+from autotrain import methods, preflight
 from autotrain.errors import ParamsError
 from autotrain.params import LLMTrainingParams
 from autotrain.project_folder import owned, resume_point
@@ -35,7 +35,7 @@ class RunResult:
     hub_repo: str | None = None
     evaluation: tuple[dict[str, float], dict[str, float]] | None = None  # first and last eval, when validated
     samples: tuple[dict[str, str | None], ...] = ()  # validation prompts with answers before and after training
-    accuracy_rule: str = "chosen log-odds > rejected"  # what the method's preference accuracy compares
+    accuracy: str | None = None  # what the method's preference accuracy counts (autotrain.methods); None: none
 
     def summary(self) -> str:
         lines = [f"outputs: {self.output_dir}"]
@@ -47,13 +47,13 @@ class RunResult:
         if self.evaluation is not None:
             before, after = self.evaluation
             key = "eval_rewards/accuracies"
-            if key not in before:  # SFT: no preference pairs
+            if self.accuracy is None or key not in before:  # a method without preference pairs (SFT)
                 key = "eval_loss"
                 lines.append(f"validation loss: {_number(before[key], 4)} before training, {_number(after[key], 4)} "
                              "after")
                 return "\n".join(lines)
             lines.append(
-                f"validation preference accuracy ({self.accuracy_rule}): {_number(before[key], 3)} before "
+                f"validation preference accuracy ({self.accuracy}): {_number(before[key], 3)} before "
                 f"training (step {before['step']}), {_number(after[key], 3)} after (step {after['step']})"
             )
         return "\n".join(lines)
@@ -215,9 +215,8 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     from autotrain.data.prepare import prepare_data
     from autotrain.data.templates import stop_ids
     from autotrain.plots import plot_training
-    from autotrain.trainers.clm.trainer import METHODS
 
-    method = METHODS[params.trainer]
+    method = methods.spec(params.trainer)
     settings = params.method_settings()
     logger.info("method: %s", settings.describe())
     model_path = defaults.resolve_model(params.model)
@@ -246,7 +245,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     stops = stop_ids(tokenizer, data.template, also=own_eos) if sample_ids else None
     before = samples.answer(model, tokenizer, sample_ids, stops) if sample_ids and resume_from is None else None
     ref_model = None
-    if method.reference:
+    if method.needs_reference:
         # With adapters the reference is the same weights with the adapters off; precomputing before the first
         # step can use the model itself; otherwise a second, frozen copy is needed.
         fresh = params.precompute_ref_logps and resume_from is None
@@ -320,4 +319,4 @@ def result_of(params: LLMTrainingParams) -> RunResult:
         adapter_dir = project / outputs.ADAPTER_DIR if params.merge_adapter else project
     hub_repo = f"{params.username}/{project.name}" if params.push_to_hub else None
     return RunResult(project, outputs.final_metrics(records), adapter_dir, hub_repo, outputs.before_after(records),
-                     tuple(samples.read(project)), params.method_settings().accuracy_rule)
+                     tuple(samples.read(project)), methods.spec(params.trainer).accuracy)

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import SecretStr, model_validator
 
+from autotrain import methods
 from autotrain.params.schema import Schema
 from autotrain.params.sections import (
     DataParams,
@@ -63,15 +64,17 @@ class LLMTrainingParams(*reversed([section for _, section in SECTIONS])):  # typ
             given = [name for name in LORA_FIELDS if name in self.model_fields_set]
             if given:
                 raise ValueError(f"{given[0]} applies to LoRA: add --peft (or leave {given[0]} out)")
-        if self.trainer != "dpo" and (self.model_ref is not None or self.precompute_ref_logps):
+        uses_reference = self.model_ref is not None or self.precompute_ref_logps
+        if uses_reference and not methods.spec(self.trainer).needs_reference:
             field = "model_ref" if self.model_ref is not None else "precompute_ref_logps"
-            raise ValueError(f"{field} applies to --trainer dpo only (trainer is {self.trainer})")
+            users = [s.name for s in methods.SPECS.values() if s.needs_reference]
+            raise ValueError(f"{field} applies to --trainer {' or '.join(users)} only (trainer is {self.trainer})")
         return self
 
     @property
     def method(self) -> str:
-        """The training method: `default` is `sft`."""
-        return "sft" if self.trainer == "default" else self.trainer
+        """The training method's own name (an alias such as `default` resolved: autotrain.methods)."""
+        return methods.canonical(self.trainer)
 
     # --- Serialisation without secrets ----------------------------------------------------------------------
     def secret_values(self) -> list[str]:

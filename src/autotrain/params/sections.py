@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 
+from autotrain import methods
 from autotrain.params.schema import AutoOrAtLeastTwo, AutoOrPositive, Schema, one_of
 
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"  # resolved by autotrain.defaults
@@ -36,29 +37,8 @@ SCHEDULERS: tuple[str, ...] = (
 )
 
 
-# The training methods (autotrain.trainers.clm.trainer.METHODS holds one entry per name); `default` is the seed's
-# name for `sft`.
-TRAINER_NAMES: tuple[str, ...] = ("orpo", "dpo", "simpo", "cpo", "sft", "default")
-
-# Each method's own defaults, as its authors give them, for the values left unset (none). ORPO: lambda 0.1 (paper:
-# 0.1-0.25). DPO and CPO: beta 0.1, CPO's NLL weight alpha 1.0 (the CPO paper, TRL's CPOConfig). SimPO: beta 2.0 and
-# gamma / beta 0.5 (the SimPO paper: beta 2.0-2.5, gamma / beta about 0.5; gamma follows a chosen beta), no NLL.
-METHOD_DEFAULTS: dict[str, dict[str, float]] = {
-    "orpo": {"beta": 0.1},
-    "dpo": {"beta": 0.1},
-    "cpo": {"beta": 0.1, "alpha": 1.0},
-    "simpo": {"beta": 2.0, "gamma_per_beta": 0.5, "alpha": 0.0},
-    "sft": {"beta": 0.1},
-}
-METHOD_TITLES: dict[str, str] = {"orpo": "ORPO", "dpo": "DPO", "simpo": "SimPO", "cpo": "CPO", "sft": "SFT"}
-# What each method's preference accuracy compares: its own reward (rewards/accuracies), in words.
-ACCURACY_RULES: dict[str, str] = {
-    "orpo": "chosen log-odds > rejected",
-    "dpo": "chosen log-prob gain over the reference > rejected",
-    "simpo": "chosen mean token log-prob > rejected",
-    "cpo": "chosen log-prob > rejected",
-    "sft": "",
-}
+# The --trainer choices: autotrain.methods' registry (torch-free), the one list of method names.
+TRAINER_NAMES: tuple[str, ...] = methods.NAMES
 
 
 class DataParams(Schema):
@@ -110,10 +90,9 @@ class MethodParams(Schema):
 
     trainer: str = Field(
         "orpo",
-        description="Training method: orpo (SFT + odds-ratio term, no reference model), dpo (sigmoid DPO against a "
-        "frozen reference), simpo (length-normalised reward with a margin, no reference; with --cpo-alpha > 0 "
-        "CPO-SimPO), cpo (sigmoid preference term on summed log-probs + NLL, no reference), sft or default (NLL on "
-        "the completion or text).",
+        description="Training method: "
+        + ", ".join(f"{spec.name} ({spec.help})" for spec in methods.SPECS.values())
+        + "".join(f"; {alias} is {name}" for alias, name in methods.ALIASES.items()) + ".",
     )
     dpo_beta: float | None = Field(
         None,
@@ -176,58 +155,55 @@ class MethodParams(Schema):
 
     @model_validator(mode="after")
     def _method_fields(self) -> MethodParams:
-        method = "sft" if self.trainer == "default" else self.trainer
-        for name, methods in (("simpo_gamma", ("simpo",)), ("cpo_alpha", ("cpo", "simpo"))):
-            if getattr(self, name) is not None and method not in methods:
-                raise ValueError(f"{name} applies to --trainer {' and '.join(methods)} only (trainer is {self.trainer})")
+        own = methods.spec(self.trainer).options
+        for name, option in (("simpo_gamma", "gamma"), ("cpo_alpha", "alpha")):
+            if getattr(self, name) is not None and option not in own:
+                users = [spec.name for spec in methods.SPECS.values() if option in spec.options]
+                raise ValueError(f"{name} applies to --trainer {' and '.join(users)} only (trainer is {self.trainer})")
         return self
 
     def method_settings(self) -> MethodSettings:
-        """beta, gamma and alpha of this run's method: the values given, else the method's defaults (METHOD_DEFAULTS)."""
-        method = "sft" if self.trainer == "default" else self.trainer
-        own = METHOD_DEFAULTS[method]
-        beta = own["beta"] if self.dpo_beta is None else self.dpo_beta
-        gamma = alpha = 0.0
-        defaulted = ["beta"] if self.dpo_beta is None else []
-        if method == "simpo":
-            gamma = own["gamma_per_beta"] * beta if self.simpo_gamma is None else self.simpo_gamma
-            defaulted += ["gamma"] if self.simpo_gamma is None else []
-        if method in ("simpo", "cpo"):
-            alpha = own["alpha"] if self.cpo_alpha is None else self.cpo_alpha
-            defaulted += ["alpha"] if self.cpo_alpha is None else []
-        return MethodSettings(method, beta, gamma, alpha, tuple(defaulted))
+        """beta, gamma and alpha of this run's method: the values given, else its authors' (autotrain.methods)."""
+        spec = methods.spec(self.trainer)
+        given = {"beta": self.dpo_beta, "gamma": self.simpo_gamma, "alpha": self.cpo_alpha}
+        beta = given["beta"] if given["beta"] is not None else spec.beta or 0.0
+        values = {"beta": beta, "gamma": spec.gamma_per_beta * beta, "alpha": spec.alpha}
+        shown = (("beta",) if spec.beta is not None else ()) + spec.options
+        values.update({name: given[name] for name in shown if given[name] is not None})
+        return MethodSettings(spec.name, values["beta"], values["gamma"] if "gamma" in shown else 0.0,
+                              values["alpha"] if "alpha" in shown else 0.0, shown,
+                              tuple(name for name in shown if given[name] is None))
 
 
 @dataclass(frozen=True)
 class MethodSettings:
-    """The method's resolved hyperparameters and which of them are the method's defaults rather than given."""
+    """The method's resolved settings, which of them it has, and which are its authors' defaults, not given."""
 
     method: str
     beta: float
     gamma: float  # SimPO's margin; 0 for every other method
     alpha: float  # the NLL weight of CPO and SimPO (CPO-SimPO when > 0); 0 for every other method
-    defaulted: tuple[str, ...]  # names among beta, gamma, alpha left unset and taken from METHOD_DEFAULTS
-
-    @property
-    def accuracy_rule(self) -> str:
-        return ACCURACY_RULES[self.method]
+    shown: tuple[str, ...]  # the settings the method has, of beta, gamma, alpha
+    defaulted: tuple[str, ...]  # those left unset, taken from autotrain.methods
 
     @property
     def title(self) -> str:
-        """The method's name as a reader knows it; SimPO with an NLL term is CPO-SimPO."""
-        return "CPO-SimPO" if self.method == "simpo" and self.alpha > 0 else METHOD_TITLES[self.method]
+        """The method's name as papers write it; SimPO with an NLL term is CPO-SimPO."""
+        spec = methods.spec(self.method)
+        if spec.nll_title and self.alpha > 0:
+            return spec.nll_title
+        return spec.title or spec.name.upper()
 
     def describe(self) -> str:
-        """One line for the log and the card, e.g. 'SimPO with beta 2 (SimPO's default), gamma 1 (0.5 x beta, ...)'."""
-        names = {"beta": "lambda" if self.method == "orpo" else "beta", "gamma": "gamma", "alpha": "alpha"}
-        shown = [] if self.method == "sft" else ["beta"]
-        shown += (["gamma"] if self.method == "simpo" else []) + (["alpha"] if self.method in ("simpo", "cpo") else [])
+        """One line for the log and the card: 'SimPO with beta 2 (SimPO's default), gamma 1 (0.5 x beta, SimPO's
+        default), alpha 0 (SimPO's default)'."""
+        spec = methods.spec(self.method)
         parts = []
-        for name in shown:
-            text = f"{names[name]} {getattr(self, name):g}"
+        for name in self.shown:
+            text = f"{name} {getattr(self, name):g}"
             if name in self.defaulted:
-                ratio = f"{METHOD_DEFAULTS['simpo']['gamma_per_beta']:g} x beta, " if name == "gamma" else ""
-                text += f" ({ratio}{METHOD_TITLES[self.method]}'s default)"
+                ratio = f"{spec.gamma_per_beta:g} x beta, " if name == "gamma" else ""
+                text += f" ({ratio}{spec.title or spec.name.upper()}'s default)"
             parts.append(text)
         return f"{self.title} with " + ", ".join(parts) if parts else self.title
 

@@ -1,237 +1,29 @@
 """The one training loop: a transformers.Trainer whose loss is the method's, reduced over each whole step.
 
 transformers owns the loop, the optimizer, the schedule, checkpoints and mixed precision. This module owns only
-what it lacks: the forward pass that computes log-probs at the collator's targets (never the full logits), each
-method's per-pair terms (autotrain.losses defines how they reduce), and metrics that stay on the device until a
-logging step reads them. The loop's own checks live in autotrain.trainers.clm.checks.
+what it lacks: the step-wide reduction of a method's per-pair terms (the method is autotrain.methods', looked up by
+the name it is given; how the terms reduce is autotrain.losses'), the frozen reference a method may need, metrics
+that stay on the device until a logging step reads them, the non-finite guard and checkpoint staging. The loop's
+own checks live in autotrain.trainers.clm.checks.
 """
 
 from __future__ import annotations
 
 import os
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from transformers import EvalPrediction, Trainer
 
-from autotrain import dropout, moe
-from autotrain.data.kernels import decoder_inputs
-from autotrain.errors import ModelError, TrainingError
-from autotrain.logprobs import segment_sum, token_logps
-from autotrain.losses import PAIRS, PairTerms, cpo_loss, dpo_loss, orpo_loss, reduce_columns, simpo_loss
-from autotrain.head import decoder_and_head
+from autotrain import checkpoints, dropout, methods
+from autotrain.errors import TrainingError
+from autotrain.forward import sequence_logps
+from autotrain.losses import PAIRS, PairTerms, reduce_columns
 from autotrain.models import unwrap
-from autotrain import checkpoints
 from autotrain.trainers.clm import checks
-
-
-@dataclass(frozen=True)
-class SequenceLogps:
-    """Completion log-probs of a batch's 2B sequences (chosen i is row i, rejected i is row B + i)."""
-
-    sums: torch.Tensor  # [2B] sum of completion-token log-probs per sequence (DPO's log pi(y|x))
-    counts: torch.Tensor  # [2B] completion tokens per sequence (0 for the absent rejected side of SFT)
-    nll: torch.Tensor  # scalar: mean NLL over the batch's `in_nll` targets
-    pairs: int
-    nll_sums: torch.Tensor  # [2B] summed NLL of each sequence's `in_nll` targets (only chosen sequences have any)
-    nll_counts: torch.Tensor  # [2B] the number of those targets
-    # coef * the MoE router load-balancing loss when the model's config asks for it (autotrain.moe), else None;
-    # every method adds it to its loss, as TRL does (a per-micro-batch term: PairTerms.batch_term).
-    router_loss: torch.Tensor | None = None
-
-    @property
-    def means(self) -> torch.Tensor:  # [2B] mean completion-token log-prob (ORPO's length-normalised log P)
-        return self.sums / self.counts.clamp(min=1)
-
-    def split(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return values[: self.pairs], values[self.pairs :]
-
-
-def sequence_logps(model: torch.nn.Module, batch: dict[str, Any]) -> SequenceLogps:
-    """Run the model body once and the LM head only at the batch's targets (see autotrain.data.collate).
-
-    Takes a padded or a packed batch (autotrain.data.pack); autotrain.data.kernels turns the latter's segment ids into
-    the mask the model's attention kernel takes. The call goes through the outermost module, so a DDP, FSDP or
-    DeepSpeed wrapper sees a normal forward (gradient sync, parameter gathering); a forward hook on the decoder
-    takes its hidden states and runs the chunked head inside that forward, while the model's own head runs on one
-    position per row only (`logits_to_keep=1`). No step here reads a device value back to the host: targets are
-    selected by index and masked by `torch.where`, never by boolean indexing (a `nonzero`, hence a sync, on CUDA).
-    A mixture-of-experts model whose config sets `output_router_logits` also gives its router logits, from which
-    `router_loss` is computed over the batch's real tokens in either layout (autotrain.moe).
-    """
-    inner = unwrap(model)
-    decoder, head, extras = decoder_and_head(inner)
-    router = moe.router_loss(inner)
-    found: list[torch.Tensor] = []
-    routed: list[Any] = []
-
-    def take_hidden(module: torch.nn.Module, args: Any, output: Any) -> None:
-        hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
-        hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch["hidden_index"])
-        found.append(
-            token_logps(hidden, head, batch["target_ids"], softcap=extras["softcap"], logit_scale=extras["logit_scale"])
-        )
-        if router is not None:
-            routed.append(getattr(output, "router_logits", None))
-
-    handles = [decoder.register_forward_hook(take_hidden)]
-    extra: dict[str, Any] = {}
-    if router is not None:
-        # The decoder returns the router logits; the outer forward must not compute the loss from the batch's mask,
-        # which is 4-D when packed (autotrain.moe).
-        handles.append(decoder.register_forward_pre_hook(moe.ask_for_router_logits, with_kwargs=True))
-        extra["output_router_logits"] = False
-    try:
-        model(**decoder_inputs(inner, batch), use_cache=False, logits_to_keep=1, **extra)
-    finally:
-        for handle in handles:
-            handle.remove()
-    (logps,) = found
-    router_term: torch.Tensor | None = None
-    if router is not None:
-        if routed[0] is None or len(routed[0]) == 0:
-            raise ModelError(f"output_router_logits: {type(decoder).__name__} returned no router logits")
-        router_term = router(routed[0], batch)
-    n = 2 * batch["num_pairs"]
-    keep = batch["in_completion"]
-    # Dropped entries add an exact 0 to their segment's sum and count (torch.where, not a product: 0 * -inf is NaN).
-    sums = segment_sum(torch.where(keep, logps, 0.0), batch["target_seq"], n)
-    counts = segment_sum(keep.to(logps.dtype), batch["target_seq"], n)
-    nll = -_masked_mean(logps, batch["in_nll"])
-    nll_sums = -segment_sum(torch.where(batch["in_nll"], logps, 0.0), batch["target_seq"], n)
-    nll_counts = segment_sum(batch["in_nll"].to(logps.dtype), batch["target_seq"], n)
-    return SequenceLogps(sums, counts, nll, batch["num_pairs"], nll_sums, nll_counts, router_term)
-
-
-def _masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    # No kept entry gives NaN, as the mean of an empty selection does (the collators never produce one).
-    return torch.where(keep, values, 0.0).sum() / keep.sum().to(values.dtype)
-
-
-Reference = Callable[[dict[str, Any]], torch.Tensor]  # batch -> [2B] summed completion log-probs, no grad
-Metrics = dict[str, torch.Tensor]
-
-
-def orpo_terms(model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: Reference | None = None
-               ) -> PairTerms:
-    """ORPO per pair: the chosen side's NLL and beta times the odds-ratio term; metrics under TRL's names."""
-    seqs = sequence_logps(model, batch)
-    chosen, rejected = seqs.split(seqs.means)
-    out = orpo_loss(chosen, rejected, seqs.nll, beta)
-    return PairTerms(
-        *_pair_nll(seqs), pair_loss=-beta * out.log_odds_ratio, nll_weight=1.0, batch_term=seqs.router_loss,
-        metrics={
-            "log_odds_ratio": out.log_odds_ratio.detach(),
-            "log_odds_chosen": out.log_odds.detach(),
-            # Compared on log-probs, not rewards, so the accuracy stays meaningful at beta = 0 (log-odds are monotone
-            # in log P, so this is "chosen log-odds beat rejected").
-            **_reward_metrics(out.chosen_rewards, out.rejected_rewards, chosen, rejected, chosen, rejected),
-        },
-    )
-
-
-def dpo_terms(model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: Reference | None = None
-              ) -> PairTerms:
-    """Sigmoid DPO per pair on summed completion log-probs against the reference's; the NLL is reported only."""
-    if reference is None:
-        raise ValueError("dpo_terms needs a reference (the trainer supplies one)")
-    seqs = sequence_logps(model, batch)
-    with torch.no_grad():
-        ref_chosen, ref_rejected = seqs.split(reference(batch))
-    chosen, rejected = seqs.split(seqs.sums)
-    out = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta)
-    # DPO's implicit reward: the chosen answer gained more log-probability over the reference than the rejected.
-    metrics = _reward_metrics(out.chosen_rewards, out.rejected_rewards, chosen, rejected, out.chosen_rewards,
-                              out.rejected_rewards)
-    return PairTerms(*_pair_nll(seqs), pair_loss=out.pair_losses, nll_weight=0.0, metrics=metrics,
-                     batch_term=seqs.router_loss)
-
-
-def simpo_terms(model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: Reference | None = None,
-                gamma: float = 0.0, alpha: float = 0.0) -> PairTerms:
-    """SimPO per pair on mean completion log-probs with margin gamma; alpha > 0 adds the NLL term (CPO-SimPO)."""
-    seqs = sequence_logps(model, batch)
-    out = simpo_loss(*seqs.split(seqs.sums), *seqs.split(seqs.counts), seqs.nll, beta, gamma, alpha)
-    chosen, rejected = seqs.split(seqs.means)
-    # SimPO's reward is beta times the mean log-prob: compared on the mean, so the accuracy holds at beta = 0 too.
-    metrics = _reward_metrics(out.chosen_rewards, out.rejected_rewards, chosen, rejected, chosen, rejected)
-    return PairTerms(*_pair_nll(seqs), pair_loss=out.pair_losses, nll_weight=alpha, metrics=metrics,
-                     batch_term=seqs.router_loss)
-
-
-def cpo_terms(model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: Reference | None = None,
-              alpha: float = 1.0) -> PairTerms:
-    """CPO per pair on summed completion log-probs, plus alpha times the NLL of the chosen completions."""
-    seqs = sequence_logps(model, batch)
-    chosen, rejected = seqs.split(seqs.sums)
-    out = cpo_loss(chosen, rejected, seqs.nll, beta, alpha)
-    metrics = _reward_metrics(out.chosen_rewards, out.rejected_rewards, chosen, rejected, chosen, rejected)
-    return PairTerms(*_pair_nll(seqs), pair_loss=out.pair_losses, nll_weight=alpha, metrics=metrics,
-                     batch_term=seqs.router_loss)
-
-
-def sft_terms(model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: Reference | None = None
-              ) -> PairTerms:
-    """Supervised fine-tuning: the NLL of the completion tokens (`in_nll`), nothing else."""
-    seqs = sequence_logps(model, batch)
-    nll, tokens = _pair_nll(seqs)
-    return PairTerms(nll, tokens, pair_loss=torch.zeros_like(nll), nll_weight=1.0, batch_term=seqs.router_loss)
-
-
-def _pair_nll(seqs: SequenceLogps) -> tuple[torch.Tensor, torch.Tensor]:
-    # Every NLL target is on a pair's chosen side (sequence i of pair i), so the first B sequences hold them all.
-    return seqs.nll_sums[: seqs.pairs], seqs.nll_counts[: seqs.pairs]
-
-
-def _reward_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, chosen: torch.Tensor,
-                    rejected: torch.Tensor, won: torch.Tensor, lost: torch.Tensor) -> Metrics:
-    """Per-pair metrics; `won` beats `lost` for accuracy, and a tie (equal values) is counted apart."""
-    return {
-        "rewards/chosen": chosen_rewards,
-        "rewards/rejected": rejected_rewards,
-        "rewards/margins": chosen_rewards - rejected_rewards,
-        "logps/chosen": chosen.detach(),
-        "logps/rejected": rejected.detach(),
-        "rewards/accuracies": (won > lost).float(),
-        "rewards/ties": (won == lost).float(),
-    }
-
-
-@dataclass(frozen=True)
-class Method:
-    """What sets one training method apart; everything else (data stage, collators, loop, outputs) is shared."""
-
-    terms: Callable[..., PairTerms]  # (model, batch, beta, reference, **options) -> the micro-batch's per-pair terms
-    paired: bool  # needs a rejected completion per row
-    reference: bool  # needs a frozen reference model
-    options: tuple[str, ...] = ()  # the MethodSettings fields besides beta that `terms` takes (gamma, alpha)
-
-    def step(self, model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: Reference | None = None,
-             **options: float) -> tuple[torch.Tensor, Metrics]:
-        """One batch on its own (one micro-batch, one process): its loss and its metrics (TRL's names)."""
-        terms = self.terms(model, batch, beta, reference, **options)
-        return terms.loss(), terms.batch_metrics()
-
-
-ORPO = Method(orpo_terms, paired=True, reference=False)
-DPO = Method(dpo_terms, paired=True, reference=True)
-SIMPO = Method(simpo_terms, paired=True, reference=False, options=("gamma", "alpha"))
-CPO = Method(cpo_terms, paired=True, reference=False, options=("alpha",))
-SFT = Method(sft_terms, paired=False, reference=False)
-orpo_step, dpo_step, sft_step = ORPO.step, DPO.step, SFT.step
-# One entry per --trainer choice (params.TRAINER_NAMES); `default` is the seed's name for sft.
-METHODS: dict[str, Method] = {
-    "orpo": ORPO,
-    "dpo": DPO,
-    "simpo": SIMPO,
-    "cpo": CPO,
-    "sft": SFT,
-    "default": SFT,
-}
 
 
 class PreferenceTrainer(Trainer):
@@ -254,9 +46,9 @@ class PreferenceTrainer(Trainer):
         # Before transformers 5.19 (no loss_is_scaled_for_ga) training_step leaves the loss undivided when the model
         # "accepts loss kwargs" and num_items_in_batch is given; get_batch_samples always gives it here.
         self.model_accepts_loss_kwargs = True
-        self.method, self.beta = METHODS[method], beta
-        # The method's own settings besides beta (SimPO's gamma, the NLL weight alpha of CPO and SimPO).
-        self.options = {name: value for name, value in (options or {}).items() if name in self.method.options}
+        self.method, self.beta = methods.load(method), beta
+        # The method's own settings besides beta that its terms take (SimPO's gamma, the NLL weight of CPO and SimPO).
+        self.options = {name: value for name, value in (options or {}).items() if name in self.method.spec.options}
         self.ref_model = ref_model
         for net in (self.model, ref_model) if disable_dropout else ():
             if net is not None:
@@ -275,7 +67,7 @@ class PreferenceTrainer(Trainer):
         self._last_loss: torch.Tensor | None = None
         self._staging = False
         self.num_tokens = 0  # real tokens trained on by this process (host count from the collator)
-        if self.method.reference and precompute_ref:
+        if self.method.needs_reference and precompute_ref:
             self.train_dataset = self.precompute_reference(self.train_dataset)
             if self.eval_dataset is not None:
                 self.eval_dataset = self.precompute_reference(self.eval_dataset)
@@ -291,7 +83,7 @@ class PreferenceTrainer(Trainer):
             return sequence_logps(self.ref_model, batch).sums
         inner = unwrap(model, peft=False)
         if not hasattr(inner, "disable_adapter") and not untrained:
-            raise ValueError("DPO without --peft needs a reference model (the trainer is built with ref_model)")
+            raise ValueError("a reference without --peft needs a reference model (the trainer is built with ref_model)")
         with dropout.eval_mode(model):
             if hasattr(inner, "disable_adapter"):
                 with inner.disable_adapter():
@@ -357,7 +149,7 @@ class PreferenceTrainer(Trainer):
         return (loss, terms) if return_outputs else loss
 
     def _terms(self, model: torch.nn.Module, inputs: dict[str, Any]) -> PairTerms:
-        reference = (lambda batch: self.reference_sums(model, batch)) if self.method.reference else None
+        reference = (lambda batch: self.reference_sums(model, batch)) if self.method.needs_reference else None
         terms = self.method.terms(model, inputs, self.beta, reference, **self.options)
         self._nll_weight = terms.nll_weight
         return terms

@@ -1,0 +1,33 @@
+"""Sigmoid DPO (Rafailov et al. 2023) on summed completion log-probs against a frozen reference's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from autotrain.forward import sequence_logps
+from autotrain.losses import PairTerms, dpo_loss
+from autotrain.methods import spec
+from autotrain.methods.base import Method, ReferenceSums, pair_nll, reward_metrics
+
+
+def dpo_terms(model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: ReferenceSums | None = None
+              ) -> PairTerms:
+    """DPO per pair; the NLL is reported only (nll_weight 0)."""
+    if reference is None:
+        raise ValueError("dpo_terms needs the reference's log-probs (the trainer supplies them)")
+    seqs = sequence_logps(model, batch)
+    with torch.no_grad():
+        ref_chosen, ref_rejected = seqs.split(reference(batch))
+    chosen, rejected = seqs.split(seqs.sums)
+    out = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta)
+    # DPO's implicit reward: the chosen answer gained more log-probability over the reference than the rejected.
+    metrics = reward_metrics(out.chosen_rewards, out.rejected_rewards, chosen, rejected, out.chosen_rewards,
+                             out.rejected_rewards)
+    return PairTerms(*pair_nll(seqs), pair_loss=out.pair_losses, nll_weight=0.0, metrics=metrics,
+                     batch_term=seqs.router_loss)
+
+
+METHOD = Method(spec("dpo"), dpo_terms)
+dpo_step = METHOD.step
