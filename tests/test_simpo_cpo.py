@@ -231,7 +231,7 @@ RUNS = {  # --trainer, the params given, the card's method line, the pair term a
 
 @pytest.mark.parametrize("method", list(RUNS))
 def test_a_run_evaluates_before_and_after_and_says_which_defaults(tmp_path, method, capfd, caplog):
-    """7 validation pairs in batches of 3: the step-0 evaluation equals the method's definitions over per-pair
+    """6 validation pairs in batches of 3: the step-0 evaluation equals the method's definitions over per-pair
     log-probs from transformers' full-logit forward (float64); the log, the card and the summary name the method's
     settings and which are its defaults."""
     import json
@@ -249,13 +249,15 @@ def test_a_run_evaluates_before_and_after_and_says_which_defaults(tmp_path, meth
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.3)
     model.save_pretrained(model_dir)
-    valid = rows(7, start=20)
+    # 6 pairs in batches of 3: a run that ends with a short last batch leaves accelerate's GradientState remainder set
+    # in this process, which truncates TRL's gather_for_metrics in later tests (test_trl_equivalence).
+    valid = rows(6, start=20)
     data = tmp_path / "data"
     data.mkdir()
     write_jsonl(data / "train.jsonl", valid)  # trained on: its loss must go down
     write_jsonl(data / "validation.jsonl", valid)
     flags = dict(model=model_dir, data_path=data, project_name=tmp_path / "run", trainer=method,
-                 valid_split="validation", batch_size=3, gradient_accumulation=1, max_steps=3, lr=1e-3,
+                 valid_split="validation", batch_size=3, gradient_accumulation=1, max_steps=2, lr=1e-3,
                  warmup_ratio=0, **given)
     argv = [part for name, value in flags.items() for part in (f"--{name.replace('_', '-')}", str(value))]
     assert main(["llm", "--train", "--no-packing", *argv]) == 0
@@ -263,7 +265,7 @@ def test_a_run_evaluates_before_and_after_and_says_which_defaults(tmp_path, meth
     assert f"method: {card_line}" in caplog.messages
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if "eval_loss" in r]
-    assert [r["step"] for r in evals] == [0, 3]
+    assert [r["step"] for r in evals] == [0, 2]
 
     prompt = lambda p: [IM_START, *char_ids("user\n" + p), IM_END, NEWLINE, IM_START, *char_ids("assistant\n")]  # noqa: E731
     answer = lambda a: [*char_ids(a), IM_END, NEWLINE]  # noqa: E731
