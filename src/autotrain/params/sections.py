@@ -98,19 +98,21 @@ class MethodParams(Schema):
         None,
         ge=0,
         description="ORPO's lambda (weight of the odds-ratio term), or the beta of DPO, CPO and SimPO (the scale of "
-        "the reward inside the sigmoid). none: the method's own default (orpo, dpo, cpo 0.1; simpo 2.0).",
+        "the reward inside the sigmoid). none: the method's own default ("
+        + ", ".join(f"{spec.name} {spec.beta:g}" for spec in methods.SPECS.values() if spec.beta is not None) + ").",
     )
     simpo_gamma: float | None = Field(
         None,
         ge=0,
-        description="SimPO's target reward margin gamma (--trainer simpo only). none: 0.5 x beta, the SimPO paper's "
-        "gamma / beta.",
+        description="SimPO's target reward margin gamma (--trainer simpo only). none: "
+        f"{methods.SPECS['simpo'].gamma_per_beta:g} x beta, the SimPO paper's gamma / beta.",
     )
     cpo_alpha: float | None = Field(
         None,
         ge=0,
-        description="Weight of the NLL term of cpo (none: 1.0, as the CPO paper and TRL) and simpo (none: 0, SimPO "
-        "itself; > 0 is CPO-SimPO). --trainer cpo and simpo only.",
+        description=f"Weight of the NLL term of cpo (none: {methods.SPECS['cpo'].alpha:g}, as the CPO paper and TRL) "
+        f"and simpo (none: {methods.SPECS['simpo'].alpha:g}, SimPO itself; > 0 is CPO-SimPO). --trainer cpo and simpo "
+        "only.",
     )
     model_ref: str | None = Field(
         None,
