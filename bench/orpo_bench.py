@@ -7,7 +7,7 @@ Both sides run inside transformers' Trainer (same optimizer, learning rate and s
 full fine-tune, random weights from a fixed seed, synthetic token ids with uniform lengths:
 - TRL: trl.experimental.orpo.ORPOTrainer with its defaults (its own tokenization of the same token strings, its
   padded collator), gradient checkpointing on (its default) and off;
-- ours: autotrain's PreferenceTrainer with the packed collator (autotrain.data.kernels.make_collator) and chunked
+- ours: autotrain's MethodTrainer with the packed collator (autotrain.data.kernels.make_collator) and chunked
   log-probs, gradient checkpointing on and off; orpo_prompt_loss on, so the loss is TRL's (its NLL covers the prompt).
 
 Reported per run:
@@ -208,11 +208,11 @@ def our_trainer(model: torch.nn.Module, size: Size, pairs: Any, out: str, cuda: 
                 optim: str, lr: float, collate: Callable) -> Any:
     from transformers import TrainingArguments
 
-    from autotrain.trainers.clm.trainer import PreferenceTrainer
+    from autotrain.trainers.clm.trainer import MethodTrainer
 
     args = TrainingArguments(**common_args(size, out, cuda), optim=optim, learning_rate=lr,
                              **checkpointing(TrainingArguments, gc_on))
-    return PreferenceTrainer(model=model, args=args, train_dataset=pairs, data_collator=collate, method="orpo",
+    return MethodTrainer(model=model, args=args, train_dataset=pairs, data_collator=collate, method="orpo",
                              beta=0.1)
 
 

@@ -153,6 +153,26 @@ def test_a_renamed_or_changed_member_fails_at_start_up():
         checks.check_trainer_api(Changed)
 
 
+def test_every_private_trainer_member_the_subclass_uses_is_checked_at_start_up():
+    """The subclass's overrides and calls of Trainer's private members, read from its source, are each in the
+    start-up check's table, and renaming any one of them fails the check."""
+    import ast
+    import inspect
+
+    from autotrain.trainers.clm.trainer import MethodTrainer
+
+    tree = ast.parse(inspect.getsource(MethodTrainer))
+    names = {node.name for node in tree.body[0].body if isinstance(node, ast.FunctionDef)}
+    names |= {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    private = {name for name in names if name.startswith("_") and not name.startswith("__") and hasattr(Trainer, name)}
+    assert {"_clip_grad_norm", "_get_output_dir", "_save_checkpoint", "_issue_warnings_after_load"} <= private
+    unchecked = private - set(checks.TRAINER_MEMBERS)
+    assert not unchecked, f"private Trainer members used but not checked at start-up: {sorted(unchecked)}"
+    for name in sorted(private):
+        with pytest.raises(RuntimeError, match=f"Trainer.{name} is not what"):
+            checks.check_trainer_api(type("Renamed", (Trainer,), {name: None}))
+
+
 def test_a_trainer_that_divides_the_loss_anyway_is_caught_at_the_first_accumulated_step(tmp_path, chat_model,
                                                                                          monkeypatch):
     """What transformers before 5.19 would do without model_accepts_loss_kwargs: divide by the accumulation steps."""

@@ -157,7 +157,7 @@ SYSTEM_DEFAULT = (
 def test_sample_prompts_lose_the_templates_text_and_keep_their_own_words():
     from conftest import CHATML
 
-    from autotrain.samples import prompt_texts
+    from autotrain.answers import prompt_texts
 
     tok = make_tokenizer(True)
     template = SYSTEM_DEFAULT + CHATML  # a default system prompt, as SmolLM2's template has

@@ -306,3 +306,12 @@ def test_base_tokenizer_without_template_trains(tmp_path, base_model):
     project, records = train(tmp_path, base_model, max_steps=1)
     assert math.isfinite(steps(records)[0]["loss"])
     assert "chat_template" not in json.loads((project / "tokenizer_config.json").read_text())
+
+
+def test_process_false_is_refused_in_one_line_not_ignored(tmp_path):
+    params = LLMTrainingParams(project_name=str(tmp_path / "run"))
+    assert AutoTrainProject(params=params, backend="local", process=True).process is True
+    with pytest.raises(ParamsError, match=r"^process=False: the data is always checked and tokenized before "
+                                          r"training, so there is no processing to skip; leave process out$"):
+        AutoTrainProject(params=params, process=False)
+    assert not (tmp_path / "run").exists()

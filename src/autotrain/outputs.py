@@ -22,9 +22,10 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from autotrain import methods, samples
+from autotrain import answers, methods
 from autotrain.models import merge_saved_adapter, unwrap
 from autotrain.plots import PLOT_FILE
+from autotrain.progress import is_evaluation
 from autotrain.project_folder import ADAPTER_DIR, CARD_FILE, METRICS_FILE, PARAMS_FILE  # noqa: F401 - re-exported
 from autotrain.params import LLMTrainingParams
 
@@ -162,7 +163,7 @@ def final_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
 
 def before_after(records: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]] | None:
     """The first and last evaluation (step 0 is before any training)."""
-    evals = [r for r in records if "eval_loss" in r]
+    evals = [r for r in records if is_evaluation(r)]
     if not evals:
         return None
     return evals[0], evals[-1]
@@ -214,7 +215,7 @@ def write_card(project: Path, params: LLMTrainingParams, base_model: str, data: 
         accuracy = methods.spec(params.trainer).accuracy
         if accuracy is not None and "eval_rewards/accuracies" in before:
             lines += ["", f"rewards/accuracies: the share of validation pairs where {accuracy}."]
-    answered = samples.read(project)
+    answered = answers.read(project)
     if answered:
         lines += ["", "## Sample answers (validation prompts, greedy)", "", "| prompt | before | after |", "|---|---|---|"]
         lines += [f"| {_cell(s['prompt'])} | {_cell(s['before'])} | {_cell(s['after'])} |" for s in answered]

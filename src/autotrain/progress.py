@@ -32,6 +32,11 @@ TOKENS = "num_tokens"
 EVAL_PREFIX = "eval_"
 
 
+def is_evaluation(logs: dict[str, Any]) -> bool:
+    """An evaluation's log (or metrics.jsonl record) rather than a training one: Trainer prefixes its keys with eval_."""
+    return any(key.startswith(EVAL_PREFIX) for key in logs)
+
+
 def format_duration(seconds: float) -> str:
     """45s, 2m03s, 1h02m."""
     total = int(round(seconds))
@@ -98,7 +103,7 @@ class Progress(TrainerCallback):
     ):
         if not logs or not state.is_world_process_zero:
             return
-        if any(key.startswith(EVAL_PREFIX) for key in logs):
+        if is_evaluation(logs):
             line = " | ".join([f"eval step {_step(state)}", *_metrics(logs, EVAL_PREFIX)])
             if self.tty:
                 tqdm.write(line, file=self.stream)

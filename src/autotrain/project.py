@@ -39,7 +39,7 @@ class RunResult:
 
     def summary(self) -> str:
         lines = [f"outputs: {self.output_dir}"]
-        from autotrain.samples import one_line
+        from autotrain.answers import one_line
 
         for sample in self.samples:
             lines += [f"prompt: {one_line(sample['prompt'])}", f"  before: {one_line(sample['before'])}",
@@ -65,10 +65,10 @@ def _number(value: Any, digits: int) -> str:
 
 
 class AutoTrainProject:
-    """One training run. `process=True` (the default) validates and tokenizes the data before training;
-    data is always validated before the model loads, so `process=False` changes nothing and is accepted only
-    for compatibility with scripts written for the parent tool. `verbose=True` shows the libraries' own logs,
-    warnings and loading bars, which are otherwise kept quiet during the run (autotrain.quiet)."""
+    """One training run. The data is always checked and tokenized before the model loads: `process=True` (the
+    default, the parent tool's name for that) is the only value; `process=False`, which there skipped it, is refused
+    rather than silently ignored. `verbose=True` shows the libraries' own logs, warnings and loading bars, which are
+    otherwise kept quiet during the run (autotrain.quiet)."""
 
     def __init__(self, params: LLMTrainingParams, backend: str = "local", process: bool = True,
                  verbose: bool = False):
@@ -76,6 +76,9 @@ class AutoTrainProject:
             raise ParamsError(f"params must be LLMTrainingParams, got {type(params).__name__}")
         if backend not in BACKENDS:
             raise ParamsError(f"backend '{backend}' is not available; supported: {', '.join(BACKENDS)}")
+        if process is not True:
+            raise ParamsError(f"process={process!r}: the data is always checked and tokenized before training, so "
+                              "there is no processing to skip; leave process out")
         self.params, self.backend, self.process, self.verbose = params, backend, process, verbose
 
     def create(self) -> RunResult:
@@ -210,7 +213,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     opened = opened or preflight.check_inputs(params)
     quiet.import_quietly("transformers.integrations.integration_utils")  # the first import of transformers
     preflight.check_device(params)
-    from autotrain import models, outputs, samples
+    from autotrain import answers, models, outputs
     from autotrain.checkpoints import clear_staging, finish, set_aside_newer
     from autotrain.data.prepare import prepare_data
     from autotrain.data.templates import stop_ids
@@ -230,7 +233,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     from autotrain.data.kernels import make_collator
     from autotrain.progress import Progress
     from autotrain import stop as stopping
-    from autotrain.trainers.clm.trainer import PreferenceTrainer
+    from autotrain.trainers.clm.trainer import MethodTrainer
 
     from accelerate import PartialState
 
@@ -243,7 +246,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     sample_ids = data.valid.prompt_ids[: params.sample_answers] if params.sample_answers and main else []
     own_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     stops = stop_ids(tokenizer, data.template, also=own_eos) if sample_ids else None
-    before = samples.answer(model, tokenizer, sample_ids, stops) if sample_ids and resume_from is None else None
+    before = answers.answer(model, tokenizer, sample_ids, stops) if sample_ids and resume_from is None else None
     ref_model = None
     if method.needs_reference:
         # With adapters the reference is the same weights with the adapters off; precomputing before the first
@@ -265,7 +268,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
         outputs.keep_metrics_until(project, _checkpoint_step(resume_from))
     _tracker_environment(params, project)
     stop = stopping.StopOnSignal()
-    trainer = PreferenceTrainer(
+    trainer = MethodTrainer(
         model=model,
         args=args,
         train_dataset=data.train.dataset,
@@ -294,8 +297,8 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     if stop.received is not None:
         raise stopping.interrupted(stop.received, project)
     if sample_ids:
-        after = samples.answer(models.unwrap(trainer.model, peft=False), tokenizer, sample_ids, stops)
-        samples.write(project, samples.prompt_texts(tokenizer, sample_ids, data.template), before, after)
+        after = answers.answer(models.unwrap(trainer.model, peft=False), tokenizer, sample_ids, stops)
+        answers.write(project, answers.prompt_texts(tokenizer, sample_ids, data.template), before, after)
     outputs.save_model(trainer, tokenizer, data.template, params, project)
     if main:
         finish(project)
@@ -310,7 +313,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
 
 def result_of(params: LLMTrainingParams) -> RunResult:
     """What a finished run left in its project folder (the same whether it ran here or in launched processes)."""
-    from autotrain import outputs, samples
+    from autotrain import answers, outputs
 
     project = preflight.project_dir(params)
     records = outputs.read_metrics(project)
@@ -319,4 +322,4 @@ def result_of(params: LLMTrainingParams) -> RunResult:
         adapter_dir = project / outputs.ADAPTER_DIR if params.merge_adapter else project
     hub_repo = f"{params.username}/{project.name}" if params.push_to_hub else None
     return RunResult(project, outputs.final_metrics(records), adapter_dir, hub_repo, outputs.before_after(records),
-                     tuple(samples.read(project)), methods.spec(params.trainer).accuracy)
+                     tuple(answers.read(project)), methods.spec(params.trainer).accuracy)

@@ -23,11 +23,13 @@ from autotrain.errors import TrainingError
 from autotrain.forward import sequence_logps
 from autotrain.losses import PAIRS, PairTerms, reduce_columns
 from autotrain.models import unwrap
+from autotrain.progress import is_evaluation
 from autotrain.trainers.clm import checks
 
 
-class PreferenceTrainer(Trainer):
-    """transformers.Trainer with a method's loss, reduced over each whole optimizer step (autotrain.losses).
+class MethodTrainer(Trainer):
+    """transformers.Trainer with a method's loss (any of autotrain.methods: ORPO, DPO, SFT, ...), reduced over each
+    whole optimizer step (autotrain.losses).
 
     get_batch_samples counts the step's NLL tokens, pairs and micro-batches on the device, summed over the processes
     (no host sync), and hands them to compute_loss as num_items_in_batch; a micro-batch's loss is its share of the
@@ -237,7 +239,7 @@ class PreferenceTrainer(Trainer):
                 for name, value in reduce_columns(dict(zip(self._eval_columns, sums.tolist())), self._nll_weight).items()}
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:  # noqa: D102
-        if self._window and not any(key.startswith("eval_") for key in logs):
+        if self._window and not is_evaluation(logs):
             # One stacked transfer (and with several processes one all-reduce) of all sums and the token count.
             names = list(self._window)
             device = self._window[names[0]].device
@@ -254,3 +256,7 @@ class PreferenceTrainer(Trainer):
             if "loss" in logs:
                 logs["num_tokens"] = int(totals[-1])
         super().log(logs, start_time)
+
+
+# The earlier name (it trains SFT too, hence the new one), kept for scripts and the benchmark that import it.
+PreferenceTrainer = MethodTrainer

@@ -3,6 +3,7 @@
 Metrics say whether the preferences were learned; the answers show what that did to the model's outputs. The
 prompts are the validation split's own tokenized prompts (rendered with the training template), so what is asked
 is exactly what was evaluated. Written to <project>/samples.jsonl and shown in the model card and the summary.
+(Sample *data*, the embedded example datasets, is autotrain/data/samples/: another thing.)
 """
 
 from __future__ import annotations
