@@ -123,7 +123,8 @@ def test_gpt2_first_step_loss_equals_trl(tmp_path, gpt2_dir):
     model = AutoModelForCausalLM.from_pretrained(gpt2_dir)
     from datasets import Dataset
 
-    trainer = ORPOTrainer(model=model, args=ORPOConfig(output_dir=str(tmp_path / "trl"), beta=params.dpo_beta,
+    beta = params.method_settings().beta  # dpo_beta unset: ORPO's default
+    trainer = ORPOTrainer(model=model, args=ORPOConfig(output_dir=str(tmp_path / "trl"), beta=beta,
                                                        report_to=[], max_length=256, use_cpu=True),
                           train_dataset=Dataset.from_list(pair_rows(1)), processing_class=make_tokenizer(chat=True))
     model.train()

@@ -27,7 +27,8 @@ SHORT = ["--max-steps", "2", "--batch-size", "2", "--gradient-accumulation", "1"
 # Every line a run of ours may print on stdout (the data stage's own lines included); stderr stays empty.
 OUR_LINES = [r"(text|prompt_text|rejected_text)_column not given", r"text_column is 'text' \(the default\)",
              r"checked: the chunked LM head gives the model's own log-probs", r"pairs\.jsonl: ", r"data: \d+ train pairs",
-             r"step \d+/2 \(\d+%\) \| loss ", r"outputs: ", r"tokeniz", r"mixed_precision bf16 on CPU: "]
+             r"step \d+/2 \(\d+%\) \| loss ", r"outputs: ", r"tokeniz", r"mixed_precision bf16 on CPU: ",
+             r"method: ORPO with beta 0\.1 \(ORPO's default\)$"]
 MISSING = "nobody-aitraining/no-such-model"
 
 

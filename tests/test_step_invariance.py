@@ -1,7 +1,7 @@
 """One optimizer step, one gradient, however the step is split into micro-batches and processes.
 
-For orpo, dpo and sft, on pairs of very uneven lengths: batch 4 x accumulation 1, 2 x 2 and 1 x 4 in this process,
-and 2 processes x 2 x 1 (one torchrun launch of 2 gloo processes running all three methods), log the same loss and
+For orpo, dpo, simpo (as CPO-SimPO) and sft, on pairs of very uneven lengths: batch 4 x accumulation 1, 2 x 2 and 1 x 4 in this process,
+and 2 processes x 2 x 1 (one torchrun launch of 2 gloo processes running every method), log the same loss and
 grad_norm at every step and end with the same weights, within 1e-5. Before the fix every method's loss was a
 per-micro-batch mean divided by the accumulation steps, so the NLL of ORPO and SFT weighted the tokens of a short
 micro-batch more than those of a long one.
@@ -28,15 +28,18 @@ from safetensors.torch import load_file
 from autotrain.project import AutoTrainProject
 from autotrain.trainers.clm.params import LLMTrainingParams
 
-METHODS = ("orpo", "dpo", "sft")
+METHODS = ("orpo", "dpo", "simpo", "sft")
 SPLITS = ((4, 1), (2, 2), (1, 4))  # (batch_size, gradient_accumulation): 4 pairs per optimizer step
 STEPS = 3
 COMMON = dict(logging_steps=1, max_steps=STEPS, lr=2e-3, warmup_ratio=0.0, seed=11,
               valid_split="validation", save_steps=1000, dpo_beta=0.5, disable_gradient_checkpointing=True,
               # Named, not left to the defaults: a launched process reads every field from training_params.json.
               prompt_text_column="prompt", text_column="chosen", rejected_text_column="rejected")
-# DPO trains LoRA (its reference is the same weights with the adapters off); ORPO and SFT a full fine-tune.
-PER_METHOD = {"orpo": dict(packing=True), "dpo": dict(peft=True, packing=False), "sft": dict(packing=True)}
+# DPO trains LoRA (its reference is the same weights with the adapters off); ORPO and SFT a full fine-tune. SimPO
+# runs as CPO-SimPO (an NLL weight of 0.5): mean log-probs, the margin and a weighted NLL, so CPO's path (summed
+# log-probs, a weighted NLL) is covered too; tests/test_simpo_cpo.py checks both at the step, cheaply.
+PER_METHOD = {"orpo": dict(packing=True), "dpo": dict(peft=True, packing=False), "simpo": dict(cpo_alpha=0.5),
+              "sft": dict(packing=True)}
 
 
 def uneven_pairs(count: int, start: int = 0) -> list[dict]:

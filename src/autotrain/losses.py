@@ -1,6 +1,8 @@
 """Preference losses as pure functions of per-sequence log-probs: ORPO (Hong, Lee & Thorne 2024, "ORPO: Monolithic
 Preference Optimization without Reference Model", arXiv 2403.07691) and sigmoid DPO (Rafailov et al. 2023, "Direct
-Preference Optimization: Your Language Model is Secretly a Reward Model", arXiv 2305.18290).
+Preference Optimization: Your Language Model is Secretly a Reward Model", arXiv 2305.18290), and the reference-free
+pair: CPO (Xu et al. 2024, "Contrastive Preference Optimization", arXiv 2401.08417) and SimPO (Meng, Xia & Chen 2024,
+"SimPO: Simple Preference Optimization with a Reference-Free Reward", arXiv 2405.14734), with CPO-SimPO between them.
 
 This module imports nothing but torch: the caller computes the log-probs (see autotrain.logprobs), this module
 turns them into the loss and its named parts.
@@ -11,6 +13,9 @@ A step's loss is defined over all of the step's pairs, on every process, never p
 
     ORPO:  L = (sum of NLL over the step's NLL tokens) / N_tokens  +  beta * (sum over pairs of -log sigma(log-odds)) / N_pairs
     DPO:   L = (sum over pairs of -log sigma(beta * margin)) / N_pairs
+    CPO:   L = alpha * (sum of NLL over the step's NLL tokens) / N_tokens  +  (sum over pairs of -log sigma(beta * (c - r))) / N_pairs
+    SimPO: as CPO on mean instead of summed log-probs, with a margin gamma: -log sigma(beta * (c - r) - gamma);
+           alpha = 0 is SimPO itself, alpha > 0 CPO-SimPO
     SFT:   L = (sum of NLL over the step's NLL tokens) / N_tokens
 
 N_tokens counts the step's NLL targets (`in_nll`: the chosen completion tokens, and the chosen side's prompt tokens
@@ -38,7 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["DpoOutput", "OrpoOutput", "PairTerms", "dpo_loss", "log1mexp", "orpo_loss", "reduce_columns", "step_loss"]
+__all__ = ["CpoOutput", "DpoOutput", "OrpoOutput", "PairTerms", "cpo_loss", "dpo_loss", "log1mexp", "orpo_loss",
+           "reduce_columns", "simpo_loss", "step_loss"]
 
 _LN2 = math.log(2.0)
 
@@ -187,6 +193,75 @@ def dpo_loss(chosen_logps: Tensor, rejected_logps: Tensor, ref_chosen_logps: Ten
         chosen_rewards=(beta * chosen_gain).detach(),
         rejected_rewards=(beta * rejected_gain).detach(),
     )
+
+
+@dataclass(frozen=True)
+class CpoOutput:
+    """CPO's or SimPO's loss and its parts: `loss`, `pair_losses`, `margin` and `nll` are graph-attached, the rewards
+    detached. Per-pair tensors are [B], the rest 0-dim."""
+
+    loss: Tensor  # scalar: mean of pair_losses + alpha * nll
+    pair_losses: Tensor  # [B]: -log sigmoid(beta * (chosen - rejected) - gamma)
+    nll: Tensor  # scalar: the nll passed in (upcast), whatever alpha (reported even when it is not trained on)
+    margin: Tensor  # [B]: beta * (chosen - rejected) - gamma, the argument of log sigmoid
+    chosen_rewards: Tensor  # [B]: beta * chosen log-prob (CPO: summed, SimPO: mean), detached ("rewards/chosen")
+    rejected_rewards: Tensor  # [B]: beta * rejected log-prob, detached                          ("rewards/rejected")
+
+
+def cpo_loss(chosen_logps: Tensor, rejected_logps: Tensor, nll: Tensor, beta: float, alpha: float,
+             gamma: float = 0.0) -> CpoOutput:
+    """CPO: L = mean over pairs of -log sigmoid(beta * (log pi(c) - log pi(r)) - gamma) + alpha * NLL.
+
+    Conventions:
+      * `chosen_logps` / `rejected_logps` are [B]: the SUM (not the mean) of each completion's token log-probs, the
+        prompt excluded (the CPO paper's log pi(y|x); TRL's CPOTrainer with loss_type "sigmoid"). `simpo_loss` passes
+        means instead.
+      * `nll` is a scalar: the mean NLL (positive) over the chosen completion tokens of the batch, per token (the
+        paper's behaviour-cloning term). It is always returned; it enters the loss weighted by `alpha` (1.0 in the
+        paper and in TRL; alpha = 0 leaves it out, and then no gradient flows into it).
+      * `gamma` is SimPO's target margin (0 for CPO): subtracted from beta * (c - r) inside log sigmoid, so a pair
+        stops contributing only once its reward margin exceeds gamma. TRL writes it as beta * (c - r - gamma / beta).
+      * rewards are beta * log-prob, as TRL logs them; beta = 0 gives the constant log(1 + e^gamma) and no gradient.
+    log sigmoid is evaluated stably for any margin. Computed in float32 (float64 inputs stay float64).
+    """
+    if chosen_logps.dim() != 1 or chosen_logps.shape != rejected_logps.shape or chosen_logps.numel() == 0:
+        raise ValueError(f"cpo_loss needs chosen_logps and rejected_logps of one shape [B], B >= 1, got "
+                         f"{tuple(chosen_logps.shape)} and {tuple(rejected_logps.shape)}")
+    if nll.dim() != 0:
+        raise ValueError(f"cpo_loss needs nll as a scalar (0-dim) tensor, got shape {tuple(nll.shape)}")
+    dtype = _compute_dtype(chosen_logps, rejected_logps, nll)
+    chosen, rejected, nll = chosen_logps.to(dtype), rejected_logps.to(dtype), nll.to(dtype)
+    margin = beta * (chosen - rejected) - gamma
+    pair_losses = -F.logsigmoid(margin)
+    loss = pair_losses.mean() + alpha * nll if alpha else pair_losses.mean()
+    return CpoOutput(
+        loss=loss,
+        pair_losses=pair_losses,
+        nll=nll,
+        margin=margin,
+        chosen_rewards=(beta * chosen).detach(),
+        rejected_rewards=(beta * rejected).detach(),
+    )
+
+
+def simpo_loss(chosen_sums: Tensor, rejected_sums: Tensor, chosen_counts: Tensor, rejected_counts: Tensor,
+               nll: Tensor, beta: float, gamma: float, alpha: float = 0.0) -> CpoOutput:
+    """SimPO: L = mean over pairs of -log sigmoid(beta * (c / |c| - r / |r|) - gamma), plus alpha * NLL (CPO-SimPO).
+
+    `chosen_sums` / `rejected_sums` [B] are summed completion-token log-probs (prompt excluded) and the counts [B]
+    their completion tokens, the closing EOS / end-of-turn token included: SimPO's reward is beta times the MEAN
+    token log-prob, beta / |y| * log pi(y|x) (TRL's CPOTrainer with loss_type "simpo" averages the same tokens). A
+    count of 0 reads as 1 (the collators never produce an empty completion). The paper's beta is 2.0 to 2.5 and
+    gamma / beta about 0.5; alpha = 0 is SimPO itself, alpha > 0 adds CPO's NLL term (TRL's default cpo_alpha 1.0
+    with loss_type "simpo" is CPO-SimPO, not SimPO). Rewards are beta times the mean log-probs.
+    """
+    shapes = {tuple(t.shape) for t in (chosen_sums, rejected_sums, chosen_counts, rejected_counts)}
+    if len(shapes) != 1:
+        raise ValueError(f"simpo_loss needs four tensors of one shape [B], got {sorted(shapes)}")
+    dtype = _compute_dtype(chosen_sums, rejected_sums)
+    chosen = chosen_sums.to(dtype) / chosen_counts.to(dtype).clamp(min=1)
+    rejected = rejected_sums.to(dtype) / rejected_counts.to(dtype).clamp(min=1)
+    return cpo_loss(chosen, rejected, nll, beta, alpha, gamma)
 
 
 # The per-pair columns (PairTerms.columns) that the reduction itself reads; every other column is a metric reported as

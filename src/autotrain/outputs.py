@@ -137,7 +137,7 @@ def write_adapter_card(folder: Path, params: LLMTrainingParams) -> None:
         f"# LoRA adapter of {Path(params.project_name).name}",
         "",
         f"LoRA adapter (r={params.lora_r}, alpha={params.lora_alpha}, dropout={params.lora_dropout}, target modules: "
-        f"{targets}) trained with aitraining's {params.trainer.upper()} trainer on `{params.model}`.",
+        f"{targets}) trained with aitraining's {params.method_settings().title} trainer on `{params.model}`.",
         "The folder above holds the same adapter merged into the base model; its README.md describes the data, the "
         "parameters and the metrics.",
         "",
@@ -173,6 +173,7 @@ def write_card(project: Path, params: LLMTrainingParams, base_model: str, data: 
     """README.md: base model, data, parameters, final metrics, and before/after evaluation where there is one."""
     final = final_metrics(records)
     unit = data.columns.unit
+    settings = params.method_settings()
     lines = [
         "---",
         "library_name: transformers",
@@ -181,8 +182,10 @@ def write_card(project: Path, params: LLMTrainingParams, base_model: str, data: 
         "---",
         f"# {Path(params.project_name).name}",
         "",
-        f"Fine-tuned with aitraining's **{params.trainer.upper()}** trainer from `{base_model}`"
+        f"Fine-tuned with aitraining's **{settings.title}** trainer from `{base_model}`"
         + (" with LoRA adapters." if params.peft else " (all weights)."),
+        "",
+        f"Method: {settings.describe()}.",
         "",
         "## Data",
         f"- source: `{params.data_path}` (train split `{params.train_split}`: {len(data.train)} {unit})",

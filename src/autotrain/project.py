@@ -254,6 +254,8 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     from autotrain.plots import plot_training
 
     method = methods.spec(params.trainer)
+    settings = params.method_settings()
+    logger.info("method: %s", settings.describe())
     model_path = defaults.resolve_model(params.model)
     ref_path = defaults.resolve_model(params.model_ref) if params.model_ref else None
     with model_files.loading(model_path):
@@ -320,7 +322,8 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
         processing_class=tokenizer,
         callbacks=[outputs.MetricsFile(project / outputs.METRICS_FILE), stop, Progress()],
         method=params.trainer,
-        beta=params.dpo_beta,
+        beta=settings.beta,
+        options={"gamma": settings.gamma, "alpha": settings.alpha},
         ref_model=ref_model,
         precompute_ref=params.precompute_ref_logps,
         disable_dropout=params.disable_dropout,

@@ -9,7 +9,11 @@ and says, without importing it (so without torch), what the rest of the tool nee
   --precompute-ref-logps apply to it only);
 - `accuracy`: what its logged `rewards/accuracies` counts, as the run summary and the model card say it (None: the
   method logs no accuracy);
-- `help`: its part of the --trainer help.
+- `help`: its part of the --trainer help;
+- its settings, each taking its authors' value when left unset (autotrain.params' MethodParams.method_settings):
+  `beta` (--dpo-beta; None: the method has none), and in `options` the others its terms take: `gamma` (SimPO's
+  margin, default `gamma_per_beta` x beta) and `alpha` (the NLL weight, default `alpha`); `title` is its name as
+  papers write it, `nll_title` its name once alpha > 0 adds an NLL term it has not by default (CPO-SimPO).
 
 The params' list of --trainer choices is `NAMES`; the trainer and the project look a method up here, by the name the
 user gave, and never name one themselves. Adding a method: write methods/<name>.py (its terms and `METHOD`), its pure
@@ -34,6 +38,12 @@ class MethodSpec:
     needs_reference: bool
     accuracy: str | None
     help: str
+    title: str = ""  # empty: the name in capitals
+    beta: float | None = 0.1
+    options: tuple[str, ...] = ()  # settings besides beta that the method's terms take as keywords
+    gamma_per_beta: float = 0.0
+    alpha: float = 0.0
+    nll_title: str = ""
 
     @property
     def module(self) -> str:
@@ -48,8 +58,19 @@ SPECS: dict[str, MethodSpec] = {
         MethodSpec("dpo", paired=True, needs_reference=True,
                    accuracy="chosen gained more log-probability over the reference than rejected",
                    help="sigmoid DPO against a frozen reference"),
+        # SimPO: the SimPO paper's beta 2.0-2.5 and gamma / beta about 0.5 (gamma follows a chosen beta), no NLL term.
+        MethodSpec("simpo", paired=True, needs_reference=False, title="SimPO",
+                   accuracy="chosen mean token log-prob > rejected",
+                   help="length-normalised reward with a target margin, no reference model; --cpo-alpha > 0 adds "
+                   "CPO's NLL term: CPO-SimPO",
+                   beta=2.0, options=("gamma", "alpha"), gamma_per_beta=0.5, alpha=0.0, nll_title="CPO-SimPO"),
+        # CPO: beta 0.1 and NLL weight 1.0, as the CPO paper and TRL's CPOConfig.
+        MethodSpec("cpo", paired=True, needs_reference=False,
+                   accuracy="chosen summed log-prob > rejected",
+                   help="sigmoid preference term on summed log-probs + NLL, no reference model",
+                   beta=0.1, options=("alpha",), alpha=1.0),
         MethodSpec("sft", paired=False, needs_reference=False, accuracy=None,
-                   help="NLL on the completion or text"),
+                   help="NLL on the completion or text", beta=None),
     )
 }
 # Other accepted names: `default` is the parent tool's name for sft.

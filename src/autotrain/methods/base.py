@@ -23,22 +23,23 @@ class Method:
     """One training method: its spec (autotrain.methods) and its per-pair loss terms. Everything else (data stage,
     collators, the loop, outputs) is shared by all methods.
 
-    `terms(model, batch, beta, reference)` runs the forward pass on one micro-batch and returns its PairTerms (how
-    they reduce over a step is autotrain.losses'); `reference` is a ReferenceSums when `spec.needs_reference`, else
-    None. Metrics go under TRL's names, so logs and the plots read the same for every method.
+    `terms(model, batch, beta, reference, **options)` runs the forward pass on one micro-batch and returns its
+    PairTerms (how they reduce over a step is autotrain.losses'); `reference` is a ReferenceSums when
+    `spec.needs_reference`, else None; `options` are the settings named in `spec.options` (SimPO's gamma, the NLL
+    weight alpha). Metrics go under TRL's names, so logs and the plots read the same for every method.
     """
 
     spec: MethodSpec
-    terms: Callable[[torch.nn.Module, dict[str, Any], float, ReferenceSums | None], PairTerms]
+    terms: Callable[..., PairTerms]
 
     @property
     def needs_reference(self) -> bool:
         return self.spec.needs_reference
 
-    def step(self, model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: ReferenceSums | None = None
-             ) -> tuple[torch.Tensor, Metrics]:
+    def step(self, model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: ReferenceSums | None = None,
+             **options: float) -> tuple[torch.Tensor, Metrics]:
         """One batch on its own (one micro-batch, one process): its loss and its metrics (TRL's names)."""
-        terms = self.terms(model, batch, beta, reference)
+        terms = self.terms(model, batch, beta, reference, **options)
         return terms.loss(), terms.batch_metrics()
 
 

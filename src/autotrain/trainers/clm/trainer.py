@@ -41,13 +41,16 @@ class MethodTrainer(Trainer):
     loss_is_scaled_for_ga = True
 
     def __init__(self, *args: Any, method: str, beta: float, ref_model: torch.nn.Module | None = None,
-                 precompute_ref: bool = False, disable_dropout: bool = True, **kwargs: Any):
+                 precompute_ref: bool = False, disable_dropout: bool = True, options: dict[str, float] | None = None,
+                 **kwargs: Any):
         checks.check_trainer_api(Trainer)
         super().__init__(*args, **kwargs)
         # Before transformers 5.19 (no loss_is_scaled_for_ga) training_step leaves the loss undivided when the model
         # "accepts loss kwargs" and num_items_in_batch is given; get_batch_samples always gives it here.
         self.model_accepts_loss_kwargs = True
         self.method, self.beta = methods.load(method), beta
+        # The method's own settings besides beta that its terms take (SimPO's gamma, the NLL weight of CPO and SimPO).
+        self.options = {name: value for name, value in (options or {}).items() if name in self.method.spec.options}
         self.ref_model = ref_model
         for net in (self.model, ref_model) if disable_dropout else ():
             if net is not None:
@@ -153,7 +156,7 @@ class MethodTrainer(Trainer):
 
     def _terms(self, model: torch.nn.Module, inputs: dict[str, Any]) -> PairTerms:
         reference = (lambda batch: self.reference_sums(model, batch)) if self.method.needs_reference else None
-        terms = self.method.terms(model, inputs, self.beta, reference)
+        terms = self.method.terms(model, inputs, self.beta, reference, **self.options)
         self._nll_weight = terms.nll_weight
         return terms
 
