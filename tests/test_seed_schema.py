@@ -61,7 +61,8 @@ SEED_FIELDS = {
 }
 
 # Where our default differs on purpose (each said in --help and in the README's migration table).
-DIFFERENT_ON_PURPOSE = {"model", "data_path", "trainer", "packing", "log", "lora_dropout"}
+DIFFERENT_ON_PURPOSE = {"model", "data_path", "trainer", "packing", "log", "lora_dropout",
+                        "dpo_beta"}  # none: the method's own beta (0.1 for orpo, as aitraining; SimPO its authors' 2.0)
 # The fields the issue lists as used by preference runs and refused before: each must now be a field.
 PREFERENCE_RUN_FIELDS = {
     "save_strategy", "model_max_length", "padding", "add_eos_token", "use_flash_attention_2", "attn_implementation",
@@ -147,7 +148,7 @@ def test_help_is_grouped_one_spelling_per_flag_and_fits_two_screens_per_group():
     shown = [f for line in text.splitlines() if line.startswith("  -") for f in line.split("  ")[1].split(", ")]
     assert "--lora-r N" in shown and "--prompt-loss" in shown
     assert not [f for f in shown if "_" in f or "orpo-prompt-loss" in f]  # accepted, not shown
-    titles = ["Data and model:", "Method:", "Optimisation:", "LoRA:", "Chat template:", "Evaluation:", "Scale-out:",
+    titles = ["Data and model:", "Method:", "Tokens and rows:", "Optimisation:", "LoRA:", "Chat template:", "Evaluation:", "Scale-out:",
               "Logging and saving:", "Hub:", "Sweep:", "Inference:"]
     lines = text.splitlines()
     starts = [lines.index(title) for title in titles]

@@ -2,7 +2,8 @@
 
 from autotrain.params.llm import LORA_FIELDS, SECRET_FIELDS, SECTIONS, LLMTrainingParams
 from autotrain.params.schema import Schema
-from autotrain.params.sections import DEFAULT_MODEL, OPTIMIZERS, SAMPLE_DATA, SCHEDULERS, TRAINER_NAMES
+from autotrain.params.method import TRAINER_NAMES
+from autotrain.params.sections import DEFAULT_MODEL, OPTIMIZERS, SAMPLE_DATA, SCHEDULERS
 
 __all__ = ["DEFAULT_MODEL", "LORA_FIELDS", "OPTIMIZERS", "SAMPLE_DATA", "SCHEDULERS", "SECRET_FIELDS", "SECTIONS",
            "TRAINER_NAMES", "LLMTrainingParams", "Schema"]

@@ -14,14 +14,15 @@ from typing import Any
 from pydantic import SecretStr, model_validator
 
 from autotrain import methods
+from autotrain.params.method import MethodParams
 from autotrain.params.schema import Schema
 from autotrain.params.sections import (
     DataParams,
     EvaluationParams,
     HubParams,
     LoggingParams,
+    LayoutParams,
     LoraParams,
-    MethodParams,
     OptimisationParams,
     ScaleOutParams,
     TemplateParams,
@@ -32,6 +33,7 @@ from autotrain.params.sweep import SweepParams, parse_space
 SECTIONS: tuple[tuple[str, type[Schema]], ...] = (
     ("Data and model", DataParams),
     ("Method", MethodParams),
+    ("Tokens and rows", LayoutParams),
     ("Optimisation", OptimisationParams),
     ("LoRA", LoraParams),
     ("Chat template", TemplateParams),

@@ -19,6 +19,8 @@ DIFFERENT_DEFAULTS: dict[str, tuple[object, str]] = {
     "trainer": ("default", "this is a preference tool: ORPO; `default` is still accepted and means sft"),
     "packing": (None, "packing shares each prompt and keeps the loss the same; models that cannot take it pad"),
     "log": ("wandb", "no tracker unless asked: a run should not need an account or write to one"),
+    "dpo_beta": (0.1, "none means the method's own default: 0.1 for ORPO, DPO and CPO (aitraining's value), 2.0 for "
+                 "SimPO, as its authors use it"),
     "lora_dropout": (0.05, "none means 0.05, except 0 for fused MoE expert weights, which peft cannot drop out"),
 }
 
@@ -26,7 +28,7 @@ DIFFERENT_DEFAULTS: dict[str, tuple[object, str]] = {
 # this list against aitraining's field list).
 OURS_ONLY: frozenset[str] = frozenset({
     "trust_remote_code", "precompute_ref_logps", "prompt_loss", "disable_dropout", "max_steps", "deepspeed_stage",
-    "eval_steps", "sample_answers",
+    "eval_steps", "sample_answers", "simpo_gamma", "cpo_alpha",
 })
 
 # Each is (what the field is for in aitraining, what to do here instead or "").
