@@ -109,4 +109,5 @@ def generate(params: InferenceParams) -> Iterator[dict[str, str]]:
                 eos_token_id=stop or None,
             )
         answer = tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        yield {"prompt": prompt if isinstance(prompt, str) else json.dumps(prompt), "answer": answer.strip()}
+        # Verbatim (JSON escapes line breaks): stripped, an answer of newlines would print as "".
+        yield {"prompt": prompt if isinstance(prompt, str) else json.dumps(prompt), "answer": answer}

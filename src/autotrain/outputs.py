@@ -225,10 +225,11 @@ def write_card(project: Path, params: LLMTrainingParams, base_model: str, data: 
 
 
 def _cell(text: str | None) -> str:
-    """Text for one Markdown table cell: no line breaks or pipes; None is an explicit dash."""
+    """Text for one Markdown table cell: line breaks shown as ⏎ (answers.flat), pipes escaped; None is an explicit
+    dash."""
     if text is None:
         return "—"
-    return " ".join(text.split()).replace("|", "\\|") or "(empty)"
+    return answers.flat(text).replace("|", "\\|") or "(empty)"
 
 
 def push_to_hub(project: Path, params: LLMTrainingParams) -> str:
