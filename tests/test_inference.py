@@ -28,6 +28,7 @@ def test_inference_prints_one_json_line_per_prompt(tmp_path, chat_model, merge):
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert [r["prompt"] for r in rows] == ["1+1=", "2+2="]
+    assert "Loading weights" not in done.stderr, done.stderr[-2000:]  # quiet: no library loading bar
     # Greedy decoding is deterministic: the same prompt gives the same answer twice.
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert [json.loads(line) for line in again.stdout.splitlines()] == rows

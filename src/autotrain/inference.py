@@ -83,8 +83,11 @@ def prompt_inputs(tokenizer: Any, prompt: str | list[dict[str, str]]) -> dict[st
 def generate(params: InferenceParams) -> Iterator[dict[str, str]]:
     import torch
 
+    from autotrain import quiet
     from autotrain.data.templates import stop_ids
     from autotrain.models import load_trained
+
+    quiet.import_quietly("transformers")  # before loading: its loading bars and logs quieted, as in a run
 
     project = Path(params.project_name).expanduser()
     if not project.is_dir():
