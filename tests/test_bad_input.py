@@ -117,6 +117,28 @@ def test_malformed_json_line_names_the_line(tmp_path):
     assert error(listed) == f"{listed}:3: malformed JSON at column 18: Expecting property name enclosed in double quotes"
 
 
+def test_malformed_json_whose_reason_names_a_position_reads_whole(tmp_path):
+    """Python's message for an unterminated string ends with "starting at" (the position is apart): the column is
+    said there, once, not cut off."""
+    from autotrain.inference import read_prompts
+
+    row = '{"prompt": "a", "chosen": "b", "rejected": "c}'  # the string opened at column 44 never closes
+    assert row.index('"c}') + 1 == 44
+    path = jsonl(tmp_path, GOOD, row)
+    assert error(path) == f"{path}:2: malformed JSON: Unterminated string starting at column 44"
+    listed = tmp_path / "d.json"
+    listed.write_text("[\n" + row + "\n]")
+    # In a whole-file JSON the string runs on into the line break that follows the row, at column len(row) + 1.
+    assert error(listed) == f"{listed}:2: malformed JSON: Invalid control character at column {len(row) + 1}"
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "ok"}\n{"prompt": "a}\n')
+    with pytest.raises(DataError) as caught:
+        read_prompts(str(prompts))
+    assert str(caught.value) == f"{prompts}:2: malformed JSON: Unterminated string starting at column 12"
+    assert error(jsonl(tmp_path, GOOD, '{"prompt": "a", "chosen": , "rejected": "b"}')).endswith(
+        ":2: malformed JSON at column 27: Expecting value")  # a reason without a position keeps the column first
+
+
 def test_row_that_is_not_an_object(tmp_path):
     path = jsonl(tmp_path, GOOD, '["ok", "c", "r"]')
     assert error(path) == f"{path}:2: expected a JSON object, got list"

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import Field
 
-from autotrain.errors import DataError, ParamsError
+from autotrain.errors import DataError, ParamsError, malformed_json
 from autotrain.params import Schema
 
 
@@ -47,7 +47,7 @@ def read_prompts(spec: str) -> list[str]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"malformed JSON at column {exc.colno}", path=str(path), line=number) from None
+                raise DataError(malformed_json(exc), path=str(path), line=number) from None
             if not isinstance(row, dict) or not isinstance(row.get("prompt"), str | list):
                 raise DataError("expected an object with a 'prompt'", path=str(path), line=number, column="prompt")
             prompts.append(row["prompt"])
