@@ -184,10 +184,10 @@ def test_utf8_bom_is_accepted(tmp_path, name, body):
 
 def test_csv_with_quoted_commas_and_embedded_newlines(tmp_path):
     path = tmp_path / "d.csv"
-    path.write_text('prompt,chosen,rejected\n"a, b","line1\nline2",x\n"c",,e\n')
+    path.write_text('prompt,chosen,rejected\n"a, b","line1\nline2",x\n,d,e\n')
     data_error = error(path)
     # The second record starts on line 4: the quoted newline in line 2's record takes a line.
-    assert data_error == f"{path}:4, column 'chosen': empty value; every pair needs a text here"
+    assert data_error == f"{path}:4, column 'prompt': empty value; every pair needs a text here"
     path.write_text('prompt,chosen,rejected\n"a, b","line1\nline2",x\nc,d,e\n')
     data = prepare(path)
     prompt, chosen = plain_ids("a, b", "line1\nline2")
@@ -225,8 +225,11 @@ def test_no_rejected_column_and_none_named(tmp_path):
     assert message == f"{path}: no rejected column: pass --rejected-text-column; columns present: prompt, chosen, bad"
 
 
-@pytest.mark.parametrize("column", ["prompt", "chosen", "rejected"])
-@pytest.mark.parametrize(("value", "what"), [(None, "null"), ("", "empty"), ([], "empty")])
+@pytest.mark.parametrize(("column", "value", "what"), [
+    *[(column, value, what) for column in ("prompt", "chosen", "rejected")
+      for value, what in ((None, "null"), ([], "empty"))],
+    ("prompt", "", "empty"),  # an empty answer is dropped and counted instead (test_empty_completions_are_dropped_...)
+])
 def test_null_or_empty_value(tmp_path, column, value, what):
     path = jsonl(tmp_path, GOOD, {**GOOD, column: value})
     assert error(path) == f"{path}:2, column '{column}': {what} value; every pair needs a text here"
@@ -365,6 +368,22 @@ def test_whitespace_only_completions_are_dropped_and_counted(tmp_path, caplog, c
 def test_whitespace_only_sft_text_is_dropped_and_counted(tmp_path):
     path = jsonl(tmp_path, {"text": "a b"}, {"text": " \n"}, {"text": "c"})
     data = prepare(path, trainer="sft", prompt_text_column=None, text_column="text", rejected_text_column=None)
+    assert len(data.train) == 2 and data.train.dropped == {"completion only whitespace": 1}
+
+
+def test_empty_completions_are_dropped_and_counted_like_whitespace_but_an_empty_prompt_is_an_error(tmp_path):
+    """"" is the commonest blank answer in a user's file: dropped and counted, as whitespace is (README)."""
+    empty_prompt = jsonl(tmp_path, GOOD, {**GOOD, "prompt": ""})
+    assert error(empty_prompt) == f"{empty_prompt}:2, column 'prompt': empty value; every pair needs a text here"
+    path = jsonl(tmp_path, GOOD, {**GOOD, "chosen": ""}, {**GOOD, "rejected": ""}, {**GOOD, "prompt": "b"})
+    data = prepare(path)
+    assert len(data.train) == 2 and data.train.dropped == {"completion only whitespace": 2}
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_text("prompt,chosen,rejected\na,b,c\nd,,f\n")  # an empty CSV cell is ""
+    data = prepare(csv_path)
+    assert len(data.train) == 1 and data.train.dropped == {"completion only whitespace": 1}
+    sft = jsonl(tmp_path, {"text": "a b"}, {"text": ""}, {"text": "c"})
+    data = prepare(sft, trainer="sft", prompt_text_column=None, text_column="text", rejected_text_column=None)
     assert len(data.train) == 2 and data.train.dropped == {"completion only whitespace": 1}
 
 
@@ -552,7 +571,7 @@ def test_cli_accepts_gzip_bom_quoted_commas_newlines_and_typed_looking_text(cli_
     assert done.returncode == 0, done.stderr[-3000:]
     assert (folder / "p" / "model.safetensors").exists()
     card = (folder / "p" / "README.md").read_text()
-    assert "6 pairs" in card and "- train: 1 pairs dropped (completion only whitespace)" in card
+    assert "6 pairs" in card and "- train: 1 pair dropped (completion only whitespace)" in card
     # The tokenized data went to the cache, not into the project folder.
     assert len(entries(folder / "cache")) == 1
     assert not list((folder / "p").rglob("*.arrow"))
