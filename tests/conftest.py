@@ -138,7 +138,8 @@ def spy_from_pretrained(monkeypatch, names: tuple[str, ...]) -> list[tuple[str, 
 
 
 def greedy_answer(model_dir: Path, tokenizer_dir: Path, prompt: str) -> str:
-    """What stock transformers answers greedily (64 new tokens) to `prompt` under the tokenizer's chat template."""
+    """What stock transformers answers greedily (64 new tokens) to `prompt` under the tokenizer's chat template,
+    verbatim (leading and trailing whitespace included)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -146,4 +147,4 @@ def greedy_answer(model_dir: Path, tokenizer_dir: Path, prompt: str) -> str:
     ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                         return_tensors="pt", return_dict=True)["input_ids"]
     out = model.generate(input_ids=ids, max_new_tokens=64, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)

@@ -117,6 +117,28 @@ def test_malformed_json_line_names_the_line(tmp_path):
     assert error(listed) == f"{listed}:3: malformed JSON at column 18: Expecting property name enclosed in double quotes"
 
 
+def test_malformed_json_whose_reason_names_a_position_reads_whole(tmp_path):
+    """Python's message for an unterminated string ends with "starting at" (the position is apart): the column is
+    said there, once, not cut off."""
+    from autotrain.inference import read_prompts
+
+    row = '{"prompt": "a", "chosen": "b", "rejected": "c}'  # the string opened at column 44 never closes
+    assert row.index('"c}') + 1 == 44
+    path = jsonl(tmp_path, GOOD, row)
+    assert error(path) == f"{path}:2: malformed JSON: Unterminated string starting at column 44"
+    listed = tmp_path / "d.json"
+    listed.write_text("[\n" + row + "\n]")
+    # In a whole-file JSON the string runs on into the line break that follows the row, at column len(row) + 1.
+    assert error(listed) == f"{listed}:2: malformed JSON: Invalid control character at column {len(row) + 1}"
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "ok"}\n{"prompt": "a}\n')
+    with pytest.raises(DataError) as caught:
+        read_prompts(str(prompts))
+    assert str(caught.value) == f"{prompts}:2: malformed JSON: Unterminated string starting at column 12"
+    assert error(jsonl(tmp_path, GOOD, '{"prompt": "a", "chosen": , "rejected": "b"}')).endswith(
+        ":2: malformed JSON at column 27: Expecting value")  # a reason without a position keeps the column first
+
+
 def test_row_that_is_not_an_object(tmp_path):
     path = jsonl(tmp_path, GOOD, '["ok", "c", "r"]')
     assert error(path) == f"{path}:2: expected a JSON object, got list"
@@ -162,10 +184,10 @@ def test_utf8_bom_is_accepted(tmp_path, name, body):
 
 def test_csv_with_quoted_commas_and_embedded_newlines(tmp_path):
     path = tmp_path / "d.csv"
-    path.write_text('prompt,chosen,rejected\n"a, b","line1\nline2",x\n"c",,e\n')
+    path.write_text('prompt,chosen,rejected\n"a, b","line1\nline2",x\n,d,e\n')
     data_error = error(path)
     # The second record starts on line 4: the quoted newline in line 2's record takes a line.
-    assert data_error == f"{path}:4, column 'chosen': empty value; every pair needs a text here"
+    assert data_error == f"{path}:4, column 'prompt': empty value; every pair needs a text here"
     path.write_text('prompt,chosen,rejected\n"a, b","line1\nline2",x\nc,d,e\n')
     data = prepare(path)
     prompt, chosen = plain_ids("a, b", "line1\nline2")
@@ -203,8 +225,11 @@ def test_no_rejected_column_and_none_named(tmp_path):
     assert message == f"{path}: no rejected column: pass --rejected-text-column; columns present: prompt, chosen, bad"
 
 
-@pytest.mark.parametrize("column", ["prompt", "chosen", "rejected"])
-@pytest.mark.parametrize(("value", "what"), [(None, "null"), ("", "empty"), ([], "empty")])
+@pytest.mark.parametrize(("column", "value", "what"), [
+    *[(column, value, what) for column in ("prompt", "chosen", "rejected")
+      for value, what in ((None, "null"), ([], "empty"))],
+    ("prompt", "", "empty"),  # an empty answer is dropped and counted instead (test_empty_completions_are_dropped_...)
+])
 def test_null_or_empty_value(tmp_path, column, value, what):
     path = jsonl(tmp_path, GOOD, {**GOOD, column: value})
     assert error(path) == f"{path}:2, column '{column}': {what} value; every pair needs a text here"
@@ -343,6 +368,22 @@ def test_whitespace_only_completions_are_dropped_and_counted(tmp_path, caplog, c
 def test_whitespace_only_sft_text_is_dropped_and_counted(tmp_path):
     path = jsonl(tmp_path, {"text": "a b"}, {"text": " \n"}, {"text": "c"})
     data = prepare(path, trainer="sft", prompt_text_column=None, text_column="text", rejected_text_column=None)
+    assert len(data.train) == 2 and data.train.dropped == {"completion only whitespace": 1}
+
+
+def test_empty_completions_are_dropped_and_counted_like_whitespace_but_an_empty_prompt_is_an_error(tmp_path):
+    """"" is the commonest blank answer in a user's file: dropped and counted, as whitespace is (README)."""
+    empty_prompt = jsonl(tmp_path, GOOD, {**GOOD, "prompt": ""})
+    assert error(empty_prompt) == f"{empty_prompt}:2, column 'prompt': empty value; every pair needs a text here"
+    path = jsonl(tmp_path, GOOD, {**GOOD, "chosen": ""}, {**GOOD, "rejected": ""}, {**GOOD, "prompt": "b"})
+    data = prepare(path)
+    assert len(data.train) == 2 and data.train.dropped == {"completion only whitespace": 2}
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_text("prompt,chosen,rejected\na,b,c\nd,,f\n")  # an empty CSV cell is ""
+    data = prepare(csv_path)
+    assert len(data.train) == 1 and data.train.dropped == {"completion only whitespace": 1}
+    sft = jsonl(tmp_path, {"text": "a b"}, {"text": ""}, {"text": "c"})
+    data = prepare(sft, trainer="sft", prompt_text_column=None, text_column="text", rejected_text_column=None)
     assert len(data.train) == 2 and data.train.dropped == {"completion only whitespace": 1}
 
 
@@ -530,7 +571,7 @@ def test_cli_accepts_gzip_bom_quoted_commas_newlines_and_typed_looking_text(cli_
     assert done.returncode == 0, done.stderr[-3000:]
     assert (folder / "p" / "model.safetensors").exists()
     card = (folder / "p" / "README.md").read_text()
-    assert "6 pairs" in card and "- train: 1 pairs dropped (completion only whitespace)" in card
+    assert "6 pairs" in card and "- train: 1 pair dropped (completion only whitespace)" in card
     # The tokenized data went to the cache, not into the project folder.
     assert len(entries(folder / "cache")) == 1
     assert not list((folder / "p").rglob("*.arrow"))

@@ -324,6 +324,25 @@ def test_lora_on_fused_experts_trains_without_dropout_by_default(tmp_path):
     assert _adapter_dropouts(net) <= {0.0}
 
 
+def test_lora_on_fused_experts_doubles_the_fused_rank_without_a_false_warning(tmp_path):
+    """peft fuses w1 and w3 into gate_up_proj with rank 2r (and alpha 2 alpha) through a rank_pattern it adds itself,
+    then warns that the pattern matched no module (it matched a parameter): the run must not print that."""
+    import warnings
+
+    from autotrain.models import load_model
+    from autotrain.trainers.clm.params import LLMTrainingParams
+
+    perturbed_model(tiny_config("mixtral")).save_pretrained(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net = load_model(LLMTrainingParams(model=str(tmp_path), peft=True, lora_r=4), str(tmp_path))
+    assert not [str(w.message) for w in caught if "did not match any targeted module" in str(w.message)]
+    ranks = {(name, m.parameter_name): m.r["default"] for name, m in net.named_modules()
+             if getattr(m, "parameter_name", None) in ("gate_up_proj", "down_proj")}
+    assert sorted(set(ranks.values())) == [4, 8], ranks
+    assert all(r == (8 if param == "gate_up_proj" else 4) for (_, param), r in ranks.items()), ranks
+
+
 def test_lora_on_a_dense_model_keeps_the_default_dropout(chat_model):
     from autotrain.models import load_model
     from autotrain.trainers.clm.params import LLMTrainingParams

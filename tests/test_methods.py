@@ -371,7 +371,9 @@ def test_sample_answers_before_and_after_are_the_models_greedy_answers(tmp_path,
         assert sample["after"] == greedy(result.output_dir, row["prompt"])  # the merged model at the top
     assert all(s["after"].startswith("zz") and s["before"] != s["after"] for s in result.samples)
     assert "## Sample answers" in (result.output_dir / "README.md").read_text()
-    assert f"  before: {result.samples[0]['before']}" in result.summary()
+    # The summary shows each answer on one line, its line breaks as ⏎.
+    shown = "⏎".join(" ".join(part.split()) for part in result.samples[0]["before"].split("\n"))
+    assert f"  before: {shown[:199]}" in result.summary()
 
 
 def test_the_summary_says_what_each_methods_accuracy_counts(tmp_path):

@@ -216,3 +216,17 @@ def test_a_read_only_place_is_one_line_before_the_data_is_read(tmp_path, chat_mo
     assert line.startswith(f"error: project_name: cannot write in {parent} (") and line.endswith(
         "); choose a folder you can write to"), line
     assert list(parent.iterdir()) == []
+
+
+def test_a_file_system_that_holds_no_files_is_named_not_no_such_file(tmp_path):
+    """Creating a file in /proc fails with ENOENT although /proc exists: the reason said is the file system."""
+    from autotrain.errors import ParamsError
+    from autotrain.project_folder import owned
+
+    if not Path("/proc/self").is_dir():
+        pytest.skip("no /proc on this system")
+    with pytest.raises(ParamsError) as caught:
+        with owned(Path("/proc/run1")):
+            pass
+    assert str(caught.value) == ("project_name: cannot write in /proc (it is a proc file system, where no file can "
+                                 "be created); choose a folder you can write to")

@@ -48,6 +48,7 @@ CASES = {
     "truncated": (["--model", "TRUNCATED"], {}),
     "hub offline": (["--model", MISSING], {"HF_HUB_OFFLINE": "1"}),
     "hub": (["--model", MISSING], {"HF_HUB_OFFLINE": ""}),
+    "hub data": (["--data-path", "nobody-aitraining/no-such-data"], {"HF_HUB_OFFLINE": ""}),  # the last flag wins
 }
 
 
@@ -109,6 +110,8 @@ def test_only_our_lines_each_once_and_nothing_left_behind(runs):
     card = (project / "adapter" / "README.md").read_text()
     assert "More Information Needed" not in card
     assert "LoRA adapter (r=16, alpha=32" in card and "ORPO" in card
+    resolved = json.loads((project / "adapter" / "adapter_config.json").read_text())["lora_dropout"]
+    assert resolved == 0.05 and f"dropout={resolved}," in card  # the dropout trained with, not the flag's None
     assert not list(project.glob("checkpoint-*/README.md"))
 
 
@@ -175,6 +178,17 @@ def test_a_hub_model_that_cannot_be_had_is_one_line_at_once(runs):
     assert line.startswith(f"error: {MISSING}: ") and "Traceback" not in done.stderr
     assert ("cannot reach the Hugging Face hub" in line) or ("no such model on the Hugging Face hub" in line)
     assert "Retrying" not in done.stdout + done.stderr
+    assert not (folder / "p").exists()
+
+
+def test_a_hub_dataset_that_cannot_be_had_is_one_line_without_the_librarys_http_noise(runs):
+    folder, done = runs["hub data"]
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert len(done.stderr.splitlines()) == 1, done.stderr[-3000:]
+    line = done.stderr.strip()
+    assert line.startswith("error: nobody-aitraining/no-such-data: ") and "Traceback" not in done.stderr
+    assert "thrown while requesting" not in done.stdout + done.stderr, done.stdout[-3000:]
+    assert "Retrying" not in done.stdout + done.stderr, done.stdout[-3000:]
     assert not (folder / "p").exists()
 
 

@@ -18,7 +18,8 @@ MAX_NEW_TOKENS = 64
 
 def answer(model: Any, tokenizer: Any, prompts: list[list[int]], stop_ids: list[int] | None = None) -> list[str]:
     """Greedy answers (up to MAX_NEW_TOKENS) to each tokenized prompt, one at a time (no padding to get wrong);
-    `stop_ids`: the tokens that end an answer under the training template (`data.templates.stop_ids`)."""
+    `stop_ids`: the tokens that end an answer under the training template (`data.templates.stop_ids`). The text
+    is kept verbatim: stripping it would turn an answer of newlines into "" and hide how another begins."""
     import torch
 
     training = model.training
@@ -33,7 +34,7 @@ def answer(model: Any, tokenizer: Any, prompts: list[list[int]], stop_ids: list[
                 out = model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), do_sample=False,
                                      max_new_tokens=MAX_NEW_TOKENS, use_cache=True,
                                      pad_token_id=tokenizer.pad_token_id, **stop)
-                answers.append(tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True).strip())
+                answers.append(tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True))
     finally:
         model.train(training)
     return answers
@@ -63,12 +64,21 @@ def prompt_texts(tokenizer: Any, prompts: list[list[int]], template: str | None)
     return texts
 
 
+NEWLINE_MARK = "⏎"
+
+
+def flat(text: str) -> str:
+    """An answer on one line that still shows its line breaks: each newline as ⏎ (an answer of newlines is what
+    a barely trained model often says, and must not read as empty), other whitespace runs as one space."""
+    return NEWLINE_MARK.join(" ".join(part.split()) for part in text.replace("\r\n", "\n").split("\n"))
+
+
 def one_line(text: str | None, limit: int = 200) -> str:
-    """An answer on one line for the console: whitespace collapsed, cut at `limit` characters."""
+    """An answer on one line for the console (see `flat`), cut at `limit` characters."""
     if text is None:
         return "(not available: the run was resumed)"
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    shown = flat(text)
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
 
 
 def write(project: Path, prompts: list[str], before: list[str] | None, after: list[str]) -> None:

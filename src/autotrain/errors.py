@@ -58,3 +58,12 @@ def did_you_mean(value: str, known: Iterable[str], *, most: int = 1, otherwise: 
 
     close = difflib.get_close_matches(value, list(known), n=most)
     return f"did you mean {', '.join(close)}?" if close else otherwise
+
+
+def malformed_json(exc: ValueError) -> str:
+    """A json.JSONDecodeError as one whole sentence. Python's reason sometimes ends where its position goes
+    ("Unterminated string starting at", "Invalid control character at"): the column is said there, not first."""
+    reason, column = getattr(exc, "msg", str(exc)), getattr(exc, "colno", None)
+    if reason.endswith(" at") and column is not None:
+        return f"malformed JSON: {reason} column {column}"
+    return f"malformed JSON at column {column}: {reason}"

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import Field
 
-from autotrain.errors import DataError, ParamsError
+from autotrain.errors import DataError, ParamsError, malformed_json
 from autotrain.params import Schema
 
 
@@ -47,7 +47,7 @@ def read_prompts(spec: str) -> list[str]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"malformed JSON at column {exc.colno}", path=str(path), line=number) from None
+                raise DataError(malformed_json(exc), path=str(path), line=number) from None
             if not isinstance(row, dict) or not isinstance(row.get("prompt"), str | list):
                 raise DataError("expected an object with a 'prompt'", path=str(path), line=number, column="prompt")
             prompts.append(row["prompt"])
@@ -83,8 +83,11 @@ def prompt_inputs(tokenizer: Any, prompt: str | list[dict[str, str]]) -> dict[st
 def generate(params: InferenceParams) -> Iterator[dict[str, str]]:
     import torch
 
+    from autotrain import quiet
     from autotrain.data.templates import stop_ids
     from autotrain.models import load_trained
+
+    quiet.import_quietly("transformers")  # before loading: its loading bars and logs quieted, as in a run
 
     project = Path(params.project_name).expanduser()
     if not project.is_dir():
@@ -109,4 +112,5 @@ def generate(params: InferenceParams) -> Iterator[dict[str, str]]:
                 eos_token_id=stop or None,
             )
         answer = tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        yield {"prompt": prompt if isinstance(prompt, str) else json.dumps(prompt), "answer": answer.strip()}
+        # Verbatim (JSON escapes line breaks): stripped, an answer of newlines would print as "".
+        yield {"prompt": prompt if isinstance(prompt, str) else json.dumps(prompt), "answer": answer}

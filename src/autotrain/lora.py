@@ -28,8 +28,6 @@ def add_lora(net: torch.nn.Module, params: LLMTrainingParams) -> torch.nn.Module
     input of each expert is not a module input to drop). lora_dropout none then means 0 for the whole adapter (peft
     takes one dropout per adapter); an explicit positive lora_dropout is refused with the two ways out.
     """
-    from peft import get_peft_model
-
     targets: str | list[str] = params.target_modules
     if targets != "all-linear":
         targets = [name.strip() for name in targets.split(",") if name.strip()]
@@ -47,9 +45,25 @@ def add_lora(net: torch.nn.Module, params: LLMTrainingParams) -> torch.nn.Module
             logger.info(f"LoRA dropout 0: {type(net).__name__}'s mixture-of-experts weights ({', '.join(fused)}) "
                         "get adapters as parameters, and peft applies no dropout to those")
     try:
-        return get_peft_model(net, _lora_config(params, targets, dropout))
+        return _get_peft_model(net, _lora_config(params, targets, dropout))
     except ValueError as exc:  # peft names the unknown target modules
         raise ModelError(f"target_modules: {exc}".splitlines()[0]) from None
+
+
+def _get_peft_model(net: torch.nn.Module, config: Any) -> torch.nn.Module:
+    """peft's get_peft_model, without its false warning on fused MoE experts.
+
+    Fusing w1 and w3 into gate_up_proj, peft adds rank_pattern and alpha_pattern keys (2r, 2 alpha) for that
+    parameter, applies them, and then warns that they matched no targeted *module* and were ignored. The tool passes
+    neither pattern, so every key such a warning names is one of peft's own: only that warning is silenced."""
+    import warnings
+
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"The following (rank|alpha)_pattern keys did not match any "
+                                r"targeted module and were ignored", category=RuntimeWarning)
+        return get_peft_model(net, config)
 
 
 def _lora_config(params: LLMTrainingParams, targets: str | list[str], dropout: float) -> Any:
@@ -68,12 +82,11 @@ def _adapted_parameters(net: torch.nn.Module, params: LLMTrainingParams, targets
     """
     if not any(p.dim() == 3 for p in net.parameters()):
         return []
-    from peft import get_peft_model
 
     with torch.device("meta"):
         skeleton = type(net)(net.config)
     try:
-        probe = get_peft_model(skeleton, _lora_config(params, targets, 0.0))
+        probe = _get_peft_model(skeleton, _lora_config(params, targets, 0.0))
     except ValueError:  # an unknown target module: the real call reports it
         return []
     return sorted(probe.peft_config["default"].target_parameters or [])

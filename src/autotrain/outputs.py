@@ -125,9 +125,18 @@ def stop_at_turn_end(model: Any, tokenizer: Any, template: str | None) -> None:
             config.eos_token_id = wanted if len(wanted) > 1 else wanted[0]
 
 
+def _trained_dropout(folder: Path, params: LLMTrainingParams) -> Any:
+    """The LoRA dropout the adapter trained with, as peft saved it (lora_dropout none resolves to a default, or to
+    0 on fused experts: lora.add_lora); the flag's value where the config cannot be read."""
+    try:
+        return json.loads((folder / "adapter_config.json").read_text())["lora_dropout"]
+    except (OSError, ValueError, KeyError):
+        return params.lora_dropout
+
+
 def write_adapter_card(folder: Path, params: LLMTrainingParams) -> None:
     """adapter/README.md: what the adapter is, how it was trained, and where the rest is described."""
-    targets = params.target_modules
+    targets, dropout = params.target_modules, _trained_dropout(folder, params)
     lines = [
         "---",
         "library_name: peft",
@@ -136,7 +145,7 @@ def write_adapter_card(folder: Path, params: LLMTrainingParams) -> None:
         "---",
         f"# LoRA adapter of {Path(params.project_name).name}",
         "",
-        f"LoRA adapter (r={params.lora_r}, alpha={params.lora_alpha}, dropout={params.lora_dropout}, target modules: "
+        f"LoRA adapter (r={params.lora_r}, alpha={params.lora_alpha}, dropout={dropout}, target modules: "
         f"{targets}) trained with aitraining's {params.method_settings().title} trainer on `{params.model}`.",
         "The folder above holds the same adapter merged into the base model; its README.md describes the data, the "
         "parameters and the metrics.",
@@ -188,23 +197,23 @@ def write_card(project: Path, params: LLMTrainingParams, base_model: str, data: 
         f"Method: {settings.describe()}.",
         "",
         "## Data",
-        f"- source: `{params.data_path}` (train split `{params.train_split}`: {len(data.train)} {unit})",
+        f"- source: `{params.data_path}` (train split `{params.train_split}`: {_counted(len(data.train), unit)})",
         f"- columns: prompt `{data.columns.prompt}`, chosen `{data.columns.chosen}`, "
         f"rejected `{data.columns.rejected}`"
         if data.columns.rejected
         else f"- columns: prompt `{data.columns.prompt}` (not under the loss), completion `{data.columns.chosen}`",
     ]
     if data.valid is not None:
-        lines.append(f"- validation split `{params.valid_split}`: {len(data.valid)} {unit}")
+        lines.append(f"- validation split `{params.valid_split}`: {_counted(len(data.valid), unit)}")
     else:
         lines.append("- no validation split was given, so nothing was evaluated on held-out data")
     for split_name, split in (("train", data.train), ("validation", data.valid)):
         if split is None:
             continue
         for reason, count in split.dropped.items():
-            lines.append(f"- {split_name}: {count} {unit} dropped ({reason})")
+            lines.append(f"- {split_name}: {_counted(count, unit)} dropped ({reason})")
         for reason, count in split.truncated.items():
-            lines.append(f"- {split_name}: {count} {unit} truncated ({reason})")
+            lines.append(f"- {split_name}: {_counted(count, unit)} truncated ({reason})")
     comparison = before_after(records)
     if comparison is not None:
         before, after = comparison
@@ -227,11 +236,17 @@ def write_card(project: Path, params: LLMTrainingParams, base_model: str, data: 
     (project / CARD_FILE).write_text("\n".join(lines))
 
 
+def _counted(count: int, unit: str) -> str:
+    """'1 pair', '3 pairs': `unit` is the plural ('pairs', 'examples')."""
+    return f"{count} {unit.removesuffix('s') if count == 1 else unit}"
+
+
 def _cell(text: str | None) -> str:
-    """Text for one Markdown table cell: no line breaks or pipes; None is an explicit dash."""
+    """Text for one Markdown table cell: line breaks shown as ⏎ (answers.flat), pipes escaped; None is an explicit
+    dash."""
     if text is None:
         return "—"
-    return " ".join(text.split()).replace("|", "\\|") or "(empty)"
+    return answers.flat(text).replace("|", "\\|") or "(empty)"
 
 
 def push_to_hub(project: Path, params: LLMTrainingParams) -> str:

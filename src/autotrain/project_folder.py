@@ -86,8 +86,8 @@ def _acquire(project: Path) -> int:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise ParamsError(f"project_name: cannot write in {lock.parent} ({exc.strerror}); choose a folder you "
-                              "can write to") from None
+            raise ParamsError(f"project_name: cannot write in {lock.parent} ({_why_not(lock.parent, exc)}); choose "
+                              "a folder you can write to") from None
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -110,6 +110,26 @@ def _acquire(project: Path) -> int:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
+
+
+def _why_not(folder: Path, exc: OSError) -> str:
+    """Why a file cannot be created in `folder`. A virtual file system (/proc, /sys) answers "No such file or
+    directory" for a folder that exists: the file system is the reason then."""
+    if exc.errno == errno.ENOENT and folder.is_dir():
+        kind = _file_system(folder)
+        if kind:
+            return f"it is a {kind} file system, where no file can be created"
+    return exc.strerror or str(exc)
+
+
+def _file_system(folder: Path) -> str | None:
+    """The type of the file system `folder` is on (Linux: the longest mount point above it in /proc/mounts)."""
+    try:
+        mounts = [line.split()[1:3] for line in Path("/proc/mounts").read_text().splitlines() if line.strip()]
+    except OSError:
+        return None
+    above = [(point, kind) for point, kind in mounts if folder == Path(point) or Path(point) in folder.parents]
+    return max(above, key=lambda mount: len(mount[0]))[1] if above else None
 
 
 def _read_pid(fd: int) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from autotrain.data.split import Advance, Row, Split, ignore_progress
-from autotrain.errors import DataError
+from autotrain.errors import DataError, malformed_json
 
 FORMATS = (".jsonl", ".json", ".csv", ".parquet")
 COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
@@ -198,7 +198,7 @@ class JsonlSplit(FileSplit):
             except DuplicateKey as exc:
                 raise duplicate_key(exc.key, self.source, number) from None
             except json.JSONDecodeError as exc:
-                raise DataError(f"malformed JSON at column {exc.colno}: {exc.msg}", path=self.source, line=number) from None
+                raise DataError(malformed_json(exc), path=self.source, line=number) from None
             if not isinstance(row, dict):
                 raise DataError(f"expected a JSON object, got {type(row).__name__}", path=self.source, line=number)
             yield number, row

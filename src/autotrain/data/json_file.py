@@ -11,7 +11,7 @@ from typing import Any
 
 from autotrain.data.files import DECODER, DuplicateKey, FileSplit, duplicate_key
 from autotrain.data.split import Advance, Row, ignore_progress
-from autotrain.errors import DataError
+from autotrain.errors import DataError, malformed_json
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
@@ -121,7 +121,7 @@ class JsonSplit(FileSplit):
         except DuplicateKey as exc:
             raise duplicate_key(exc.key, self.source, line) from None
         except json.JSONDecodeError as exc:
-            message = f"malformed JSON at column {exc.colno}: {exc.msg}"
+            message = malformed_json(exc)
             raise DataError(message, path=self.source, line=exc.lineno) from None
 
     def _expect(self, text: str, pos: int, char: str) -> int:

@@ -9,7 +9,7 @@ it: the prompt ends at the end of that message's text (`continue_final_message`)
 joined onto that message plus what closes the turn, the same sequence generation from that prompt produces. (TRL's
 completion instead closes the partial message and opens a second assistant turn.)
 
-An answer that is only whitespace is not rendered: the row comes back `blank`, to be dropped and counted.
+An answer that is empty or only whitespace is not rendered: the row comes back `blank`, to be dropped and counted.
 
 Supervised (SFT) rows have no rejected side, and come as a `text` column (plain text, trained on whole, no
 template), a prompt and a completion column (rendered as above, the prompt excluded from the loss), or a `messages`
@@ -174,10 +174,10 @@ class Renderer:
         """Render one row; `where` names it in errors (`file:line`, or `file, row N of M`)."""
         cols = self.columns
         prompt = _value(row, cols.prompt, where) if cols.prompt else None
-        chosen = _value(row, cols.chosen, where)
+        chosen = _value(row, cols.chosen, where, answer=True)
         if cols.rejected is None:
             return self._supervised(prompt, chosen, where)
-        rejected = _value(row, cols.rejected, where)
+        rejected = _value(row, cols.rejected, where, answer=True)
         conversational = any(isinstance(v, list) for v in (prompt, chosen, rejected))
         self._check_shape("messages" if conversational else "text", where)
         if _blank(chosen) or _blank(rejected):
@@ -310,12 +310,16 @@ def _no_template(where: object) -> DataError:
     )
 
 
-def _value(row: Row, column: str, where: object) -> str | Messages:
+def _value(row: Row, column: str, where: object, answer: bool = False) -> str | Messages:
+    """The row's value in `column`, checked. An `answer` (chosen, rejected, the SFT completion) may be "": blank,
+    it is dropped and counted like a whitespace-only answer (`_blank`); an empty prompt or list is an error."""
     if column not in row:
         raise DataError(f"{where}, column '{column}': missing from this row (it has: {', '.join(row)})")
     value = row[column]
     if value is None:
         raise DataError(f"{where}, column '{column}': null value; every pair needs a text here")
+    if answer and value == "":
+        return value
     if isinstance(value, str | list) and len(value) == 0:
         raise DataError(f"{where}, column '{column}': empty value; every pair needs a text here")
     if isinstance(value, str):

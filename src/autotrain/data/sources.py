@@ -86,6 +86,9 @@ def _load_saved(folder: Path, split: str) -> Split:
 
 
 def _load_hub(name: str, split: str) -> Split:
+    from autotrain import quiet
+
+    quiet.import_quietly("datasets")  # its hub client's logs (an unreachable host, each retry) quieted, as in a run
     import datasets
 
     try:
