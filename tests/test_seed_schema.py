@@ -131,7 +131,7 @@ def test_cli_errors_are_one_line_without_the_synopsis(tmp_path):
         ("--lora_rank", "8"): "error: unknown flag --lora_rank; did you mean --lora-r?",
         ("--lr", "abc"): "error: argument --lr: invalid float value: 'abc'",
         ("--rl-gamma", "0.9"): "error: rl_gamma is aitraining's reinforcement learning (PPO, GRPO), which this tool "
-                               "does not do; this tool trains ORPO, DPO and SFT",
+                               "does not do; this tool trains ORPO, DPO, SimPO, CPO, SFT",
         ("--unsloth",): "error: unsloth is aitraining's unsloth acceleration, which this tool does not do; training "
                         "here runs on transformers and peft",
     }

@@ -330,3 +330,19 @@ def test_micro_batch_shares_give_the_whole_batch_gradient(case):
         naive += share.loss().item() / len(parts)
     assert_same((torch.tensor(total), {n: p.grad for n, p in model.named_parameters()}), expected)
     assert abs(naive - expected[0].item()) > 1e-3 * expected[0].item()
+
+
+@pytest.mark.parametrize("trainer", ["dpo", "simpo", "cpo"])
+def test_a_zero_beta_that_leaves_no_gradient_is_refused(trainer):
+    from autotrain.errors import ParamsError
+    from autotrain.trainers.clm.params import LLMTrainingParams
+
+    with pytest.raises(ParamsError, match=f"dpo_beta 0 leaves {trainer} with no gradient"):
+        LLMTrainingParams(trainer=trainer, dpo_beta=0)
+
+
+def test_orpo_lambda_zero_is_plain_sft_and_allowed_and_names_are_case_blind():
+    from autotrain.trainers.clm.params import LLMTrainingParams
+
+    assert LLMTrainingParams(trainer="orpo", dpo_beta=0).dpo_beta == 0
+    assert [LLMTrainingParams(trainer=name).trainer for name in ("SimPO", "CPO", "ORPO")] == ["simpo", "cpo", "orpo"]

@@ -146,3 +146,31 @@ def test_killed_sweep_resumes_with_its_finished_trials(tmp_path, chat_model):
     assert (first / "metrics.jsonl").read_bytes() == first_metrics  # not run again
     assert (first / "model.safetensors").stat().st_mtime_ns == first_mtime
     assert [r[0] for r in table_rows(project)] == ["000", "001", "002"]
+
+
+def test_a_resumed_sweep_draws_new_parameters_not_the_first_trials_again(tmp_path):
+    """Reopening the study (a resumed sweep) must not replay the seed's first draws: a sampler seeded as the fresh
+    sweep was would give trial 3 the parameters of trial 0."""
+    import optuna
+
+    from autotrain.sweep import open_study
+
+    params = LLMTrainingParams(use_sweep=True, valid_split="validation", seed=7)
+    study, _ = open_study(tmp_path, params)
+    first = [study.ask().suggest_float("lr", 1e-5, 1e-3, log=True) for _ in range(2)]
+    for trial in study.get_trials(deepcopy=False):
+        study.tell(trial.number, 1.0)
+    resumed, _ = open_study(tmp_path, params)
+    again = resumed.ask().suggest_float("lr", 1e-5, 1e-3, log=True)
+    assert again not in first
+    fresh = optuna.samplers.TPESampler(seed=7)  # what a fresh sweep with this seed draws first: the same as before
+    replay = optuna.create_study(sampler=fresh).ask().suggest_float("lr", 1e-5, 1e-3, log=True)
+    assert replay == first[0]
+
+
+def test_sweeping_a_field_that_changes_the_loss_needs_another_metric():
+    space = '{"simpo_gamma": {"low": 0.1, "high": 1.0}}'
+    with pytest.raises(ParamsError, match="simpo_gamma changes the loss itself, so eval_loss cannot rank the trials"):
+        LLMTrainingParams(trainer="simpo", use_sweep=True, valid_split="validation", sweep_params=space)
+    LLMTrainingParams(trainer="simpo", use_sweep=True, valid_split="validation", sweep_params=space,
+                      sweep_metric="eval_nll_loss")

@@ -58,18 +58,29 @@ def run_sweep(params: LLMTrainingParams, train: Callable[..., Any], result_of: C
         raise ParamsError("use_sweep: push_to_hub is not done for a sweep; push the best model after it")
     with quiet.libraries(verbose), owned(project):
         project.mkdir(parents=True, exist_ok=True)
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = optuna.storages.RDBStorage(f"sqlite:///{project / STORAGE_FILE}")
-        study = optuna.create_study(
-            study_name=_STUDY, storage=storage, direction=params.sweep_direction, load_if_exists=True,
-            sampler=optuna.samplers.TPESampler(seed=params.seed),
-            pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
-        )
+        study, storage = open_study(project, params)
         _same_sweep(study, params)
         _retry_dead_trials(study, storage)
         while _finished(study) < params.sweep_n_trials:
             _one_trial(study, params, base, ranges, project, train)
         return _conclude(study, params, ranges, project, result_of)
+
+
+def open_study(project: Path, params: LLMTrainingParams) -> tuple[Any, Any]:
+    """The sweep's optuna study in <project>/sweep.db, new or resumed.
+
+    The sampler's seed is the run's seed plus the trials already stored: a fresh sweep is reproducible, and a resumed
+    one draws new parameters instead of replaying the first trials' draws from the same seed."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{project / STORAGE_FILE}")
+    study = optuna.create_study(
+        study_name=_STUDY, storage=storage, direction=params.sweep_direction, load_if_exists=True,
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+    )
+    study.sampler = optuna.samplers.TPESampler(seed=params.seed + len(study.get_trials(deepcopy=False)))
+    return study, storage
 
 
 def _check_folder(project: Path) -> None:

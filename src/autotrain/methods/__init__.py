@@ -44,6 +44,9 @@ class MethodSpec:
     gamma_per_beta: float = 0.0
     alpha: float = 0.0
     nll_title: str = ""
+    # beta scales the reward inside the sigmoid: at 0 every pair's loss is log 2 and no gradient flows (ORPO's lambda
+    # at 0 is plain SFT, which is a choice)
+    positive_beta: bool = False
 
     @property
     def module(self) -> str:
@@ -57,18 +60,19 @@ SPECS: dict[str, MethodSpec] = {
                    accuracy="chosen log-odds > rejected", help="SFT + odds-ratio term, no reference model"),
         MethodSpec("dpo", paired=True, needs_reference=True,
                    accuracy="chosen gained more log-probability over the reference than rejected",
-                   help="sigmoid DPO against a frozen reference"),
+                   help="sigmoid DPO against a frozen reference", positive_beta=True),
         # SimPO: the SimPO paper's beta 2.0-2.5 and gamma / beta about 0.5 (gamma follows a chosen beta), no NLL term.
         MethodSpec("simpo", paired=True, needs_reference=False, title="SimPO",
                    accuracy="chosen mean token log-prob > rejected",
                    help="length-normalised reward with a target margin, no reference model; --cpo-alpha > 0 adds "
                    "CPO's NLL term: CPO-SimPO",
-                   beta=2.0, options=("gamma", "alpha"), gamma_per_beta=0.5, alpha=0.0, nll_title="CPO-SimPO"),
+                   beta=2.0, options=("gamma", "alpha"), gamma_per_beta=0.5, alpha=0.0, nll_title="CPO-SimPO",
+                   positive_beta=True),
         # CPO: beta 0.1 and NLL weight 1.0, as the CPO paper and TRL's CPOConfig.
         MethodSpec("cpo", paired=True, needs_reference=False,
                    accuracy="chosen summed log-prob > rejected",
                    help="sigmoid preference term on summed log-probs + NLL, no reference model",
-                   beta=0.1, options=("alpha",), alpha=1.0),
+                   beta=0.1, options=("alpha",), alpha=1.0, positive_beta=True),
         MethodSpec("sft", paired=False, needs_reference=False, accuracy=None,
                    help="NLL on the completion or text", beta=None),
     )

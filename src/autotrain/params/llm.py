@@ -44,6 +44,8 @@ SECTIONS: tuple[tuple[str, type[Schema]], ...] = (
     ("Sweep", SweepParams),
 )
 
+# Fields that change what the loss is: trials that differ in them have losses on different scales.
+LOSS_SHAPING: frozenset[str] = frozenset({"dpo_beta", "simpo_gamma", "cpo_alpha", "prompt_loss", "response_only_loss"})
 # Fields whose values are secrets: never written to disk, never logged.
 SECRET_FIELDS: frozenset[str] = frozenset({"token", "wandb_token"})
 # Fields that only mean something with `peft` (LoRA); given without it they would be ignored, so they are refused.
@@ -70,9 +72,14 @@ class LLMTrainingParams(*reversed([section for _, section in SECTIONS])):  # typ
             raise ValueError("wandb_visualizer shows a W&B run: add --log wandb")
         if self.sweep_params is not None:
             try:
-                parse_space(self.sweep_params, type(self).model_fields)
+                space = parse_space(self.sweep_params, type(self).model_fields)
             except ValueError as exc:
                 raise ValueError(f"sweep_params: {exc}") from None
+            shaping = [r.name for r in space if r.name in LOSS_SHAPING]
+            if shaping and self.sweep_metric in ("eval_loss", "loss"):
+                raise ValueError(f"sweep_params: {shaping[0]} changes the loss itself, so {self.sweep_metric} cannot "
+                                 "rank the trials; set --sweep-metric eval_nll_loss, or eval_rewards/accuracies with "
+                                 "--sweep-direction maximize")
         if self.use_sweep and not self.valid_split:
             raise ValueError(f"use_sweep optimises {self.sweep_metric} on the validation split: add --valid-split")
         if self.sample_answers and not self.valid_split:

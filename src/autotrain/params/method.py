@@ -72,10 +72,14 @@ class MethodParams(Schema):
     @field_validator("trainer")
     @classmethod
     def _known_trainer(cls, value: str) -> str:
-        return one_of(value, TRAINER_NAMES, "trainer")
+        # Papers and TRL write SimPO, CPO, ORPO: the name in any case is the method.
+        return one_of(value.lower() if value.lower() in TRAINER_NAMES else value, TRAINER_NAMES, "trainer")
 
     @model_validator(mode="after")
     def _method_fields(self) -> MethodParams:
+        if self.dpo_beta == 0 and methods.spec(self.trainer).positive_beta:
+            raise ValueError(f"dpo_beta 0 leaves {self.trainer} with no gradient (every pair's loss is log 2): give a "
+                             "beta > 0, or leave it out for the method's default")
         own = methods.spec(self.trainer).options
         for name, option in (("simpo_gamma", "gamma"), ("cpo_alpha", "alpha")):
             if getattr(self, name) is not None and option not in own:

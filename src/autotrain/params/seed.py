@@ -7,10 +7,12 @@ Every field of aitraining's schema is one of three things:
 - a field of a trainer this tool is not (`NOT_THIS_TOOL`): given, it is refused with one line that names it and
   says what this tool does instead, never as an unknown parameter nor with a "did you mean" to an unrelated field.
 
-Standard library only: imported by the schema, the CLI and the config-file reader.
+Standard library and the torch-free method registry only: imported by the schema, the CLI and the config-file reader.
 """
 
 from __future__ import annotations
+
+from autotrain import methods
 
 # field -> (aitraining's default, why ours differs)
 DIFFERENT_DEFAULTS: dict[str, tuple[object, str]] = {
@@ -40,7 +42,8 @@ _CHECKPOINTS = ("manual checkpoint control", "use --save-strategy, --save-steps 
 _INFERENCE = ("inference after training", "run `aitraining llm --inference --project-name DIR --inference-prompts "
               "...` on the finished project")
 _DISTILL = ("prompt distillation", "")
-_RL = ("reinforcement learning (PPO, GRPO)", "this tool trains ORPO, DPO and SFT")
+_RL = ("reinforcement learning (PPO, GRPO)",
+       "this tool trains " + ", ".join(spec.title or spec.name.upper() for spec in methods.SPECS.values()))
 _VLLM = ("vLLM generation for GRPO", "")
 _EVAL = ("enhanced evaluation extras", "evaluation here scores --valid-split; --use-enhanced-eval adds perplexity")
 
