@@ -143,3 +143,10 @@ def test_a_data_error_comes_before_torch_and_transformers_are_imported(tmp_path)
     assert done.stderr.splitlines() == ["error: d.jsonl:1: malformed JSON at column 30: Expecting ',' delimiter"]
     assert done.stdout.splitlines()[-1] == "2 []"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]
+
+
+def test_names_from_transformers_and_trl_get_this_tools_name():
+    with pytest.raises(ParamsError, match=r"learning_rate: unknown parameter; this tool calls it lr$"):
+        LLMTrainingParams(learning_rate=1e-4)
+    with pytest.raises(ParamsError, match=r"per_device_train_batch_size: unknown parameter; this tool calls it batch_size"):
+        LLMTrainingParams(per_device_train_batch_size=2)

@@ -129,6 +129,11 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
 def test_cli_errors_are_one_line_without_the_synopsis(tmp_path):
     cases = {
         ("--lora_rank", "8"): "error: unknown flag --lora_rank; did you mean --lora-r?",
+        # what transformers and TRL call it: the field here, not difflib's nearest spelling (--merge-adapter)
+        ("--learning_rate", "1e-4"): "error: unknown flag --learning_rate; this tool calls it --lr",
+        ("--num-train-epochs", "2"): "error: unknown flag --num-train-epochs; this tool calls it --epochs",
+        # a value after a switch, which takes none
+        ("--peft", "true"): "error: --peft takes no value ('true' given): write --peft or --no-peft",
         ("--lr", "abc"): "error: argument --lr: invalid float value: 'abc'",
         ("--rl-gamma", "0.9"): "error: rl_gamma is aitraining's reinforcement learning (PPO, GRPO), which this tool "
                                "does not do; this tool trains ORPO, DPO, SimPO, CPO, SFT",

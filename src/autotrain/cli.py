@@ -27,10 +27,10 @@ from typing import Any, Literal, TypeVar
 
 from autotrain import __version__
 from autotrain.config_file import ConfigFile, load_config
-from autotrain.errors import AutoTrainError, ParamsError, TrainingInterrupted, did_you_mean
+from autotrain.errors import AutoTrainError, ParamsError, TrainingInterrupted
 from autotrain.inference import InferenceParams
 from autotrain.params import SECTIONS, LLMTrainingParams, Schema
-from autotrain.params.seed import DIFFERENT_DEFAULTS, not_this_tool
+from autotrain.params.seed import DIFFERENT_DEFAULTS, not_this_tool, unknown_name_hint
 
 logger = logging.getLogger("autotrain")
 SchemaT = TypeVar("SchemaT", bound=Schema)
@@ -104,11 +104,13 @@ class _Parser(argparse.ArgumentParser):
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
         args = sys.argv[1:] if args is None else list(args)
-        return super().parse_known_args([_canonical_flag(arg) for arg in args], namespace)
+        self._args = [_canonical_flag(arg) for arg in args]
+        return super().parse_known_args(self._args, namespace)
 
     def error(self, message: str) -> typing.NoReturn:
         if message.startswith("unrecognized arguments: "):
-            message = _unknown_flag(message.removeprefix("unrecognized arguments: ").split()[0], self)
+            first = message.removeprefix("unrecognized arguments: ").split()[0]
+            message = _stray_value(first, getattr(self, "_args", []), self) or _unknown_flag(first, self)
         self.exit(2, f"error: {message}\n")
 
 
@@ -137,13 +139,26 @@ def _canonical_flag(arg: str) -> str:
     return _SPELLINGS.get(flag, flag) + eq + value
 
 
+def _stray_value(arg: str, args: list[str], parser: argparse.ArgumentParser) -> str | None:
+    """`--peft true`: a value after a switch, which takes none. The line names the switch and its two forms."""
+    if arg.startswith("-") or arg not in args or args.index(arg) == 0:
+        return None
+    before = args[args.index(arg) - 1]
+    switches = {f for action in _all_actions(parser) if isinstance(action, argparse.BooleanOptionalAction)
+                for f in action.option_strings}
+    if before not in switches:
+        return None
+    name = before.removeprefix("--").removeprefix("no-")
+    return f"--{name} takes no value ({arg!r} given): write --{name} or --no-{name}"
+
+
 def _unknown_flag(arg: str, parser: argparse.ArgumentParser) -> str:
     flag = arg.split("=", 1)[0]
     refused = not_this_tool(flag.removeprefix("--").removeprefix("no-")) if flag.startswith("--") else None
     if refused is not None:
         return refused
     known = sorted({f for action in _all_actions(parser) for f in action.option_strings if f.startswith("--")})
-    hint = did_you_mean(flag.replace("_", "-"), known, otherwise="see aitraining llm --help")
+    hint = unknown_name_hint(flag.replace("_", "-"), known, otherwise="see aitraining llm --help", flag=True)
     return f"unknown flag {flag}; {hint}"
 
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autotrain.errors import ParamsError, did_you_mean
+from autotrain.errors import ParamsError
 from autotrain.params import LLMTrainingParams, Schema
-from autotrain.params.seed import not_this_tool
+from autotrain.params.seed import not_this_tool, unknown_name_hint
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,8 @@ def load_config(path: str, schema: type[Schema] = LLMTrainingParams) -> ConfigFi
                 refused = not_this_tool(key_node.value)
                 if refused is not None:  # a field of another aitraining trainer: no guess at a near name
                     raise ParamsError(f"{here}: {refused}")
-                hint = did_you_mean(key_node.value.replace("-", "_"), schema.model_fields,
-                                    otherwise="the keys are the flags of `aitraining llm --help`")
+                hint = unknown_name_hint(key_node.value.replace("-", "_"), schema.model_fields,
+                                         otherwise="the keys are the flags of `aitraining llm --help`")
                 raise ParamsError(f"{here}: unknown key '{key_node.value}'; {hint}")
             if name in first_line:
                 raise ParamsError(f"{here}: duplicate key '{key_node.value}' ({name} is already set on line "

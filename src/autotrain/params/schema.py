@@ -74,7 +74,7 @@ AutoOrAtLeastTwo = Annotated[int, _auto_or_at_least(2)]
 
 
 def _one_line(exc: ValidationError, schema: type[Schema]) -> str:
-    from autotrain.params.seed import not_this_tool
+    from autotrain.params.seed import not_this_tool, unknown_name_hint
 
     parts = []
     for err in exc.errors():
@@ -85,7 +85,7 @@ def _one_line(exc: ValidationError, schema: type[Schema]) -> str:
             if refused is not None:  # a field of another aitraining trainer: say so, no guess at a near name
                 parts.append(refused)
                 continue
-            message = "unknown parameter; " + did_you_mean(field, schema.accepted_names(), otherwise="see --help")
+            message = "unknown parameter; " + unknown_name_hint(field, schema.accepted_names(), otherwise="see --help")
         elif err["type"] == "literal_error":
             message = f"got {err['input']!r}; {message[0].lower()}{message[1:]}"
         # A cross-field rule (no field in loc) names its fields in its message.

@@ -12,7 +12,10 @@ Standard library and the torch-free method registry only: imported by the schema
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from autotrain import methods
+from autotrain.errors import did_you_mean
 
 # field -> (aitraining's default, why ours differs)
 DIFFERENT_DEFAULTS: dict[str, tuple[object, str]] = {
@@ -91,3 +94,31 @@ def not_this_tool(name: str) -> str | None:
         return None
     what, instead = NOT_THIS_TOOL[field]
     return f"{field} is aitraining's {what}, which this tool does not do" + (f"; {instead}" if instead else "")
+
+
+# What users coming from transformers, TRL or PEFT type, and the field it is here (an unknown name that is one of these
+# gets this name, not difflib's nearest spelling: `learning_rate` is nearer `merge_adapter` than `lr`).
+OTHER_NAMES: dict[str, str] = {
+    "learning_rate": "lr", "num_train_epochs": "epochs", "num_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size", "train_batch_size": "batch_size", "beta": "dpo_beta",
+    "lr_scheduler_type": "scheduler", "optim": "optimizer",
+    "max_length": "block_size", "max_seq_length": "block_size", "output_dir": "project_name",
+    "model_name_or_path": "model", "model_name": "model", "dataset": "data_path", "dataset_name": "data_path",
+    "use_peft": "peft", "gradient_checkpointing": "disable_gradient_checkpointing", "eval_split": "valid_split",
+    "simpo_beta": "dpo_beta", "orpo_beta": "dpo_beta", "orpo_alpha": "dpo_beta", "report_to": "log",
+}
+
+
+def other_name(name: str) -> str | None:
+    """This tool's field for a name transformers, TRL or PEFT users type (`learning_rate` -> `lr`), else None."""
+    return OTHER_NAMES.get(name.replace("-", "_"))
+
+
+def unknown_name_hint(name: str, known: Iterable[str], otherwise: str, flag: bool = False) -> str:
+    """The hint after "unknown ...": this tool's name for a transformers/TRL name, else the closest known name.
+    `flag`: name and answer as command-line flags (--learning_rate -> --lr)."""
+    ours = other_name(name.removeprefix("--"))
+    if ours is not None:
+        return f"this tool calls it --{ours.replace('_', '-')}" if flag else f"this tool calls it {ours}"
+    return did_you_mean(name, known, otherwise=otherwise)
+
