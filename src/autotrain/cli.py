@@ -94,7 +94,8 @@ def add_param_flags(parser: Any, schema: type = LLMTrainingParams, skip: frozens
 
 USAGE = """aitraining llm --train [--config FILE] [--FLAG VALUE ...]
        aitraining llm --inference --project-name DIR --inference-prompts TEXT|FILE [...]
-       aitraining --config FILE [--FLAG VALUE ...]   (short for llm --train --config FILE)"""
+       aitraining --config FILE [--FLAG VALUE ...]   (short for llm --train --config FILE)
+       aitraining cache list|clear                   (the tokenized-data cache)"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -178,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=formatter,
     )
     parser.add_argument("--version", action="version", version=f"aitraining {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="llm")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="llm|cache")
     llm = commands.add_parser("llm", help="Fine-tune a causal language model.", allow_abbrev=False, usage=USAGE,
                               formatter_class=formatter,
                               description="Flags are grouped as the params are (autotrain.params); snake case "
@@ -196,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
         add_param_flags(group, fields=list(section.model_fields))
     add_param_flags(llm.add_argument_group("Inference", "With --inference: the trained project answers prompts."),
                     InferenceParams, skip=frozenset(LLMTrainingParams.model_fields))
+    cache = commands.add_parser("cache", help="List or clear the tokenized-data cache (autotrain.data.cache_store).",
+                                formatter_class=formatter)
+    cache.add_argument("action", choices=("list", "clear"), help="list: its entries, most recently used first, and "
+                       "its size and cap (AITRAINING_CACHE_MAX_GB); clear: remove every entry.")
+    cache.set_defaults(verbose=False)
     return parser
 
 
@@ -244,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(_with_command(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # stderr: errors only
     try:
+        if args.command == "cache":
+            from autotrain.data.cache_store import command
+
+            print("\n".join(command(args.action)))
         if args.command == "llm":
             if args.train == args.inference:
                 parser.error("llm: say what to do: --train or --inference")
