@@ -400,3 +400,13 @@ def test_a_sweep_params_mapping_in_a_config_file_is_the_same_space(tmp_path):
     params = params_from_args(build_parser().parse_args(["llm", "--train", "--config", str(config)]))
     as_json = parse_space('{"lr": {"low": 1e-5, "high": 1e-3, "type": "log"}, "batch_size": [2, 4]}')
     assert parse_space(params.sweep_params) == as_json
+
+
+def test_a_yaml_bound_read_as_text_says_why(tmp_path):
+    from autotrain.cli import build_parser, params_from_args
+
+    config = tmp_path / "run.yml"
+    config.write_text("use_sweep: true\nvalid_split: validation\nsweep_params: {lr: [1e-5, 1e-3, log]}\n")
+    with pytest.raises(ParamsError, match=rf"^{config}:3:15: .*lr: \[low, high, type\] needs numbers, not texts "
+                                          r"\(got '1e-5', '1e-3'\); in a YAML file write 1.0e-5, not 1e-5"):
+        params_from_args(build_parser().parse_args(["llm", "--train", "--config", str(config)]))

@@ -59,7 +59,8 @@ class SweepParams(Schema):
     sweep_params: str | None = Field(
         None,
         description='Search space as JSON, e.g. \'{"lr": {"low": 1e-5, "high": 1e-3, "type": "log"}, "batch_size": '
-        "[2, 4]}'. Default: aitraining's (lr log 1e-5..1e-3, batch_size 2/4/8/16, warmup_ratio 0..0.2).",
+        "[2, 4]}' (a list is choices; [low, high, type] a range); a mapping in a YAML file. Default: aitraining's "
+        "(lr log 1e-5..1e-3, batch_size 2/4/8/16, warmup_ratio 0..0.2).",
     )
 
     @field_validator("sweep_params", mode="before")
@@ -91,6 +92,8 @@ def parse_space(text: str | None, fields: Any = None) -> list[Range]:
 def _range(name: str, spec: Any, fields: Any) -> Range:
     if (fields is not None and name not in fields) or name in _NOT_SWEPT:
         raise ValueError(f"'{name}' cannot be swept: name a training field such as lr, batch_size or lora_r")
+    if isinstance(spec, list) and len(spec) == 3 and _number_texts(spec[:2]) and _KINDS.get(spec[2]):
+        raise ValueError(f"{name}: [low, high, type] needs numbers, not texts (got {spec[0]!r}, {spec[1]!r}){_YAML}")
     if isinstance(spec, list) and _is_low_high_type(spec):
         spec = {"low": spec[0], "high": spec[1], "type": spec[2]}
     elif isinstance(spec, list):
@@ -109,10 +112,23 @@ def _range(name: str, spec: Any, fields: Any) -> Range:
         return Range(name, kind, choices=tuple(choices))
     low, high = spec.get("low"), spec.get("high")
     if not all(_is_number(v) and math.isfinite(v) for v in (low, high)) or low > high:
-        raise ValueError(f"{name}: needs finite numbers low <= high (got low={low!r}, high={high!r})")
+        hint = _YAML if _number_texts([v for v in (low, high) if isinstance(v, str)] or [None]) else ""
+        raise ValueError(f"{name}: needs finite numbers low <= high (got low={low!r}, high={high!r}){hint}")
     if kind == "log" and low <= 0:
         raise ValueError(f"{name}: a log range needs low > 0 (got {low})")
     return Range(name, kind, float(low) if kind != "int" else int(low), float(high) if kind != "int" else int(high))
+
+
+# PyYAML reads 1e-5 (no dot) as text: the usual reason a YAML file's bound is a string.
+_YAML = "; in a YAML file write 1.0e-5, not 1e-5 (which YAML reads as text)"
+
+
+def _number_texts(values: list[Any]) -> bool:
+    """Whether every value is a text that reads as a number ('1e-5')."""
+    try:
+        return all(isinstance(v, str) and math.isfinite(float(v)) for v in values)
+    except ValueError:
+        return False
 
 
 def _is_number(value: Any) -> bool:
