@@ -24,7 +24,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -261,25 +260,16 @@ def _conclude(study: Any, params: LLMTrainingParams, ranges: list[Range], projec
 
 def _publish(best: Path, project: Path) -> None:
     """Put the best trial's outputs in the project's top folder in place of an earlier best's, whole: nothing of
-    that one stays beside them (an adapter_config.json beside merged weights would be loaded with them).
-
-    What an earlier publish left is every top-level name that a trial folder holds too. The new outputs are copied
-    into a temp folder of the project and flushed; then the earlier ones are moved aside, the new ones moved in
-    (one rename each), and the earlier ones deleted. A crash in between leaves one trial's outputs or part of them,
-    never two trials' mixed; running the sweep's command again publishes again."""
+    that one stays beside them (an adapter_config.json beside merged weights would be loaded with them). What an
+    earlier publish left is every top-level name that a trial folder holds too. The new outputs are copied into a
+    temp folder of the project, then swapped in (autotrain.atomic.replace_entries): a crash leaves one trial's
+    outputs or part of them, never two trials' mixed, and running the sweep's command again publishes again."""
     atomic.remove_stale_temps(project, _TEMP_PREFIX, 0)  # the sweep holds the project's lock: any is a dead one's
     staged = atomic.new_temp(project, _TEMP_PREFIX, "best")
-    earlier = atomic.new_temp(project, _TEMP_PREFIX, "earlier")
     try:
         shutil.copytree(best, staged, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*_NOT_COPIED))
-        atomic.fsync_tree(staged)
         outputs = {p.name for trial in (project / TRIALS_DIR).iterdir() if trial.is_dir() for p in trial.iterdir()
                    if not any(fnmatch.fnmatch(p.name, pattern) for pattern in _NOT_COPIED)}
-        for name in outputs & {p.name for p in project.iterdir()}:
-            os.rename(project / name, earlier / name)
-        for path in staged.iterdir():
-            os.rename(path, project / path.name)
-        atomic.fsync_path(project)
+        atomic.replace_entries(staged, project, outputs, _TEMP_PREFIX)
     finally:
-        shutil.rmtree(earlier, ignore_errors=True)
         shutil.rmtree(staged, ignore_errors=True)
