@@ -410,3 +410,23 @@ def test_a_yaml_bound_read_as_text_says_why(tmp_path):
     with pytest.raises(ParamsError, match=rf"^{config}:3:15: .*lr: \[low, high, type\] needs numbers, not texts "
                                           r"\(got '1e-5', '1e-3'\); in a YAML file write 1.0e-5, not 1e-5"):
         params_from_args(build_parser().parse_args(["llm", "--train", "--config", str(config)]))
+
+
+
+def test_a_changed_space_is_refused_even_before_a_trial_finished(tmp_path):
+    """optuna's storage keeps each parameter's distribution and the direction: another space or direction cannot
+    go on in the same study (optuna would refuse the first draw, or keep the old direction without a word)."""
+    from autotrain.sweep import _same_sweep, open_study
+
+    settings = dict(use_sweep=True, valid_split="validation", project_name=str(tmp_path),
+                    sweep_params='{"batch_size": [2, 64]}')
+    old = LLMTrainingParams(**settings)
+    study, _ = open_study(tmp_path, old)
+    _same_sweep(study, old)
+    study.ask().suggest_categorical("batch_size", [2, 64])  # trial 000, running when the sweep was killed
+    for change, named in ((dict(sweep_params='{"batch_size": [2, 4]}'), "space"),
+                          (dict(sweep_direction="maximize", sweep_metric="eval_rewards/accuracies"), "direction")):
+        new = LLMTrainingParams(**{**settings, **change})
+        study, _ = open_study(tmp_path, new)
+        with pytest.raises(ParamsError, match=f"ran its trials with other settings \\({named} "):
+            _same_sweep(study, new)

@@ -127,22 +127,25 @@ def check_space(params: LLMTrainingParams, ranges: list[Range], base: dict[str, 
 
 
 def _same_sweep(study: Any, params: LLMTrainingParams) -> None:
-    """Once a trial has finished, a resumed sweep must be the same search with the same settings: its space,
-    metric and direction, and every setting it does not sweep. Before that (trial 000 failed, or the sweep was
-    stopped during it) a corrected command starts it afresh."""
+    """A resumed sweep must be the same search: the space and the direction always (optuna's storage holds them),
+    and once a trial has finished, the metric and every setting it does not sweep too. Before that (trial 000
+    failed, or was stopped), a command corrected in those goes on with the corrected settings."""
     settings = {"space": params.sweep_params, "metric": params.sweep_metric, "direction": params.sweep_direction,
                 "fixed": fixed_settings(params, parse_space(params.sweep_params))}
-    saved = study.user_attrs.get("settings")
-    if saved is not None and _finished(study):
-        changed = [f"{k} {saved[k]!r} -> {settings[k]!r}" for k in ("space", "metric", "direction")
+    saved, finished = study.user_attrs.get("settings"), _finished(study)
+    if saved is not None:
+        compared = ("space", "direction", "metric") if finished else ("space", "direction")
+        changed = [f"{k} {saved[k]!r} -> {settings[k]!r}" for k in compared
                    if _comparable(k, saved[k]) != _comparable(k, settings[k])]
-        before, now = saved.get("fixed", settings["fixed"]), settings["fixed"]  # not recorded by earlier versions
-        changed += [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in sorted({*before, *now})
-                    if before.get(k) != now.get(k)]
+        if finished:
+            before, now = saved.get("fixed", settings["fixed"]), settings["fixed"]  # not recorded before
+            changed += [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in sorted({*before, *now})
+                        if before.get(k) != now.get(k)]
         if changed:
+            may = "--sweep-n-trials" if finished else "--sweep-n-trials, --sweep-metric and the settings not swept"
             raise ParamsError(f"project_name: the sweep in {preflight.project_dir(params)} ran its trials with other "
-                              f"settings ({', '.join(changed)}); run it with those (only --sweep-n-trials may "
-                              "change), or use a new folder")
+                              f"settings ({', '.join(changed)}); run it with those (only {may} may change), or use "
+                              "a new folder")
     if saved != settings:
         study.set_user_attr("settings", settings)
 
