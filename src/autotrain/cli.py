@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_param_flags(llm.add_argument_group("Inference", "With --inference: the trained project answers prompts."),
                     InferenceParams, skip=frozenset(LLMTrainingParams.model_fields))
     cache = commands.add_parser("cache", help="List or clear the tokenized-data cache (autotrain.data.cache_store).",
-                                formatter_class=formatter)
+                                formatter_class=formatter, usage="aitraining cache list|clear")
     cache.add_argument("action", choices=("list", "clear"), help="list: its entries, most recently used first, and "
                        "its size and cap (AITRAINING_CACHE_MAX_GB); clear: remove every entry.")
     cache.set_defaults(verbose=False)
