@@ -262,6 +262,9 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
         tokenizer = models.load_tokenizer(model_path, params.trust_remote_code)
         config = models.load_config(model_path, params.trust_remote_code)
     models.check_attention(params, config)
+    if method.needs_reference and ref_path is not None:  # before the data stage and any weights
+        with model_files.loading(ref_path):
+            models.check_reference_tokenizer(tokenizer, ref_path, params.trust_remote_code)
     data = prepare_data(params, tokenizer, models.model_max_length(config), opened=opened)
     from transformers import PrinterCallback, ProgressCallback, set_seed
 
