@@ -107,40 +107,30 @@ def _trial(params: LLMTrainingParams, callbacks: tuple[Any, ...]) -> RunResult:
         return run(params, callbacks=callbacks)
 
 
-@contextlib.contextmanager
-def session(params: LLMTrainingParams) -> Iterator[None]:
-    """What a run holds while it lasts: the project folder's lock (in the process that owns the run:
-    preflight.takes_lock), and a `sys.argv` without secrets, since trackers record it (wandb keeps the command line
-    in its run files, and an online run uploads them). The argv and the trackers' environment are restored
-    afterwards (`caller_environment`)."""
-    secrets = [value for value in params.secret_values() if value]
-    saved = list(sys.argv)
-    sys.argv[:] = [scrub(arg, secrets) for arg in saved]
-    try:
-        with caller_environment(), owned(preflight.project_dir(params), take=preflight.takes_lock()):
-            yield
-    finally:
-        sys.argv[:] = saved
-
-
-# What a run sets for its trackers (`_tracker_environment`) or wandb sets for itself (WANDB_SERVICE).
+# What a run sets for its trackers (`_tracker_environment`), or wandb for itself (WANDB_SERVICE).
 _TRACKER_VARIABLES = ("WANDB_", "TENSORBOARD_LOGGING_DIR")
 
 
 @contextlib.contextmanager
-def caller_environment() -> Iterator[None]:
-    """Put the trackers' environment back as the caller had it when the run ends, also on an error: a Python
-    caller must not keep the W&B key (every later subprocess would inherit it), nor the run's WANDB_DIR and
-    WANDB_PROJECT (its own later wandb runs would log into this project's folder). Processes the run launches
-    get the environment while it lasts (autotrain.launch passes it on)."""
-    saved = {name: value for name, value in os.environ.items() if name.startswith(_TRACKER_VARIABLES)}
+def session(params: LLMTrainingParams) -> Iterator[None]:
+    """What a run holds while it lasts: the project folder's lock (in the process that owns the run:
+    preflight.takes_lock), and a `sys.argv` without secrets, since trackers record it (wandb keeps the command line
+    in its run files, and an online run uploads them). The argv, and the trackers' environment, are the caller's
+    again afterwards, also on an error: a Python caller must not keep the W&B key (later subprocesses inherit it)
+    nor WANDB_DIR and WANDB_PROJECT (its own wandb runs would log into this folder)."""
+    secrets = [value for value in params.secret_values() if value]
+    saved = list(sys.argv)
+    environment = {name: value for name, value in os.environ.items() if name.startswith(_TRACKER_VARIABLES)}
+    sys.argv[:] = [scrub(arg, secrets) for arg in saved]
     try:
-        yield
+        with owned(preflight.project_dir(params), take=preflight.takes_lock()):
+            yield
     finally:
+        sys.argv[:] = saved
         for name in [name for name in os.environ if name.startswith(_TRACKER_VARIABLES)]:
-            if name not in saved:
+            if name not in environment:
                 del os.environ[name]
-        os.environ.update(saved)
+        os.environ.update(environment)
 
 
 def scrub(text: str, secrets: list[str]) -> str:
