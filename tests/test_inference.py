@@ -180,7 +180,7 @@ def test_a_json_array_is_read_as_json(tmp_path):
         ("p.jsonl", b'{"prompt": "ok"}\n{"prompt": ["hi"]}\n',
          "{path}:2, column 'prompt': each message needs 'role' and 'content', got 'hi'"),
         ("p.jsonl", b'{"prompt": []}\n', "{path}:1, column 'prompt': empty value; a prompt needs a text or messages"),
-        ("p.json", b'["ok",\n 7]\n', "{path}:2: expected a JSON object, got int"),
+        ("p.json", b'["ok",\n 7]\n', "{path}:2: expected a prompt or an object with a 'prompt', got int"),
         ("p.json", b'[{"prompt": null}]', "{path}:1, column 'prompt': null value; a prompt needs a text or messages"),
         ("p.json", b"[]", "{path}: no prompts in the file"),
     ],

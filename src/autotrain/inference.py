@@ -113,7 +113,7 @@ class _PromptsSplit(FileSplit):
 class _PromptsJson(JsonSplit):
     """A JSON array of prompts (texts) or of objects with a 'prompt'; a text is the row {"prompt": text}."""
 
-    items = (dict, str)
+    items, items_named = (dict, str), "a prompt or an object with a 'prompt'"
 
     def rows(self, advance: Advance = ignore_progress) -> Iterator[tuple[int, Row]]:
         for number, item in super().rows(advance):

@@ -25,7 +25,8 @@ class JsonSplit(FileSplit):
     large data belongs in a .jsonl file.
     """
 
-    items: tuple[type, ...] = (dict,)  # what a list may hold: row objects
+    items: tuple[type, ...] = (dict,)  # what a list may hold (row objects), and how an error names it
+    items_named = "a JSON object"
 
     def __init__(self, path: Path, compression: str = ""):
         super().__init__(path, compression)
@@ -65,7 +66,8 @@ class JsonSplit(FileSplit):
             counted = start = pos
             item, pos = self._decode(text, pos, line)
             if not isinstance(item, self.items):
-                raise DataError(f"expected a JSON object, got {type(item).__name__}", path=self.source, line=line)
+                raise DataError(f"expected {self.items_named}, got {type(item).__name__}", path=self.source,
+                                line=line)
             advance(int((pos - start) * self._scale))
             yield line, item
             pos = _WHITESPACE.match(text, pos).end()
