@@ -213,11 +213,11 @@ def inference_params_from_args(args: argparse.Namespace) -> InferenceParams:
     return _build(InferenceParams, args)
 
 
-# What a flag of the other command is called, and what to do instead, by the schema being built.
+# What a flag (or config-file key) of the other command is called, and what to do instead, by the schema built.
 _OTHER_COMMAND: dict[type[Schema], tuple[type[Schema], str]] = {
-    LLMTrainingParams: (InferenceParams, "is an inference flag; use it with --inference, not --train"),
-    InferenceParams: (LLMTrainingParams, "is a training flag; --inference takes --project-name and the "
-                      "--inference-* flags"),
+    LLMTrainingParams: (InferenceParams, "is an inference setting; use it with --inference, not --train"),
+    InferenceParams: (LLMTrainingParams, "is a training setting, which --inference does not take; it takes "
+                      "project_name, trust_remote_code and the inference_* settings"),
 }
 
 
@@ -226,12 +226,12 @@ def _build(schema: type[SchemaT], args: argparse.Namespace) -> SchemaT:
     values were chosen. An invalid value that came from the file is reported at its place in the file."""
     from pydantic import ValidationError
 
-    other, advice = _OTHER_COMMAND[schema]
-    stray = sorted(k for k in vars(args) if k in other.model_fields and k not in schema.model_fields)
+    other = _OTHER_COMMAND[schema]
+    stray = sorted(k for k in vars(args) if k in other[0].model_fields and k not in schema.model_fields)
     if stray:
-        raise ParamsError(f"--{stray[0].replace('_', '-')} {advice}")
+        raise ParamsError(f"--{stray[0].replace('_', '-')} {other[1]}")
     flags = {k: v for k, v in vars(args).items() if k in schema.model_fields}
-    config = load_config(args.config, schema) if "config" in args else ConfigFile("", {}, {})
+    config = load_config(args.config, schema, other) if "config" in args else ConfigFile("", {}, {})
     from_file = {k: v for k, v in config.values.items() if k not in flags}
     try:
         return schema(**from_file, **flags)
