@@ -147,6 +147,7 @@ def training_arguments(params: LLMTrainingParams, project: Path, train_pairs: in
         warmup_steps=params.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         optim=params.optimizer,
         lr_scheduler_type=params.scheduler,
+        lr_scheduler_kwargs={} if params.min_lr_rate is None else {"min_lr_rate": params.min_lr_rate},
         weight_decay=params.weight_decay,
         max_grad_norm=params.max_grad_norm,
         seed=params.seed,
