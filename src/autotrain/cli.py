@@ -8,7 +8,7 @@ Boolean fields take `--flag` / `--no-flag`. Optional fields take `none` to mean 
 YAML's own types; flags typed on the command line override it. With `--inference` the file holds inference fields
 (`project_name`, `inference_*`). `aitraining --config run.yml [flags]`, with no command, means
 `aitraining llm --train --config run.yml [flags]`. An unknown or duplicate key, a YAML syntax error or a bad value
-is reported as `run.yml:LINE:COLUMN: ...`.
+(also one refused because of a typed flag) is reported as `run.yml:LINE:COLUMN: ...`.
 
 A user error (bad params, data or model) prints one line and exits 2; `--verbose` shows the traceback and the
 libraries' own logs, warnings and loading bars (quiet otherwise: autotrain.quiet). The hub token is best given as
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import types
 import typing
@@ -228,15 +229,48 @@ def _build(schema: type[SchemaT], args: argparse.Namespace) -> SchemaT:
     config = load_config(args.config, schema) if "config" in args else ConfigFile("", {}, {})
     from_file = {k: v for k, v in config.values.items() if k not in flags}
     try:
-        return schema(**from_file, **flags)
+        params = schema(**from_file, **flags)
     except ParamsError as exc:
-        # Schema.__init__ raises ParamsError while handling pydantic's ValidationError, which names the fields.
+        # Schema.__init__ raises ParamsError while handling pydantic's ValidationError, which names the fields; a
+        # rule across fields names them in its message (`lora_r applies to LoRA: add --peft`).
         cause = exc.__context__
-        failed = [e["loc"][0] for e in cause.errors() if e["loc"]] if isinstance(cause, ValidationError) else []
+        failed = []
+        for error in cause.errors() if isinstance(cause, ValidationError) else []:
+            failed += [error["loc"][0]] if error["loc"] else _named_fields(str(exc), schema)
         place = next((config.places[f] for f in failed if f in from_file), None)
         if place is None:
             raise
         raise ParamsError(f"{place}: {exc}") from None
+    _check_relative_paths(config, from_file)
+    return params
+
+
+def _named_fields(message: str, schema: type[Schema]) -> list[str]:
+    """The fields a rule's message names, as fields or flags, in order."""
+    words = re.findall(r"[a-z][a-z0-9_-]*", message.removeprefix("invalid parameters: "))
+    return [w.replace("-", "_") for w in words if w.replace("-", "_") in schema.model_fields]
+
+
+# Fields that may name a local path. Relative, they are read from the current folder, as on the command line.
+_PATH_FIELDS = ("data_path", "model", "model_ref", "resume_from_checkpoint")
+
+
+def _check_relative_paths(config: ConfigFile, from_file: dict[str, Any]) -> None:
+    """A relative path from the config file that is not in the current folder but beside the file: the user meant
+    the file's folder. Said at the value's place, with the path to write (a path in neither place is left to the
+    data and model checks, which also take hub ids)."""
+    from pathlib import Path
+
+    folder = Path(config.path).parent
+    for name in _PATH_FIELDS:
+        value = from_file.get(name)
+        if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+            continue
+        if Path(value).exists() or not (folder / value).exists() or folder.resolve() == Path.cwd():
+            continue
+        raise ParamsError(f"{config.places[name]}: {name} '{value}' is read from the current folder ({Path.cwd()}), "
+                          f"which has no such file; the config file's folder has one: write {folder / value} (a "
+                          "relative path in a config file is relative to the current folder, as on the command line)")
 
 
 def main(argv: list[str] | None = None) -> int:
