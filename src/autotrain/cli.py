@@ -279,8 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # stderr: errors only
     try:
         if args.command == "llm":
+            if not args.train and not args.inference and vars(args).get("push_to_hub"):
+                return _push(args)
             if args.train == args.inference:
-                parser.error("llm: say what to do: --train or --inference")
+                parser.error("llm: say what to do: --train, --inference, or --push-to-hub alone (uploads a finished "
+                             "project)")
             if args.inference:
                 import json
 
@@ -314,6 +317,50 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+# What `--push-to-hub` without --train takes: the finished project, and where and how to upload it.
+_PUSH_FIELDS = ("project_name", "push_to_hub", "repo_id", "username", "hub_private", "token")
+
+
+def _push(args: argparse.Namespace) -> int:
+    """`aitraining llm --push-to-hub --project-name DIR [--repo-id R | --username U]`: upload a finished run (one
+    trained without --push-to-hub, or whose upload failed). Where to, when not given: as the run was told."""
+    from autotrain import quiet
+    from autotrain.outputs import check_finished, push_finished
+    from autotrain.preflight import project_dir
+
+    typed = {k: v for k, v in vars(args).items() if k in LLMTrainingParams.model_fields or k == "config"}
+    stray = [k for k in typed if k not in _PUSH_FIELDS]
+    if stray:
+        raise ParamsError(f"--{stray[0].replace('_', '-')} is a training flag; --push-to-hub without --train uploads a "
+                          "finished project and takes --project-name, --repo-id, --username, --hub-private and --token")
+    if "project_name" not in typed:
+        raise ParamsError("--push-to-hub without --train uploads a finished project: add --project-name DIR")
+    check_finished(project_dir(LLMTrainingParams(project_name=typed["project_name"])))
+    told = {}
+    if "repo_id" not in typed and "username" not in typed:
+        told = _hub_settings(project_dir(LLMTrainingParams(project_name=typed["project_name"])))
+    params = LLMTrainingParams(**{**told, **typed})
+    with quiet.libraries(args.verbose):
+        repo = push_finished(params)
+    print(f"pushed: {repo}")
+    return 0
+
+
+def _hub_settings(project: Any) -> dict[str, Any]:
+    """Where the run was told to upload itself (its training_params.json), if it was."""
+    import json
+
+    from autotrain.project_folder import PARAMS_FILE
+
+    try:
+        saved = json.loads((project / PARAMS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(saved, dict) or not saved.get("push_to_hub"):
+        return {}
+    return {k: saved[k] for k in ("repo_id", "username", "hub_private") if saved.get(k) is not None}
 
 
 def _with_command(argv: list[str]) -> list[str]:
