@@ -274,8 +274,12 @@ def _check_relative_paths(config: ConfigFile, from_file: dict[str, Any]) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
+    from autotrain import quiet
+
     parser = build_parser()
     args = parser.parse_args(_with_command(sys.argv[1:] if argv is None else argv))
+    # `| head`: a run goes on with its output discarded, as the README says, rather than die halfway.
+    quiet.survive_closed_output()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # stderr: errors only
     try:
         if args.command == "llm":
@@ -287,12 +291,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.inference:
                 import json
 
-                from autotrain import quiet
                 from autotrain.inference import generate
 
                 with quiet.libraries(args.verbose):
                     for answer in generate(inference_params_from_args(args)):
                         print(json.dumps(answer, ensure_ascii=False), flush=True)
+                        if quiet.reader_gone():  # `| head -1`: nobody reads the next answers
+                            break
                 return 0
             from autotrain.project import AutoTrainProject
 
