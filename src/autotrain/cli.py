@@ -27,7 +27,7 @@ import typing
 from typing import Any, Literal, TypeVar
 
 from autotrain import __version__
-from autotrain.config_file import ConfigFile, load_config
+from autotrain.config_file import ConfigFile, check_relative_paths, load_config
 from autotrain.errors import AutoTrainError, ParamsError, TrainingInterrupted
 from autotrain.inference import InferenceParams
 from autotrain.params import SECTIONS, LLMTrainingParams, Schema
@@ -241,7 +241,7 @@ def _build(schema: type[SchemaT], args: argparse.Namespace) -> SchemaT:
         if place is None:
             raise
         raise ParamsError(f"{place}: {exc}") from None
-    _check_relative_paths(config, from_file)
+    check_relative_paths(config, from_file)
     return params
 
 
@@ -249,28 +249,6 @@ def _named_fields(message: str, schema: type[Schema]) -> list[str]:
     """The fields a rule's message names, as fields or flags, in order."""
     words = re.findall(r"[a-z][a-z0-9_-]*", message.removeprefix("invalid parameters: "))
     return [w.replace("-", "_") for w in words if w.replace("-", "_") in schema.model_fields]
-
-
-# Fields that may name a local path. Relative, they are read from the current folder, as on the command line.
-_PATH_FIELDS = ("data_path", "model", "model_ref", "resume_from_checkpoint")
-
-
-def _check_relative_paths(config: ConfigFile, from_file: dict[str, Any]) -> None:
-    """A relative path from the config file that is not in the current folder but beside the file: the user meant
-    the file's folder. Said at the value's place, with the path to write (a path in neither place is left to the
-    data and model checks, which also take hub ids)."""
-    from pathlib import Path
-
-    folder = Path(config.path).parent
-    for name in _PATH_FIELDS:
-        value = from_file.get(name)
-        if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
-            continue
-        if Path(value).exists() or not (folder / value).exists() or folder.resolve() == Path.cwd():
-            continue
-        raise ParamsError(f"{config.places[name]}: {name} '{value}' is read from the current folder ({Path.cwd()}), "
-                          f"which has no such file; the config file's folder has one: write {folder / value} (a "
-                          "relative path in a config file is relative to the current folder, as on the command line)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,7 +310,7 @@ def _push(args: argparse.Namespace) -> int:
     """`aitraining llm --push-to-hub --project-name DIR [--repo-id R | --username U]`: upload a finished run (one
     trained without --push-to-hub, or whose upload failed). Where to, when not given: as the run was told."""
     from autotrain import quiet
-    from autotrain.outputs import check_finished, push_finished
+    from autotrain.outputs import check_finished, hub_settings, push_finished
     from autotrain.preflight import project_dir
 
     typed = {k: v for k, v in vars(args).items() if k in LLMTrainingParams.model_fields or k == "config"}
@@ -342,30 +320,14 @@ def _push(args: argparse.Namespace) -> int:
                           "finished project and takes --project-name, --repo-id, --username, --hub-private and --token")
     if "project_name" not in typed:
         raise ParamsError("--push-to-hub without --train uploads a finished project: add --project-name DIR")
-    check_finished(project_dir(LLMTrainingParams(project_name=typed["project_name"])))
-    told = {}
-    if "repo_id" not in typed and "username" not in typed:
-        told = _hub_settings(project_dir(LLMTrainingParams(project_name=typed["project_name"])))
+    project = project_dir(LLMTrainingParams(project_name=typed["project_name"]))
+    check_finished(project)
+    told = {} if "repo_id" in typed or "username" in typed else hub_settings(project)
     params = LLMTrainingParams(**{**told, **typed})
     with quiet.libraries(args.verbose):
         repo = push_finished(params)
     print(f"pushed: {repo}")
     return 0
-
-
-def _hub_settings(project: Any) -> dict[str, Any]:
-    """Where the run was told to upload itself (its training_params.json), if it was."""
-    import json
-
-    from autotrain.project_folder import PARAMS_FILE
-
-    try:
-        saved = json.loads((project / PARAMS_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(saved, dict) or not saved.get("push_to_hub"):
-        return {}
-    return {k: saved[k] for k in ("repo_id", "username", "hub_private") if saved.get(k) is not None}
 
 
 def _with_command(argv: list[str]) -> list[str]:

@@ -105,3 +105,23 @@ def _split(pairs: list[tuple[Any, Any]], loader: Any) -> tuple[list[Any], list[A
 def _place(path: str, mark: Any) -> str:
     """`path:line:column`, 1-based, from a 0-based yaml mark."""
     return f"{path}:{mark.line + 1}:{mark.column + 1}"
+
+
+# Fields that may name a local path. Relative, they are read from the current folder, as on the command line.
+_PATH_FIELDS = ("data_path", "model", "model_ref", "resume_from_checkpoint")
+
+
+def check_relative_paths(config: ConfigFile, from_file: dict[str, Any]) -> None:
+    """A relative path from the config file that is not in the current folder but beside the file: the user meant
+    the file's folder. Said at the value's place, with the path to write (a path in neither place is left to the
+    data and model checks, which also take hub ids)."""
+    folder = Path(config.path).parent
+    for name in _PATH_FIELDS:
+        value = from_file.get(name)
+        if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+            continue
+        if Path(value).exists() or not (folder / value).exists() or folder.resolve() == Path.cwd():
+            continue
+        raise ParamsError(f"{config.places[name]}: {name} '{value}' is read from the current folder ({Path.cwd()}), "
+                          f"which has no such file; the config file's folder has one: write {folder / value} (a "
+                          "relative path in a config file is relative to the current folder, as on the command line)")

@@ -287,6 +287,18 @@ def push_finished(params: LLMTrainingParams) -> str:
         return push_to_hub(project, params)
 
 
+def hub_settings(project: Path) -> dict[str, Any]:
+    """Where a finished run was told to upload itself (its training_params.json), if it was: repo_id, username,
+    hub_private."""
+    try:
+        saved = json.loads((project / PARAMS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(saved, dict) or not saved.get("push_to_hub"):
+        return {}
+    return {k: saved[k] for k in ("repo_id", "username", "hub_private") if saved.get(k) is not None}
+
+
 def check_finished(project: Path) -> None:
     """A run to push must be finished: README.md, the card, is written last."""
     if not (project / CARD_FILE).is_file():

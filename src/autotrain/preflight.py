@@ -231,7 +231,7 @@ def _missing(what: str, modules: tuple[str, ...], pip: str, also: str = "") -> P
 def check_setup(params: LLMTrainingParams) -> None:
     """The packages the run's choices need, the W&B server an online run logs to, and the hub's write access for
     push_to_hub: before the data stage, in a fraction of a second (a network check waits HUB_TIMEOUT_S at most).
-    Processes that autotrain.launch started leave the network checks to it."""
+    Processes that autotrain.launch started leave the network checks to it, those of another launcher to rank 0."""
     if params.optimizer in _OPTIMIZER_PACKAGES and not installed(*_OPTIMIZER_PACKAGES[params.optimizer][0]):
         raise _missing(f"optimizer: {params.optimizer}", *_OPTIMIZER_PACKAGES[params.optimizer])
     if params.log == "tensorboard" and not installed("tensorboard", "tensorboardX"):
@@ -247,7 +247,7 @@ def check_setup(params: LLMTrainingParams) -> None:
     if params.distributed_backend == "deepspeed" and not installed("deepspeed"):
         raise ParamsError("distributed_backend: deepspeed needs CUDA GPUs and the deepspeed package, which is not "
                           "installed (pip install deepspeed)")
-    if os.environ.get(LAUNCHED_ENV):
+    if os.environ.get(LAUNCHED_ENV) or global_rank() != 0:  # one process of a run asks the servers
         return
     if params.log == "wandb" and wandb_online(params):
         _check_wandb_server()
