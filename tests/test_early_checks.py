@@ -221,6 +221,8 @@ def finished_project(folder, **saved):
 
 
 def test_a_finished_run_is_pushed_without_training_again(tmp_path, hub, monkeypatch, capsys):
+    from huggingface_hub import constants
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_TOKEN", "hf_env")
     finished_project(tmp_path / "run")
@@ -245,7 +247,11 @@ def test_a_finished_run_is_pushed_without_training_again(tmp_path, hub, monkeypa
     refusals[("--project-name", "unfinished", "--username", "me")] = (
         f"error: project_name: {tmp_path / 'unfinished'} holds no finished run to push (its README.md, written last, "
         "is missing); finish it first (--train --resume-from-checkpoint auto)")
+    refusals[("--project-name", "run", "--username", "me", "HF_HUB_OFFLINE")] = (
+        "error: push_to_hub: HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it")
     for flags, line in refusals.items():
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", flags[-1] == "HF_HUB_OFFLINE")
+        flags = tuple(f for f in flags if f != "HF_HUB_OFFLINE")
         hub.calls.clear()
         assert main(["llm", "--push-to-hub", *flags]) == 2
         assert capsys.readouterr().err.splitlines() == [line]

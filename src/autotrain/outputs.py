@@ -283,7 +283,7 @@ def push_finished(params: LLMTrainingParams) -> str:
     project = preflight.project_dir(params)
     with owned(project):
         check_finished(project)
-        preflight.check_hub_push(params)
+        preflight.check_hub_push(params, before_training=False)
         return push_to_hub(project, params)
 
 

@@ -288,16 +288,17 @@ def _check_wandb_server() -> None:
     _reached.add(url)
 
 
-def check_hub_push(params: LLMTrainingParams) -> None:
+def check_hub_push(params: LLMTrainingParams, before_training: bool = True) -> None:
     """push_to_hub: the hub must be online, and answer that the token is valid and may write. Asked before training
-    (the upload comes after it, when a refusal would cost the run's time)."""
+    (the upload comes after it, when a refusal would cost the run's time), and before a finished run is pushed."""
     import huggingface_hub
     from huggingface_hub import constants
 
-    later = ("train without --push-to-hub and upload the finished run with `aitraining llm --push-to-hub "
-             f"--project-name {params.project_name}`")
+    # Before training, the other way out: train now, upload later.
+    later = (", or train without --push-to-hub and upload the finished run with `aitraining llm --push-to-hub "
+             f"--project-name {params.project_name}`") if before_training else ""
     if constants.HF_HUB_OFFLINE:
-        raise ParamsError(f"push_to_hub: HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it, or {later}")
+        raise ParamsError(f"push_to_hub: HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it{later}")
     token = params.token.get_secret_value() if params.token else huggingface_hub.get_token()
     if not token:
         raise ParamsError("push_to_hub: no hub token; set HF_TOKEN to a token with write access (or run `hf auth "
@@ -312,8 +313,8 @@ def check_hub_push(params: LLMTrainingParams) -> None:
             raise ParamsError(f"push_to_hub: the hub refuses the token ({_reason(exc)}); set HF_TOKEN to a valid "
                               "token with write access") from None
         if status is None:
-            raise ParamsError(f"push_to_hub: cannot reach the Hugging Face hub ({_reason(exc)}); connect, or "
-                              f"{later}") from None
+            raise ParamsError(f"push_to_hub: cannot reach the Hugging Face hub ({_reason(exc)}); "
+                              f"connect{later}") from None
         return  # the hub answered (a rate limit on whoami, a server error): the upload will say more
     role = (who.get("auth") or {}).get("accessToken", {}).get("role") if isinstance(who, dict) else None
     if role == "read":
