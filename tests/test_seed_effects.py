@@ -112,7 +112,8 @@ def test_save_strategy_and_save_steps(tmp_path):
     steps = args_of(tmp_path, save_strategy="steps", save_steps=7)
     assert (steps.save_strategy.value, steps.save_steps) == ("steps", 7)
     assert args_of(tmp_path, save_steps=3).save_strategy.value == "steps"  # --save-steps alone, as before
-    assert args_of(tmp_path, save_strategy="epoch", save_steps=3).save_strategy.value == "epoch"
+    with pytest.raises(ParamsError, match=r"save_steps applies to --save-strategy steps only \(save_strategy is epoch\)"):
+        args_of(tmp_path, save_strategy="epoch", save_steps=3)  # would save each epoch, ignoring save_steps
 
 
 def test_auto_find_batch_size_and_ddp_timeout_reach_the_trainer(tmp_path):
@@ -301,7 +302,7 @@ def test_enhanced_eval_text_metrics_are_refused_with_the_reason():
         LLMTrainingParams(use_enhanced_eval=True, eval_metrics="perplexity,bleu")
     with pytest.raises(ParamsError, match=r"custom_metrics: must be a JSON array of metric names"):
         LLMTrainingParams(custom_metrics='{"a": 1}')
-    assert LLMTrainingParams(custom_metrics='["perplexity"]').custom_metrics == '["perplexity"]'
+    assert LLMTrainingParams(custom_metrics='["perplexity"]', valid_split="v").custom_metrics == '["perplexity"]'
 
 
 def test_the_resume_line_leaves_out_the_wandb_token_too():

@@ -8,7 +8,7 @@ Boolean fields take `--flag` / `--no-flag`. Optional fields take `none` to mean 
 YAML's own types; flags typed on the command line override it. With `--inference` the file holds inference fields
 (`project_name`, `inference_*`). `aitraining --config run.yml [flags]`, with no command, means
 `aitraining llm --train --config run.yml [flags]`. An unknown or duplicate key, a YAML syntax error or a bad value
-is reported as `run.yml:LINE:COLUMN: ...`.
+(also one refused because of a typed flag) is reported as `run.yml:LINE:COLUMN: ...`.
 
 A user error (bad params, data or model) prints one line and exits 2; `--verbose` shows the traceback and the
 libraries' own logs, warnings and loading bars (quiet otherwise: autotrain.quiet). The hub token is best given as
@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import types
 import typing
 from typing import Any, Literal, TypeVar
 
 from autotrain import __version__
-from autotrain.config_file import ConfigFile, load_config
+from autotrain.config_file import ConfigFile, check_relative_paths, load_config
 from autotrain.errors import AutoTrainError, ParamsError, TrainingInterrupted
 from autotrain.inference import InferenceParams
 from autotrain.params import SECTIONS, LLMTrainingParams, Schema
@@ -234,20 +235,35 @@ def _build(schema: type[SchemaT], args: argparse.Namespace) -> SchemaT:
     config = load_config(args.config, schema, other) if "config" in args else ConfigFile("", {}, {})
     from_file = {k: v for k, v in config.values.items() if k not in flags}
     try:
-        return schema(**from_file, **flags)
+        params = schema(**from_file, **flags)
     except ParamsError as exc:
-        # Schema.__init__ raises ParamsError while handling pydantic's ValidationError, which names the fields.
+        # Schema.__init__ raises ParamsError while handling pydantic's ValidationError, which names the fields; a
+        # rule across fields names them in its message (`lora_r applies to LoRA: add --peft`).
         cause = exc.__context__
-        failed = [e["loc"][0] for e in cause.errors() if e["loc"]] if isinstance(cause, ValidationError) else []
+        failed = []
+        for error in cause.errors() if isinstance(cause, ValidationError) else []:
+            failed += [error["loc"][0]] if error["loc"] else _named_fields(str(exc), schema)
         place = next((config.places[f] for f in failed if f in from_file), None)
         if place is None:
             raise
         raise ParamsError(f"{place}: {exc}") from None
+    check_relative_paths(config, from_file)
+    return params
+
+
+def _named_fields(message: str, schema: type[Schema]) -> list[str]:
+    """The fields a rule's message names, as fields or flags, in order."""
+    words = re.findall(r"[a-z][a-z0-9_-]*", message.removeprefix("invalid parameters: "))
+    return [w.replace("-", "_") for w in words if w.replace("-", "_") in schema.model_fields]
 
 
 def main(argv: list[str] | None = None) -> int:
+    from autotrain import quiet
+
     parser = build_parser()
     args = parser.parse_args(_with_command(sys.argv[1:] if argv is None else argv))
+    # `| head`: a run goes on with its output discarded, as the README says, rather than die halfway.
+    quiet.survive_closed_output()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # stderr: errors only
     try:
         if args.command == "cache":
@@ -255,17 +271,21 @@ def main(argv: list[str] | None = None) -> int:
 
             print("\n".join(command(args.action)))
         if args.command == "llm":
+            if not args.train and not args.inference and vars(args).get("push_to_hub"):
+                return _push(args)
             if args.train == args.inference:
-                parser.error("llm: say what to do: --train or --inference")
+                parser.error("llm: say what to do: --train, --inference, or --push-to-hub alone (uploads a finished "
+                             "project)")
             if args.inference:
                 import json
 
-                from autotrain import quiet
                 from autotrain.inference import generate
 
                 with quiet.libraries(args.verbose):
                     for answer in generate(inference_params_from_args(args)):
                         print(json.dumps(answer, ensure_ascii=False), flush=True)
+                        if quiet.reader_gone():  # `| head -1`: nobody reads the next answers
+                            break
                 return 0
             from autotrain.project import AutoTrainProject
 
@@ -290,6 +310,34 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+# What `--push-to-hub` without --train takes: the finished project, and where and how to upload it.
+_PUSH_FIELDS = ("project_name", "push_to_hub", "repo_id", "username", "hub_private", "token")
+
+
+def _push(args: argparse.Namespace) -> int:
+    """`aitraining llm --push-to-hub --project-name DIR [--repo-id R | --username U]`: upload a finished run (one
+    trained without --push-to-hub, or whose upload failed). Where to, when not given: as the run was told."""
+    from autotrain import quiet
+    from autotrain.outputs import check_finished, hub_settings, push_finished
+    from autotrain.preflight import project_dir
+
+    typed = {k: v for k, v in vars(args).items() if k in LLMTrainingParams.model_fields or k == "config"}
+    stray = [k for k in typed if k not in _PUSH_FIELDS]
+    if stray:
+        raise ParamsError(f"--{stray[0].replace('_', '-')} is a training flag; --push-to-hub without --train uploads a "
+                          "finished project and takes --project-name, --repo-id, --username, --hub-private and --token")
+    if "project_name" not in typed:
+        raise ParamsError("--push-to-hub without --train uploads a finished project: add --project-name DIR")
+    project = project_dir(LLMTrainingParams(project_name=typed["project_name"]))
+    check_finished(project)
+    told = {} if "repo_id" in typed or "username" in typed else hub_settings(project)
+    params = LLMTrainingParams(**{**told, **typed})
+    with quiet.libraries(args.verbose):
+        repo = push_finished(params)
+    print(f"pushed: {repo}")
+    return 0
 
 
 def _with_command(argv: list[str]) -> list[str]:

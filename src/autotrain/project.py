@@ -89,6 +89,8 @@ class AutoTrainProject:
         if params.use_sweep:  # trials in <project>/trials/, the best one's model in <project>/ (autotrain.sweep)
             from autotrain.sweep import run_sweep
 
+            preflight.check_setup(params)  # packages and servers, before the sweep's folder is made
+
             return run_sweep(params, _trial, result_of, self.verbose)
         with quiet.libraries(self.verbose), session(params):
             resume_point(preflight.project_dir(params), params.resume_from_checkpoint)  # before the data is read
@@ -157,7 +159,10 @@ def training_arguments(params: LLMTrainingParams, project: Path, train_pairs: in
         gradient_accumulation_steps=params.gradient_accumulation,
         warmup_steps=params.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         optim=params.optimizer,
+        # GaLore and APOLLO project the gradients of named modules, and no flag names them: every linear layer.
+        optim_target_modules="all-linear" if params.optimizer in preflight.LOW_RANK_OPTIMIZERS else None,
         lr_scheduler_type=params.scheduler,
+        lr_scheduler_kwargs={} if params.min_lr_rate is None else {"min_lr_rate": params.min_lr_rate},
         weight_decay=params.weight_decay,
         max_grad_norm=params.max_grad_norm,
         seed=params.seed,

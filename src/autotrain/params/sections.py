@@ -165,7 +165,14 @@ class OptimisationParams(Schema):
     scheduler: str = Field("linear", description="Learning-rate schedule, as transformers' `lr_scheduler_type`.")
     weight_decay: float = Field(0.0, ge=0, description="Weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
-    seed: int = Field(42, description="Seed of initialisation, dropout and data order.")
+    seed: int = Field(42, description="Seed of initialisation, dropout and data order (0 to 4294967295).")
+    min_lr_rate: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="The learning rate's floor as a fraction of --lr, where --scheduler cosine_with_min_lr or "
+        "cosine_warmup_with_min_lr decays it to (transformers' min_lr_rate); they need it.",
+    )
     mixed_precision: Literal["fp16", "bf16"] | None = Field(
         None, description="Mixed precision on a GPU: fp16 or bf16; none trains in fp32."
     )
@@ -187,6 +194,14 @@ class OptimisationParams(Schema):
     @classmethod
     def _known_scheduler(cls, value: str) -> str:
         return one_of(value, SCHEDULERS, "scheduler")
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, value: int) -> int:
+        # transformers' set_seed seeds numpy too, which takes 0 .. 2**32 - 1 and fails only when training starts.
+        if not 0 <= value < 2**32:
+            raise ValueError(f"must be between 0 and {2**32 - 1} (the seeds numpy takes); got {value}")
+        return value
 
 
 class LoraParams(Schema):
