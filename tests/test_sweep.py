@@ -223,7 +223,8 @@ def test_a_new_best_trial_replaces_the_published_one_whole(tmp_path):
                                                     (True, 1.0, merged)]):
         folder = project / "trials" / f"{number:03d}"
         folder.mkdir(parents=True)
-        trial_params = params.model_copy(update={"use_sweep": False, "sweep_params": None, "merge_adapter": merge})
+        trial_params = LLMTrainingParams(valid_split="validation", peft=True, project_name=str(folder),
+                                         merge_adapter=merge)  # as run_sweep builds a trial: no sweep fields
         fake_trial(folder, trial_params, files or {"README.md": b"trial 001"})
         if number == 0:  # the first sweep: one trial, published
             study.add_trial(optuna.trial.create_trial(params={"merge_adapter": merge}, distributions=distribution,
