@@ -78,11 +78,38 @@ def check_device(params: LLMTrainingParams) -> None:
             raise ParamsError("mixed_precision: bf16 needs a GPU or a torch with CPU autocast; leave it unset (fp32)")
         logger.warning("mixed_precision bf16 on CPU: training runs under CPU bf16 autocast, which is far slower than "
                        "fp32 on most CPUs")
+    check_kernel_here(params.attention)
     if params.quantization is not None:
         if not torch.cuda.is_available():
             raise ParamsError(f"quantization: {params.quantization} (bitsandbytes) needs a CUDA GPU; on CPU leave it unset")
         if importlib.util.find_spec("bitsandbytes") is None:
             raise ParamsError(f"quantization: {params.quantization} needs bitsandbytes: pip install bitsandbytes")
+
+
+def check_kernel_here(attention: str | None) -> None:
+    """Refuse an attention kernel chosen by name that cannot train on this machine, before the model loads: torch's
+    flex_attention has no backward on CPU or MPS (the first training step would raise), flash-attn runs on CUDA only
+    and must be installed. Whether the model's class supports the kernel is autotrain.models.check_attention's."""
+    import torch
+
+    if attention not in ("flex_attention", "flash_attention_2", "flash_attention_3"):
+        return
+    gpu = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+    if attention == "flex_attention" and not gpu:
+        raise ParamsError("attn_implementation flex_attention: torch's flex_attention has no backward pass on CPU or "
+                          "MPS, so it cannot train on this machine (no CUDA GPU is visible); choose sdpa or eager, or "
+                          "leave --attn-implementation unset")
+    if attention == "flex_attention":
+        return
+    if not torch.cuda.is_available():
+        raise ParamsError(f"attn_implementation {attention}: flash-attn runs on CUDA GPUs only and none is visible; "
+                          "choose sdpa or eager, or leave --attn-implementation unset")
+    # transformers can also fetch the kernel from the hub through the `kernels` package: then it decides at load.
+    module, package = (("flash_attn", "flash-attn") if attention == "flash_attention_2"
+                       else ("flash_attn_interface", "flash-attn-3"))
+    if importlib.util.find_spec(module) is None and importlib.util.find_spec("kernels") is None:
+        raise ParamsError(f"attn_implementation {attention}: needs the {package} package, which is not installed; "
+                          "install it, or choose sdpa, or leave --attn-implementation unset")
 
 
 def _bf16_accelerator() -> bool:
