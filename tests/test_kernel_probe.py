@@ -266,3 +266,20 @@ def test_a_chosen_kernel_that_fails_its_check_stops_the_run_before_anything_is_w
                                         "training pair: the forward pass raised (RuntimeError: CUDA error: ")
     project = tmp_path / "p"
     assert not project.exists() or not list(project.iterdir())
+
+
+def test_a_model_without_flex_keeps_sdpa_by_default(tmp_path, monkeypatch):
+    """GPT-2's class has no flex_attention: asked for it at load, transformers refuses the model; by default the run
+    keeps SDPA instead, while the classes that have it get it."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from autotrain import models
+
+    monkeypatch.setattr(models, "default_attention", lambda params: "flex_attention")
+    GPT2LMHeadModel(GPT2Config(vocab_size=101, n_embd=32, n_layer=1, n_head=4, n_positions=64)).save_pretrained(
+        tmp_path / "gpt2")
+    params = LLMTrainingParams(model=str(tmp_path / "gpt2"))
+    assert models.load_model(params, str(tmp_path / "gpt2")).config._attn_implementation == "sdpa"
+    llama = tiny_model()
+    llama.save_pretrained(tmp_path / "llama")
+    assert models.load_model(params, str(tmp_path / "llama")).config._attn_implementation == "flex_attention"
