@@ -134,8 +134,8 @@ def registered(name: str, function):
 PAIR = random_pairs([(12, 9, 7)], seed=5)[0]
 
 
-def settle(model, chosen: bool = False):
-    return settle_kernel(model, PAIR, 0, True, torch.device("cpu"), chosen)
+def settle(model, chosen: bool = False, dtype: torch.dtype | None = None):
+    return settle_kernel(model, PAIR, 0, True, torch.device("cpu"), chosen, dtype)
 
 
 def kernels_of(model) -> set[str]:
@@ -143,15 +143,20 @@ def kernels_of(model) -> set[str]:
                                                                               "_attn_implementation")}
 
 
-def test_a_correct_kernel_passes_and_leaves_no_trace(caplog):
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "bf16-autocast"])
+def test_a_correct_kernel_passes_and_leaves_no_trace(caplog, dtype):
     model = tiny_model(attn="flex_attention").train()
     with registered("flex_attention", dense_from_block_mask), caplog.at_level(logging.INFO, logger="autotrain"):
-        finding = settle(model)
+        finding = settle(model, dtype=dtype)
     assert finding.problem is None and finding.reference == "sdpa"
-    assert finding.logp_gap < 1e-4 and finding.grad_gap < 1e-4
+    assert finding.logp_gap < (1e-4 if dtype is None else 0.1) and finding.grad_gap < (1e-4 if dtype is None else 0.1)
+    if dtype is not None:  # the same leak as below is still found in bf16
+        with registered("flex_attention", leaks):
+            assert settle(tiny_model(attn="flex_attention"), dtype=dtype).problem.startswith(
+                "its log-probs differ from sdpa's by up to ")
     assert kernels_of(model) == {"flex_attention"} and model.training
     assert all(p.grad is None for p in model.parameters())  # the first optimizer step sees nothing of the probe
-    (line,) = [r.getMessage() for r in caplog.records if "first training pair" in r.getMessage()]
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("checked: ")]
     assert line.startswith("checked: flex_attention trains as sdpa does on the first training pair (log-prob gap ")
 
 

@@ -201,6 +201,8 @@ def probe_kernel(model: torch.nn.Module, pair: dict[str, list[int]], pad_id: int
     ref_batch = PaddedCollator(pad_id=pad_id, prompt_loss=False)([pair])
     if not torch.equal(ours_batch["target_ids"], ref_batch["target_ids"]):
         raise RuntimeError("the probe's two layouts list their targets in different orders")  # a layout bug
+    if len(ours_batch["target_ids"]) == 0:
+        return Finding(kernel, reference, None, skipped="the first training pair has no answer token to compare")
     ours = _Pass(model, _on(_per_token(ours_batch), device), lambda: _autocast(device, autocast_dtype))
     ref = _Pass(model, _on(_per_token(ref_batch), device), lambda: _autocast(device, autocast_dtype))
     tokens = torch.unique(torch.cat([ours.batch["input_ids"].reshape(-1), ref.batch["input_ids"].reshape(-1)]))
