@@ -122,7 +122,8 @@ def test_inference_config_reads_inference_fields_only():
     params = inference_params_from_args(args)
     assert (params.project_name, params.inference_prompts, params.inference_max_tokens) == ("out", "hello", 9)
     args = build_parser().parse_args(["llm", "--inference", "--config", write("lora_r: 8\n")])
-    with pytest.raises(ParamsError, match=r"^run\.yml:1:1: unknown key 'lora_r'"):
+    with pytest.raises(ParamsError, match=r"^run\.yml:1:1: 'lora_r' is a training setting, which --inference does "
+                                          "not take"):
         inference_params_from_args(args)
 
 

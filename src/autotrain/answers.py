@@ -22,18 +22,24 @@ def answer(model: Any, tokenizer: Any, prompts: list[list[int]], stop_ids: list[
     is kept verbatim: stripping it would turn an answer of newlines into "" and hide how another begins."""
     import torch
 
+    from autotrain.models import model_max_length
+
     training = model.training
     model.eval()
     device = next(model.parameters()).device
     stop = {"eos_token_id": stop_ids} if stop_ids else {}
+    positions = model_max_length(model.config)
     answers = []
     try:
         with torch.no_grad():
             for ids in prompts:
                 inputs = torch.tensor([ids], device=device)
+                # An answer stops at the model's last position (a prompt is shorter than the block size, which is
+                # at most the model's positions): past it there is no position embedding to read.
+                room = MAX_NEW_TOKENS if positions is None else min(MAX_NEW_TOKENS, positions - len(ids))
                 out = model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), do_sample=False,
-                                     max_new_tokens=MAX_NEW_TOKENS, use_cache=True,
-                                     pad_token_id=tokenizer.pad_token_id, **stop)
+                                     max_new_tokens=room, use_cache=True, pad_token_id=tokenizer.pad_token_id,
+                                     **stop)
                 answers.append(tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True))
     finally:
         model.train(training)

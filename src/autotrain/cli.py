@@ -94,7 +94,8 @@ def add_param_flags(parser: Any, schema: type = LLMTrainingParams, skip: frozens
 
 USAGE = """aitraining llm --train [--config FILE] [--FLAG VALUE ...]
        aitraining llm --inference --project-name DIR --inference-prompts TEXT|FILE [...]
-       aitraining --config FILE [--FLAG VALUE ...]   (short for llm --train --config FILE)"""
+       aitraining --config FILE [--FLAG VALUE ...]   (short for llm --train --config FILE)
+       aitraining cache list|clear                   (the tokenized-data cache)"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -178,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=formatter,
     )
     parser.add_argument("--version", action="version", version=f"aitraining {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="llm")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="llm|cache")
     llm = commands.add_parser("llm", help="Fine-tune a causal language model.", allow_abbrev=False, usage=USAGE,
                               formatter_class=formatter,
                               description="Flags are grouped as the params are (autotrain.params); snake case "
@@ -196,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
         add_param_flags(group, fields=list(section.model_fields))
     add_param_flags(llm.add_argument_group("Inference", "With --inference: the trained project answers prompts."),
                     InferenceParams, skip=frozenset(LLMTrainingParams.model_fields))
+    cache = commands.add_parser("cache", help="List or clear the tokenized-data cache (autotrain.data.cache_store).",
+                                formatter_class=formatter, usage="aitraining cache list|clear")
+    cache.add_argument("action", choices=("list", "clear"), help="list: its entries, most recently used first, and "
+                       "its size and cap (AITRAINING_CACHE_MAX_GB); clear: remove every entry.")
+    cache.set_defaults(verbose=False)
     return parser
 
 
@@ -207,11 +213,11 @@ def inference_params_from_args(args: argparse.Namespace) -> InferenceParams:
     return _build(InferenceParams, args)
 
 
-# What a flag of the other command is called, and what to do instead, by the schema being built.
+# What a flag (or config-file key) of the other command is called, and what to do instead, by the schema built.
 _OTHER_COMMAND: dict[type[Schema], tuple[type[Schema], str]] = {
-    LLMTrainingParams: (InferenceParams, "is an inference flag; use it with --inference, not --train"),
-    InferenceParams: (LLMTrainingParams, "is a training flag; --inference takes --project-name and the "
-                      "--inference-* flags"),
+    LLMTrainingParams: (InferenceParams, "is an inference setting; use it with --inference, not --train"),
+    InferenceParams: (LLMTrainingParams, "is a training setting, which --inference does not take; it takes "
+                      "project_name, trust_remote_code and the inference_* settings"),
 }
 
 
@@ -220,12 +226,12 @@ def _build(schema: type[SchemaT], args: argparse.Namespace) -> SchemaT:
     values were chosen. An invalid value that came from the file is reported at its place in the file."""
     from pydantic import ValidationError
 
-    other, advice = _OTHER_COMMAND[schema]
-    stray = sorted(k for k in vars(args) if k in other.model_fields and k not in schema.model_fields)
+    other = _OTHER_COMMAND[schema]
+    stray = sorted(k for k in vars(args) if k in other[0].model_fields and k not in schema.model_fields)
     if stray:
-        raise ParamsError(f"--{stray[0].replace('_', '-')} {advice}")
+        raise ParamsError(f"--{stray[0].replace('_', '-')} {other[1]}")
     flags = {k: v for k, v in vars(args).items() if k in schema.model_fields}
-    config = load_config(args.config, schema) if "config" in args else ConfigFile("", {}, {})
+    config = load_config(args.config, schema, other) if "config" in args else ConfigFile("", {}, {})
     from_file = {k: v for k, v in config.values.items() if k not in flags}
     try:
         return schema(**from_file, **flags)
@@ -244,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(_with_command(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # stderr: errors only
     try:
+        if args.command == "cache":
+            from autotrain.data.cache_store import command
+
+            print("\n".join(command(args.action)))
         if args.command == "llm":
             if args.train == args.inference:
                 parser.error("llm: say what to do: --train or --inference")

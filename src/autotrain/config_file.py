@@ -25,8 +25,10 @@ class ConfigFile:
     places: dict[str, str]  # field -> "path:line:column" of its value
 
 
-def load_config(path: str, schema: type[Schema] = LLMTrainingParams) -> ConfigFile:
-    """Read a YAML mapping of `schema` fields (snake or kebab case); each error is one line naming file:line:column."""
+def load_config(path: str, schema: type[Schema] = LLMTrainingParams,
+                other: tuple[type[Schema], str] | None = None) -> ConfigFile:
+    """Read a YAML mapping of `schema` fields (snake or kebab case); each error is one line naming file:line:column.
+    `other`: the other command's schema, and what to say of a key of its own (`lr` in an --inference file)."""
     import yaml
 
     try:
@@ -58,6 +60,8 @@ def load_config(path: str, schema: type[Schema] = LLMTrainingParams) -> ConfigFi
                 refused = not_this_tool(key_node.value)
                 if refused is not None:  # a field of another aitraining trainer: no guess at a near name
                     raise ParamsError(f"{here}: {refused}")
+                if other is not None and key_node.value.replace("-", "_") in other[0].accepted_names():
+                    raise ParamsError(f"{here}: '{key_node.value}' {other[1]}")
                 hint = unknown_name_hint(key_node.value.replace("-", "_"), schema.model_fields,
                                          otherwise="the keys are the flags of `aitraining llm --help`")
                 raise ParamsError(f"{here}: unknown key '{key_node.value}'; {hint}")

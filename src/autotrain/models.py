@@ -112,6 +112,35 @@ def load_model(params: LLMTrainingParams, model: str) -> torch.nn.Module:
     return net
 
 
+def check_reference_tokenizer(tokenizer: Any, reference: str, trust_remote_code: bool) -> None:
+    """Refuse a reference model whose tokenizer is not the policy's, before any weights load: the reference scores
+    the policy's token ids, so each id must be the same token for both. The vocabularies are compared token by
+    token (special and added tokens included), not by size: Llama-2's and Mistral's both have 32,000 rows and
+    share few ids. A reference folder without a tokenizer cannot be compared; only its size is then checked."""
+    try:
+        theirs = load_tokenizer(reference, trust_remote_code)
+    except (OSError, ValueError) as exc:  # weights only, no tokenizer files
+        logger.warning("model_ref %s: no tokenizer to compare with the policy's (%s); only its vocabulary size is "
+                       "checked", reference, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return
+    ours, other = tokenizer.get_vocab(), theirs.get_vocab()
+    if ours == other:
+        return
+    by_id, other_by_id = {i: t for t, i in ours.items()}, {i: t for t, i in other.items()}
+    differs = next((i for i in sorted(set(by_id) | set(other_by_id)) if by_id.get(i) != other_by_id.get(i)), None)
+    if differs is not None:
+        what = (f"token id {differs} is {_shown_token(by_id.get(differs))} in the policy's tokenizer and "
+                f"{_shown_token(other_by_id.get(differs))} in the reference's")
+    else:  # the same ids, one token spelt two ways for one id
+        what = f"the policy's tokenizer has {len(ours)} tokens and the reference's {len(other)}"
+    raise ModelError(f"model_ref: {reference} has another tokenizer than the model being trained: {what}; the "
+                     "reference scores the policy's token ids, so it must share the tokenizer")
+
+
+def _shown_token(token: str | None) -> str:
+    return "absent" if token is None else repr(token)
+
+
 def load_reference(params: LLMTrainingParams, model: str, vocab_size: int, attention: str | None = None
                    ) -> torch.nn.Module:
     """A frozen reference model for DPO (never quantized, never given adapters); its vocabulary must match.

@@ -48,8 +48,11 @@ def check_inputs(params: LLMTrainingParams) -> Any:
     """Open the data (files, splits, columns) and check the models' files or hub ids; return the opened data
     (autotrain.data.prepare.OpenedData). Imports neither torch nor transformers."""
     from autotrain import model_files
+    from autotrain.data import cache_store
     from autotrain.data.prepare import open_data
 
+    if params.save_processed_data != "none":
+        cache_store.max_bytes()  # the cache's size cap, from the environment
     opened = open_data(params, paired=methods.spec(params.trainer).paired)
     for name in (params.model, params.model_ref):
         if name is not None and name != DEFAULT_MODEL:  # the embedded default is checked when it is converted

@@ -107,19 +107,30 @@ def _trial(params: LLMTrainingParams, callbacks: tuple[Any, ...]) -> RunResult:
         return run(params, callbacks=callbacks)
 
 
+# What a run sets for its trackers (`_tracker_environment`), or wandb for itself (WANDB_SERVICE).
+_TRACKER_VARIABLES = ("WANDB_", "TENSORBOARD_LOGGING_DIR")
+
+
 @contextlib.contextmanager
 def session(params: LLMTrainingParams) -> Iterator[None]:
     """What a run holds while it lasts: the project folder's lock (in the process that owns the run:
     preflight.takes_lock), and a `sys.argv` without secrets, since trackers record it (wandb keeps the command line
-    in its run files, and an online run uploads them). The argv is restored afterwards."""
+    in its run files, and an online run uploads them). The argv, and the trackers' environment, are the caller's
+    again afterwards, also on an error: a Python caller must not keep the W&B key (later subprocesses inherit it)
+    nor WANDB_DIR and WANDB_PROJECT (its own wandb runs would log into this folder)."""
     secrets = [value for value in params.secret_values() if value]
     saved = list(sys.argv)
+    environment = {name: value for name, value in os.environ.items() if name.startswith(_TRACKER_VARIABLES)}
     sys.argv[:] = [scrub(arg, secrets) for arg in saved]
     try:
         with owned(preflight.project_dir(params), take=preflight.takes_lock()):
             yield
     finally:
         sys.argv[:] = saved
+        for name in [name for name in os.environ if name.startswith(_TRACKER_VARIABLES)]:
+            if name not in environment:
+                del os.environ[name]
+        os.environ.update(environment)
 
 
 def scrub(text: str, secrets: list[str]) -> str:
@@ -262,6 +273,9 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
         tokenizer = models.load_tokenizer(model_path, params.trust_remote_code)
         config = models.load_config(model_path, params.trust_remote_code)
     models.check_attention(params, config)
+    if method.needs_reference and ref_path is not None:  # before the data stage and any weights
+        with model_files.loading(ref_path):
+            models.check_reference_tokenizer(tokenizer, ref_path, params.trust_remote_code)
     data = prepare_data(params, tokenizer, models.model_max_length(config), opened=opened)
     from transformers import PrinterCallback, ProgressCallback, set_seed
 
@@ -347,6 +361,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
             import wandb
 
             wandb.finish()
+            wandb.teardown()  # its settings (this run's folder and project) must not outlive the run
     if stop.received is not None:
         raise stopping.interrupted(stop.received, project)
     if sample_ids:

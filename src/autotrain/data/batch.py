@@ -16,8 +16,9 @@ tensors, so the loss never needs to know the layout:
   `ref_rejected_logps`): chosen sums then rejected sums, in pair order.
 
 Rows of a supervised (SFT) dataset have an empty `rejected_ids`: there is no rejected sequence, sequences B..2B-1
-get no targets, and `in_nll` covers the completion; their `chosen_mask` (1 trained, 0 context) leaves the context
-turns of a conversation out of the targets.
+get no targets, and `in_nll` covers the completion. A row's `chosen_mask` and `rejected_mask` (1 trained, 0
+context; absent or empty: every token trained) leave the context turns of a conversation (the user's turns between
+two assistant turns) out of the targets, so they count in no log-prob sum, mean, token count or NLL.
 
 Only targets are listed, so the LM head runs on K positions instead of every position of every row. Both layouts
 (autotrain.data.collate's padded one, autotrain.data.pack's packed one) fill their targets through `Targets`, span by
@@ -60,13 +61,13 @@ class Targets:
         }
 
 
-def trained(hidden: list[int], completion: list[int], skip: int, feature: dict[str, Any]
+def trained(hidden: list[int], completion: list[int], skip: int, feature: dict[str, Any], chosen: bool = True
             ) -> tuple[list[int], list[int]]:
-    """The chosen targets `completion[skip:]` (read at `hidden`) that are trained: all of them, or those whose
-    `chosen_mask` is 1 (a conversation's context turns are read, not trained)."""
+    """The targets `completion[skip:]` (read at `hidden`) of the chosen (or the rejected) side that are trained:
+    all of them, or those whose mask is 1 (a conversation's context turns are read, not trained)."""
     ids = completion[skip:]
-    mask = feature.get("chosen_mask")
-    if mask is None:
+    mask = feature.get("chosen_mask" if chosen else "rejected_mask")
+    if not mask:
         return hidden, ids
     kept = [k for k in range(len(ids)) if mask[skip + k]]
     return [hidden[k] for k in kept], [ids[k] for k in kept]

@@ -62,10 +62,8 @@ class PaddedCollator:
             # With an empty prompt nothing predicts a completion's first token.
             first = max(prompt_len, 1)
             hidden = list(range(base + first - 1, base + len(ids) - 1))
-            if chosen:  # a conversation's context turns are read, not trained (chosen_mask)
-                hidden, predicted = trained(hidden, ids[prompt_len:], first - prompt_len, features[seq])
-            else:
-                predicted = ids[first:]
+            # A conversation's context turns are read, not trained (chosen_mask, rejected_mask).
+            hidden, predicted = trained(hidden, ids[prompt_len:], first - prompt_len, features[seq % pairs], chosen)
             targets.add(hidden, predicted, seq, completion=True, nll=chosen)
         return {
             "input_ids": input_ids,

@@ -187,7 +187,7 @@ class PackedCollator:
             return
         # Rejected's first token reads the prompt's last hidden state, its others the rejected tokens before them.
         hidden = ([] if p == 0 else [base + p - 1]) + list(range(base + p + c, base + p + c + len(rejected) - 1))
-        targets.add(hidden, rejected[skip:], pairs + pair, completion=True, nll=False)
+        targets.add(*trained(hidden, rejected, skip, f, chosen=False), pairs + pair, completion=True, nll=False)
 
     def _place_separate(
         self, f: dict[str, Any], pair: int, pairs: int, k: int, base: int,
@@ -206,10 +206,7 @@ class PackedCollator:
                 targets.add(list(range(start, start + p - 1)), prompt[1:], seq, completion=False, nll=True)
             first = max(p, 1)
             hidden = list(range(start + first - 1, start + len(tokens) - 1))
-            if chosen:
-                hidden, predicted = trained(hidden, tokens[p:], first - p, f)
-            else:
-                predicted = tokens[first:]
+            hidden, predicted = trained(hidden, tokens[p:], first - p, f, chosen)
             targets.add(hidden, predicted, seq, True, chosen)
             start += len(tokens)
 

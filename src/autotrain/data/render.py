@@ -16,6 +16,13 @@ template), a prompt and a completion column (rendered as above, the prompt exclu
 conversation (the turns before the first assistant message are the prompt; every assistant turn is trained, and
 the user or tool turns between them are context, not under the loss).
 
+An answer of several turns (a preference answer that goes on after its first assistant message, or an SFT
+completion given as such a list) is trained the same way: its assistant turns with what closes them, never the
+user's later turns (autotrain.data.turns).
+
+A chat template that refuses a conversation (`raise_exception`, as Mistral's and Gemma's do when roles do not
+alternate) is reported as one line naming the row, the column and the template's own message.
+
 Preference rows come in three shapes, all three accepted:
 - strings: {"prompt": "2+2?", "chosen": "4", "rejected": "5"};
 - conversational: the prompt is a message list, chosen/rejected an assistant message (a list or a string);
@@ -31,17 +38,16 @@ from typing import Any
 
 from autotrain.data.split import QUOTE_IT, Row, Split
 from autotrain.data.templates import CHATML_TEMPLATE, NAMED_TEMPLATES, ZEPHYR_TEMPLATE, pick_template, render
+from autotrain.data.turns import Messages, Pieces, as_answer, pieces, split_pair
 from autotrain.errors import DataError, ParamsError
 from autotrain.params import LLMTrainingParams
 
 __all__ = ["CHATML_TEMPLATE", "NAMED_TEMPLATES", "ZEPHYR_TEMPLATE", "Columns", "RenderedPair", "Renderer",
-           "pick_template", "resolve_columns"]
+           "checked_value", "pick_template", "resolve_columns"]
 
 logger = logging.getLogger("autotrain")
 
 ROLES = ("system", "user", "assistant", "tool")
-
-Messages = list[dict[str, str]]
 
 
 @dataclass(frozen=True)
@@ -145,12 +151,13 @@ class RenderedPair:
     prompt: str
     chosen: str
     rejected: str
-    # A multi-turn SFT conversation: the chosen text cut into (text, trained) pieces, the assistant turns trained
-    # and the user/tool turns between them context. None: the whole chosen text is trained.
-    chosen_pieces: tuple[tuple[str, bool], ...] | None = None
+    # A completion of several turns: its text cut into (text, trained) pieces, the assistant turns trained and the
+    # user/tool turns between them context (autotrain.data.turns). None: the whole completion is trained.
+    chosen_pieces: Pieces | None = None
     # An answer (chosen, rejected or the SFT completion) that is only whitespace: nothing to learn, so the pair is
     # dropped and counted rather than trained as if it were an answer. Its texts are then left empty.
     blank: bool = False
+    rejected_pieces: Pieces | None = None
 
 
 class Renderer:
@@ -173,11 +180,11 @@ class Renderer:
     def __call__(self, row: Row, where: object) -> RenderedPair:
         """Render one row; `where` names it in errors (`file:line`, or `file, row N of M`)."""
         cols = self.columns
-        prompt = _value(row, cols.prompt, where) if cols.prompt else None
-        chosen = _value(row, cols.chosen, where, answer=True)
+        prompt = checked_value(row, cols.prompt, where) if cols.prompt else None
+        chosen = checked_value(row, cols.chosen, where, answer=True)
         if cols.rejected is None:
             return self._supervised(prompt, chosen, where)
-        rejected = _value(row, cols.rejected, where, answer=True)
+        rejected = checked_value(row, cols.rejected, where, answer=True)
         conversational = any(isinstance(v, list) for v in (prompt, chosen, rejected))
         self._check_shape("messages" if conversational else "text", where)
         if _blank(chosen) or _blank(rejected):
@@ -190,13 +197,13 @@ class Renderer:
             prompt = [{"role": "user", "content": prompt}]
         if self.template is None:
             raise _no_template(where)
-        prompt_msgs, chosen_msgs, rejected_msgs = _split_conversation(prompt, chosen, rejected, cols, where)
+        prompt_msgs, chosen_msgs, rejected_msgs = split_pair(prompt, chosen, rejected, (cols.chosen, cols.rejected),
+                                                             where)
         prompt_text = self._prompt(prompt_msgs, where)
-        return RenderedPair(
-            prompt_text,
-            self._completion(prompt_msgs, prompt_text, chosen_msgs, where),
-            self._completion(prompt_msgs, prompt_text, rejected_msgs, where),
-        )
+        chosen_cut = self._completion(prompt_msgs, prompt_text, chosen_msgs, cols.chosen, where)
+        rejected_cut = self._completion(prompt_msgs, prompt_text, rejected_msgs, cols.rejected, where)
+        return RenderedPair(prompt_text, _joined(chosen_cut), _joined(rejected_cut), chosen_pieces=_mixed(chosen_cut),
+                            rejected_pieces=_mixed(rejected_cut))
 
     def _supervised(self, prompt: str | Messages | None, completion: str | Messages, where: object) -> RenderedPair:
         self._check_shape("messages" if isinstance(completion, list) or isinstance(prompt, list) else "text", where)
@@ -212,7 +219,8 @@ class Renderer:
             return self._conversation(completion, where)
         prompt_msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         prompt_text = self._prompt(prompt_msgs, where)
-        return RenderedPair(prompt_text, self._completion(prompt_msgs, prompt_text, _as_answer(completion), where), "")
+        cut = self._completion(prompt_msgs, prompt_text, as_answer(completion), self.columns.chosen, where)
+        return RenderedPair(prompt_text, _joined(cut), "", _mixed(cut))
 
     def _conversation(self, messages: Messages, where: object) -> RenderedPair:
         """Prompt: the turns before the first assistant message. Completion: the rest, in pieces; each assistant
@@ -224,25 +232,11 @@ class Renderer:
                 f"{where}, column '{self.columns.chosen}': a conversation must start with a non-assistant message "
                 "and end with an assistant message"
             )
-        prompt_text = self._render(messages[:first], generation=True)
-        pieces: list[tuple[str, bool]] = []
-        done = prompt_text  # what the pieces so far render to, prompt included
-        i = first
-        while i < len(messages):
-            trained = messages[i]["role"] == "assistant"
-            end = i
-            while end < len(messages) and (messages[end]["role"] == "assistant") == trained:
-                end += 1
-            # An assistant run renders closed; a context run renders up to the next assistant turn's opening.
-            upto = self._render(messages[:end], generation=not trained)
-            if not upto.startswith(done):
-                raise DataError(
-                    f"{where}: the chat template renders the conversation's earlier turns differently once later "
-                    "turns follow, so the turns cannot be separated; pass --chat-template chatml"
-                )
-            pieces.append((upto[len(done) :], trained))
-            done, i = upto, end
-        return RenderedPair(prompt_text, "".join(text for text, _ in pieces), "", tuple(pieces))
+        column = self.columns.chosen
+        prompt_text = self._render(messages[:first], True, column, where)
+        cut = pieces(lambda msgs, generation: self._render(msgs, generation, column, where), messages, first,
+                     prompt_text, where)
+        return RenderedPair(prompt_text, _joined(cut), "", cut)
 
     def _check_shape(self, shape: str, where: object) -> None:
         if self.shape is None:
@@ -253,16 +247,27 @@ class Renderer:
                 f"{'conversational' if self.shape == 'messages' else 'plain strings'}"
             )
 
-    def _render(self, messages: Messages, generation: bool) -> str:
-        return render(self.tokenizer, self.template, messages, generation)
+    def _render(self, messages: Messages, generation: bool, column: str | None, where: object,
+                continue_final: bool = False) -> str:
+        """`messages` (read from `column`) through the template; a template that refuses them is a DataError."""
+        from jinja2 import TemplateError, TemplateSyntaxError
+
+        try:
+            return render(self.tokenizer, self.template, messages, generation, continue_final=continue_final)
+        except TemplateSyntaxError as exc:
+            raise DataError(f"the chat template has a syntax error (its line {exc.lineno}): {exc.message}") from None
+        except TemplateError as exc:  # raise_exception("Conversation roles must alternate ..."), an undefined name
+            place = f"{where}, column '{column}'" if column else str(where)
+            raise DataError(f"{place}: the chat template refuses this conversation: {exc.message or exc}") from None
 
     def _prompt(self, prompt_msgs: Messages, where: object) -> str:
         """The prompt's text: up to the generation prompt; or, when it ends with an assistant message, up to the
         end of that message's text, which the answer then continues (TRL renders this prompt the same way)."""
+        column = self.columns.prompt or self.columns.chosen  # no prompt column: the conversations' shared turns
         if not _continues(prompt_msgs):
-            return self._render(prompt_msgs, generation=True)
+            return self._render(prompt_msgs, True, column, where)
         try:
-            return render(self.tokenizer, self.template, prompt_msgs, generation=False, continue_final=True)
+            return self._render(prompt_msgs, False, column, where, continue_final=True)
         except ValueError as exc:  # transformers: the template does not write the final message's text as given
             raise DataError(
                 f"{where}, column '{self.columns.prompt}': the prompt ends with an assistant message for the answer "
@@ -270,22 +275,28 @@ class Renderer:
                 "with a user message or pass --chat-template chatml"
             ) from exc
 
-    def _completion(self, prompt_msgs: Messages, prompt_text: str, answer: Messages, where: object) -> str:
+    def _completion(self, prompt_msgs: Messages, prompt_text: str, answer: Messages, column: str,
+                    where: object) -> Pieces:
+        """What the template writes after `prompt_text` for `answer` (read from `column`), as (text, trained)
+        pieces: one trained piece for an answer of assistant messages; several when user or tool turns follow."""
+        messages, start = prompt_msgs + answer, len(prompt_msgs)
         if _continues(prompt_msgs):  # the answer's first message continues the prompt's final one: one message
             if answer[0]["role"] != "assistant":
-                raise DataError(f"{where}, column '{self.columns.chosen}': the answer must start with an assistant "
-                                "message")
+                raise DataError(f"{where}, column '{column}': the answer must start with an assistant message")
             final = prompt_msgs[-1]
             merged = {**final, "content": final["content"] + answer[0]["content"]}
-            full = self._render([*prompt_msgs[:-1], merged, *answer[1:]], generation=False)
-        else:
-            full = self._render(prompt_msgs + answer, generation=False)
-        if not full.startswith(prompt_text):
-            raise DataError(
-                f"{where}: the chat template renders the prompt differently once an answer follows, so the "
-                "completion cannot be separated from it; pass --chat-template chatml"
-            )
-        return full[len(prompt_text) :]
+            messages, start = [*prompt_msgs[:-1], merged, *answer[1:]], len(prompt_msgs) - 1
+        return pieces(lambda msgs, generation: self._render(msgs, generation, column, where), messages, start,
+                      prompt_text, where)
+
+
+def _joined(cut: Pieces) -> str:
+    return "".join(text for text, _ in cut)
+
+
+def _mixed(cut: Pieces) -> Pieces | None:
+    """The pieces when some are context; None when the whole completion is trained (the common case)."""
+    return cut if not all(trained for _, trained in cut) else None
 
 
 BLANK = RenderedPair("", "", "", blank=True)
@@ -310,18 +321,20 @@ def _no_template(where: object) -> DataError:
     )
 
 
-def _value(row: Row, column: str, where: object, answer: bool = False) -> str | Messages:
-    """The row's value in `column`, checked. An `answer` (chosen, rejected, the SFT completion) may be "": blank,
-    it is dropped and counted like a whitespace-only answer (`_blank`); an empty prompt or list is an error."""
+def checked_value(row: Row, column: str, where: object, answer: bool = False,
+                  needs: str = "every pair needs a text here") -> str | Messages:
+    """The row's value in `column`, checked: a text or a list of messages. An `answer` (chosen, rejected, the SFT
+    completion) may be "": blank, it is dropped and counted like a whitespace-only answer (`_blank`); an empty
+    prompt or list is an error (`needs` says why)."""
     if column not in row:
         raise DataError(f"{where}, column '{column}': missing from this row (it has: {', '.join(row)})")
     value = row[column]
     if value is None:
-        raise DataError(f"{where}, column '{column}': null value; every pair needs a text here")
+        raise DataError(f"{where}, column '{column}': null value; {needs}")
     if answer and value == "":
         return value
     if isinstance(value, str | list) and len(value) == 0:
-        raise DataError(f"{where}, column '{column}': empty value; every pair needs a text here")
+        raise DataError(f"{where}, column '{column}': empty value; {needs}")
     if isinstance(value, str):
         return value
     if isinstance(value, dict):
@@ -353,40 +366,3 @@ def _check_message(message: Any, column: str, where: object) -> None:
         raise DataError(
             f"{where}, column '{column}': message content must be text, got {_short(message['content'])}"
         )
-
-
-def _as_answer(value: str | Messages) -> Messages:
-    return [{"role": "assistant", "content": value}] if isinstance(value, str) else value
-
-
-def _split_conversation(
-    prompt: str | Messages | None, chosen: str | Messages, rejected: str | Messages, cols: Columns, where: object
-) -> tuple[Messages, Messages, Messages]:
-    """Split into (prompt messages, chosen answer messages, rejected answer messages)."""
-    chosen_msgs, rejected_msgs = _as_answer(chosen), _as_answer(rejected)
-    if prompt is None:
-        # Full conversations: the prompt is the longest common prefix that ends before an assistant turn.
-        shared = 0
-        while (
-            shared < min(len(chosen_msgs), len(rejected_msgs)) - 1
-            and chosen_msgs[shared] == rejected_msgs[shared]
-        ):
-            shared += 1
-        while shared > 0 and chosen_msgs[shared - 1]["role"] == "assistant":
-            shared -= 1
-        if shared == 0:
-            raise DataError(
-                f"{where}: with no prompt column, chosen and rejected must be conversations that share the "
-                "prompt turns as a common prefix"
-            )
-        prompt_msgs = chosen_msgs[:shared]
-    else:
-        prompt_msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-    answers = []
-    for name, msgs in ((cols.chosen, chosen_msgs), (cols.rejected, rejected_msgs)):
-        if msgs[: len(prompt_msgs)] == prompt_msgs and len(msgs) > len(prompt_msgs):
-            msgs = msgs[len(prompt_msgs) :]  # a full conversation that repeats the prompt
-        if msgs[0]["role"] != "assistant":
-            raise DataError(f"{where}, column '{name}': the answer must start with an assistant message")
-        answers.append(msgs)
-    return prompt_msgs, answers[0], answers[1]

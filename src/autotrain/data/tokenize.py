@@ -28,7 +28,9 @@ from autotrain.errors import DataError
 logger = logging.getLogger("autotrain")
 
 ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
-MASK_COLUMN = "chosen_mask"  # supervised data only: which completion tokens are trained
+# Which completion tokens are trained (1) and which are a context turn's (0). Supervised data has a chosen_mask for
+# every row; preference data has both, empty for a completion that is trained whole (the common case costs nothing).
+MASK_COLUMN, REJECTED_MASK_COLUMN = "chosen_mask", "rejected_mask"
 # Pairs per tokenizer call: larger batches are no faster (measured), and the encoder holds ~80 bytes per token
 # of a batch until the call returns, so this bounds peak memory.
 BATCH_PAIRS = 256
@@ -152,44 +154,52 @@ def _tokenize(
     batch: list[RenderedPair], tokenizer: Any, templated: bool, paired: bool, limits: Limits, dropped: Counter,
     truncated: Counter, add_eos: bool = True,
 ) -> list[list[list[int]]]:
-    """The kept pairs of a batch as columns of ids: prompt, chosen, rejected; supervised rows (not `paired`) have an
-    empty rejected and a fourth column, chosen_mask (1 for a trained token, 0 for a context turn's)."""
-    columns: list[list[list[int]]] = [[], [], []] if paired else [[], [], [], []]
+    """The kept pairs of a batch as columns of ids: prompt, chosen, rejected, then the masks (1 for a trained token,
+    0 for a context turn's): chosen_mask for supervised rows (not `paired`, whose rejected is empty), chosen_mask
+    and rejected_mask for pairs (empty where the whole completion is trained)."""
+    columns: list[list[list[int]]] = [[], [], [], [], []] if paired else [[], [], [], []]
     if not batch:
         return columns
     # With a template, the rendered text already holds BOS (if the model uses one) and the turn markers.
     prompts = _encode(tokenizer, [p.prompt for p in batch], special=not templated)
     # Every completion piece in one call (chosen and rejected, or a conversation's turns): one larger batch keeps
     # the tokenizer's threads busier. Pieces are tokenized apart, as prompt and completion are.
-    pieces = [p.chosen_pieces or ((p.chosen, True),) for p in batch]
-    texts = [text for row in pieces for text, _ in row] + ([p.rejected for p in batch] if paired else [])
+    sides = [[p.chosen_pieces or ((p.chosen, True),) for p in batch]]
+    if paired:
+        sides.append([p.rejected_pieces or ((p.rejected, True),) for p in batch])
+    texts = [text for side in sides for row in side for text, _ in row]
     encoded = iter(_encode(tokenizer, texts, special=False))
     eos = [] if templated or not add_eos else [tokenizer.eos_token_id]
-    chosen_rows: list[tuple[list[int], list[int]]] = []
-    for row in pieces:
-        ids: list[int] = []
-        mask: list[int] = []
-        for _, trained in row:
-            piece = next(encoded)
-            ids += piece
-            mask += [int(trained)] * len(piece)
-        chosen_rows.append((ids + eos, mask + [1] * len(eos)))
+    completions: list[list[tuple[list[int], list[int]]]] = []
+    for side in sides:
+        completions.append([])
+        for row in side:
+            ids: list[int] = []
+            mask: list[int] = []
+            for _, trained in row:
+                piece = next(encoded)
+                ids += piece
+                mask += [int(trained)] * len(piece)
+            completions[-1].append((ids + eos, mask + [1] * len(eos)))
     for index, prompt in enumerate(prompts):
-        chosen, mask = chosen_rows[index]
-        rejected = next(encoded) + eos if paired else []
+        (chosen, mask), (rejected, rejected_mask) = completions[0][index], (
+            completions[1][index] if paired else ([], []))
         prompt, chosen, rejected = _truncate(prompt, chosen, rejected, limits, truncated)
-        mask = mask[: len(chosen)]
+        mask, rejected_mask = mask[: len(chosen)], rejected_mask[: len(rejected)]
         if not chosen or (paired and not rejected):
             dropped["completion empty after truncation"] += 1
             continue
         if paired and chosen == rejected:  # different texts, cut to the same ids: no preference left to learn
             dropped["chosen == rejected after truncation"] += 1
             continue
-        if not any(mask):
+        if not any(mask) or (paired and not any(rejected_mask)):
             dropped["no trained token left after truncation"] += 1
             continue
-        for column, values in zip(columns, (prompt, chosen, rejected, mask)):
-            column.append(values)
+        values = [prompt, chosen, rejected, mask]
+        if paired:  # an all-trained mask is stored empty
+            values = [prompt, chosen, rejected, [] if all(mask) else mask, [] if all(rejected_mask) else rejected_mask]
+        for column, value in zip(columns, values):
+            column.append(value)
     return columns
 
 
@@ -206,7 +216,8 @@ class _ArrowSink:
 
         self.pa, self.path = pa, path
         fields = [(name, pa.list_(pa.int32())) for name in ID_COLUMNS]
-        self.schema = pa.schema(fields + ([(MASK_COLUMN, pa.list_(pa.int8()))] if supervised else []))
+        masks = [MASK_COLUMN] if supervised else [MASK_COLUMN, REJECTED_MASK_COLUMN]
+        self.schema = pa.schema(fields + [(name, pa.list_(pa.int8())) for name in masks])
         self.pending: list[Any] = []
         self.pending_bytes = 0
         self.rows = 0

@@ -10,6 +10,8 @@ and says, without importing it (so without torch), what the rest of the tool nee
 - `accuracy`: what its logged `rewards/accuracies` counts, as the run summary and the model card say it (None: the
   method logs no accuracy);
 - `help`: its part of the --trainer help;
+- `metrics`: what it logs besides loss and nll_loss (each evaluation's, with the `eval_` prefix), so that a sweep's
+  metric is checked before any trial (a test runs each method and compares);
 - its settings, each taking its authors' value when left unset (autotrain.params' MethodParams.method_settings):
   `beta` (--dpo-beta; None: the method has none), and in `options` the others its terms take: `gamma` (SimPO's
   margin, default `gamma_per_beta` x beta) and `alpha` (the NLL weight, default `alpha`); `title` is its name as
@@ -26,7 +28,11 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ALIASES", "NAMES", "SPECS", "MethodSpec", "canonical", "load", "spec"]
+__all__ = ["ALIASES", "NAMES", "PAIR_METRICS", "SPECS", "MethodSpec", "canonical", "load", "spec"]
+
+# What every preference method logs (autotrain.methods.base.reward_metrics), under TRL's names.
+PAIR_METRICS: tuple[str, ...] = ("rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen",
+                                 "logps/rejected", "rewards/accuracies", "rewards/ties")
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class MethodSpec:
     # beta scales the reward inside the sigmoid: at 0 every pair's loss is log 2 and no gradient flows (ORPO's lambda
     # at 0 is plain SFT, which is a choice)
     positive_beta: bool = False
+    metrics: tuple[str, ...] = PAIR_METRICS
 
     @property
     def module(self) -> str:
@@ -57,7 +64,8 @@ SPECS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in (
         MethodSpec("orpo", paired=True, needs_reference=False,
-                   accuracy="chosen log-odds > rejected", help="SFT + odds-ratio term, no reference model"),
+                   accuracy="chosen log-odds > rejected", help="SFT + odds-ratio term, no reference model",
+                   metrics=("log_odds_ratio", "log_odds_chosen", *PAIR_METRICS)),
         MethodSpec("dpo", paired=True, needs_reference=True,
                    accuracy="chosen gained more log-probability over the reference than rejected",
                    help="sigmoid DPO against a frozen reference", positive_beta=True),
@@ -74,7 +82,7 @@ SPECS: dict[str, MethodSpec] = {
                    help="sigmoid preference term on summed log-probs + NLL, no reference model",
                    beta=0.1, options=("alpha",), alpha=1.0, positive_beta=True),
         MethodSpec("sft", paired=False, needs_reference=False, accuracy=None,
-                   help="NLL on the completion or text", beta=None),
+                   help="NLL on the completion or text", beta=None, metrics=()),
     )
 }
 # Other accepted names: `default` is the parent tool's name for sft.

@@ -44,8 +44,10 @@ SECTIONS: tuple[tuple[str, type[Schema]], ...] = (
     ("Sweep", SweepParams),
 )
 
-# Fields that change what the loss is: trials that differ in them have losses on different scales.
-LOSS_SHAPING: frozenset[str] = frozenset({"dpo_beta", "simpo_gamma", "cpo_alpha", "prompt_loss", "response_only_loss"})
+# Fields that change what the loss is: trials that differ in them have losses on different scales (the method
+# itself most of all: DPO starts at ln 2, ORPO's NLL term alone is several times that).
+LOSS_SHAPING: frozenset[str] = frozenset({"trainer", "dpo_beta", "simpo_gamma", "cpo_alpha", "prompt_loss",
+                                          "response_only_loss"})
 # Fields whose values are secrets: never written to disk, never logged.
 SECRET_FIELDS: frozenset[str] = frozenset({"token", "wandb_token"})
 # Fields that only mean something with `peft` (LoRA); given without it they would be ignored, so they are refused.

@@ -90,8 +90,8 @@ class DataParams(Schema):
     model_max_length: int = Field(
         2048,
         ge=2,
-        description="The model's longest input; 2048 (the default) means the model config's own maximum. "
-        "--block-size is capped at it.",
+        description="The model's longest input; 2048 (the default) means the model config's own maximum "
+        "(max_position_embeddings), and a value above that maximum is refused. --block-size is capped at it.",
     )
     attn_implementation: str | None = Field(
         None,
