@@ -40,7 +40,7 @@ echo "budget: install ${PLAN[0]}, preflight ${PLAN[1]}, correctness ${PLAN[2]}, 
   "qlora ${PLAN[5]}, fsdp2 ${PLAN[6]} s = $(( ${PLAN[@]/%/+} 0 )) s planned, ${BUDGET} s at most; stages: ${STAGES}" \
   | tee -a "$OUT/summary.txt"
 planned=${PLAN[0]}  # the planned end of the stages so far
-stage() {  # stage N NAME COMMAND...: run until its planned end (capped by BUDGET), output to the console and $OUT/NAME.log
+stage() {  # stage N NAME COMMAND...: run until its planned end (capped by BUDGET); output to $OUT/NAME.log too
   local n=$1 name=$2; shift 2
   planned=$((planned + PLAN[n]))
   case " $STAGES " in *" $n "*) ;; *) return 0 ;; esac

@@ -3,6 +3,11 @@ bench's model in the same process (results go to ../BENCHMARKS.md):
 
     python bench/kernel_probe_cost.py --size cpu    # ~2 minutes on 2 CPU cores
     python bench/kernel_probe_cost.py --size gpu    # one CUDA GPU: Qwen2.5-0.5B shape, bf16 autocast (gpu_run.sh)
+    python bench/kernel_probe_cost.py --calibrate ~/.cache/aitraining/smollm2-135m-instruct-*   # a trained model
+
+`--calibrate MODEL` measures instead what the probe's tolerances (kernel_probe.tolerances) must allow: on three real
+pairs, two correct paths, eager and SDPA in the packed layout, probed against SDPA padded, in fp32 and under bf16
+autocast; each line gives the gaps next to the tolerances.
 
 CPU: flex_attention's probe with its forward uncompiled (CPU flex has no backward: that raise is its finding, so the
 probe ends there), and a probe that runs every pass (eager probed against SDPA, the same work a passing flex probe
@@ -36,8 +41,9 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Callable[[], An
 
 
 def step_seconds(size: ob.Size, attn: str, device: torch.device, pairs: list[dict], dtype: torch.dtype | None,
-                 steps: int) -> float:
-    """Mean seconds of `steps` ORPO training steps after the size's warm-up steps (a compile lands there)."""
+                 steps: int) -> tuple[float, float]:
+    """Seconds of the first ORPO training step (a compile lands there, if the probe's did not serve) and the mean of
+    `steps` steps after the size's warm-up steps."""
     from autotrain.data.kernels import make_collator
     from autotrain.methods.orpo import orpo_step
 
@@ -57,7 +63,7 @@ def step_seconds(size: ob.Size, attn: str, device: torch.device, pairs: list[dic
         sync(device)
         seconds.append(time.perf_counter() - start)
     del model, optimizer
-    return sum(seconds[size.warmup :]) / steps
+    return seconds[0], sum(seconds[size.warmup :]) / steps
 
 
 def probe(name: str, size: ob.Size, attn: str, device: torch.device, pair: dict, dtype: torch.dtype | None,
@@ -80,11 +86,41 @@ def probe(name: str, size: ob.Size, attn: str, device: torch.device, pair: dict,
     return out
 
 
+PAIRS = [("The capital of France is", " Paris, a city on the Seine.", " Berlin, which is in Germany."),
+         ("Question: what is 12 times 11? Answer:", " 132, since 12*11 = 132.", " 121, because eleven squared."),
+         ("def add(a, b):\n    ", "return a + b\n", "return a - b\n")]
+
+
+def calibrate(path: str) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from autotrain.trainers.clm.kernel_probe import probe_kernel, set_kernel, tolerances
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    cpu = torch.device("cpu")
+    for prompt, chosen, rejected in PAIRS:
+        pair = {"prompt_ids": tokenizer(prompt)["input_ids"], "chosen_ids": tokenizer(chosen)["input_ids"],
+                "rejected_ids": tokenizer(rejected)["input_ids"]}
+        for dtype in (None, torch.bfloat16):
+            for attn in ("eager", "sdpa"):
+                set_kernel(model, attn)
+                found = probe_kernel(model, pair, tokenizer.pad_token_id or 0, True, cpu, dtype)
+                logp, grad = tolerances(torch.finfo(dtype or torch.float32).eps, found.largest_logit)
+                print(f"RESULT calibrate {attn} packed {'bf16' if dtype else 'fp32'} {prompt[:12]!r}: log-prob gap "
+                      f"{found.logp_gap:.3g} (tolerance {logp:.3g}, largest logit {found.largest_logit:.1f}), "
+                      f"gradient gap {found.grad_gap:.3g} (tolerance {grad:.3g})", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--calibrate", metavar="MODEL", help="a trained model's folder: the tolerances' check")
     args = parser.parse_args()
+    if args.calibrate:
+        calibrate(args.calibrate)
+        return
     cuda = args.size == "gpu"
     if cuda and not torch.cuda.is_available():
         print("STOP kernel_probe_cost: --size gpu needs a CUDA device", flush=True)
@@ -101,14 +137,16 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = False
         costs = probe("flex_attention bf16", size, "flex_attention", device, pair, torch.bfloat16, calls=2)
         probe("flex_attention fp32", size, "flex_attention", device, pair, None)
-        step = step_seconds(size, "flex_attention", device, pairs, torch.bfloat16, args.steps)
+        first, step = step_seconds(size, "flex_attention", device, pairs, torch.bfloat16, args.steps)
         kernel = "flex_attention bf16"
     else:
         probe("flex_attention uncompiled", size, "flex_attention", device, pair, None, eager_flex=True)
         costs = probe("eager against sdpa", size, "eager", device, pair, None, calls=2)
-        step = step_seconds(size, "sdpa", device, pairs, None, args.steps)
+        first, step = step_seconds(size, "sdpa", device, pairs, None, args.steps)
         kernel = "sdpa fp32"
-    print(f"RESULT step {kernel}: {step:.2f} s (mean of {args.steps} after {size.warmup} warm-up)", flush=True)
+    print(f"RESULT step {kernel}: {step:.2f} s (mean of {args.steps} after {size.warmup} warm-up); the first step "
+          f"{first:.2f} s (after the probe, in the same process: a compile there is one the probe's did not spare)",
+          flush=True)
     for call, seconds in enumerate(costs, 1):
         print(f"RESULT probe cost, call {call}: {seconds / (100 * step):.2%} of a 100-step run", flush=True)
 

@@ -18,9 +18,13 @@ A finding is an exception (a failed compile included), a difference beyond `tole
 kernel the run took by default then gives way to the proven path for the whole run, with one warning line naming the
 kernel, the finding and --attn-implementation; a kernel the user named stops the run before anything is written, with
 the finding (ModelError: one line, exit 2). Every process probes, and all take the decision of the first finding.
+A run whose weights are sharded (FSDP, ZeRO-3) is not probed: its model cannot run whole on one device before it is
+wrapped (autotrain.project).
 
-Cost: one forward of the run's kernel and one forward and backward of each kernel on a row of at most 48 tokens
-(padded to 128 for flex); README's "Attention kernels" has the measured seconds.
+Cost: a forward, then a forward and backward, of each of the two kernels on a row of at most 48 tokens (padded to 128
+for flex); README's "Attention kernels and the start-up check" has the measured share of a run. On a GPU the probe's
+flex call compiles the kernel, in eval mode: transformers' flex wrapper calls torch.compile again when the model
+goes to training (whether that compiles twice is for the GPU run to show: bench/kernel_probe_cost.py).
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ class Finding:
     grad_gap: float | None = None
     seconds: float = 0.0
     skipped: str | None = None  # why the kernel could not be probed
+    largest_logit: float = 0.0  # of the proven path, which the log-prob tolerance scales with
 
 
 def probe_pair(feature: dict[str, Any]) -> dict[str, list[int]]:
@@ -210,7 +215,8 @@ def probe_kernel(model: torch.nn.Module, pair: dict[str, list[int]], pad_id: int
     gaps: dict[str, float] = {}
 
     def found(problem: str | None) -> Finding:
-        return Finding(kernel, reference, problem, gaps.get("logp"), gaps.get("grad"), time.perf_counter() - start)
+        return Finding(kernel, reference, problem, gaps.get("logp"), gaps.get("grad"), time.perf_counter() - start,
+                       largest_logit=ref.largest_logit)
 
     with eval_mode(model):
         with _running(model, reference):
