@@ -288,3 +288,13 @@ def test_a_model_without_flex_keeps_sdpa_by_default(tmp_path, monkeypatch):
     llama = tiny_model()
     llama.save_pretrained(tmp_path / "llama")
     assert models.load_model(params, str(tmp_path / "llama")).config._attn_implementation == "flex_attention"
+
+
+def test_every_process_takes_the_decision_of_a_finding_in_any_process():
+    """Here the kernel passes, but another process's probe found a problem (its finding arrives through `gather`, as
+    accelerate's gather_object hands every process all of them): this process falls back too."""
+    model = tiny_model(attn="flex_attention")
+    other = "its gradient is not finite"
+    with registered("flex_attention", dense_from_block_mask):
+        finding = settle_kernel(model, PAIR, 0, True, torch.device("cpu"), False, gather=lambda found: found + [other])
+    assert finding.problem == other and kernels_of(model) == {"sdpa"}

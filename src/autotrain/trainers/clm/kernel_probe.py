@@ -30,10 +30,10 @@ goes to training (whether that compiles twice is for the GPU run to show: bench/
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -55,7 +55,7 @@ PROBED = ("flex_attention", "flash_attention_2", "flash_attention_3")
 PROMPT_TOKENS, ANSWER_TOKENS = 16, 16
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Finding:
     """What the probe found: `problem` None when the kernel passed; the gaps measured before any problem."""
 
@@ -270,7 +270,7 @@ def settle_kernel(model: torch.nn.Module, feature: dict[str, Any], pad_id: int, 
     finding = probe_kernel(model, probe_pair(feature), pad_id, packing, device, autocast_dtype)
     problems = [problem for problem in gather([finding.problem]) if problem]
     if problems:
-        finding = Finding(kernel, finding.reference, problems[0], finding.logp_gap, finding.grad_gap, finding.seconds)
+        finding = dataclasses.replace(finding, problem=problems[0], skipped=None)
     if finding.skipped is not None:
         logger.warning("%s was not checked at start-up: %s", kernel, finding.skipped)
         return finding
