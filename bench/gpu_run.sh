@@ -18,7 +18,7 @@
 # BUDGET seconds (450 by default), leaving time for one rerun of the stages that need it (STAGES="3 5" runs only
 # those). Each stage may run until its planned end (the sum of the budgets up to it): one that ends early leaves its
 # time to the next, none eats into the stages after it, and one cut off at its end keeps its log. Seconds per stage:
-#   0-install 20 | 1-preflight 30 | 2-correctness 70 | 3-probe 40 | 4-speed 200 | 5-qlora 60 | 6-fsdp2 30  = 450
+#   0-install 20 | 1-preflight 45 | 2-correctness 60 | 3-probe 70 | 4-speed 175 | 5-qlora 50 | 6-fsdp2 30  = 450
 #
 # Prepare here (needs PyPI, not the device), from the repository root:
 #     bash ../shared/gpu/prepare_carry.sh .         # writes .gpu/ (wheels for Python 3.12 + cu130), git-ignored
@@ -32,7 +32,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 BUDGET=${BUDGET:-450}  # seconds of the device call this script may use
 STAGES=${STAGES:-1 2 3 4 5 6}
-PLAN=(20 30 70 40 200 60 30)  # seconds per stage, 0 to 6 (the table above)
+PLAN=(20 45 60 70 175 50 30)  # seconds per stage, 0 to 6 (the table above)
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export TRL_EXPERIMENTAL_SILENCE=1 WANDB_MODE=disabled TORCH_LOGS=recompiles
 mkdir -p "$OUT"
