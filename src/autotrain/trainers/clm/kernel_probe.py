@@ -83,12 +83,13 @@ def tolerances(eps: float, largest_logit: float) -> tuple[float, float]:
     Two kernels compute the same attention with sums in different orders, and the layouts differ (a packed row, two
     padded rows), so every layer's output differs by a few units in the last place of the compute precision; the
     logits, rounded to it, by about eps times their size, and a log-softmax moves a log-prob by at most twice its
-    logits' largest change. Measured on CPU on SmolLM2-135M (30 layers, three real pairs), eager packed and SDPA
-    packed against SDPA padded: fp32 at most 2e-5 (log-prob) and 5e-6 (gradient); bf16 autocast at most 0.11 (0.6
-    eps times 1 + the largest logit, 17 to 36 there) and 5.6%. The tolerances are several times those: 1e-3 + 4 eps
-    (1 + largest logit), 0.77 nats in bf16 at logits of 24; 1e-3 + 32 eps, 25% in bf16, 0.1% in fp32. A kernel that
-    computes something else moves log-probs by far more (a mask that lets the rejected answer see the chosen one:
-    2 nats on the test model); one that passes in bf16 with a gap near its tolerance is worth a look in fp32.
+    logits' largest change. Measured on CPU on SmolLM2-135M (30 layers, three real pairs: `python
+    bench/kernel_probe_cost.py --calibrate`), eager packed and SDPA packed against SDPA padded: fp32 at most 2e-5
+    (log-prob) and 5e-6 (gradient); bf16 autocast at most 0.11 (0.5 eps times 1 + the largest logit, 27 to 36 there)
+    and 5.6%. The tolerances are several times those: 1e-3 + 4 eps (1 + largest logit), 0.86 to 1.17 nats there in
+    bf16; 1e-3 + 32 eps, 25% in bf16, 0.1% in fp32. A kernel that computes something else moves log-probs by far
+    more (a mask that lets the rejected answer see the chosen one: 2 nats on the test model); one that passes in bf16
+    with a gap near its tolerance is worth a look in fp32.
     """
     return 1e-3 + 4 * eps * (1 + largest_logit), 1e-3 + 32 * eps
 
