@@ -80,11 +80,13 @@ def model_max_length(config: Any) -> int | None:
 def load_model(params: LLMTrainingParams, model: str) -> torch.nn.Module:
     """The base model, with LoRA adapters when `peft` is set.
 
-    On CUDA with packing, attention runs through flex_attention, which skips the masked blocks of a packed row
-    (SDPA with an explicit mask computes them all); elsewhere transformers picks its default (SDPA). With
-    `quantization`, the frozen base weights load in 4 or 8 bits through bitsandbytes (QLoRA).
+    Attention runs through the kernel the user chose, else `default_attention`'s when the model's class supports
+    it (flex_attention on CUDA with packing: it skips the masked blocks of a packed row, which SDPA with an explicit
+    mask computes), else transformers' default (SDPA); the start-up probe (autotrain.trainers.clm.kernel_probe)
+    checks a GPU-only kernel before training. With `quantization`, the frozen base weights load in 4 or 8 bits
+    through bitsandbytes (QLoRA).
     """
-    extra: dict[str, Any] = _attention(params)
+    extra: dict[str, Any] = {"attn_implementation": params.attention} if params.attention is not None else {}
     if params.quantization is not None:
         extra["quantization_config"] = quantization_config(params)
         # Each process holds its quantized copy on its own GPU (bitsandbytes weights cannot be moved after loading).
@@ -96,6 +98,8 @@ def load_model(params: LLMTrainingParams, model: str) -> torch.nn.Module:
             raise
         # transformers refuses a kernel the model or the machine cannot run (flash_attn missing, no CUDA ...).
         raise ModelError(f"attn_implementation {params.attention}: {str(exc).split('. ')[0]}") from None
+    if params.attention is None:
+        _use_default_attention(net, params)
     # The KV cache is useless in training and conflicts with gradient checkpointing.
     net.config.use_cache = False
     if params.peft:
@@ -137,9 +141,15 @@ def _shown_token(token: str | None) -> str:
     return "absent" if token is None else repr(token)
 
 
-def load_reference(params: LLMTrainingParams, model: str, vocab_size: int) -> torch.nn.Module:
-    """A frozen reference model for DPO (never quantized, never given adapters); its vocabulary must match."""
-    net = _from_pretrained(model, params.trust_remote_code, **_attention(params))
+def load_reference(params: LLMTrainingParams, model: str, vocab_size: int, attention: str | None = None
+                   ) -> torch.nn.Module:
+    """A frozen reference model for DPO (never quantized, never given adapters); its vocabulary must match.
+    `attention`: the kernel the trained model runs (after the start-up probe); None: as the params choose."""
+    attention = attention or params.attention
+    extra = {"attn_implementation": attention} if attention is not None else {}
+    net = _from_pretrained(model, params.trust_remote_code, **extra)
+    if attention is None:
+        _use_default_attention(net, params)
     net.config.use_cache = False
     size = net.get_output_embeddings().weight.shape[0]
     if size != vocab_size:
@@ -176,11 +186,23 @@ def _from_pretrained(name: str | Path, trust_remote_code: bool, **extra: Any) ->
                                   use_safetensors=True, **extra)
 
 
-def _attention(params: LLMTrainingParams) -> dict[str, Any]:
-    if params.attention is not None:  # the user's choice wins (check_attention refused what the model cannot run)
-        return {"attn_implementation": params.attention}
-    # flex_attention skips a packed row's masked blocks on CUDA; elsewhere transformers' default (SDPA) is used.
-    return {"attn_implementation": "flex_attention"} if torch.cuda.is_available() and params.packing else {}
+def _use_default_attention(net: torch.nn.Module, params: LLMTrainingParams) -> None:
+    """Switch a model loaded with transformers' default kernel to `default_attention`'s, when its class supports it
+    (a class without flex_attention keeps SDPA rather than failing to load)."""
+    chosen = default_attention(params)
+    if chosen is not None and getattr(type(net), _KERNEL_FLAGS[chosen], False):
+        net.set_attn_implementation(chosen)
+
+
+def default_attention(params: LLMTrainingParams) -> str | None:
+    """The kernel a run gets when --attn-implementation is not given: flex_attention on CUDA with packing (it skips
+    a packed row's masked blocks), else None (transformers' default, SDPA).
+
+    The one place this default is decided. The start-up probe (autotrain.trainers.clm.kernel_probe) checks it on
+    the first training pair and falls back to SDPA when it fails; tests replace this function to take the CUDA
+    decision on a CPU machine.
+    """
+    return "flex_attention" if torch.cuda.is_available() and params.packing else None
 
 
 # The attention kernels transformers offers, and the model-class flag that says a model can use each.

@@ -85,8 +85,29 @@ def check_device(params: LLMTrainingParams) -> None:
             raise ParamsError("mixed_precision: bf16 needs a GPU or a torch with CPU autocast; leave it unset (fp32)")
         logger.warning("mixed_precision bf16 on CPU: training runs under CPU bf16 autocast, which is far slower than "
                        "fp32 on most CPUs")
+    check_kernel_here(params.attention)
     if params.quantization is not None and not torch.cuda.is_available():  # the package: check_setup
         raise ParamsError(f"quantization: {params.quantization} (bitsandbytes) needs a CUDA GPU; on CPU leave it unset")
+
+
+def check_kernel_here(attention: str | None) -> None:
+    """Refuse an attention kernel chosen by name that cannot train on this machine, before the model loads: torch's
+    flex_attention has no backward on CPU or MPS (the first training step would raise), flash-attn runs on CUDA only
+    (its package is check_setup's). Whether the model's class supports the kernel is models.check_attention's."""
+    import torch
+
+    if attention not in ("flex_attention", "flash_attention_2", "flash_attention_3"):
+        return
+    gpu = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+    if attention == "flex_attention" and not gpu:
+        raise ParamsError("attn_implementation flex_attention: torch's flex_attention has no backward pass on CPU or "
+                          "MPS, so it cannot train on this machine (no CUDA GPU is visible); choose sdpa or eager, or "
+                          "leave --attn-implementation unset")
+    if attention == "flex_attention":
+        return
+    if not torch.cuda.is_available():
+        raise ParamsError(f"attn_implementation {attention}: flash-attn runs on CUDA GPUs only and none is visible; "
+                          "choose sdpa or eager, or leave --attn-implementation unset")
 
 
 def _bf16_accelerator() -> bool:

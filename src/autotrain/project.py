@@ -297,9 +297,14 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     with model_files.loading(model_path):
         model = models.load_model(params, model_path)
     quiet.settle()  # peft and accelerate are imported by now
+    sharded = preflight.sharded_weights()
+    if not sharded:  # a GPU-only kernel is checked before anything uses it; a sharded model cannot run whole here
+        from autotrain.trainers.clm.kernel_probe import settle_run_kernel
+
+        with models.whole_on(model, args.device):
+            settle_run_kernel(params, model, data.train.dataset[0], tokenizer.pad_token_id, args.device)
     # Sample answers are the main process's to write; when the weights are sharded (FSDP, ZeRO-3) every process must
     # take part in generate. A resumed run has no untrained model left to ask.
-    sharded = preflight.sharded_weights()
     asked = params.sample_answers and (main or sharded)
     sample_ids = data.valid.prompt_ids[: params.sample_answers] if asked else []
     own_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -317,7 +322,8 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
         if ref_path is not None or not (params.peft or fresh):
             vocab = model.get_output_embeddings().weight.shape[0]
             with model_files.loading(ref_path or model_path):
-                ref_model = models.load_reference(params, ref_path or model_path, vocab)
+                ref_model = models.load_reference(params, ref_path or model_path, vocab,
+                                                  attention=models.unwrap(model).config._attn_implementation)
     project.mkdir(parents=True, exist_ok=True)
     if main:
         params.save_json(project / PARAMS_FILE)  # first: it marks the folder as this tool's (project_folder)

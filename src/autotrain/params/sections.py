@@ -96,7 +96,9 @@ class DataParams(Schema):
     attn_implementation: str | None = Field(
         None,
         description="Attention kernel: eager, sdpa, flex_attention, flash_attention_2/3. Your choice is used as given "
-        "or refused with the reason. Default: flex_attention on CUDA with packing, else transformers' choice.",
+        "or refused with the reason (flex_attention and flash-attn need CUDA; a start-up check that fails stops the "
+        "run). Default: flex_attention on CUDA with packing where the model has it (SDPA if the start-up check on "
+        "the first training pair fails), else transformers' choice.",
     )
     use_flash_attention_2: bool = Field(False, description="Same as --attn-implementation flash_attention_2.")
     save_processed_data: str = Field(
