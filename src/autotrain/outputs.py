@@ -22,7 +22,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from autotrain import answers, methods
+from autotrain import answers, methods, resuming
 from autotrain.models import merge_saved_adapter, unwrap
 from autotrain.plots import PLOT_FILE
 from autotrain.progress import is_evaluation
@@ -230,6 +230,9 @@ def write_card(project: Path, params: LLMTrainingParams, base_model: str, data: 
         lines += [f"| {_cell(s['prompt'])} | {_cell(s['before'])} | {_cell(s['after'])} |" for s in answered]
     if (project / PLOT_FILE).exists():
         lines += ["", "## Training curves", "", f"![training curves]({PLOT_FILE})"]
+    resumed = resuming.read_records(project)
+    if resumed:
+        lines += ["", "## Resumed", ""] + [f"- {resuming.describe(entry)}" for entry in resumed]
     lines += ["", "## Final metrics", "", "| metric | value |", "|---|---|"]
     lines += [f"| {key} | {value:.6g} |" for key, value in sorted(final.items()) if key not in ("step",)]
     lines += ["", "## Parameters", "", "```json", json.dumps(params.public_dict(), indent=2), "```", ""]

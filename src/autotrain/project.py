@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autotrain import methods, preflight
+from autotrain import methods, preflight, resuming
 from autotrain.errors import ParamsError
 from autotrain.params import LLMTrainingParams
 from autotrain.project_folder import owned, resume_point
@@ -91,7 +91,7 @@ class AutoTrainProject:
 
             return run_sweep(params, _trial, result_of, self.verbose)
         with quiet.libraries(self.verbose), session(params):
-            resume_point(preflight.project_dir(params), params.resume_from_checkpoint)  # before the data is read
+            resuming.checked_resume(params)  # the folder, the checkpoint and what a resume may change: before the data
             opened = preflight.check_inputs(params)
             if preflight.needs_launch(params):
                 # Several processes: accelerate starts them; each runs `python -m autotrain.trainers.clm`.
@@ -240,8 +240,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     from autotrain.project_folder import PARAMS_FILE, PROCESSED_DIR
 
     project = preflight.project_dir(params)
-    resume = params.resume_from_checkpoint
-    resume_from = resume_point(project, "auto" if folder_checked and resume is None else resume)
+    resume_from = resuming.checked_resume(params, folder_checked)
     # The data's files, splits and columns are checked before torch and transformers are imported (seconds) and
     # before the model is touched (the default model's one-time conversion takes ~40 s).
     opened = opened or preflight.check_inputs(params)
@@ -261,6 +260,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     with model_files.loading(model_path):
         tokenizer = models.load_tokenizer(model_path, params.trust_remote_code)
         config = models.load_config(model_path, params.trust_remote_code)
+    resuming.check_model_config(resume_from, config, params.model)
     models.check_attention(params, config)
     data = prepare_data(params, tokenizer, models.model_max_length(config), opened=opened)
     from transformers import PrinterCallback, ProgressCallback, set_seed
@@ -268,6 +268,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     from autotrain.data.kernels import make_collator
     from autotrain.progress import Progress
     from autotrain import stop as stopping
+    from autotrain.trainers.clm.resume import check_weights, schedule_callbacks
     from autotrain.trainers.clm.trainer import MethodTrainer
 
     main = process_state(params).is_main_process  # with several processes, only the first writes the project's files
@@ -278,6 +279,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     with model_files.loading(model_path):
         model = models.load_model(params, model_path)
     quiet.settle()  # peft and accelerate are imported by now
+    check_weights(model, resume_from, params.peft, params.model)
     # Sample answers are the main process's to write; when the weights are sharded (FSDP, ZeRO-3) every process must
     # take part in generate. A resumed run has no untrained model left to ask.
     sharded = preflight.sharded_weights()
@@ -299,8 +301,12 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
             vocab = model.get_output_embeddings().weight.shape[0]
             with model_files.loading(ref_path or model_path):
                 ref_model = models.load_reference(params, ref_path or model_path, vocab)
+    changed = resuming.changed_since(resume_from, params)
     project.mkdir(parents=True, exist_ok=True)
     if main:
+        resuming.keep_records_until(project, _checkpoint_step(resume_from))
+        if resume_from is not None:
+            resuming.record(project, resume_from, changed)
         params.save_json(project / PARAMS_FILE)  # first: it marks the folder as this tool's (project_folder)
         if params.save_processed_data == "local":
             data.save(project / PROCESSED_DIR)
@@ -320,7 +326,8 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
         data_collator=make_collator(params.packing, tokenizer.pad_token_id, params.nll_on_prompt, model=model,
                                     padding_side=params.padding),
         processing_class=tokenizer,
-        callbacks=[outputs.MetricsFile(project / outputs.METRICS_FILE), stop, Progress()],
+        callbacks=[outputs.MetricsFile(project / outputs.METRICS_FILE), stop, Progress(),
+                   *schedule_callbacks(changed)],
         method=params.trainer,
         beta=settings.beta,
         options={"gamma": settings.gamma, "alpha": settings.alpha},
