@@ -280,9 +280,11 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
         model = models.load_model(params, model_path)
     quiet.settle()  # peft and accelerate are imported by now
     check_weights(model, resume_from, params.peft, params.model)
+    sharded = preflight.sharded_weights()
+    if main and not sharded:
+        outputs.check_room(project, model, params)  # a run that could not save its model is not started
     # Sample answers are the main process's to write; when the weights are sharded (FSDP, ZeRO-3) every process must
     # take part in generate. A resumed run has no untrained model left to ask.
-    sharded = preflight.sharded_weights()
     asked = params.sample_answers and (main or sharded)
     sample_ids = data.valid.prompt_ids[: params.sample_answers] if asked else []
     own_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -342,20 +344,23 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     stop.install()
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        if stop.received is None and sample_ids:
+            with models.whole_on(trainer.model, trainer.args.device):
+                after = answers.answer(models.unwrap(trainer.model, peft=False), tokenizer, sample_ids, stops)
+            if main:
+                answers.write(project, answers.prompt_texts(tokenizer, sample_ids, data.template), before, after)
+        # Signals stay caught through the final save: one that comes now stops the run as during training.
+        saved = stop.received is None and outputs.save_final(trainer, tokenizer, data.template, params, project,
+                                                             lambda: stop.received is not None)
     finally:
         stop.uninstall()
         if params.log == "wandb":
             import wandb
 
             wandb.finish()
-    if stop.received is not None:
+    if not saved:
+        stopping.save_last_step(trainer)
         raise stopping.interrupted(stop.received, project)
-    if sample_ids:
-        with models.whole_on(trainer.model, trainer.args.device):
-            after = answers.answer(models.unwrap(trainer.model, peft=False), tokenizer, sample_ids, stops)
-        if main:
-            answers.write(project, answers.prompt_texts(tokenizer, sample_ids, data.template), before, after)
-    outputs.save_model(trainer, tokenizer, data.template, params, project)
     if main:
         finish(project)
         records = outputs.read_metrics(project)

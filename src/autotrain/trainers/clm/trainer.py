@@ -211,6 +211,11 @@ class MethodTrainer(Trainer):
             if self.args.should_save and (root / PARAMS_FILE).is_file():
                 # The settings it was trained with travel with it: a resume is checked against them (resuming).
                 shutil.copyfile(root / PARAMS_FILE, staged / PARAMS_FILE)
+        except Exception as exc:
+            failure = checkpoints.failed_save(root, name, exc)
+            if failure is None:
+                raise
+            raise failure from None
         finally:
             self._staging = False
         # Every process writes its own RNG state into the staged folder: publish it only once all have.
@@ -220,6 +225,10 @@ class MethodTrainer(Trainer):
             (staged / "README.md").unlink(missing_ok=True)
             checkpoints.publish(staged, root / name)
             checkpoints.rotate(root, self.args.save_total_limit)
+
+    def save_checkpoint(self) -> None:
+        """A checkpoint of the current step, outside the loop's own saving (a run stopped after its last step)."""
+        self._save_checkpoint(self.model, trial=None)
 
     def _issue_warnings_after_load(self, load_result):
         # A checkpoint of a model with tied embeddings holds one copy of the tied weight; the other name is reported
