@@ -144,28 +144,25 @@ def test_a_new_lr_is_refused_where_the_schedule_keeps_its_own_rate(tmp_path, cha
             check_settings(checkpoint, now)
 
 
-@pytest.mark.parametrize(("missing", "what"), [("optimizer.pt", "optimizer state"), ("scheduler.pt", "schedule"),
-                                               ("rng_state.pth", "random state"),
-                                               ("adapter_model.safetensors", "weights")])
-def test_a_checkpoint_missing_a_part_is_refused_naming_the_file(tmp_path, chat_model, killed, missing, what):
+@pytest.mark.parametrize(("part", "kept_chars", "refusal"), [
+    ("optimizer.pt", None, r" has no optimizer.pt \(the optimizer state\)"),
+    ("scheduler.pt", None, r" has no scheduler.pt \(the schedule\)"),
+    ("rng_state.pth", None, r" has no rng_state.pth \(the random state\)"),
+    ("adapter_model.safetensors", None, r" has no adapter_model.safetensors \(the weights\)"),
+    ("trainer_state.json", 100, r"/trainer_state.json is damaged \(malformed JSON"),  # cut short
+])
+def test_a_checkpoint_missing_or_with_a_damaged_part_is_refused_naming_it(tmp_path, chat_model, killed, part,
+                                                                          kept_chars, refusal):
     data, killed_run = killed
     project = copy_of(killed_run, tmp_path)
-    (project / "checkpoint-4" / missing).unlink()
+    damaged = project / "checkpoint-4" / part
+    if kept_chars is None:
+        damaged.unlink()
+    else:
+        damaged.write_text(damaged.read_text()[:kept_chars])
     before = snapshot(project)
     params = params_for(chat_model, data, project, resume_from_checkpoint="auto")
-    with pytest.raises(ParamsError, match=rf"checkpoint-4 has no {missing} \(the {what}\)"):
-        AutoTrainProject(params=params).create()
-    assert snapshot(project) == before
-
-
-def test_a_truncated_trainer_state_is_refused_naming_the_file(tmp_path, chat_model, killed):
-    data, killed_run = killed
-    project = copy_of(killed_run, tmp_path)
-    state = project / "checkpoint-4" / "trainer_state.json"
-    state.write_text(state.read_text()[:100])
-    before = snapshot(project)
-    params = params_for(chat_model, data, project, resume_from_checkpoint="auto")
-    with pytest.raises(ParamsError, match=r"checkpoint-4/trainer_state.json is damaged \(malformed JSON"):
+    with pytest.raises(ParamsError, match="checkpoint-4" + refusal):
         AutoTrainProject(params=params).create()
     assert snapshot(project) == before
 

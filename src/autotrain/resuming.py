@@ -26,6 +26,7 @@ anything is written.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ from typing import Any
 from autotrain.errors import ParamsError, malformed_json
 from autotrain.params import LLMTrainingParams
 from autotrain.project_folder import PARAMS_FILE, RESUMES_FILE, resume_point
+
+logger = logging.getLogger("autotrain")
 
 REFUSED, APPLIED = "refused", "applied"
 
@@ -241,6 +244,8 @@ def record(project: Path, checkpoint: Path, changed: dict[str, tuple[Any, Any]])
         entry["note"] = f"no {PARAMS_FILE} says how the checkpoint was trained"
     with (project / RESUMES_FILE).open("a") as handle:
         handle.write(json.dumps(entry) + "\n")
+    if changed:  # said at the start too: a resume typed without a flag the run had (its default applies) shows here
+        logger.info(describe(entry))
 
 
 def read_records(project: Path) -> list[dict[str, Any]]:
