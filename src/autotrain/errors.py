@@ -49,6 +49,10 @@ class PushError(AutoTrainError):
     exit_code = 1
 
 
+class DiskFull(AutoTrainError):
+    """The disk could not hold what the run had to write; the message says what was kept and what was lost."""
+
+
 class TrainingInterrupted(AutoTrainError):
     """SIGINT or SIGTERM stopped training after a checkpoint was saved; exit code 130 or 143 as a shell expects."""
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import sys
 from collections.abc import Iterator
@@ -17,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autotrain import methods, preflight
+from autotrain import methods, preflight, resuming
 from autotrain.errors import ParamsError
 from autotrain.params import LLMTrainingParams
 from autotrain.project_folder import owned, resume_point
+from autotrain.trainers.clm.arguments import training_arguments
 
 logger = logging.getLogger("autotrain")
 
@@ -93,7 +93,7 @@ class AutoTrainProject:
 
             return run_sweep(params, _trial, result_of, self.verbose)
         with quiet.libraries(self.verbose), session(params):
-            resume_point(preflight.project_dir(params), params.resume_from_checkpoint)  # before the data is read
+            resuming.checked_resume(params)  # the folder, the checkpoint and what a resume may change: before the data
             opened = preflight.check_inputs(params)
             if preflight.needs_launch(params):
                 # Several processes: accelerate starts them; each runs `python -m autotrain.trainers.clm`.
@@ -139,64 +139,6 @@ def scrub(text: str, secrets: list[str]) -> str:
     for secret in secrets:
         text = text.replace(secret, "***")
     return text
-
-
-def training_arguments(params: LLMTrainingParams, project: Path, train_pairs: int, has_valid: bool) -> Any:
-    """Map the params onto transformers' TrainingArguments: each field that the loop owns goes here."""
-    from transformers import TrainingArguments
-
-    steps_per_epoch = math.ceil(math.ceil(train_pairs / params.batch_size) / params.gradient_accumulation)
-    total = params.max_steps if params.max_steps > 0 else steps_per_epoch * params.epochs
-    logging_steps = params.logging_steps if params.logging_steps > 0 else max(1, min(25, total // 20))
-    report_to = [] if params.log == "none" else [params.log]
-    return TrainingArguments(
-        output_dir=str(project),
-        num_train_epochs=params.epochs,
-        max_steps=params.max_steps,
-        per_device_train_batch_size=params.batch_size,
-        per_device_eval_batch_size=params.batch_size,
-        learning_rate=params.lr,
-        gradient_accumulation_steps=params.gradient_accumulation,
-        warmup_steps=params.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
-        optim=params.optimizer,
-        # GaLore and APOLLO project the gradients of named modules, and no flag names them: every linear layer.
-        optim_target_modules="all-linear" if params.optimizer in preflight.LOW_RANK_OPTIMIZERS else None,
-        lr_scheduler_type=params.scheduler,
-        lr_scheduler_kwargs={} if params.min_lr_rate is None else {"min_lr_rate": params.min_lr_rate},
-        weight_decay=params.weight_decay,
-        max_grad_norm=params.max_grad_norm,
-        seed=params.seed,
-        data_seed=params.seed,
-        bf16=params.mixed_precision == "bf16",
-        fp16=params.mixed_precision == "fp16",
-        # transformers refuses bf16 without a GPU unless told to train on the CPU (under bf16 autocast).
-        use_cpu=preflight.bf16_on_cpu(params),
-        **_checkpointing_args(TrainingArguments, not params.disable_gradient_checkpointing),
-        logging_strategy="steps",
-        logging_steps=logging_steps,
-        eval_strategy=params.eval_strategy if has_valid else "no",
-        eval_steps=params.eval_steps if params.eval_strategy == "steps" else None,
-        eval_on_start=has_valid,
-        save_strategy=params.save_every,
-        save_steps=params.save_steps if params.save_steps > 0 else 500,
-        auto_find_batch_size=params.auto_find_batch_size,  # halves the batch on OOM (accelerate)
-        ddp_timeout=params.ddp_timeout,
-        logging_nan_inf_filter=False,  # a NaN must show, not be replaced by an average (and it costs a sync)
-        save_total_limit=params.save_total_limit,
-        report_to=report_to,
-        run_name=Path(params.project_name).name,
-        remove_unused_columns=False,  # the collator reads prompt_ids/chosen_ids/rejected_ids
-        dataloader_pin_memory=False,
-        disable_tqdm=True,  # autotrain.progress.Progress shows step/total, loss, tokens/s and ETA instead
-    )
-
-
-def _checkpointing_args(arguments_class: Any, enabled: bool) -> dict[str, Any]:
-    """transformers 5.x renamed gradient_checkpointing to activation_checkpointing; use whichever exists."""
-    fields = arguments_class.__dataclass_fields__
-    name = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
-    # Non-reentrant checkpointing needs no input grads, so it works with frozen embeddings under LoRA.
-    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False}}
 
 
 def process_state(params: LLMTrainingParams) -> Any:
@@ -256,8 +198,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     from autotrain.project_folder import PARAMS_FILE, PROCESSED_DIR
 
     project = preflight.project_dir(params)
-    resume = params.resume_from_checkpoint
-    resume_from = resume_point(project, "auto" if folder_checked and resume is None else resume)
+    resume_from = resuming.checked_resume(params, folder_checked)
     # The data's files, splits and columns are checked before torch and transformers are imported (seconds) and
     # before the model is touched (the default model's one-time conversion takes ~40 s).
     opened = opened or preflight.check_inputs(params)
@@ -277,6 +218,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     with model_files.loading(model_path):
         tokenizer = models.load_tokenizer(model_path, params.trust_remote_code)
         config = models.load_config(model_path, params.trust_remote_code)
+    resuming.check_model_config(resume_from, config, params.model)
     models.check_attention(params, config)
     if method.needs_reference and ref_path is not None:  # before the data stage and any weights
         with model_files.loading(ref_path):
@@ -287,6 +229,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     from autotrain.data.kernels import make_collator
     from autotrain.progress import Progress
     from autotrain import stop as stopping
+    from autotrain.trainers.clm.resume import check_weights, schedule_callbacks
     from autotrain.trainers.clm.trainer import MethodTrainer
 
     main = process_state(params).is_main_process  # with several processes, only the first writes the project's files
@@ -297,7 +240,10 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     with model_files.loading(model_path):
         model = models.load_model(params, model_path)
     quiet.settle()  # peft and accelerate are imported by now
+    check_weights(model, resume_from, params.peft, params.model)
     sharded = preflight.sharded_weights()
+    if main and not sharded:
+        outputs.check_room(project, model, params)  # a run that could not save its model is not started
     if not sharded:  # a GPU-only kernel is checked before anything uses it; a sharded model cannot run whole here
         from autotrain.trainers.clm.kernel_probe import settle_run_kernel
 
@@ -324,8 +270,12 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
             with model_files.loading(ref_path or model_path):
                 ref_model = models.load_reference(params, ref_path or model_path, vocab,
                                                   attention=models.unwrap(model).config._attn_implementation)
+    changed = resuming.changed_since(resume_from, params)
     project.mkdir(parents=True, exist_ok=True)
     if main:
+        resuming.keep_records_until(project, _checkpoint_step(resume_from))
+        if resume_from is not None:
+            resuming.record(project, resume_from, changed)
         params.save_json(project / PARAMS_FILE)  # first: it marks the folder as this tool's (project_folder)
         if params.save_processed_data == "local":
             data.save(project / PROCESSED_DIR)
@@ -345,7 +295,8 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
         data_collator=make_collator(params.packing, tokenizer.pad_token_id, params.nll_on_prompt, model=model,
                                     padding_side=params.padding),
         processing_class=tokenizer,
-        callbacks=[outputs.MetricsFile(project / outputs.METRICS_FILE), stop, Progress()],
+        callbacks=[outputs.MetricsFile(project / outputs.METRICS_FILE), stop, Progress(),
+                   *schedule_callbacks(changed)],
         method=params.trainer,
         beta=settings.beta,
         options={"gamma": settings.gamma, "alpha": settings.alpha},
@@ -360,6 +311,14 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     stop.install()
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        if stop.received is None and sample_ids:
+            with models.whole_on(trainer.model, trainer.args.device):
+                after = answers.answer(models.unwrap(trainer.model, peft=False), tokenizer, sample_ids, stops)
+            if main:
+                answers.write(project, answers.prompt_texts(tokenizer, sample_ids, data.template), before, after)
+        # Signals stay caught through the final save: one that comes now stops the run as during training.
+        saved = stop.received is None and outputs.save_final(trainer, tokenizer, data.template, params, project,
+                                                             lambda: stop.received is not None)
     finally:
         stop.uninstall()
         if params.log == "wandb":
@@ -367,14 +326,9 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
 
             wandb.finish()
             wandb.teardown()  # its settings (this run's folder and project) must not outlive the run
-    if stop.received is not None:
+    if not saved:
+        stopping.save_last_step(trainer)
         raise stopping.interrupted(stop.received, project)
-    if sample_ids:
-        with models.whole_on(trainer.model, trainer.args.device):
-            after = answers.answer(models.unwrap(trainer.model, peft=False), tokenizer, sample_ids, stops)
-        if main:
-            answers.write(project, answers.prompt_texts(tokenizer, sample_ids, data.template), before, after)
-    outputs.save_model(trainer, tokenizer, data.template, params, project)
     if main:
         finish(project)
         records = outputs.read_metrics(project)

@@ -29,6 +29,7 @@ from autotrain.errors import ParamsError
 PARAMS_FILE = "training_params.json"  # written first: its presence marks a folder as this tool's
 CARD_FILE = "README.md"  # written last: its presence marks a finished run
 METRICS_FILE = "metrics.jsonl"
+RESUMES_FILE = "resumes.jsonl"  # one line per resume: its step, its checkpoint, what it changed (autotrain.resuming)
 ADAPTER_DIR = "adapter"
 PROCESSED_DIR = "processed_data"  # the tokenized splits, with save_processed_data local
 LAUNCH_CONFIG_FILE = "accelerate_config.yaml"

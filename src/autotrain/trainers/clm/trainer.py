@@ -10,6 +10,7 @@ own checks live in autotrain.trainers.clm.checks.
 from __future__ import annotations
 
 import os
+import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from autotrain.forward import sequence_logps
 from autotrain.losses import PAIRS, PairTerms, reduce_columns
 from autotrain.models import unwrap, whole_on
 from autotrain.progress import is_evaluation
+from autotrain.project_folder import PARAMS_FILE
 from autotrain.trainers.clm import checks
 
 
@@ -202,19 +204,31 @@ class MethodTrainer(Trainer):
     def _save_checkpoint(self, model, trial):
         root = Path(super()._get_output_dir(trial))
         name = f"{checkpoints.CHECKPOINT_PREFIX}{self.state.global_step}"
+        staged = root / checkpoints.STAGING / name
         self._staging = True
         try:
             super()._save_checkpoint(model, trial)
+            if self.args.should_save and (root / PARAMS_FILE).is_file():
+                # The settings it was trained with travel with it: a resume is checked against them (resuming).
+                shutil.copyfile(root / PARAMS_FILE, staged / PARAMS_FILE)
+        except Exception as exc:
+            failure = checkpoints.failed_save(root, name, exc)
+            if failure is None:
+                raise
+            raise failure from None
         finally:
             self._staging = False
         # Every process writes its own RNG state into the staged folder: publish it only once all have.
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            staged = root / checkpoints.STAGING / name
             # peft's template model card (39 "[More Information Needed]") says nothing about this checkpoint.
             (staged / "README.md").unlink(missing_ok=True)
             checkpoints.publish(staged, root / name)
             checkpoints.rotate(root, self.args.save_total_limit)
+
+    def save_checkpoint(self) -> None:
+        """A checkpoint of the current step, outside the loop's own saving (a run stopped after its last step)."""
+        self._save_checkpoint(self.model, trial=None)
 
     def _issue_warnings_after_load(self, load_result):
         # A checkpoint of a model with tied embeddings holds one copy of the tied weight; the other name is reported
