@@ -245,8 +245,8 @@ def test_a_finished_run_is_pushed_without_training_again(tmp_path, hub, monkeypa
     (tmp_path / "unfinished").mkdir()
     (tmp_path / "unfinished" / "training_params.json").write_text("{}")
     refusals[("--project-name", "unfinished", "--username", "me")] = (
-        f"error: project_name: {tmp_path / 'unfinished'} holds no finished run to push (its README.md, written last, "
-        "is missing); finish it first (--train --resume-from-checkpoint auto)")
+        f"error: project_name: nothing to push: {tmp_path / 'unfinished'} holds an unfinished run (it stopped before "
+        "its final save, which ends with README.md); it saved no checkpoint; train it again")
     refusals[("--project-name", "run", "--username", "me", "HF_HUB_OFFLINE")] = (
         "error: push_to_hub: HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it")
     for flags, line in refusals.items():
@@ -261,7 +261,7 @@ def test_a_finished_run_is_pushed_without_training_again(tmp_path, hub, monkeypa
 def test_an_upload_that_fails_after_training_says_how_to_push_the_finished_run(tmp_path, hub, monkeypatch):
     import huggingface_hub
 
-    from autotrain import outputs
+    from autotrain import hub as hub_module
 
     class Failing(FakeHub):
         def upload_folder(self, folder_path, repo_id, ignore_patterns):
@@ -271,7 +271,7 @@ def test_an_upload_that_fails_after_training_says_how_to_push_the_finished_run(t
     project = finished_project(tmp_path / "run")
     params = LLMTrainingParams(push_to_hub=True, username="me", token="t", project_name=str(project))
     with pytest.raises(AutoTrainError) as caught:
-        outputs.push_to_hub(project, params)
+        hub_module.push_to_hub(project, params)
     assert str(caught.value) == (
         f"push_to_hub: the upload to me/run failed ([Errno 104] Connection reset by peer); the finished run is in "
         f"{project}: upload it with `aitraining llm --push-to-hub --project-name {project}`")

@@ -223,7 +223,7 @@ def test_wandb_token_and_run_id_go_to_the_environment_only(tmp_path, monkeypatch
 def test_repo_id_and_hub_private_reach_the_hub(tmp_path, monkeypatch):
     import huggingface_hub
 
-    from autotrain import outputs
+    from autotrain import hub
 
     calls = []
 
@@ -239,10 +239,10 @@ def test_repo_id_and_hub_private_reach_the_hub(tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     params = LLMTrainingParams(push_to_hub=True, repo_id="my-org/my-model", hub_private=False, token="t")
-    assert outputs.push_to_hub(tmp_path, params) == "my-org/my-model"
+    assert hub.push_to_hub(tmp_path, params) == "my-org/my-model"
     assert calls == [("token", "t"), ("create", "my-org/my-model", False), ("upload", "my-org/my-model")]
     calls.clear()
-    outputs.push_to_hub(tmp_path, LLMTrainingParams(push_to_hub=True, username="me", project_name="x/run"))
+    hub.push_to_hub(tmp_path, LLMTrainingParams(push_to_hub=True, username="me", project_name="x/run"))
     assert calls[1] == ("create", "me/run", True)  # aitraining's default: private
 
 

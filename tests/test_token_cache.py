@@ -12,7 +12,6 @@ import pytest
 from conftest import IM_END, char_ids, make_tokenizer, write_jsonl
 
 from autotrain import atomic
-from autotrain.data import cache as cache_module
 from autotrain.data import prepare as prepare_module
 from autotrain.data.prepare import prepare_data
 from autotrain.errors import DataError, ParamsError

@@ -320,7 +320,7 @@ def _push(args: argparse.Namespace) -> int:
     """`aitraining llm --push-to-hub --project-name DIR [--repo-id R | --username U]`: upload a finished run (one
     trained without --push-to-hub, or whose upload failed). Where to, when not given: as the run was told."""
     from autotrain import quiet
-    from autotrain.outputs import check_finished, hub_settings, push_finished
+    from autotrain.hub import check_finished, hub_settings, push_finished
     from autotrain.preflight import project_dir
 
     typed = {k: v for k, v in vars(args).items() if k in LLMTrainingParams.model_fields or k == "config"}

@@ -162,19 +162,13 @@ def _inputs(tokenizer: Any, prompt: Prompt, positions: int | None) -> dict[str, 
 
 
 def check_finished(project: Path) -> None:
-    """Refuse a run that has not finished: its model card is written last, after the weights and the tokenizer,
-    so without it the model may be half written or missing. A folder this tool did not train (no
-    training_params.json, e.g. a model downloaded by hand) is answered as it is."""
-    from autotrain.checkpoints import checkpoints
-    from autotrain.project_folder import CARD_FILE, PARAMS_FILE
+    """Refuse a run that has not finished. A folder this tool did not train (no training_params.json, e.g. a model
+    downloaded by hand) is answered as it is."""
+    from autotrain.project_folder import PARAMS_FILE, unfinished
 
-    if not (project / PARAMS_FILE).exists() or (project / CARD_FILE).exists():
-        return
-    found = checkpoints(project)
-    then = (f"its newest checkpoint is {found[-1].name}: finish the run with its training command and "
-            "--resume-from-checkpoint auto" if found else "it saved no checkpoint; train it again")
-    raise ModelError(f"project_name: {project} holds an unfinished run (it stopped before its final save, which "
-                     f"ends with {CARD_FILE}); {then}")
+    why = unfinished(project) if (project / PARAMS_FILE).exists() else None
+    if why is not None:
+        raise ModelError(f"project_name: {why}")
 
 
 def generate(params: InferenceParams) -> Iterator[dict[str, str]]:

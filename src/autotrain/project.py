@@ -335,7 +335,9 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
         plot_training(project, records)
         outputs.write_card(project, params, params.model, data, records)
         if params.push_to_hub:
-            outputs.push_to_hub(project, params)
+            from autotrain.hub import push_to_hub
+
+            push_to_hub(project, params)
     trainer.accelerator.wait_for_everyone()  # every process returns a finished project
     return result_of(params)
 

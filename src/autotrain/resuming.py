@@ -49,7 +49,7 @@ _OBJECTIVE = ("trainer", "dpo_beta", "simpo_gamma", "cpo_alpha", "prompt_loss", 
 _STATE = ("batch_size", "gradient_accumulation", "seed", "optimizer", "weight_decay", "scheduler",
           "distributed_backend", "deepspeed_stage")
 # The learning-rate schedule's peak and length: applied by setting the rates from the new schedule.
-SCHEDULE = ("lr", "warmup_ratio", "epochs", "max_steps")
+SCHEDULE = ("lr", "warmup_ratio", "min_lr_rate", "epochs", "max_steps")
 _HOW = ("max_grad_norm", "mixed_precision", "disable_gradient_checkpointing", "auto_find_batch_size",
         "attn_implementation", "use_flash_attention_2", "packing", "padding", "precompute_ref_logps", "ddp_timeout",
         "save_processed_data")
