@@ -7,7 +7,8 @@ Goldens are written by hand (tests/tool_templates.py's vocabulary; SmolLM2's own
 from __future__ import annotations
 
 import pytest
-from test_tool_rows import EMPTY_THINK, expected, smollm2, tokenize, user  # noqa: F401 - smollm2 is a fixture
+from conftest import write_jsonl
+from test_tool_rows import EMPTY_THINK, expected, prepare, smollm2, tokenize, user  # noqa: F401 - smollm2: a fixture
 from tool_templates import JSON_IN_TAG, SPECIAL_BLOCK, TOOLS_IN_SYSTEM, call, ids, tool_tokenizer
 
 from autotrain.data.render import Columns
@@ -99,3 +100,13 @@ def test_exclude_with_a_template_that_writes_reasoning_after_the_answer_is_refus
     with pytest.raises(DataError, match=r"^mem.jsonl:1, column 'chosen': --reasoning-loss exclude: the chat template "
                                         "does not write this turn's reasoning before its answer"):
         tokenize([ROW], tok, COLUMNS, reasoning_loss="exclude")
+
+
+def test_the_cache_keeps_include_and_exclude_apart(tmp_path, monkeypatch):
+    monkeypatch.setenv("AITRAINING_CACHE", str(tmp_path / "cache"))
+    path = write_jsonl(tmp_path / "d.jsonl", [ROW])
+    tok = tool_tokenizer(JSON_IN_TAG)
+    masks = [prepare(path, tok, reasoning_loss=loss).train.dataset[0]["chosen_mask"]
+             for loss in ("include", "exclude", "include")]
+    block = len(ids(f"<think>\n{THOUGHT}\n</think>\n\n"))
+    assert masks[0] == masks[2] == [] and masks[1] == [0] * block + [1] * len(ids("Sunny.<|im_end|>\n"))
