@@ -96,9 +96,10 @@ def prepare_data(params: LLMTrainingParams, tokenizer: Any, model_max: int | Non
         max_completion_length=params.max_completion_length,
         block_size=resolve_block_size(params.block_size, longest_input(params, model_max)),
     )
-    renderer = Renderer(tokenizer, template, columns)
+    renderer = Renderer(tokenizer, template, columns, params.reasoning_loss, params.ranked_pairs)
     settings = {"columns": [columns.prompt, columns.chosen, columns.rejected], "chat_template": params.chat_template,
-                "add_eos_token": params.add_eos_token}
+                "add_eos_token": params.add_eos_token, "shape": [columns.shape, columns.scores, columns.tools],
+                "reasoning_loss": params.reasoning_loss, "ranked_pairs": params.ranked_pairs}
     cache = TokenCache(tokenizer, template, settings, limits, keep=params.save_processed_data != "none")
 
     def tokenized(split: Split, name: str, extra: dict[str, Any] | None = None) -> TokenizedSplit:
