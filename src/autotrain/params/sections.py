@@ -80,15 +80,6 @@ class DataParams(Schema):
     rejected_text_column: str | None = Field(
         None, description="Column of the rejected completion. Default: 'rejected' when the data has one."
     )
-    tools_column: str | None = Field(
-        None, description="Column of the tool definitions (a list of JSON-schema functions, or that list as JSON "
-        "text) the chat template writes into each prompt of the row. Default: 'tools' when the data has one.",
-    )
-    ranked_pairs: Literal["best", "all"] = Field(
-        "best", description="Ranked answers ('responses' with 'scores' or 'ranking') become pairs: best (the best "
-        "answer against each other one) or all (every two answers that do not tie). Each prompt's pairs are weighted "
-        "so that the prompt counts once.",
-    )
     trust_remote_code: bool = Field(False, description="Allow the model's own Python code from its repository.")
     max_samples: int | None = Field(
         None,
@@ -160,6 +151,11 @@ class LayoutParams(Schema):
         True,
         description="Without a chat template, end each completion with the EOS token (with one, the template's "
         "end-of-turn token ends it).",
+    )
+    ranked_pairs: Literal["best", "all"] = Field(
+        "best", description="Ranked answers ('responses' with 'scores' or 'ranking') become pairs: best (the best "
+        "answer against each other one) or all (every two answers that do not tie). Each prompt's pairs are weighted "
+        "so that the prompt counts once.",
     )
 
 
@@ -245,6 +241,10 @@ class TemplateParams(Schema):
     )
     apply_chat_template: bool = Field(
         True, description="Render rows with the chat template; --no-apply-chat-template is --chat-template none."
+    )
+    tools_column: str | None = Field(
+        None, description="Column of the tool definitions (a list of JSON-schema functions, or that list as JSON "
+        "text) the chat template writes into each prompt of the row. Default: 'tools' when the data has one.",
     )
     reasoning_loss: Literal["include", "exclude"] = Field(
         "include", description="An answer's reasoning (reasoning_content / thinking, as the template writes it): "
