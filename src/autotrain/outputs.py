@@ -29,7 +29,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from autotrain import answers, disk, methods, resuming
+from autotrain import answers, disk, resuming
 from autotrain.checkpoints import STAGING, checkpoints, drop_staged, step_of
 from autotrain.errors import DiskFull
 from autotrain.data.tokenize import made_lines
@@ -331,7 +331,7 @@ def write_card(project: Path, params: LLMTrainingParams, base_model: str, data: 
         for key in ("eval_rewards/accuracies", "eval_loss", "eval_nll_loss", "eval_rewards/margins"):
             if isinstance(before.get(key), int | float) and isinstance(after.get(key), int | float):
                 lines.append(f"| {key.removeprefix('eval_')} | {before[key]:.4f} | {after[key]:.4f} |")
-        accuracy = methods.spec(params.trainer).accuracy
+        accuracy = params.method_settings().accuracy
         if accuracy is not None and "eval_rewards/accuracies" in before:
             lines += ["", f"rewards/accuracies: the share of validation pairs where {accuracy}."]
     answered = answers.read(project)

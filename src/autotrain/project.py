@@ -295,13 +295,13 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
         train_dataset=data.train.dataset,
         eval_dataset=data.valid.dataset if data.valid is not None else None,
         data_collator=make_collator(params.packing, tokenizer.pad_token_id, params.nll_on_prompt, model=model,
-                                    padding_side=params.padding),
+                                    padding_side=params.padding, ld_alpha=settings.ld_alpha),
         processing_class=tokenizer,
         callbacks=[outputs.MetricsFile(project / outputs.METRICS_FILE), stop, Progress(),
                    *schedule_callbacks(changed)],
         method=params.trainer,
         beta=settings.beta,
-        options={"gamma": settings.gamma, "alpha": settings.alpha},
+        options=settings.options,
         ref_model=ref_model,
         precompute_ref=params.precompute_ref_logps,
         disable_dropout=params.disable_dropout,
@@ -355,4 +355,4 @@ def result_of(params: LLMTrainingParams) -> RunResult:
         adapter_dir = project / outputs.ADAPTER_DIR if params.merge_adapter else project
     hub_repo = params.hub_repo if params.push_to_hub else None
     return RunResult(project, outputs.final_metrics(records), adapter_dir, hub_repo, outputs.before_after(records),
-                     tuple(answers.read(project)), methods.spec(params.trainer).accuracy)
+                     tuple(answers.read(project)), params.method_settings().accuracy)

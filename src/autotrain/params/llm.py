@@ -48,7 +48,8 @@ SECTIONS: tuple[tuple[str, type[Schema]], ...] = (
 # Fields that change what the loss is: trials that differ in them have losses on different scales (the method
 # itself most of all: DPO starts at ln 2, ORPO's NLL term alone is several times that).
 LOSS_SHAPING: frozenset[str] = frozenset({"trainer", "dpo_beta", "simpo_gamma", "cpo_alpha", "prompt_loss",
-                                          "response_only_loss"})
+                                          "response_only_loss", "loss_type", "loss_weights", "label_smoothing",
+                                          "ld_alpha", "discopop_tau", "alphapo_alpha"})
 # The key of training_params.json that lists the chosen fields (LLMTrainingParams.save_json); not a field.
 CHOSEN_KEY = "_chosen"
 # Fields whose values are secrets: never written to disk, never logged.
