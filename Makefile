@@ -51,9 +51,10 @@ demo: install
 		--disable-gradient-checkpointing --sample-answers 3
 
 # ORPO, SimPO and CPO, make demo's settings, two learning rates each: a before/after table (~30 min on 2 CPU cores).
+# Any subset: make methods-demo METHODS=dpo:ipo,rpo,orpo (bench/methods_demo.py says the syntax).
 methods-demo: install
 	rm -rf methods-demo
-	$(BIN)/python bench/methods_demo.py --root methods-demo
+	$(BIN)/python bench/methods_demo.py --root methods-demo $(if $(METHODS),--methods $(METHODS))
 
 clean:
 	rm -rf $(VENV) $(LOCK_VENV) $(LOCK).new $(DEMO_PROJECT) methods-demo .pytest_cache

@@ -366,3 +366,15 @@ def test_a_run_trains_the_chosen_losses_and_says_so(tmp_path, chat_model, caplog
     assert first["eval_loss"] == pytest.approx(1.0 + 0.25 * first["eval_nll_loss"], rel=1e-5)
     assert first["eval_rewards/ties"] == 1.0
     assert f"Method: {line}." in (tmp_path / "run" / "README.md").read_text()
+
+
+def test_the_readme_has_a_line_for_every_loss_type():
+    from pathlib import Path
+
+    from autotrain import methods
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for trainer in ("dpo", "cpo"):
+        table = readme.split(f"| `--trainer {trainer} --loss-type` |", 1)[1].split("\n\n", 1)[0]
+        rows = [line.split("`")[1] for line in table.splitlines()[2:]]
+        assert rows == list(methods.spec(trainer).losses), trainer

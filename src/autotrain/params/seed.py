@@ -25,7 +25,7 @@ DIFFERENT_DEFAULTS: dict[str, tuple[object, str]] = {
     "packing": (None, "packing shares each prompt and keeps the loss the same; models that cannot take it pad"),
     "log": ("wandb", "no tracker unless asked: a run should not need an account or write to one"),
     "dpo_beta": (0.1, "none means the method's own default: 0.1 for ORPO, DPO and CPO (aitraining's value), 2.0 for "
-                 "SimPO, as its authors use it"),
+                 "SimPO, as its authors use it; a --loss-type its authors' (0.01 for robust, 2.5 for alphapo, ...)"),
     "lora_dropout": (0.05, "none means 0.05, except 0 for fused MoE expert weights, which peft cannot drop out"),
 }
 
