@@ -36,20 +36,20 @@ def sigmoid(x: float) -> float:
 DPO_REFERENCES = {
     # DPO eq. 7; cDPO (Mitchell 2023): the expectation over a label flipped with probability e
     "sigmoid": lambda c, r, nc, nr, b, e, t: -(1 - e) * log_sigmoid(b * (c - r)) - e * log_sigmoid(-b * (c - r)),
-    # SLiC eq. 3 with margin 1 / beta, times beta
+    # SLiC's hinge with margin 1 / beta, times beta
     "hinge": lambda c, r, nc, nr, b, e, t: max(0.0, 1 - b * (c - r)),
     # IPO eq. 17 on per-token log-ratios, tau = beta
     "ipo": lambda c, r, nc, nr, b, e, t: (c / nc - r / nr - 1 / (2 * b)) ** 2,
     # EXO eq. 16, K = 2: KL(p_theta || p_e), p_theta = softmax(beta * (c, r)), p_e = (1 - e, e)
     "exo_pair": lambda c, r, nc, nr, b, e, t: sum(
         q * (math.log(q) - math.log(p)) for q, p in ((sigmoid(b * (c - r)), 1 - e), (sigmoid(b * (r - c)), e))),
-    # NCA eq. 12, K = 2
+    # NCA, K = 2
     "nca_pair": lambda c, r, nc, nr, b, e, t: (-log_sigmoid(b * c) - 0.5 * log_sigmoid(-b * c)
                                                - 0.5 * log_sigmoid(-b * r)),
-    # rDPO eq. 8
+    # rDPO
     "robust": lambda c, r, nc, nr, b, e, t: ((1 - e) * -log_sigmoid(b * (c - r)) - e * -log_sigmoid(b * (r - c)))
     / (1 - 2 * e),
-    # BCO on pairs, delta = 0
+    # BCO on pairs, no reward shift
     "bco_pair": lambda c, r, nc, nr, b, e, t: -log_sigmoid(b * c) - log_sigmoid(-b * r),
     # SPPO eq. 4.7 with P(win) = 1 and 0, eta = 1 / beta
     "sppo_hard": lambda c, r, nc, nr, b, e, t: (c - (1 - 0.5) / b) ** 2 + (r - (0 - 0.5) / b) ** 2,

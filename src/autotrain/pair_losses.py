@@ -45,7 +45,7 @@ def sigmoid_loss(margin: Tensor, beta: float, label_smoothing: float = 0.0) -> T
 
 
 def hinge_loss(margin: Tensor, beta: float) -> Tensor:
-    """SLiC (Zhao et al. 2023, eq. 3 with margin delta = 1 / beta, scaled by beta): max(0, 1 - beta m)."""
+    """SLiC's calibration hinge (Zhao et al. 2023) with margin delta = 1 / beta, scaled by beta: max(0, 1 - beta m)."""
     return torch.relu(1 - beta * margin)
 
 
@@ -63,7 +63,7 @@ def exo_pair_loss(margin: Tensor, beta: float, label_smoothing: float) -> Tensor
 
 
 def robust_loss(margin: Tensor, beta: float, label_smoothing: float) -> Tensor:
-    """rDPO (Chowdhury et al. 2024, eq. 8), unbiased under label flips of probability e < 1/2:
+    """rDPO (Chowdhury et al. 2024), unbiased under label flips of probability e < 1/2:
     ((1 - e) * -log sigma(beta m) - e * -log sigma(-beta m)) / (1 - 2 e)."""
     clean = -F.logsigmoid(beta * margin)
     flipped = -F.logsigmoid(-beta * margin)
@@ -71,14 +71,14 @@ def robust_loss(margin: Tensor, beta: float, label_smoothing: float) -> Tensor:
 
 
 def nca_pair_loss(chosen: Tensor, rejected: Tensor, beta: float) -> Tensor:
-    """NCA (Chen et al. 2024, eq. 12, K = 2) on the log-ratios r = beta * (log pi - log ref) of each answer:
+    """NCA (Chen et al. 2024) for K = 2 responses, on the log-ratios r = beta * (log pi - log ref) of each answer:
     -log sigma(r_c) - 1/2 log sigma(-r_c) - 1/2 log sigma(-r_r)."""
     return (-F.logsigmoid(beta * chosen) - 0.5 * F.logsigmoid(-beta * chosen)
             - 0.5 * F.logsigmoid(-beta * rejected))
 
 
 def bco_pair_loss(chosen: Tensor, rejected: Tensor, beta: float) -> Tensor:
-    """BCO on pairs (Jung et al. 2024, eq. 6 with delta = 0, TRL's): -log sigma(r_c) - log sigma(-r_r)."""
+    """BCO on pairs (Jung et al. 2024) without its reward shift delta, as TRL's bco_pair: -log sigma(r_c) - log sigma(-r_r)."""
     return -F.logsigmoid(beta * chosen) - F.logsigmoid(-beta * rejected)
 
 
@@ -109,7 +109,7 @@ def discopop_loss(margin: Tensor, beta: float, tau: float) -> Tensor:
 
 
 def alphapo_reward(mean_logps: Tensor, alpha: float) -> Tensor:
-    """AlphaPO's reward (Gupta et al. 2025, eq. 6) on the mean token probability p = exp(mean log-prob):
+    """AlphaPO's reward (Gupta et al. 2025) on the mean token probability p = exp(mean log-prob):
     (1 - p^-alpha) / alpha, computed as -expm1(-alpha * mean) / alpha; alpha = 0 is its limit, log p (SimPO)."""
     return mean_logps if alpha == 0 else -torch.expm1(-alpha * mean_logps) / alpha
 
