@@ -95,28 +95,34 @@ def table():
         print("\n" + "\n".join(lines))
 
 
-@pytest.fixture(scope="module")
-def dpo_trainers(tmp_path_factory, chat_model):
-    """TRL's DPOTrainer with a separate reference model, and with LoRA (its adapters' B perturbed, so the policy
-    differs from the reference it gets by turning them off)."""
+def trl_trainer(trainer_class: type, args: Any, chat_model, peft: bool, **extra: Any) -> Any:
+    """A TRL trainer on the perturbed tiny model, in eval mode; with LoRA its adapters' B perturbed too, so the
+    policy differs from the reference it gets by turning them off."""
     from datasets import Dataset
     from peft import LoraConfig
-    from trl import DPOConfig, DPOTrainer
 
     rows = Dataset.from_list([{"prompt": "1+1=", "chosen": "2", "rejected": "3"}])
-    made = {}
-    for mode in ("reference model", "peft"):
-        args = DPOConfig(output_dir=str(tmp_path_factory.mktemp("dpo")), beta=BETA, report_to=[], use_cpu=True,
+    trainer = trainer_class(model=base_model(chat_model, seed=3), args=args, train_dataset=rows,
+                            processing_class=make_tokenizer(chat=True),
+                            **({"peft_config": LoraConfig(**LORA)} if peft else {}), **extra)
+    if peft:
+        perturbed(trainer.model, seed=5)
+    trainer.model.eval()
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def dpo_trainers(tmp_path_factory, chat_model):
+    """TRL's DPOTrainer with a separate reference model, and with LoRA."""
+    from trl import DPOConfig, DPOTrainer
+
+    def args() -> Any:
+        return DPOConfig(output_dir=str(tmp_path_factory.mktemp("dpo")), beta=BETA, report_to=[], use_cpu=True,
                          bf16=False, gradient_checkpointing=False)
-        extra = ({"ref_model": base_model(chat_model, seed=7)} if mode == "reference model"
-                 else {"peft_config": LoraConfig(**LORA)})
-        trainer = DPOTrainer(model=base_model(chat_model, seed=3), args=args, train_dataset=rows,
-                             processing_class=make_tokenizer(chat=True), **extra)
-        if mode == "peft":
-            perturbed(trainer.model, seed=5)
-        trainer.model.eval()
-        made[mode] = trainer
-    return made
+
+    return {"reference model": trl_trainer(DPOTrainer, args(), chat_model, peft=False,
+                                           ref_model=base_model(chat_model, seed=7)),
+            "peft": trl_trainer(DPOTrainer, args(), chat_model, peft=True)}
 
 
 def ours(method: str, model: torch.nn.Module, batch: dict, beta: float, options: dict,
@@ -171,23 +177,13 @@ def test_dpo_loss_types_match_trl(dpo_trainers, table, case, mode):
 
 @pytest.fixture(scope="module")
 def cpo_trainers(tmp_path_factory, chat_model):
-    from datasets import Dataset
-    from peft import LoraConfig
     from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-    rows = Dataset.from_list([{"prompt": "1+1=", "chosen": "2", "rejected": "3"}])
-    made = {}
-    for mode in ("full", "peft"):
-        args = CPOConfig(output_dir=str(tmp_path_factory.mktemp("cpo")), beta=BETA, report_to=[], max_length=64,
+    def args() -> Any:
+        return CPOConfig(output_dir=str(tmp_path_factory.mktemp("cpo")), beta=BETA, report_to=[], max_length=64,
                          use_cpu=True, bf16=False)
-        extra = {"peft_config": LoraConfig(**LORA)} if mode == "peft" else {}
-        trainer = CPOTrainer(model=base_model(chat_model, seed=3), args=args, train_dataset=rows,
-                             processing_class=make_tokenizer(chat=True), **extra)
-        if mode == "peft":
-            perturbed(trainer.model, seed=5)
-        trainer.model.eval()
-        made[mode] = trainer
-    return made
+
+    return {mode: trl_trainer(CPOTrainer, args(), chat_model, peft=mode == "peft") for mode in ("full", "peft")}
 
 
 @pytest.mark.parametrize("mode", ["full", "peft"])
