@@ -87,6 +87,8 @@ def params_for(model: Path, data: Path, project: Path, method: str, batch_size: 
     settings = {**COMMON, **PER_METHOD[method], **extra}
     if method in RANKED:  # no rejected column: the responses and their scores
         settings.update(text_column="text", rejected_text_column=None)
+    if method == "sft":  # SFT has no rejected column and no beta, and naming either is refused
+        del settings["rejected_text_column"], settings["dpo_beta"]
     if settings.get("peft"):
         settings["lora_dropout"] = 0.0  # LoRA's own dropout would draw different masks in different splits
     return LLMTrainingParams(model=str(model), data_path=str(data), project_name=str(project), trainer=method,

@@ -173,7 +173,7 @@ class MethodParams(Schema):
                 defaults[name] = [(spec.alpha if name == "alpha" else None, spec.name)]
         given = {name: getattr(self, field) for name, field in SETTING_FIELDS.items()}
         for name, value in given.items():
-            # beta is refused nowhere: methods without one (sft) have always let it pass
+            # a beta given to a method without one (sft) is autotrain.params.needs' to refuse
             if value is not None and name not in defaults and name != "beta":
                 raise ValueError(f"{SETTING_FIELDS[name]} {_not_read(name, spec.name, losses)}")
         values: dict[str, float] = {}

@@ -4,8 +4,9 @@
 counts (pydantic's `model_fields_set`, and not None, which spells "not set"): a default never trips a rule, nor
 does a saved training_params.json loaded back (it says which fields were chosen: autotrain.params.llm). The LoRA
 fields without `peft`, `quantization` without `peft`, `sample_answers` without a validation split, the method
-settings of other methods (`simpo_gamma`, `cpo_alpha`, `model_ref`, `precompute_ref_logps`) and `wandb_visualizer`
-are refused by the rules of LLMTrainingParams and MethodParams themselves.
+settings of other methods (`simpo_gamma`, `cpo_alpha`, `model_ref`, `precompute_ref_logps`; `loss_type` and the
+settings of loss types not chosen) and `wandb_visualizer` are refused by the rules of LLMTrainingParams and
+MethodParams themselves.
 
 `scheduler_needs` refuses a schedule that cannot run with the other values: one that steps on the validation loss
 without a validation split, one that decays to a floor no flag sets.
