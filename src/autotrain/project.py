@@ -143,12 +143,15 @@ def scrub(text: str, secrets: list[str]) -> str:
 
 def process_state(params: LLMTrainingParams) -> Any:
     """accelerate's PartialState, first built here so that the process group gets the run's ddp_timeout (a later
-    TrainingArguments cannot change the state once it exists)."""
+    TrainingArguments cannot change the state once it exists). PartialState does not read ACCELERATE_USE_CPU
+    (AcceleratorState does): without `cpu`, processes launched on CPUs would each build a one-process state, each
+    be "the main process" and write the project's files at once."""
     from datetime import timedelta
 
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
-    return PartialState(timeout=timedelta(seconds=params.ddp_timeout))
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), timeout=timedelta(seconds=params.ddp_timeout))
 
 
 def _tracker_environment(params: LLMTrainingParams, project: Path) -> None:
