@@ -169,6 +169,20 @@ def load_trained(project: Path, trust_remote_code: bool = False) -> tuple[Any, A
     return model.eval(), load_tokenizer(str(project), trust_remote_code)
 
 
+def load_judge(model: str, reward: bool) -> tuple[Any, Any]:
+    """A judge (autotrain.judge) in eval mode, and its tokenizer: a reward model (sequence classification) or a
+    causal LM. Never its own code (a judge is someone else's model, and no flag vouches for it); bf16 on a GPU
+    that has it (a judge only reads, and a 7B one in fp32 takes 28 GB), else fp32."""
+    dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    if reward:
+        from transformers import AutoModelForSequenceClassification
+
+        net = AutoModelForSequenceClassification.from_pretrained(model, dtype=dtype, use_safetensors=True)
+    else:
+        net = _from_pretrained(model, False, dtype=dtype)
+    return net.eval(), load_tokenizer(model, False)
+
+
 def merge_saved_adapter(adapter_dir: Path, trust_remote_code: bool) -> Any:
     """The base model (loaded again, on CPU) with the adapter saved in `adapter_dir` merged in."""
     return _from_pretrained(adapter_dir, trust_remote_code).merge_and_unload()
@@ -182,8 +196,8 @@ def _from_pretrained(name: str | Path, trust_remote_code: bool, **extra: Any) ->
         from peft import AutoPeftModelForCausalLM as loader
     else:
         from transformers import AutoModelForCausalLM as loader
-    return loader.from_pretrained(name, dtype=torch.float32, trust_remote_code=trust_remote_code,
-                                  use_safetensors=True, **extra)
+    extra.setdefault("dtype", torch.float32)
+    return loader.from_pretrained(name, trust_remote_code=trust_remote_code, use_safetensors=True, **extra)
 
 
 def _use_default_attention(net: torch.nn.Module, params: LLMTrainingParams) -> None:

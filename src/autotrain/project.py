@@ -207,10 +207,10 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     opened = opened or preflight.check_inputs(params)
     quiet.import_quietly("transformers.integrations.integration_utils")  # the first import of transformers
     preflight.check_device(params)
-    from autotrain import answers, models, outputs
+    from autotrain import models, outputs
     from autotrain.checkpoints import clear_staging, finish, set_aside_newer
     from autotrain.data.prepare import prepare_data
-    from autotrain.data.templates import stop_ids
+    from autotrain.judge.before_after import BeforeAfter
     from autotrain.plots import plot_training
 
     method = methods.spec(params.trainer)
@@ -252,19 +252,11 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
 
         with models.whole_on(model, args.device):
             settle_run_kernel(params, model, data.train.dataset[0], tokenizer.pad_token_id, args.device)
-    # Sample answers are the main process's to write; when the weights are sharded (FSDP, ZeRO-3) every process must
-    # take part in generate. A resumed run has no untrained model left to ask.
-    asked = params.sample_answers and (main or sharded)
-    # Distinct prompts: ranked answers and per-turn pairs give several pairs one prompt.
-    sample_ids = [list(p) for p in dict.fromkeys(map(tuple, data.valid.prompt_ids))][: params.sample_answers] \
-        if asked else []
-    own_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    stops = stop_ids(tokenizer, data.template, also=own_eos) if sample_ids else None
-    before = None
-    if sample_ids and resume_from is None:
-        # On the training device (Trainer has not moved the model yet); under ZeRO-3 the full weights gathered.
-        with models.whole_on(model, args.device):
-            before = answers.answer(model, tokenizer, sample_ids, stops)
+    # Sample answers and the judge's are the main process's to write; when the weights are sharded (FSDP, ZeRO-3)
+    # every process must take part in generate. A resumed run has no untrained model left to ask.
+    asked = BeforeAfter(params, data, tokenizer, model, asks=bool(main or sharded))
+    # On the training device (Trainer has not moved the model yet).
+    before = asked.answer(model, args.device) if resume_from is None else None
     ref_model = None
     if method.needs_reference:
         # With adapters the reference is the same weights with the adapters off; precomputing before the first
@@ -282,6 +274,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
         if resume_from is not None:
             resuming.record(project, resume_from, changed)
         params.save_json(project / PARAMS_FILE)  # first: it marks the folder as this tool's (project_folder)
+        asked.keep(project, before)
         if params.save_processed_data == "local":
             data.save(project / PROCESSED_DIR)
         clear_staging(project)
@@ -316,11 +309,9 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     stop.install()
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        if stop.received is None and sample_ids:
-            with models.whole_on(trainer.model, trainer.args.device):
-                after = answers.answer(models.unwrap(trainer.model, peft=False), tokenizer, sample_ids, stops)
-            if main:
-                answers.write(project, answers.prompt_texts(tokenizer, sample_ids, data.template), before, after)
+        after = asked.answer(trainer.model, trainer.args.device) if stop.received is None else None
+        if main:
+            asked.write(project, before, after)
         # Signals stay caught through the final save: one that comes now stops the run as during training.
         saved = stop.received is None and outputs.save_final(trainer, tokenizer, data.template, params, project,
                                                              lambda: stop.received is not None)
@@ -334,8 +325,10 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     if not saved:
         stopping.save_last_step(trainer)
         raise stopping.interrupted(stop.received, project)
+    stopped = None
     if main:
         finish(project)
+        stopped = asked.judge(project, before, after)  # after the weights are saved; before the card, which shows it
         records = outputs.read_metrics(project)
         plot_training(project, records)
         outputs.write_card(project, params, params.model, data, records)
@@ -344,6 +337,8 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
 
             push_to_hub(project, params)
     trainer.accelerator.wait_for_everyone()  # every process returns a finished project
+    if stopped is not None:
+        raise stopped
     return result_of(params)
 
 
