@@ -7,6 +7,8 @@ LOCK_VENV := .venv-lock
 # Every optional extra whose packages the suite or a benchmark imports.
 LOCK_EXTRAS := test,sweep,bench
 DEMO_PROJECT ?= demo-orpo
+# `make demo DEMO_JUDGE=SPEC` also judges the validation answers before and after training (README, "Judged win rates").
+DEMO_JUDGE ?=
 
 .PHONY: install lock test demo methods-demo clean
 
@@ -48,7 +50,7 @@ demo: install
 	rm -rf $(DEMO_PROJECT)
 	$(BIN)/aitraining llm --train --project-name $(DEMO_PROJECT) --peft --valid-split validation \
 		--lr 2e-4 --epochs 1 --batch-size 4 --gradient-accumulation 2 --lora-r 16 --lora-alpha 32 \
-		--disable-gradient-checkpointing --sample-answers 3
+		--disable-gradient-checkpointing --sample-answers 3 $(if $(DEMO_JUDGE),--judge $(DEMO_JUDGE))
 
 # ORPO, SimPO and CPO, make demo's settings, two learning rates each: a before/after table (~30 min on 2 CPU cores).
 # Any subset: make methods-demo METHODS=dpo:ipo,rpo,orpo (bench/methods_demo.py says the syntax).

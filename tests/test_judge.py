@@ -361,8 +361,52 @@ def test_compare_two_runs_with_a_local_judge(tmp_path, chat_model, capsys, caplo
     assert [a["a"] for a in answered] == [greedy_answer(run_a, run_a, p) for p in ("What is 2+2?", "Name a colour.")]
 
 
-def test_compare_refuses_training_flags_and_needs_a_judge(tmp_path, chat_model):
+def finished_run(folder: Path, data: Path, seed: int) -> Path:
+    """A model folder that reads as a finished run of this tool validated on `data`'s validation split."""
+    make_model_dir(folder, chat=True, seed=seed)
+    LLMTrainingParams(model="base", data_path=str(data), project_name=str(folder), trainer="sft",
+                      valid_split="validation").save_json(folder / "training_params.json")
+    (folder / "README.md").write_text("# card\n")
+    return folder
+
+
+def test_compare_on_the_runs_validation_prompts(tmp_path, chat_model, caplog, capsys, monkeypatch):
+    from autotrain.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", [{"prompt": f"{i}?", "completion": "z"} for i in range(4)])
+    write_jsonl(data / "validation.jsonl", [{"prompt": p, "completion": "z"} for p in ("Hi.", "Add 2 and 3.", "Go.")])
+    other = tmp_path / "other"
+    other.mkdir()
+    write_jsonl(other / "train.jsonl", [{"prompt": "1?", "completion": "z"}])
+    write_jsonl(other / "validation.jsonl", [{"prompt": "Something else.", "completion": "z"}])
+    run_a, run_b = finished_run(tmp_path / "a", data, 1), finished_run(tmp_path / "b", data, 2)
+    run_c = finished_run(tmp_path / "c", other, 3)
+    template = tmp_path / "judge.txt"
+    template.write_text("Q: {question}\nA: {answer_a}\nB: {answer_b}\nBetter:")
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("INFO", logger="autotrain"):
+        assert main(["llm", "--compare", str(run_a), str(run_b), "--judge", str(chat_model), "--judge-template",
+                     str(template), "--judge-max-prompts", "2", "--compare-output", "out"]) == 0
+    assert f"compare: {run_a} answers 2 prompts (greedy)" in caplog.text
+    answered = [json.loads(line) for line in (tmp_path / "out" / "judge_answers.jsonl").read_text().splitlines()]
+    assert [a["prompt"] for a in answered] == ["Hi.", "Add 2 and 3."]  # the first two validation prompts
+    capsys.readouterr()
+    assert main(["llm", "--compare", str(run_a), str(run_c), "--judge", str(chat_model)]) == 2
+    assert capsys.readouterr().err == (f"error: compare: {run_a} and {run_c} were validated on different prompts; "
+                                       "give the prompts to compare on as --judge-prompts FILE\n")
+    assert not (tmp_path / "compare-a-vs-c").exists()
+
+
+def test_compare_refuses_training_flags_and_needs_a_judge(tmp_path, chat_model, capsys):
     from autotrain.cli import main
 
     assert main(["llm", "--compare", str(chat_model), str(chat_model), "--lr", "0.1", "--judge", "x"]) == 2
     assert main(["llm", "--compare", str(chat_model), str(chat_model)]) == 2
+    assert main(["llm", "--judge", "x"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: --lr: --compare takes --judge, --judge-prompts, --judge-template, --judge-max-prompts and "
+        "--compare-output",
+        "error: --compare needs --judge SPEC (a local model, a reward model or an OpenAI-compatible URL)",
+        "error: --judge without --train judges a finished run: add --project-name DIR (or --train)"]

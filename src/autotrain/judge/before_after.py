@@ -136,8 +136,8 @@ class BeforeAfter:
                             finish_command(self.params))
         except JudgingStopped as exc:
             return exc
-        step = max((json.loads(line).get("step", 0) for line in (project / METRICS_FILE).read_text().splitlines()
-                    if line.strip()), default=0)
+        logged = (project / METRICS_FILE).read_text().splitlines() if (project / METRICS_FILE).exists() else []
+        step = max((json.loads(line).get("step", 0) for line in logged if line.strip()), default=0)
         with (project / METRICS_FILE).open("a") as handle:
             handle.write(metrics_record(summary, step))
         return None

@@ -134,6 +134,8 @@ def _answer(run: Path, settings: Any) -> tuple[list[str], list[str]]:
     else:
         ids = _validation_prompts(run, tokenizer, model)
     ids = ids[: settings.judge_max_prompts]
+    logger.info("compare: %s answers %d prompts (greedy); then the judge compares each pair in both orders: at most "
+                "%d judge calls", run, len(ids), 2 * len(ids))
     model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     own_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     said = answers.answer(model, tokenizer, ids, stop_ids(tokenizer, template, also=own_eos))

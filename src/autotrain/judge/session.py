@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autotrain.errors import AutoTrainError
+from autotrain.errors import AutoTrainError, ParamsError
 from autotrain.judge import stats
 from autotrain.judge.base import A, B, TIE, Judge, Reply
 from autotrain.judge.report import ANSWERS_FILE, SUMMARY_FILE, VERDICTS_FILE, describe, table
@@ -103,6 +103,8 @@ def judge(folder: Path, answers: Answers, judge_text: str, template_file: str | 
     there is something to ask; `extra`: more to record in judge.json (the compared runs)."""
     template = read_template(template_file)
     spec = parse(judge_text)
+    if not answers.prompts:
+        raise ParamsError("judge: there are no prompts to judge")
     folder.mkdir(parents=True, exist_ok=True)
     answers.write(folder)
     verdicts = folder / VERDICTS_FILE

@@ -64,7 +64,9 @@ NOT_THIS_TOOL: dict[str, tuple[str, str]] = {
     "post_trial_script": ("a shell command after each sweep trial", "read <project>/sweep.md"),
     **dict.fromkeys(("wandb_sweep", "wandb_sweep_project", "wandb_sweep_entity", "wandb_sweep_id"),
                     ("W&B's own sweep dashboard", "the sweep here is optuna's; each trial logs to W&B with --log wandb")),
-    **dict.fromkeys(("eval_dataset_path", "eval_batch_size", "eval_save_predictions", "eval_benchmark"), _EVAL),
+    **dict.fromkeys(("eval_dataset_path", "eval_batch_size", "eval_save_predictions"), _EVAL),
+    "eval_benchmark": ("benchmark evaluation", "--judge SPEC judges the model's own answers before and after training "
+                       "(README, 'Judged win rates')"),
     "chat_format": ("its own message renderer", "use --chat-template"),
     "token_weights": ("per-role token weights", "the loss weighs completion tokens (the prompt too with --prompt-loss)"),
     **dict.fromkeys(("rl_gamma", "rl_gae_lambda", "rl_kl_coef", "rl_value_loss_coef", "rl_clip_range",
