@@ -173,6 +173,13 @@ def test_spec_parsing():
     assert fill("{question}|{answer_a}|{answer_b}", "q", "{answer_b}", "b") == "q|{answer_b}|b"
 
 
+def test_a_chat_reply_is_read_by_its_first_letter():
+    from autotrain.judge.chat import read_letter
+
+    said = ["A", "**B**", "[[A]]", "B.", " A\nbecause", "Both are fine", "Answer: A", "", "a"]
+    assert [read_letter(text) for text in said] == ["A", "B", "A", "B", "A", None, None, None, None]
+
+
 def tiny_reward_model(folder: Path) -> Path:
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
