@@ -164,11 +164,12 @@ def finish_run(project: Path, settings: Any, again: str) -> int:
     """Judge a finished run from the answers it kept (module docstring)."""
     from autotrain.judge.report import ANSWERS_FILE, replace_card_section
     from autotrain.judge.session import Answers, judge, metrics_record
-    from autotrain.outputs import check_finished
-    from autotrain.project_folder import CARD_FILE, METRICS_FILE, owned
+    from autotrain.project_folder import CARD_FILE, METRICS_FILE, owned, unfinished
 
     with owned(project):
-        check_finished(project)
+        why = unfinished(project)
+        if why is not None:
+            raise ParamsError(f"project_name: nothing to judge: {why}")
         try:
             rows = [json.loads(line) for line in (project / ANSWERS_FILE).read_text().splitlines() if line.strip()]
         except (OSError, ValueError):
