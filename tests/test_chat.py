@@ -27,14 +27,15 @@ def pairs(count: int, start: int = 0) -> list[dict]:
     return [{**row, "chosen": "zzzz"} for row in arithmetic_pairs(count, start)]
 
 
-def train(folder: Path, model: Path, **overrides) -> Path:
-    """A tiny run with a validation split, two sample answers and a plot: what the list and the card show."""
+def train(folder: Path, model: Path, card: bool = True, **overrides) -> Path:
+    """A tiny run; with `card`, a validation split and two sample answers too: what the list and the card show."""
     data = folder.parent / f"{folder.name}-data"
     data.mkdir(parents=True)
     write_jsonl(data / "train.jsonl", pairs(12))
     write_jsonl(data / "validation.jsonl", pairs(4, start=20))
+    shown = dict(valid_split="validation", sample_answers=2) if card else {}
     params = LLMTrainingParams(model=str(model), data_path=str(data), project_name=str(folder),
-                               valid_split="validation", sample_answers=2, **{**QUICK, **overrides})
+                               **{**QUICK, **shown, **overrides})
     AutoTrainProject(params=params).create()
     return folder
 
@@ -132,7 +133,7 @@ def test_history_and_system_prompt_render_as_inference_renders_a_conversation(lo
 
 
 def test_a_merged_lora_run_answers_as_inference_from_one_copy(tmp_path, chat_model, monkeypatch):
-    run = train(tmp_path / "merged", chat_model, peft=True)  # the default: merged at the top, adapter/ kept
+    run = train(tmp_path / "merged", chat_model, card=False, peft=True)  # merged at the top, adapter/ kept
     loads = spy_from_pretrained(monkeypatch, ("AutoModelForCausalLM",))
     with serving(run) as url:
         events = ask(url, "merged", "2+2=", compare=True, max_new_tokens=64)
@@ -143,7 +144,7 @@ def test_a_merged_lora_run_answers_as_inference_from_one_copy(tmp_path, chat_mod
 
 
 def test_a_full_fine_tune_loads_its_starting_model_once(tmp_path, chat_model, monkeypatch):
-    run = train(tmp_path / "full", chat_model)
+    run = train(tmp_path / "full", chat_model, card=False)
     loads = spy_from_pretrained(monkeypatch, ("AutoModelForCausalLM",))
     with serving(run) as url:
         first = ask(url, "full", "5+1=", answer_id="1", compare=True, max_new_tokens=64)
