@@ -107,3 +107,14 @@ def test_the_page_streams_an_answer_and_compares_it_with_the_starting_model(page
     assert browser.save_screenshot(str(shot))
     if os.environ.get("AITRAINING_CHAT_SCREENSHOT"):
         shutil.copyfile(shot, os.environ["AITRAINING_CHAT_SCREENSHOT"])
+
+    # The settings are the tab's: kept when it reloads, a new tab starts from the defaults.
+    settings = lambda: (browser.find_element(By.ID, "max_new_tokens").get_attribute("value"),  # noqa: E731
+                        browser.find_element(By.ID, "compare").is_selected())
+    browser.refresh()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#runs li.chosen"))
+    assert settings() == ("64", True)
+    browser.switch_to.new_window("tab")
+    browser.get(url)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#runs li.chosen"))
+    assert settings() == ("128", False)
