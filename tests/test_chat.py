@@ -132,6 +132,16 @@ def test_history_and_system_prompt_render_as_inference_renders_a_conversation(lo
     assert done(events)["text"] == inference_answer(lora_run, conversation, 12)
 
 
+def test_a_run_trained_without_a_template_answers_each_message_alone(tmp_path, chat_model):
+    run = train(tmp_path / "plain", chat_model, card=False, chat_template="none", peft=True, merge_adapter=False)
+    conversation = [{"role": "user", "content": "1+1="}, {"role": "assistant", "content": "2"},
+                    {"role": "user", "content": "2+5="}]
+    with serving(run) as url:
+        events = ask(url, "plain", conversation, max_new_tokens=12)
+    assert {"type": "ready", "run": "plain", "template": False, "lora": True} in events
+    assert done(events)["text"] == inference_answer(run, "2+5=", 12)  # the last message, as a plain-text prompt
+
+
 def test_a_merged_lora_run_answers_as_inference_from_one_copy(tmp_path, chat_model, monkeypatch):
     run = train(tmp_path / "merged", chat_model, card=False, peft=True)  # merged at the top, adapter/ kept
     loads = spy_from_pretrained(monkeypatch, ("AutoModelForCausalLM",))

@@ -139,7 +139,7 @@ class Chat:
     async def _events(self, asked: ChatRequest, run: Run, stop: threading.Event) -> AsyncIterator[str]:
         self.ahead += 1
         try:
-            if self.turn.locked():
+            if self.ahead > 1:  # answers generating or waiting came first
                 yield _event({"type": "queued", "ahead": self.ahead - 1})
             async with self.turn:
                 if not stop.is_set():
