@@ -10,7 +10,7 @@ DEMO_PROJECT ?= demo-orpo
 # `make demo DEMO_JUDGE=SPEC` also judges the validation answers before and after training (README, "Judged win rates").
 DEMO_JUDGE ?=
 
-.PHONY: install lock test demo methods-demo clean
+.PHONY: install lock browser test demo methods-demo clean
 
 install: $(VENV)/.installed
 
@@ -42,8 +42,15 @@ lock:
 	mv $(LOCK).new $(LOCK)
 	rm -rf $(LOCK_VENV)
 
+# The chat page's browser test drives Debian's Chromium with its driver, installed here when missing (CI runs as root
+# with Debian's packages); where they cannot be installed, that test skips and says why.
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || \
+		{ apt-get update -q && apt-get install -y -q chromium chromium-driver; } || \
+		echo "chromium and chromium-driver could not be installed: the chat page's browser test will skip"
+
 # One worker per core: most tests are single-threaded Python around tiny models.
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q -n auto
 
 demo: install

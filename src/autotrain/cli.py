@@ -27,6 +27,7 @@ import typing
 from typing import Any, Literal, TypeVar
 
 from autotrain import __version__
+from autotrain.chat.command import add_parser as add_chat_parser
 from autotrain.config_file import ConfigFile, check_relative_paths, load_config
 from autotrain.errors import AutoTrainError, ParamsError, TrainingInterrupted
 from autotrain.inference import InferenceParams
@@ -98,7 +99,8 @@ USAGE = """aitraining llm --train [--config FILE] [--FLAG VALUE ...]
        aitraining llm --inference --project-name DIR --inference-prompts TEXT|FILE [...]
        aitraining llm --compare DIR_A DIR_B --judge SPEC [--judge-prompts FILE]
        aitraining --config FILE [--FLAG VALUE ...]   (short for llm --train --config FILE)
-       aitraining cache list|clear                   (the tokenized-data cache)"""
+       aitraining cache list|clear                   (the tokenized-data cache)
+       aitraining chat [--project-name DIR | --projects-dir DIR] [--host H] [--port N]   (a local chat page)"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -182,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=formatter,
     )
     parser.add_argument("--version", action="version", version=f"aitraining {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="llm|cache")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="llm|cache|chat")
     llm = commands.add_parser("llm", help="Fine-tune a causal language model.", allow_abbrev=False, usage=USAGE,
                               formatter_class=formatter,
                               description="Flags are grouped as the params are (autotrain.params); snake case "
@@ -206,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("action", choices=("list", "clear"), help="list: its entries, most recently used first, and "
                        "its size and cap (AITRAINING_CACHE_MAX_GB); clear: remove every entry.")
     cache.set_defaults(verbose=False)
+    add_chat_parser(commands, formatter)
     return parser
 
 
@@ -273,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
             from autotrain.data.cache_store import command
 
             print("\n".join(command(args.action)))
+        if args.command == "chat":
+            from autotrain.chat.command import main as chat
+
+            return chat(args)
         if args.command == "llm":
             if judge_commands.wanted(args):
                 return judge_commands.command(args, sys.argv[1:] if argv is None else argv)

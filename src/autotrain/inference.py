@@ -179,10 +179,8 @@ def check_finished(project: Path) -> None:
 
 
 def generate(params: InferenceParams) -> Iterator[dict[str, str]]:
-    import torch
-
     from autotrain import quiet
-    from autotrain.data.templates import stop_ids
+    from autotrain.answers import Decoding, continuation, model_stop_ids
     from autotrain.models import load_trained, model_max_length
 
     project = Path(params.project_name).expanduser()
@@ -194,26 +192,12 @@ def generate(params: InferenceParams) -> Iterator[dict[str, str]]:
     trust = params.trust_remote_code if params.trust_remote_code is not None else trained_with_remote_code(project)
     model, tokenizer = load_trained(project, trust)
     positions = model_max_length(model.config)
-    inputs = [checked_inputs(tokenizer, prompt, positions) for prompt in prompts]  # every prompt checked before answering
-    sampling = params.inference_temperature > 0
+    inputs = [checked_inputs(tokenizer, p, positions) for p in prompts]  # every prompt checked before answering
+    decoding = Decoding(params.inference_max_tokens, params.inference_temperature, params.inference_top_p)
     # Stop where the template ends a turn, as well as where the model's own generation config says.
-    own_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    stop = stop_ids(tokenizer, tokenizer.chat_template or None, also=own_eos)
+    stop = model_stop_ids(model, tokenizer, tokenizer.chat_template or None)
     for prompt, given in zip(prompts, inputs):
-        length = given["input_ids"].shape[1]
-        room = params.inference_max_tokens if positions is None else min(params.inference_max_tokens,
-                                                                           positions - length)
-        with torch.no_grad():
-            out = model.generate(
-                **given,
-                max_new_tokens=room,  # past the model's last position there is no embedding to read
-                do_sample=sampling,
-                temperature=params.inference_temperature if sampling else None,
-                top_p=params.inference_top_p if sampling else None,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=stop or None,
-            )
-        answer = tokenizer.decode(out[0, length:], skip_special_tokens=True)
+        answer = continuation(model, tokenizer, given, decoding, stop)
         # Verbatim (JSON escapes line breaks): stripped, an answer of newlines would print as "".
         value = prompt.value
         yield {"prompt": value if isinstance(value, str) else json.dumps(value), "answer": answer}

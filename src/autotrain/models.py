@@ -1,9 +1,10 @@
 """The one place a model or a tokenizer is loaded, and the one way back to the transformers model inside wrappers.
 
 Models load for training (`load_model`, with LoRA adapters from autotrain.lora), as a frozen DPO reference
-(`load_reference`), for inference (`load_trained`) and to merge a saved adapter (`merge_saved_adapter`), all through
-`_from_pretrained`: float32 (mixed precision autocasts on top; a merged model is saved as trained), safetensors only
-(a pickle file can run code when it is loaded), and the run's trust_remote_code. The tokenizer and config load first
+(`load_reference`), for inference (`load_trained`; `load_base`: what a full fine-tune started from, for `aitraining
+chat`) and to merge a saved adapter (`merge_saved_adapter`), all through `_from_pretrained`: float32 (mixed
+precision autocasts on top; a merged model is saved as trained), safetensors only (a pickle file can run code when
+it is loaded), and the run's trust_remote_code. The tokenizer and config load first
 and cheaply, so the data can be checked before any weights are read.
 """
 
@@ -181,6 +182,11 @@ def load_judge(model: str, reward: bool) -> tuple[Any, Any]:
     else:
         net = _from_pretrained(model, False, dtype=dtype)
     return net.eval(), load_tokenizer(model, False)
+
+
+def load_base(model: str, trust_remote_code: bool) -> Any:
+    """The model a full fine-tune started from, in eval mode, to answer beside it (`aitraining chat`)."""
+    return _from_pretrained(model, trust_remote_code).eval()
 
 
 def merge_saved_adapter(adapter_dir: Path, trust_remote_code: bool) -> Any:
