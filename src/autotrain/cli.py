@@ -100,7 +100,7 @@ USAGE = """aitraining llm --train [--config FILE] [--FLAG VALUE ...]
        aitraining llm --compare DIR_A DIR_B --judge SPEC [--judge-prompts FILE]
        aitraining --config FILE [--FLAG VALUE ...]   (short for llm --train --config FILE)
        aitraining cache list|clear                   (the tokenized-data cache)
-       aitraining chat [--project-name DIR | --projects-dir DIR] [--host H] [--port N]   (a local chat page)"""
+       aitraining chat [--project-name DIR | --projects-dir DIR] [--port N]   (a local chat page)"""
 
 
 class _Parser(argparse.ArgumentParser):

@@ -109,8 +109,16 @@ def _trial(params: LLMTrainingParams, callbacks: tuple[Any, ...]) -> RunResult:
         return run(params, callbacks=callbacks)
 
 
-# What a run sets for its trackers (`_tracker_environment`), or wandb for itself (WANDB_SERVICE).
+# What a run sets for its trackers (`_tracker_environment`). WANDB_SERVICE is wandb's own note of its live service
+# process: a run tears the caller's down to start its own, so putting the old address back would send the next
+# wandb.init to a dead socket; wandb keeps it.
 _TRACKER_VARIABLES = ("WANDB_", "TENSORBOARD_LOGGING_DIR")
+_WANDBS_OWN = "WANDB_SERVICE"
+
+
+def _tracker_variables() -> dict[str, str]:
+    return {name: value for name, value in os.environ.items()
+            if name.startswith(_TRACKER_VARIABLES) and name != _WANDBS_OWN}
 
 
 @contextlib.contextmanager
@@ -122,14 +130,14 @@ def session(params: LLMTrainingParams) -> Iterator[None]:
     nor WANDB_DIR and WANDB_PROJECT (its own wandb runs would log into this folder)."""
     secrets = [value for value in params.secret_values() if value]
     saved = list(sys.argv)
-    environment = {name: value for name, value in os.environ.items() if name.startswith(_TRACKER_VARIABLES)}
+    environment = _tracker_variables()
     sys.argv[:] = [scrub(arg, secrets) for arg in saved]
     try:
         with owned(preflight.project_dir(params), take=preflight.takes_lock()):
             yield
     finally:
         sys.argv[:] = saved
-        for name in [name for name in os.environ if name.startswith(_TRACKER_VARIABLES)]:
+        for name in _tracker_variables():
             if name not in environment:
                 del os.environ[name]
         os.environ.update(environment)
