@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 LOCK := requirements.lock
 LOCK_VENV := .venv-lock
 # Every optional extra whose packages the suite or a benchmark imports.
-LOCK_EXTRAS := test,sweep,bench
+LOCK_EXTRAS := test,sweep,bench,chat
 DEMO_PROJECT ?= demo-orpo
 # `make demo DEMO_JUDGE=SPEC` also judges the validation answers before and after training (README, "Judged win rates").
 DEMO_JUDGE ?=
