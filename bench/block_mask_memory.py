@@ -1,5 +1,5 @@
 """Peak memory of building one packed row's flex_attention BlockMask on CPU: torch's uncompiled create_block_mask
-(the dense [R, T, T] evaluation autotrain used before) against autotrain.data.block_mask.strip_block_mask.
+(the dense [R, T, T] evaluation autotrain used before) against autotrain.model.block_mask.strip_block_mask.
 
     python bench/block_mask_memory.py [--tokens 13312] [--way both|dense|strips]
 
@@ -37,8 +37,8 @@ def child(way: str, tokens: int) -> None:
     import torch
     from torch.nn.attention.flex_attention import create_block_mask
 
-    from autotrain.data.block_mask import strip_block_mask
-    from autotrain.data.pack import segment_mask_mod
+    from autotrain.batch.packed import segment_mask_mod
+    from autotrain.model.block_mask import strip_block_mask
 
     table = torch.tensor([segments(tokens)])
     # As autotrain's kernel module did for the dense build: int16 ids (smaller [R, T, T] temporaries).

@@ -23,9 +23,8 @@ import tempfile
 import time
 import traceback
 
-import torch
-
 import orpo_bench as ob
+import torch
 
 TINY = ob.Size(model=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                           intermediate_size=352, vocab_size=2048),
@@ -60,8 +59,8 @@ def layouts() -> list[tuple[str, str, bool]]:
 
 
 def losses(device: torch.device, pairs: list[dict], text, tok) -> None:
-    from autotrain.data.kernels import make_collator
-    from autotrain.methods.orpo import orpo_step
+    from autotrain.model.kernels import make_collator
+    from autotrain.train.methods.orpo import orpo_step
 
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     batch = pairs[: TINY.pairs]
@@ -92,8 +91,8 @@ def losses(device: torch.device, pairs: list[dict], text, tok) -> None:
 
 def gradients(device: torch.device, pairs: list[dict]) -> None:
     """fp32: d loss / d weights of packed flex against padded sdpa, largest difference relative to each tensor."""
-    from autotrain.data.kernels import make_collator
-    from autotrain.methods.orpo import orpo_step
+    from autotrain.model.kernels import make_collator
+    from autotrain.train.methods.orpo import orpo_step
 
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     grads = {}
@@ -117,8 +116,8 @@ def kernel_dtypes(device: torch.device, pairs: list[dict]) -> None:
     torch's sdpa and at transformers' call into the compiled flex_attention, past autotrain's casting wrappers)."""
     import transformers.integrations.flex_attention as hf_flex
 
-    from autotrain.data.kernels import make_collator
-    from autotrain.methods.orpo import orpo_step
+    from autotrain.model.kernels import make_collator
+    from autotrain.train.methods.orpo import orpo_step
 
     seen: set[tuple[str, str, str]] = set()
     sdpa, flex = torch.nn.functional.scaled_dot_product_attention, hf_flex.compile_friendly_flex_attention

@@ -5,7 +5,7 @@ raises, so every line prints even when an early one fails:
 - flex_attention under bf16 autocast with fp32 q/k and a bf16 v (what RoPE hands it from fp32 weights): torch 2.13
   casts them back, older torch raises `Expected query, key, and value to have the same dtype` or runs fp32 kernels;
   this tool casts them itself (autotrain's kernel functions), this line says what the bare torch does;
-- the private transformers.Trainer members this tool overrides (autotrain.trainers.clm.checks checks them at start);
+- the private transformers.Trainer members this tool overrides (autotrain.train.checks checks them at start);
 - a bitsandbytes NF4 round trip on CUDA;
 - the project's imports, and those of every later stage's script.
 """
@@ -67,17 +67,16 @@ def flex_autocast() -> str:
 def trainer_members() -> str:
     import transformers
 
-    from autotrain.trainers.clm import checks
+    from autotrain.train import checks
 
     checks.check_trainer_api(transformers.Trainer)
     return "checks.check_trainer_api passed"
 
 
 def bnb() -> str:
-    import torch
-
     import bitsandbytes as b
     import bitsandbytes.functional as F
+    import torch
 
     if not torch.cuda.is_available():
         return f"bitsandbytes {b.__version__} imported (no CUDA to test)"
@@ -89,7 +88,7 @@ def bnb() -> str:
 
 def project_imports() -> str:
     # Every later stage's script, so that a dry run on CPU finds one that no longer imports against the project.
-    mods = ["autotrain.trainers.clm.trainer", "autotrain.trainers.clm.kernel_probe", "autotrain.project", "datasets",
+    mods = ["autotrain.train.trainer", "autotrain.train.kernel_probe", "autotrain.project", "datasets",
             "trl.experimental.orpo", "orpo_bench", "gpu_correctness", "kernel_probe_cost", "gpu_checks"]
     for m in mods:
         importlib.import_module(m)

@@ -17,10 +17,12 @@ import json
 import time
 from pathlib import Path
 
-from autotrain import answers, defaults, models
 from autotrain.data.templates import stop_ids
 from autotrain.judge.local import load
 from autotrain.judge.spec import DEFAULT_TEMPLATE
+from autotrain.model import embedded as defaults
+from autotrain.model import loading
+from autotrain.outputs import answers
 
 SAMPLES = Path(__file__).resolve().parents[1] / "src" / "autotrain" / "data" / "samples" / "validation.jsonl"
 
@@ -36,7 +38,7 @@ def main() -> None:
     timed: dict[str, float] = {}
     said: dict[str, list[str]] = {}
     for side, folder in (("before", base), ("after", args.after)):
-        model, tokenizer = models.load_trained(Path(folder))
+        model, tokenizer = loading.load_trained(Path(folder))
         ids = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
                                              return_dict=True)["input_ids"] for q in questions[: args.prompts]]
         stops = stop_ids(tokenizer, tokenizer.chat_template, also=model.generation_config.eos_token_id)

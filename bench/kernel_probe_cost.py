@@ -1,4 +1,4 @@
-"""What the start-up kernel probe (autotrain.trainers.clm.kernel_probe) costs, against the training steps of the
+"""What the start-up kernel probe (autotrain.train.kernel_probe) costs, against the training steps of the
 bench's model in the same process (results go to ../BENCHMARKS.md):
 
     python bench/kernel_probe_cost.py --size cpu    # ~2 minutes on 2 CPU cores
@@ -25,10 +25,8 @@ import os
 import time
 from typing import Any, Callable
 
-import torch
-
 import orpo_bench as ob
-
+import torch
 
 
 def sync(device: torch.device) -> None:
@@ -44,8 +42,8 @@ def step_seconds(size: ob.Size, attn: str, device: torch.device, pairs: list[dic
                  steps: int) -> tuple[float, float]:
     """Seconds of the first ORPO training step (a compile lands there, if the probe's did not serve) and the mean of
     `steps` steps after the size's warm-up steps."""
-    from autotrain.data.kernels import make_collator
-    from autotrain.methods.orpo import orpo_step
+    from autotrain.model.kernels import make_collator
+    from autotrain.train.methods.orpo import orpo_step
 
     model = ob.build_model(size, attn, device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
@@ -68,7 +66,7 @@ def step_seconds(size: ob.Size, attn: str, device: torch.device, pairs: list[dic
 
 def probe(name: str, size: ob.Size, attn: str, device: torch.device, pair: dict, dtype: torch.dtype | None,
           calls: int = 1, eager_flex: bool = False) -> list[float]:
-    from autotrain.trainers.clm.kernel_probe import probe_kernel
+    from autotrain.train.kernel_probe import probe_kernel
 
     model = ob.build_model(size, attn, device)
     stance = torch.compiler.set_stance("force_eager") if eager_flex else contextlib.nullcontext()
@@ -94,7 +92,7 @@ PAIRS = [("The capital of France is", " Paris, a city on the Seine.", " Berlin, 
 def calibrate(path: str) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from autotrain.trainers.clm.kernel_probe import probe_kernel, set_kernel, tolerances
+    from autotrain.train.kernel_probe import probe_kernel, set_kernel, tolerances
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -128,7 +126,7 @@ def main() -> None:
     device = torch.device("cuda" if cuda else "cpu")
     size = ob.SIZES[args.size]
     pairs = ob.make_pairs(size, size.pairs * (size.warmup + args.steps))
-    from autotrain.trainers.clm.kernel_probe import probe_pair
+    from autotrain.train.kernel_probe import probe_pair
 
     pair = probe_pair(pairs[0])
     print(f"load average {os.getloadavg()[0]:.1f}; {torch.get_num_threads()} threads" if not cuda else

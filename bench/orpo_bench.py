@@ -8,7 +8,7 @@ Both sides run inside transformers' Trainer (same optimizer, learning rate and s
 full fine-tune, random weights from a fixed seed, synthetic token ids with uniform lengths:
 - TRL: trl.experimental.orpo.ORPOTrainer with its defaults (its own tokenization of the same token strings, its
   padded collator), gradient checkpointing on (its default) and off;
-- ours: autotrain's MethodTrainer with the packed collator (autotrain.data.kernels.make_collator) and chunked
+- ours: autotrain's MethodTrainer with the packed collator (autotrain.model.kernels.make_collator) and chunked
   log-probs, gradient checkpointing on and off; orpo_prompt_loss on, so the loss is TRL's (its NLL covers the prompt).
 
 Reported per run:
@@ -231,7 +231,7 @@ def our_trainer(model: torch.nn.Module, size: Size, pairs: Any, out: str, cuda: 
                 optim: str, lr: float, collate: Callable) -> Any:
     from transformers import TrainingArguments
 
-    from autotrain.trainers.clm.trainer import MethodTrainer
+    from autotrain.train.trainer import MethodTrainer
 
     args = TrainingArguments(**common_args(size, out, cuda), optim=optim, learning_rate=lr,
                              **checkpointing(TrainingArguments, gc_on))
@@ -286,9 +286,9 @@ def timed_run(name: str, size: Size, device: torch.device, make: Callable[[torch
 
 def first_batch_losses(size: Size, device: torch.device, pairs: list[dict], text: Any, tok: Any) -> dict[str, float]:
     """fp32, no autocast, TF32 off: TRL's loss, ours packed (the timed kernel) and ours padded on one batch."""
-    from autotrain.data.kernels import make_collator
-    from autotrain.data.collate import PaddedCollator
-    from autotrain.methods.orpo import orpo_step
+    from autotrain.batch.padded import PaddedCollator
+    from autotrain.model.kernels import make_collator
+    from autotrain.train.methods.orpo import orpo_step
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -339,7 +339,7 @@ def main() -> None:
     import trl
     from datasets import Dataset
 
-    from autotrain.data.kernels import make_collator
+    from autotrain.model.kernels import make_collator
 
     card = torch.cuda.get_device_name() if cuda else f"{cpu_name()}, {torch.get_num_threads()} threads"
     print(f"card: {card}; torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}")

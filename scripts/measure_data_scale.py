@@ -67,8 +67,8 @@ def phase(data: Path, model: str) -> None:
     """One measured run, in its own process: print one JSON line."""
     started = time.perf_counter()
     from autotrain.data.prepare import prepare_data
-    from autotrain.defaults import resolve_model
-    from autotrain.models import load_tokenizer
+    from autotrain.model.embedded import resolve_model
+    from autotrain.model.loading import load_tokenizer
     from autotrain.trainers.clm.params import LLMTrainingParams
 
     tokenizer = load_tokenizer(resolve_model(model), trust_remote_code=False)
@@ -98,7 +98,7 @@ def main() -> None:
         phase(args.data, args.model)
         return
     # Resolve (convert once) the embedded model outside the measured processes and the private cache.
-    from autotrain.defaults import resolve_model
+    from autotrain.model.embedded import resolve_model
 
     model = resolve_model(args.model)
     args.workdir.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import NEWLINE, VOCAB_SIZE, greedy_answer, make_model_dir, make_tokenizer
 
-from autotrain.answers import MAX_NEW_TOKENS, answer, one_line
+from autotrain.outputs.answers import MAX_NEW_TOKENS, answer, one_line
 
 PROMPTS = ["Add 40 and 32.", "hi"]
 

@@ -14,14 +14,14 @@ import pytest
 from conftest import arithmetic_pairs, write_jsonl
 from test_faults import KILL_AT_STEP, cli_args, run_child
 
-from autotrain import checkpoints
+from autotrain.outputs import checkpoints
 from autotrain.project import resume_point
 
 # Replaces <project>/checkpoint-4 with the staged copy, killing itself at the point named by argv[2].
 REPLACE = """
 import os, signal, sys
 from pathlib import Path
-from autotrain import checkpoints
+from autotrain.outputs import checkpoints
 project, mode = Path(sys.argv[1]), sys.argv[2]
 rename = os.rename
 def rename_then_die(src, dst, *args, **kwargs):
@@ -73,7 +73,7 @@ def test_rename_exchange_swaps_two_folders_in_one_call(tmp_path):
 
 
 def test_set_aside_keeps_the_abandoned_checkpoints_out_of_rotation_and_auto(tmp_path):
-    from autotrain.checkpoints import checkpoints, set_aside_newer
+    from autotrain.outputs.checkpoints import checkpoints, set_aside_newer
 
     project = tmp_path / "run"
     for step in (2, 4, 6):

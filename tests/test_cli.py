@@ -48,8 +48,8 @@ def test_bad_values_are_rejected_by_argparse_or_params():
 
 
 def test_trainer_choices_are_the_registry():
-    from autotrain import methods
-    from autotrain.methods.base import Method
+    from autotrain.params import methods
+    from autotrain.train.methods.base import Method
 
     assert TRAINER_NAMES is methods.NAMES
     for name in TRAINER_NAMES:  # every choice loads a method whose torch-free facts are its own

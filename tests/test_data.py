@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import BOS, EOS, IM_END, IM_START, NEWLINE, arithmetic_pairs, char_ids, make_tokenizer
 
-from autotrain.data.collate import PaddedCollator
+from autotrain.batch.padded import PaddedCollator
 from autotrain.data.prepare import prepare_data
 from autotrain.data.render import Columns, Renderer, pick_template
 from autotrain.data.sources import RawSplit, load_split

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from autotrain import defaults
-from autotrain.defaults import DEFAULT_MODEL, embedded_model_dir, resolve_model
 from autotrain.errors import ModelError
+from autotrain.model import embedded as defaults
+from autotrain.model.embedded import DEFAULT_MODEL, embedded_model_dir, resolve_model
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CHAT = [

@@ -18,9 +18,9 @@ from test_methods import full_logit_sums
 from test_packing import ODD, random_pairs
 from test_trl_equivalence import trl_batch
 
-from autotrain.data.collate import PaddedCollator
-from autotrain.data.pack import PackedCollator
-from autotrain.dropout import disable_dropout
+from autotrain.batch.packed import PackedCollator
+from autotrain.batch.padded import PaddedCollator
+from autotrain.model.dropout import disable_dropout
 from autotrain.project import AutoTrainProject
 from autotrain.trainers.clm.params import LLMTrainingParams
 
@@ -106,7 +106,7 @@ def test_gpt2_first_step_loss_equals_trl(tmp_path, gpt2_dir):
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
     from autotrain.data.prepare import prepare_data
-    from autotrain.models import load_tokenizer
+    from autotrain.model.loading import load_tokenizer
 
     data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(4))
     params = LLMTrainingParams(model=str(gpt2_dir), data_path=str(data), project_name=str(tmp_path / "run"),
@@ -137,7 +137,7 @@ def test_gpt2_first_step_loss_equals_trl(tmp_path, gpt2_dir):
 def build_trainer(tmp_path: Path, model: torch.nn.Module, method: str = "orpo", **kwargs):
     from transformers import TrainingArguments
 
-    from autotrain.trainers.clm.trainer import PreferenceTrainer
+    from autotrain.train.trainer import PreferenceTrainer
 
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, per_device_eval_batch_size=8,
                              remove_unused_columns=False, disable_tqdm=True)

@@ -16,9 +16,9 @@ import threading
 import pytest
 from conftest import arithmetic_pairs, write_jsonl
 
-from autotrain import preflight
 from autotrain.cli import main
 from autotrain.errors import AutoTrainError, ParamsError
+from autotrain.run import preflight
 from autotrain.trainers.clm.params import LLMTrainingParams
 
 # What a run needs a package for, by the package's module, and the line that refuses it when it is missing.
@@ -261,7 +261,7 @@ def test_a_finished_run_is_pushed_without_training_again(tmp_path, hub, monkeypa
 def test_an_upload_that_fails_after_training_says_how_to_push_the_finished_run(tmp_path, hub, monkeypatch):
     import huggingface_hub
 
-    from autotrain import hub as hub_module
+    from autotrain.run import hub as hub_module
 
     class Failing(FakeHub):
         def upload_folder(self, folder_path, repo_id, ignore_patterns):

@@ -51,7 +51,7 @@ def token_logps(model: torch.nn.Module, prompt: list[int], completion: list[int]
 
 
 def expected_metrics(model: torch.nn.Module, valid: list[dict]) -> dict[str, float]:
-    """ORPO's metrics over the split, by the definitions (autotrain.losses' module docstring), in float64."""
+    """ORPO's metrics over the split, by the definitions (autotrain.train.losses' module docstring), in float64."""
     prompt = lambda p: [IM_START, *char_ids("user\n" + p), IM_END, NEWLINE, IM_START, *char_ids("assistant\n")]  # noqa: E731
     answer = lambda a: [*char_ids(a), IM_END, NEWLINE]  # noqa: E731
     nll, tokens, pairs = 0.0, 0, []

@@ -13,8 +13,7 @@ import math
 import pytest
 import torch
 from conftest import write_jsonl
-from test_tool_rows import (EMPTY_THINK, RESULT, SMOL_SYSTEM, TOOL_ROW, error, expected, prepare, smollm2,  # noqa: F401
-                            tokenize, user)
+from test_tool_rows import EMPTY_THINK, RESULT, SMOL_SYSTEM, TOOL_ROW, error, expected, prepare, smollm2, tokenize, user  # noqa: F401
 from tool_templates import JSON_IN_TAG, SPECIAL_BLOCK, TEMPLATES, TOOLS_IN_SYSTEM, VOCAB_SIZE, call, ids, tool_tokenizer
 
 from autotrain.data.render import Columns
@@ -176,10 +175,10 @@ def reference_loss(model, rows: list[dict], groups: list[int], beta: float) -> f
 def test_a_prompt_with_four_ranked_answers_weighs_what_a_prompt_with_two_does():
     from test_packing import tiny_model
 
-    from autotrain.data.collate import PaddedCollator
-    from autotrain.data.pack import PackedCollator
-    from autotrain.losses import pair_counts
-    from autotrain.methods.orpo import METHOD
+    from autotrain.batch.packed import PackedCollator
+    from autotrain.batch.padded import PaddedCollator
+    from autotrain.train.losses import pair_counts
+    from autotrain.train.methods.orpo import METHOD
 
     rows = [{"prompt": "Name a prime.", "responses": ["7", "9", "10", "12"], "scores": [4, 3, 2, 1]},
             {"prompt": "2+2?", "responses": ["4", "5"], "scores": [1, 0]}]
@@ -221,9 +220,9 @@ def full_sums(model, row: dict, side: str) -> tuple[float, int]:
 def test_every_new_shape_is_the_same_packed_as_padded():
     from test_packing import tiny_model
 
-    from autotrain.data.collate import PaddedCollator
-    from autotrain.data.pack import PackedCollator
-    from autotrain.forward import sequence_logps
+    from autotrain.batch.packed import PackedCollator
+    from autotrain.batch.padded import PaddedCollator
+    from autotrain.model.forward import sequence_logps
 
     tok = tool_tokenizer(JSON_IN_TAG)  # think blocks, tool turns and tool definitions all at once
     thinking = {"prompt": [user("Weather?")], "chosen": [answer("Sunny.") | {"reasoning_content": "June."}],
@@ -247,7 +246,7 @@ def test_every_new_shape_is_the_same_packed_as_padded():
 
 
 def card_of(tmp_path, rows: list[dict], **overrides) -> tuple[str, object]:
-    from autotrain.outputs import write_card
+    from autotrain.outputs.final import write_card
 
     path = write_jsonl(tmp_path / "d.jsonl", rows)
     project = tmp_path / "project"

@@ -21,9 +21,9 @@ import torch
 from conftest import BOS, EOS, IM_END, VOCAB_SIZE, char_ids, make_tokenizer
 from test_trl_equivalence import trl_batch
 
-from autotrain.data.kernels import make_collator, packing_kernel
-from autotrain.data.collate import PaddedCollator
-from autotrain.methods.orpo import orpo_step
+from autotrain.batch.padded import PaddedCollator
+from autotrain.model.kernels import make_collator, packing_kernel
+from autotrain.train.methods.orpo import orpo_step
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
@@ -118,7 +118,7 @@ def test_first_step_loss_matches_trl(family, tmp_path):
     from transformers import AutoModelForCausalLM
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-    from autotrain.models import load_tokenizer
+    from autotrain.model.loading import load_tokenizer
 
     name, folder, _ = family
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
@@ -160,7 +160,7 @@ def test_packed_layout_equals_padded(family):
 
 
 def test_lora_trains_with_default_flags(family):
-    from autotrain.models import load_model
+    from autotrain.model.loading import load_model
     from autotrain.trainers.clm.params import LLMTrainingParams
 
     name, folder, _ = family
@@ -183,7 +183,7 @@ def test_saved_tokenizer_reloads_and_encodes_the_same(family, tmp_path):
     config's model type, e.g. qwen2 -> Qwen2Tokenizer)."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from autotrain.models import load_tokenizer
+    from autotrain.model.loading import load_tokenizer
 
     name, folder, _ = family
     trained_with = load_tokenizer(str(folder), trust_remote_code=False)
@@ -204,7 +204,7 @@ def test_qlora_int4_computes_in_the_training_precision(monkeypatch, chat_model, 
     config handed to from_pretrained is inspected)."""
     import transformers
 
-    from autotrain import models
+    from autotrain.model import loading
     from autotrain.trainers.clm.params import LLMTrainingParams
 
     seen = {}
@@ -216,7 +216,7 @@ def test_qlora_int4_computes_in_the_training_precision(monkeypatch, chat_model, 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_from_pretrained)
     params = LLMTrainingParams(model=str(chat_model), peft=True, quantization="int4", mixed_precision=precision)
     with pytest.raises(RuntimeError, match="stop after the config"):
-        models.load_model(params, str(chat_model))
+        loading.load_model(params, str(chat_model))
     config = seen["quantization_config"]
     assert config.load_in_4bit and config.bnb_4bit_compute_dtype == compute
     assert seen["dtype"] == torch.float32  # the unquantized parts (norms, head) stay fp32
@@ -267,12 +267,12 @@ HEAD_CASES: dict[str, dict] = {
 
 @pytest.mark.parametrize("kind", list(HEAD_CASES))
 def test_chunked_head_gives_the_models_own_log_probs(kind):
-    """The head transforms (autotrain.head.head_transform) reproduce each family's returned logits: chunked-head
+    """The head transforms (autotrain.model.head.head_transform) reproduce each family's returned logits: chunked-head
     log-probs equal a log-softmax of the model's own forward logits at every position."""
     from transformers import AutoConfig
 
-    from autotrain.logprobs import token_logps
-    from autotrain.head import decoder_and_head
+    from autotrain.model.head import decoder_and_head
+    from autotrain.model.logprobs import token_logps
 
     model = perturbed_model(AutoConfig.for_model(kind, **HEAD_CASES[kind])).eval()
     ids = torch.randint(5, 100, (1, 12), generator=torch.Generator().manual_seed(0))
@@ -291,9 +291,8 @@ def test_chunked_head_gives_the_models_own_log_probs(kind):
 def test_multimodal_gemma3_packs_with_a_mask_per_layer_type():
     """AutoModelForCausalLM loads Gemma 3 from 4B up as Gemma3ForConditionalGeneration, whose layer types sit in the
     text config: it takes the per-layer-type masks too, with a window (16) shorter than the rows."""
-    from transformers import AutoConfig
-
     from test_windows import long_pairs
+    from transformers import AutoConfig
 
     text = {**HEAD_CASES["gemma3"]["text_config"], "sliding_window": 16,
             "layer_types": ["sliding_attention", "full_attention"]}
@@ -314,7 +313,7 @@ def _adapter_dropouts(net: torch.nn.Module) -> set[float]:
 def test_lora_on_fused_experts_trains_without_dropout_by_default(tmp_path):
     """peft's all-linear adapts a transformers-5 MoE's fused expert weights (3-D parameters, through lora.ParamWrapper,
     which takes no dropout) and its router; by default the run trains them with LoRA dropout 0."""
-    from autotrain.models import load_model
+    from autotrain.model.loading import load_model
     from autotrain.trainers.clm.params import LLMTrainingParams
 
     perturbed_model(tiny_config("mixtral")).save_pretrained(tmp_path)
@@ -329,7 +328,7 @@ def test_lora_on_fused_experts_doubles_the_fused_rank_without_a_false_warning(tm
     then warns that the pattern matched no module (it matched a parameter): the run must not print that."""
     import warnings
 
-    from autotrain.models import load_model
+    from autotrain.model.loading import load_model
     from autotrain.trainers.clm.params import LLMTrainingParams
 
     perturbed_model(tiny_config("mixtral")).save_pretrained(tmp_path)
@@ -344,7 +343,7 @@ def test_lora_on_fused_experts_doubles_the_fused_rank_without_a_false_warning(tm
 
 
 def test_lora_on_a_dense_model_keeps_the_default_dropout(chat_model):
-    from autotrain.models import load_model
+    from autotrain.model.loading import load_model
     from autotrain.trainers.clm.params import LLMTrainingParams
 
     net = load_model(LLMTrainingParams(model=str(chat_model), peft=True), str(chat_model))
@@ -353,7 +352,7 @@ def test_lora_on_a_dense_model_keeps_the_default_dropout(chat_model):
 
 def test_lora_dropout_on_fused_experts_names_the_cause_and_the_fix(tmp_path):
     from autotrain.errors import ModelError
-    from autotrain.models import load_model
+    from autotrain.model.loading import load_model
     from autotrain.trainers.clm.params import LLMTrainingParams
 
     perturbed_model(tiny_config("qwen3_moe")).save_pretrained(tmp_path)
@@ -378,7 +377,7 @@ def _moe_model(kind: str, attention: str) -> torch.nn.Module:
 @pytest.mark.parametrize("kind", ["mixtral", "qwen3_moe"])
 def test_moe_router_loss_is_the_same_packed_on_every_kernel(kind, attention):
     """The packed layout (boolean or additive 4-D mask) trains the padded layout's router loss, not a crash."""
-    from autotrain.forward import sequence_logps
+    from autotrain.model.forward import sequence_logps
 
     model = _moe_model(kind, attention)
     features = pair_features()
@@ -396,7 +395,7 @@ def test_moe_router_loss_is_the_same_packed_on_every_kernel(kind, attention):
 def test_moe_sft_loss_equals_the_models_own(kind):
     """SFT rows (prompt once, no rejected side): packed and padded give transformers' own loss with labels, which is
     the token-mean NLL plus router_aux_loss_coef times the model's aux loss."""
-    from autotrain.methods.sft import sft_step
+    from autotrain.train.methods.sft import sft_step
 
     model = _moe_model(kind, "sdpa")
     rows = [{**f, "rejected_ids": []} for f in pair_features()]
@@ -420,7 +419,7 @@ def test_a_tokenizer_rebuilt_unlike_its_tokenizer_json_is_reported(tmp_path, cap
     run trains with what AutoTokenizer gives (so inference matches), and says that it differs from the folder's."""
     from transformers import AutoConfig
 
-    from autotrain.models import load_tokenizer
+    from autotrain.model.loading import load_tokenizer
 
     for kind in ("qwen2", "llama"):
         folder = tmp_path / kind

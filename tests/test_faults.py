@@ -4,7 +4,6 @@ a non-finite loss stops the run before it reaches the weights; secrets never rea
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import shlex
 import signal
@@ -44,7 +43,7 @@ def run_child(args: list[str], patch: str = "") -> subprocess.CompletedProcess:
 
 KILL_AT_STEP = """
 import os, signal
-from autotrain import stop as safety
+from autotrain.train import stop as safety
 _orig = safety.StopOnSignal.on_step_end
 def on_step_end(self, args, state, control, **kw):
     if state.global_step == {step}:
@@ -134,7 +133,7 @@ def test_signal_saves_prints_resume_and_exits(tmp_path, chat_model, reference, n
 # SIGTERM once the final save has begun (after training and the last step's checkpointing).
 TERM_AT_FINAL_SAVE = """
 import os, signal
-from autotrain import outputs
+from autotrain.outputs import final as outputs
 _orig = outputs.save_model
 def save_model(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGTERM)
@@ -161,7 +160,7 @@ def test_sigterm_during_the_final_save_stops_like_one_during_training(tmp_path, 
 
 
 def test_non_finite_loss_stops_before_the_weights_change(tmp_path, chat_model, monkeypatch):
-    from autotrain.methods import orpo as orpo_module
+    from autotrain.params.methods import orpo as orpo_module
 
     calls = {"n": 0}
     real = orpo_module.METHOD
@@ -220,7 +219,7 @@ def test_unfinished_project_names_resume_and_latest_needs_a_checkpoint(tmp_path,
 
 
 def test_model_folders_must_hold_config_and_safetensors(tmp_path, chat_model):
-    from autotrain.model_files import check_local as check_model_path
+    from autotrain.model.files import check_local as check_model_path
 
     bare = tmp_path / "bare"
     bare.mkdir()

@@ -20,9 +20,9 @@ from transformers import Trainer, TrainerCallback
 
 from autotrain.errors import TrainingError
 from autotrain.project import AutoTrainProject
-from autotrain.trainers.clm import checks
+from autotrain.train import checks
+from autotrain.train.trainer import PreferenceTrainer
 from autotrain.trainers.clm.params import LLMTrainingParams
-from autotrain.trainers.clm.trainer import PreferenceTrainer
 
 RUN = dict(batch_size=2, gradient_accumulation=1, max_steps=4, logging_steps=1, lr=1e-3, warmup_ratio=0.0,
            save_steps=1000)
@@ -93,7 +93,7 @@ def tiny_trainer(tmp_path: Path, chat_model: Path) -> PreferenceTrainer:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainingArguments
 
-    from autotrain.data.collate import PaddedCollator
+    from autotrain.batch.padded import PaddedCollator
 
     rows = Dataset.from_list([{"prompt_ids": [5, 6], "chosen_ids": [7, 8, 2], "rejected_ids": [9, 2]}] * 2)
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, remove_unused_columns=False)
@@ -104,7 +104,7 @@ def tiny_trainer(tmp_path: Path, chat_model: Path) -> PreferenceTrainer:
 def test_under_deepspeed_the_loss_is_checked_before_backward(tmp_path, chat_model):
     """DeepSpeed steps inside backward: a non-finite loss must stop the run in compute_loss, before backward, so
     that "the weights were not updated" is true."""
-    from autotrain.data.collate import PaddedCollator
+    from autotrain.batch.padded import PaddedCollator
 
     trainer = tiny_trainer(tmp_path, chat_model)
     trainer.is_deepspeed_enabled = True
@@ -159,7 +159,7 @@ def test_every_private_trainer_member_the_subclass_uses_is_checked_at_start_up()
     import ast
     import inspect
 
-    from autotrain.trainers.clm.trainer import MethodTrainer
+    from autotrain.train.trainer import MethodTrainer
 
     tree = ast.parse(inspect.getsource(MethodTrainer))
     names = {node.name for node in tree.body[0].body if isinstance(node, ast.FunctionDef)}

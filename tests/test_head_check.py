@@ -86,8 +86,8 @@ def build_trainer(tmp_path: Path, model: torch.nn.Module, packing: bool):
     from datasets import Dataset
     from transformers import TrainingArguments
 
-    from autotrain.data.kernels import make_collator
-    from autotrain.trainers.clm.trainer import PreferenceTrainer
+    from autotrain.model.kernels import make_collator
+    from autotrain.train.trainer import PreferenceTrainer
 
     rows = Dataset.from_list([{"prompt_ids": [3, 20, 21, 22, 4, 100, 3, 30], "chosen_ids": [40, 41, 42, 4, 100],
                                "rejected_ids": [50, 51, 4, 100]}])
@@ -98,7 +98,7 @@ def build_trainer(tmp_path: Path, model: torch.nn.Module, packing: bool):
 
 def head_check(trainer) -> float:
     """Run the trainer's start-up self-check now (it runs when training begins)."""
-    from autotrain.trainers.clm.checks import HeadCheck
+    from autotrain.train.checks import HeadCheck
 
     (check,) = [c for c in trainer.callback_handler.callbacks if isinstance(c, HeadCheck)]
     return check.run()

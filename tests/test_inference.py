@@ -241,7 +241,7 @@ def test_a_conversation_prompt_without_a_template_is_refused_as_training_refuses
                                                                                      monkeypatch):
     from autotrain.data.prepare import prepare_data
     from autotrain.inference import InferenceParams, generate
-    from autotrain.models import load_tokenizer
+    from autotrain.model.loading import load_tokenizer
 
     conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "3+4="}]
     data = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": conversation, "chosen": "7", "rejected": "8"}])
@@ -258,8 +258,8 @@ def test_a_conversation_prompt_without_a_template_is_refused_as_training_refuses
 
 
 def test_a_template_that_raises_names_the_prompt(tmp_path, chat_model, monkeypatch):
-    from transformers import AutoTokenizer
     from test_preference_turns import ALTERNATING
+    from transformers import AutoTokenizer
 
     from autotrain.inference import InferenceParams, generate
 

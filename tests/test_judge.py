@@ -16,9 +16,9 @@ import torch
 from conftest import VOCAB_SIZE, make_model_dir, make_tokenizer, write_jsonl
 
 from autotrain.errors import ParamsError
-from autotrain.judge.report import SUMMARY_FILE, VERDICTS_FILE
 from autotrain.judge.session import Answers, JudgingStopped, judge
 from autotrain.judge.spec import DEFAULT_TEMPLATE, KEY_VARIABLE, JudgeSpec, fill, parse
+from autotrain.outputs.judge_report import SUMMARY_FILE, VERDICTS_FILE
 from autotrain.project import AutoTrainProject
 from autotrain.trainers.clm.params import LLMTrainingParams
 
@@ -324,7 +324,7 @@ def test_judge_flags_need_judge_and_prompts(tmp_path):
 
 def test_judge_metrics_are_sweep_metrics_with_judge(tmp_path, chat_model):
     from autotrain.params.sweep import parse_space
-    from autotrain.sweep import check_space
+    from autotrain.run.sweep import check_space
 
     space = '{"lr": [0.001, 0.01]}'
     common = dict(model=str(chat_model), project_name=str(tmp_path / "s"), valid_split="validation", use_sweep=True,

@@ -14,8 +14,8 @@ import pytest
 
 from autotrain.judge import stats
 from autotrain.judge.base import Reply
-from autotrain.judge.report import SUMMARY_FILE, VERDICTS_FILE
 from autotrain.judge.session import Answers, judge
+from autotrain.outputs.judge_report import SUMMARY_FILE, VERDICTS_FILE
 
 Z = statistics.NormalDist().inv_cdf(0.975)
 

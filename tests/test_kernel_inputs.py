@@ -14,8 +14,8 @@ import random
 import pytest
 import torch
 
-from autotrain.data import kernels
-from autotrain.data.pack import PAD_SEGMENT, segment_mask_mod
+from autotrain.batch.packed import PAD_SEGMENT, segment_mask_mod
+from autotrain.model import kernels
 
 
 def packed_segments(width: int, seed: int) -> list[int]:
@@ -97,7 +97,7 @@ def test_kernels_get_one_dtype_under_bf16_autocast(attn, monkeypatch):
     import transformers.integrations.flex_attention as hf_flex
     from torch.nn.attention.flex_attention import flex_attention
 
-    from autotrain.methods.orpo import orpo_step
+    from autotrain.train.methods.orpo import orpo_step
 
     seen: list[tuple[torch.dtype, ...]] = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
@@ -126,7 +126,7 @@ def test_kernels_get_one_dtype_under_bf16_autocast(attn, monkeypatch):
 
 
 def test_bucket_widths_by_hand():
-    from autotrain.data.pack import bucket_width
+    from autotrain.batch.packed import bucket_width
 
     # (width, multiple) -> the smallest of 4, 5, 6, 7 x 2^k x multiple holding it (below 4 x multiple: the multiples).
     cases = {(1, 128): 128, (384, 128): 384, (512, 128): 512, (513, 128): 640, (1024, 128): 1024,

@@ -1,10 +1,10 @@
 """Attention kernels that only a CUDA machine trains with: refused before anything is written when the machine cannot
-run them, and probed on the first training pair when it may (autotrain.trainers.clm.kernel_probe).
+run them, and probed on the first training pair when it may (autotrain.train.kernel_probe).
 
 The CPU cannot train through flex_attention (torch has no CPU backward for it) or flash-attn, so the probe is
 exercised here with kernels made to fail on purpose (raise, wrong values, a non-finite gradient), registered through
 transformers' public AttentionInterface, and with the real flex_attention forward, whose CPU backward raises. A run on
-CUDA takes flex_attention by default: `autotrain.models.default_attention` is the seam the tests replace to make the
+CUDA takes flex_attention by default: `autotrain.model.loading.default_attention` is the seam the tests replace to make the
 same decision here.
 """
 
@@ -26,10 +26,10 @@ from conftest import EOS, arithmetic_pairs, write_jsonl
 from test_packing import random_pairs, tiny_model
 from test_windows import _varlen_reference, long_pairs, windowed_model
 
-from autotrain import outputs
 from autotrain.errors import ModelError
+from autotrain.outputs import final
 from autotrain.project import AutoTrainProject
-from autotrain.trainers.clm.kernel_probe import settle_kernel
+from autotrain.train.kernel_probe import settle_kernel
 from autotrain.trainers.clm.params import LLMTrainingParams
 
 
@@ -53,8 +53,8 @@ def test_flex_attention_without_cuda_is_refused_before_anything_is_written(tmp_p
 
 
 def test_flash_attention_without_cuda_is_refused_before_the_model_loads():
-    from autotrain import preflight
     from autotrain.errors import ParamsError
+    from autotrain.run import preflight
     from autotrain.trainers.clm.params import LLMTrainingParams
 
     for kernel in ("flash_attention_2", "flash_attention_3"):
@@ -241,12 +241,12 @@ def run_params(tmp_path: Path, model: Path, **extra) -> LLMTrainingParams:
 def test_a_run_whose_flex_kernel_raises_still_trains(tmp_path, chat_model, monkeypatch, caplog):
     """The decision a CUDA machine takes (flex_attention, packed), on a machine whose flex kernel raises in backward
     (this CPU's, uncompiled); DPO, so that the reference model is loaded too, on the kernel the run settled on."""
-    from autotrain import models
+    from autotrain.model import loading
 
-    monkeypatch.setattr(models, "default_attention", lambda params: "flex_attention")
+    monkeypatch.setattr(loading, "default_attention", lambda params: "flex_attention")
     references: list[str] = []
-    load_reference = models.load_reference
-    monkeypatch.setattr(models, "load_reference", lambda *a, **k: references.append(
+    load_reference = loading.load_reference
+    monkeypatch.setattr(loading, "load_reference", lambda *a, **k: references.append(
         (net := load_reference(*a, **k)).config._attn_implementation) or net)
     with torch.compiler.set_stance("force_eager"), caplog.at_level(logging.WARNING, logger="autotrain"):
         result = AutoTrainProject(run_params(tmp_path, chat_model, trainer="dpo")).create()
@@ -255,14 +255,14 @@ def test_a_run_whose_flex_kernel_raises_still_trains(tmp_path, chat_model, monke
         "backward pass raised (NotImplementedError: FlexAttention does not support backward on CPU); this run trains "
         "with sdpa instead (--attn-implementation chooses the kernel)"]
     assert references == ["sdpa"]
-    steps = [r for r in outputs.read_metrics(result.output_dir) if "loss" in r]
+    steps = [r for r in final.read_metrics(result.output_dir) if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2] and all(math.isfinite(r["loss"]) for r in steps)
     assert (result.output_dir / "model.safetensors").exists()
 
 
 def test_a_chosen_kernel_that_fails_its_check_stops_the_run_before_anything_is_written(tmp_path, chat_model,
                                                                                       monkeypatch):
-    from autotrain import preflight
+    from autotrain.run import preflight
 
     monkeypatch.setattr(preflight, "check_kernel_here", lambda attention: None)  # as on a CUDA machine
     with registered("flex_attention", raises), pytest.raises(ModelError) as raised:
@@ -278,16 +278,16 @@ def test_a_model_without_flex_keeps_sdpa_by_default(tmp_path, monkeypatch):
     keeps SDPA instead, while the classes that have it get it."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from autotrain import models
+    from autotrain.model import loading
 
-    monkeypatch.setattr(models, "default_attention", lambda params: "flex_attention")
+    monkeypatch.setattr(loading, "default_attention", lambda params: "flex_attention")
     GPT2LMHeadModel(GPT2Config(vocab_size=101, n_embd=32, n_layer=1, n_head=4, n_positions=64)).save_pretrained(
         tmp_path / "gpt2")
     params = LLMTrainingParams(model=str(tmp_path / "gpt2"))
-    assert models.load_model(params, str(tmp_path / "gpt2")).config._attn_implementation == "sdpa"
+    assert loading.load_model(params, str(tmp_path / "gpt2")).config._attn_implementation == "sdpa"
     llama = tiny_model()
     llama.save_pretrained(tmp_path / "llama")
-    assert models.load_model(params, str(tmp_path / "llama")).config._attn_implementation == "flex_attention"
+    assert loading.load_model(params, str(tmp_path / "llama")).config._attn_implementation == "flex_attention"
 
 
 def test_every_process_takes_the_decision_of_a_finding_in_any_process():

@@ -31,9 +31,10 @@ import torch
 from conftest import arithmetic_pairs, greedy_answer, write_jsonl
 from safetensors.torch import load_file
 
-from autotrain import launch, launch_config, preflight, project_folder
 from autotrain.errors import AutoTrainError, ParamsError, TrainingInterrupted
+from autotrain.outputs import project_folder
 from autotrain.project import AutoTrainProject, run
+from autotrain.run import launch, launch_config, preflight
 from autotrain.trainers.clm.params import LLMTrainingParams
 
 COLUMNS = dict(prompt_text_column="prompt", text_column="chosen", rejected_text_column="rejected")
@@ -326,7 +327,8 @@ def test_output_is_copied_to_the_log_and_signals_reach_the_child(tmp_path):
     parent = textwrap.dedent(f"""
         import os, sys
         from pathlib import Path
-        from autotrain import launch, launch_config, preflight, project_folder
+        from autotrain.run import launch, launch_config, preflight
+        from autotrain.outputs import project_folder
         code, received, tail = launch._run_and_tee([sys.executable, "-c", {child!r}], dict(os.environ),
                                                    Path({str(tmp_path / "train.log")!r}))
         print("parent:", code, received, flush=True)
@@ -671,7 +673,7 @@ print(f"rank {os.environ['RANK']} main {process_state(LLMTrainingParams()).is_ma
 
 def test_one_main_process_among_cpu_processes(tmp_path, plain_env):
     """The state a run asks first (project.process_state) decides which process writes the project's files: on
-    CPUs (ACCELERATE_USE_CPU, as autotrain.launch and the training module set it) exactly one process is the main
+    CPUs (ACCELERATE_USE_CPU, as autotrain.run.launch and the training module set it) exactly one process is the main
     one. Before, each of the two built a one-process state and both wrote, so one could remove the final save's
     staging folder while the other wrote into it."""
     script = tmp_path / "main_process.py"

@@ -5,9 +5,9 @@ pyproject.toml without a `make lock` would otherwise pass here and be missing on
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from autotrain.logprobs import segment_mean, segment_sum, token_logps
+from autotrain.model.logprobs import segment_mean, segment_sum, token_logps
 
 N, H, V = 37, 16, 50
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from autotrain.errors import ParamsError
-from autotrain.pair_losses import cpo_menu_loss, dpo_loss
+from autotrain.train.pair_losses import cpo_menu_loss, dpo_loss
 from autotrain.trainers.clm.params import LLMTrainingParams
 
 LN2 = math.log(2.0)
@@ -245,7 +245,7 @@ def test_settings_take_the_authors_values_and_the_line_says_whose(given, line):
 def test_the_terms_get_every_setting_of_every_loss_type():
     """What the trainer passes (MethodSettings.options) reaches the method's terms: each setting a loss type reads
     is among them and the terms take it by that keyword."""
-    from autotrain import methods
+    from autotrain.params import methods
 
     for trainer in ("dpo", "cpo"):
         accepted = set(inspect.signature(methods.load(trainer).terms).parameters)
@@ -323,8 +323,8 @@ LD_PAIRS = [
 
 
 def test_ld_weights_count_each_side_up_to_the_shorter_answer_in_both_layouts():
-    from autotrain.data.collate import PaddedCollator
-    from autotrain.data.pack import PackedCollator
+    from autotrain.batch.packed import PackedCollator
+    from autotrain.batch.padded import PaddedCollator
 
     a = 0.25
     padded = PaddedCollator(0, ld_alpha=a)(LD_PAIRS)
@@ -371,7 +371,7 @@ def test_a_run_trains_the_chosen_losses_and_says_so(tmp_path, chat_model, caplog
 def test_the_readme_has_a_line_for_every_loss_type():
     from pathlib import Path
 
-    from autotrain import methods
+    from autotrain.params import methods
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for trainer in ("dpo", "cpo"):

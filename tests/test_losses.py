@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autotrain.losses import OrpoOutput, log1mexp, orpo_loss
+from autotrain.train.losses import OrpoOutput, log1mexp, orpo_loss
 
 
 def paper_reference(chosen: torch.Tensor, rejected: torch.Tensor, nll: float, beta: float) -> dict[str, torch.Tensor]:

@@ -16,13 +16,13 @@ import torch
 from conftest import IM_END, IM_START, NEWLINE, arithmetic_pairs, char_ids, greedy_answer, write_jsonl
 from test_packing import ODD, assert_same, random_pairs, tiny_model
 
-from autotrain.data.collate import PaddedCollator
-from autotrain.data.pack import PackedCollator
-from autotrain.pair_losses import dpo_loss
+from autotrain.batch.packed import PackedCollator
+from autotrain.batch.padded import PaddedCollator
 from autotrain.project import AutoTrainProject
+from autotrain.train.methods.dpo import dpo_step
+from autotrain.train.methods.sft import sft_step
+from autotrain.train.pair_losses import dpo_loss
 from autotrain.trainers.clm.params import LLMTrainingParams
-from autotrain.methods.dpo import dpo_step
-from autotrain.methods.sft import sft_step
 
 LN2 = math.log(2.0)
 
@@ -159,8 +159,8 @@ def live_parameter_count() -> int:
 def test_dpo_with_peft_keeps_one_copy_and_starts_at_ln2(tmp_path, chat_model, monkeypatch):
     from safetensors.torch import load_file
 
-    from autotrain import models
-    from autotrain.trainers.clm.trainer import PreferenceTrainer
+    from autotrain.model import loading
+    from autotrain.train.trainer import PreferenceTrainer
 
     base = sum(t.numel() for t in load_file(chat_model / "model.safetensors").values())
     counted: list[int] = []
@@ -171,7 +171,7 @@ def test_dpo_with_peft_keeps_one_copy_and_starts_at_ln2(tmp_path, chat_model, mo
         return real_step(self, *args, **kwargs)
 
     monkeypatch.setattr(PreferenceTrainer, "training_step", counting_step)
-    monkeypatch.setattr(models, "load_reference", lambda *a, **k: pytest.fail("a second model was loaded"))
+    monkeypatch.setattr(loading, "load_reference", lambda *a, **k: pytest.fail("a second model was loaded"))
     data = split_folder(tmp_path, arithmetic_pairs(8), arithmetic_pairs(2, start=40))
     before = live_parameter_count()  # whatever earlier tests still hold
     project, records = run(tmp_path, chat_model, data, "dpo-peft", trainer="dpo", peft=True, lora_r=4, lora_alpha=8,
@@ -185,11 +185,11 @@ def test_dpo_with_peft_keeps_one_copy_and_starts_at_ln2(tmp_path, chat_model, mo
 
 
 def test_dpo_full_finetune_loads_a_frozen_reference_copy(tmp_path, chat_model, monkeypatch):
-    from autotrain import models
+    from autotrain.model import loading
 
     loaded = []
-    real = models.load_reference
-    monkeypatch.setattr(models, "load_reference", lambda *a, **k: loaded.append(a[1]) or real(*a, **k))
+    real = loading.load_reference
+    monkeypatch.setattr(loading, "load_reference", lambda *a, **k: loaded.append(a[1]) or real(*a, **k))
     data = split_folder(tmp_path, arithmetic_pairs(8), arithmetic_pairs(2, start=40))
     project, records = run(tmp_path, chat_model, data, "dpo-full", trainer="dpo", valid_split="validation",
                            max_steps=2)
@@ -252,7 +252,7 @@ def test_sft_on_messages_with_eval_steps_through_the_python_api(tmp_path, chat_m
 
 def test_sft_conversation_trains_every_assistant_turn_and_masks_the_others(tmp_path, chat_model):
     from autotrain.data.prepare import prepare_data
-    from autotrain.models import load_tokenizer
+    from autotrain.model.loading import load_tokenizer
 
     rows = [{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "a"},
                           {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"},
@@ -271,7 +271,7 @@ def test_sft_conversation_trains_every_assistant_turn_and_masks_the_others(tmp_p
 
 
 def test_sft_mask_leaves_context_turns_out_of_the_loss_like_transformers():
-    from autotrain.data.kernels import make_collator
+    from autotrain.model.kernels import make_collator
 
     model = tiny_model(seed=6)
     rows = [{"prompt_ids": [5, 9], "chosen_ids": [20, 21, 2, 40, 41, 42, 22, 23, 2], "rejected_ids": [],
@@ -306,7 +306,7 @@ def test_sft_plain_text_through_the_cli(tmp_path, base_model):
     from conftest import BOS, EOS
 
     from autotrain.data.prepare import prepare_data
-    from autotrain.models import load_tokenizer
+    from autotrain.model.loading import load_tokenizer
 
     data = write_jsonl(tmp_path / "text.jsonl", [{"text": f"{i} plus one is {i + 1}."} for i in range(6)])
     params = LLMTrainingParams(model=str(base_model), data_path=str(data), trainer="sft")

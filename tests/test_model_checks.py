@@ -4,8 +4,17 @@ token, not by size), and no block is longer than the model's positions."""
 from __future__ import annotations
 
 import pytest
-from conftest import BOS, EOS, IM_END, VOCAB_SIZE, arithmetic_pairs, char_ids, make_tokenizer, spy_from_pretrained
-from conftest import write_jsonl
+from conftest import (
+    BOS,
+    EOS,
+    IM_END,
+    VOCAB_SIZE,
+    arithmetic_pairs,
+    char_ids,
+    make_tokenizer,
+    spy_from_pretrained,
+    write_jsonl,
+)
 
 from autotrain.errors import ModelError, ParamsError
 from autotrain.project import AutoTrainProject
@@ -56,7 +65,7 @@ def test_a_reference_with_another_vocabulary_of_the_same_size_is_refused_before_
 
 
 def test_a_reference_sharing_the_vocabulary_is_accepted_whatever_its_chat_settings(tmp_path, caplog):
-    from autotrain.models import check_reference_tokenizer
+    from autotrain.model.loading import check_reference_tokenizer
 
     # The base tokenizer adds BOS, ends with </s> and has no template: still the same token for every id.
     make_tokenizer(False).save_pretrained(tmp_path / "base")
@@ -86,7 +95,7 @@ def test_model_max_length_is_held_to_the_models_positions(tmp_path, monkeypatch)
     from transformers import GPT2Config
 
     from autotrain.data.prepare import prepare_data
-    from autotrain.models import model_max_length
+    from autotrain.model.loading import model_max_length
 
     monkeypatch.setenv("AITRAINING_CACHE", str(tmp_path / "cache"))
     assert model_max_length(GPT2Config(n_positions=32)) == 32

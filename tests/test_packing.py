@@ -8,13 +8,13 @@ import logging
 import pytest
 import torch
 
-from autotrain.data import kernels
-from autotrain.data.kernels import DENSE_TOKEN_BUDGET, EAGER_TOKEN_BUDGET, decoder_inputs, make_collator
-from autotrain.data.collate import PaddedCollator
-from autotrain.data.pack import PackedCollator, dense_mask, plan_rows
-from autotrain.logprobs import token_logps
-from autotrain.head import decoder_and_head
-from autotrain.methods.orpo import orpo_step
+from autotrain.batch.packed import PackedCollator, dense_mask, plan_rows
+from autotrain.batch.padded import PaddedCollator
+from autotrain.model import kernels
+from autotrain.model.head import decoder_and_head
+from autotrain.model.kernels import DENSE_TOKEN_BUDGET, EAGER_TOKEN_BUDGET, decoder_inputs, make_collator
+from autotrain.model.logprobs import token_logps
+from autotrain.train.methods.orpo import orpo_step
 
 T, F = True, False
 TWO_PAIRS = [

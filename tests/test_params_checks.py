@@ -91,8 +91,8 @@ def test_optimizer_and_scheduler_names_are_transformers_own(monkeypatch):
     from transformers.trainer_utils import SchedulerType
     from transformers.training_args import OptimizerNames
 
-    from autotrain.preflight import check_device
     from autotrain.params import sections as params
+    from autotrain.run.preflight import check_device
 
     assert set(params.OPTIMIZERS) >= {o.value for o in OptimizerNames}
     assert set(params.SCHEDULERS) >= {s.value for s in SchedulerType}

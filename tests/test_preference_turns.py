@@ -14,8 +14,8 @@ import pytest
 import torch
 from conftest import IM_END, IM_START, NEWLINE, char_ids, make_tokenizer, write_jsonl
 
-from autotrain.data.collate import PaddedCollator
-from autotrain.data.pack import PackedCollator
+from autotrain.batch.packed import PackedCollator
+from autotrain.batch.padded import PaddedCollator
 from autotrain.data.render import Columns, Renderer
 from autotrain.data.sources import RawSplit
 from autotrain.data.tokenize import Limits, tokenize_split
@@ -82,7 +82,7 @@ def full_sums(model, prompt: list[int], completion: list[int], mask: list[int]) 
 def test_context_turns_count_in_no_log_prob_mean_or_nll_in_either_layout():
     from test_packing import tiny_model
 
-    from autotrain.forward import sequence_logps
+    from autotrain.model.forward import sequence_logps
 
     model = tiny_model(seed=3)
     rows = [

@@ -7,7 +7,7 @@ import io
 import pytest
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from autotrain.progress import Progress, format_duration
+from autotrain.outputs.progress import Progress, format_duration
 
 
 class Clock:

@@ -40,7 +40,7 @@ def wait_for(path: Path, process: subprocess.Popen, seconds: float = 300) -> Non
 HOLDER = """
 import os, signal, sys, time
 from pathlib import Path
-from autotrain.project_folder import owned
+from autotrain.outputs.project_folder import owned
 with owned(Path(sys.argv[1])):
     Path(sys.argv[2]).write_text("held")
     if sys.argv[3] == "die":
@@ -59,14 +59,14 @@ def test_a_run_that_starts_while_another_loads_its_model_is_refused(tmp_path, ch
     patch = textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from autotrain import models
-        _load = models.load_model
+        from autotrain.model import loading
+        _load = loading.load_model
         def load_model(*args, **kwargs):
             Path({str(loading)!r}).write_text("loading")
             while not Path({str(release)!r}).exists():
                 time.sleep(0.1)
             return _load(*args, **kwargs)
-        models.load_model = load_model
+        loading.load_model = load_model
         """)
     args = ["llm", "--train", "--model", str(chat_model), "--data-path", str(data), "--project-name", str(project),
             *TINY_FLAGS]
@@ -90,7 +90,7 @@ def test_a_run_that_starts_while_another_loads_its_model_is_refused(tmp_path, ch
 
 
 def test_the_lock_is_one_line_from_python_and_a_killed_holder_blocks_nobody(tmp_path, chat_model):
-    from autotrain.project_folder import owned
+    from autotrain.outputs.project_folder import owned
 
     project = tmp_path / "run"
     data = write_jsonl(tmp_path / "pairs.jsonl", arithmetic_pairs(4))
@@ -120,8 +120,7 @@ def test_the_lock_is_one_line_from_python_and_a_killed_holder_blocks_nobody(tmp_
 
 
 def test_who_takes_the_lock(monkeypatch):
-    from autotrain.preflight import LAUNCHED_ENV
-    from autotrain.preflight import takes_lock
+    from autotrain.run.preflight import LAUNCHED_ENV, takes_lock
 
     for name in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", LAUNCHED_ENV):
         monkeypatch.delenv(name, raising=False)
@@ -132,13 +131,13 @@ def test_who_takes_the_lock(monkeypatch):
     assert not takes_lock()
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv(LAUNCHED_ENV, "1")
-    assert not takes_lock()  # started by autotrain.launch: the launching process holds it
+    assert not takes_lock()  # started by autotrain.run.launch: the launching process holds it
 
 
 def test_the_training_module_takes_the_lock_unless_its_launcher_holds_it(tmp_path, chat_model):
     """`python -m autotrain.trainers.clm` (torchrun, slurm) takes the lock in rank 0 and is refused while another
-    run holds it; started by autotrain.launch it trains under its parent's lock instead of waiting on it."""
-    from autotrain.preflight import LAUNCHED_ENV
+    run holds it; started by autotrain.run.launch it trains under its parent's lock instead of waiting on it."""
+    from autotrain.run.preflight import LAUNCHED_ENV
 
     project = tmp_path / "run"
     data = write_jsonl(tmp_path / "pairs.jsonl", arithmetic_pairs(4))
@@ -181,7 +180,7 @@ def test_a_folder_of_files_this_tool_did_not_write_is_refused_whatever_the_flags
     assert (done.returncode, done.stderr.splitlines()) == (2, [f"error: {expected}"])
     assert sorted(p.name for p in code.iterdir()) == ["setup.py", "src"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["myrepo", "pairs.jsonl"]  # no lock file left beside
-    from autotrain.project_folder import resume_point
+    from autotrain.outputs.project_folder import resume_point
 
     (tmp_path / "shown").mkdir()
     (tmp_path / "shown" / ".DS_Store").write_bytes(b"\0")  # a file manager's, in a folder made for the run
@@ -221,7 +220,7 @@ def test_a_read_only_place_is_one_line_before_the_data_is_read(tmp_path, chat_mo
 def test_a_file_system_that_holds_no_files_is_named_not_no_such_file(tmp_path):
     """Creating a file in /proc fails with ENOENT although /proc exists: the reason said is the file system."""
     from autotrain.errors import ParamsError
-    from autotrain.project_folder import owned
+    from autotrain.outputs.project_folder import owned
 
     if not Path("/proc/self").is_dir():
         pytest.skip("no /proc on this system")

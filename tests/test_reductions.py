@@ -1,4 +1,4 @@
-"""The reductions of autotrain.losses against hand computations: micro-batch shares add up to the step's loss,
+"""The reductions of autotrain.train.losses against hand computations: micro-batch shares add up to the step's loss,
 whatever the split, and metrics reduce as token means (NLL) or pair means (everything else)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autotrain.losses import PAIRS, PairTerms, reduce_columns
+from autotrain.train.losses import PAIRS, PairTerms, reduce_columns
 
 # Six pairs: NLL sum and token count of each chosen side, and each pair's (weighted) preference term.
 NLL = [2.0, 9.0, 0.5, 4.0, 12.0, 1.5]

@@ -16,7 +16,7 @@ from transformers import TrainerCallback
 
 from autotrain.errors import ParamsError
 from autotrain.project import AutoTrainProject, run
-from autotrain.stop import StopOnSignal
+from autotrain.train.stop import StopOnSignal
 from autotrain.trainers.clm.params import LLMTrainingParams
 
 # 12 pairs, batch 2: 8 steps with a checkpoint every 4; killed at step 5, so checkpoint-4 is the one to resume.
@@ -120,13 +120,13 @@ def test_a_new_lr_and_length_are_applied_from_the_resumed_step_and_recorded(tmp_
 
 
 def test_every_setting_has_a_resume_rule():
-    from autotrain.resuming import NOT_COMPARED, RULES
+    from autotrain.outputs.resuming import NOT_COMPARED, RULES
 
     assert sorted([*RULES, *NOT_COMPARED]) == sorted(LLMTrainingParams.model_fields)
 
 
 def test_a_new_lr_is_refused_where_the_schedule_keeps_its_own_rate(tmp_path, chat_model, pairs_file):
-    from autotrain.resuming import check_settings
+    from autotrain.outputs.resuming import check_settings
 
     def params(scheduler: str) -> LLMTrainingParams:
         return LLMTrainingParams(model=str(chat_model), data_path=str(pairs_file), project_name=str(tmp_path / "run"),

@@ -173,7 +173,7 @@ def strict_records(path: Path) -> list[dict]:
 
 
 def test_metrics_are_strict_json_with_null_for_non_finite_values(tmp_path, runs):
-    from autotrain.outputs import METRICS_FILE, MetricsFile, final_metrics, keep_metrics_until
+    from autotrain.outputs.final import METRICS_FILE, MetricsFile, final_metrics, keep_metrics_until
 
     folder, _ = runs["quiet"]
     assert [r["step"] for r in strict_records(folder / "p" / METRICS_FILE) if "loss" in r] == [1, 2]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import BOS, EOS, IM_START, arithmetic_pairs, char_ids, make_tokenizer, write_jsonl
 
-from autotrain.data.collate import PaddedCollator
+from autotrain.batch.padded import PaddedCollator
 from autotrain.data.prepare import open_data, prepare_data
 from autotrain.errors import ModelError, ParamsError
 from autotrain.project import AutoTrainProject, training_arguments
@@ -125,8 +125,9 @@ def test_auto_find_batch_size_and_ddp_timeout_reach_the_trainer(tmp_path):
 
 def test_ddp_timeout_reaches_the_process_group(monkeypatch):
     """The first PartialState decides the process group's timeout: it must be built with the run's."""
-    import accelerate
     from datetime import timedelta
+
+    import accelerate
 
     from autotrain.project import process_state
 
@@ -139,7 +140,7 @@ def test_ddp_timeout_reaches_the_process_group(monkeypatch):
 def test_auto_find_batch_size_halves_the_batch_on_out_of_memory(tmp_path, chat_model, monkeypatch):
     """~6 s. A CUDA out-of-memory error at batch 2 (raised here on purpose): with auto_find_batch_size training
     starts again at batch 1 and finishes; without it, the error ends the run."""
-    from autotrain.trainers.clm.trainer import MethodTrainer
+    from autotrain.train.trainer import MethodTrainer
 
     seen = []
     original = MethodTrainer.training_step
@@ -167,29 +168,29 @@ def test_auto_find_batch_size_halves_the_batch_on_out_of_memory(tmp_path, chat_m
 
 
 def test_attn_implementation_is_used_as_given(chat_model):
-    from autotrain import models
+    from autotrain.model import loading
 
     params = LLMTrainingParams(model=str(chat_model), attn_implementation="eager", packing=False)
-    assert models.load_model(params, str(chat_model)).config._attn_implementation == "eager"
+    assert loading.load_model(params, str(chat_model)).config._attn_implementation == "eager"
     default = LLMTrainingParams(model=str(chat_model), packing=False)
-    assert models.load_model(default, str(chat_model)).config._attn_implementation == "sdpa"
+    assert loading.load_model(default, str(chat_model)).config._attn_implementation == "sdpa"
 
 
 def test_attn_implementation_the_model_cannot_run_is_refused_with_the_reason(chat_model):
     from transformers import Gemma2Config
 
-    from autotrain import models
+    from autotrain.model import loading
 
     gemma2 = Gemma2Config(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
                           num_attention_heads=1, num_key_value_heads=1, head_dim=8)
     with pytest.raises(ModelError, match=r"^attn_implementation sdpa: Gemma2ForCausalLM does not support it; it "
                                          r"supports eager, flex_attention, flash_attention_2, flash_attention_3$"):
-        models.check_attention(LLMTrainingParams(attn_implementation="sdpa"), gemma2)
+        loading.check_attention(LLMTrainingParams(attn_implementation="sdpa"), gemma2)
     if torch.cuda.is_available():
         pytest.skip("flash_attention_2 may be installed on a GPU machine")
     params = LLMTrainingParams(use_flash_attention_2=True)
     with pytest.raises(ModelError, match=r"^attn_implementation flash_attention_2: "):
-        models.load_model(params, str(chat_model))
+        loading.load_model(params, str(chat_model))
     with pytest.raises(ParamsError, match="use_flash_attention_2 asks for flash_attention_2, attn_implementation for "
                                           "eager: give one"):
         LLMTrainingParams(use_flash_attention_2=True, attn_implementation="eager")
@@ -223,7 +224,7 @@ def test_wandb_token_and_run_id_go_to_the_environment_only(tmp_path, monkeypatch
 def test_repo_id_and_hub_private_reach_the_hub(tmp_path, monkeypatch):
     import huggingface_hub
 
-    from autotrain import hub
+    from autotrain.run import hub
 
     calls = []
 

@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 
-from autotrain.losses import CpoOutput, cpo_loss, simpo_loss
+from autotrain.train.losses import CpoOutput, cpo_loss, simpo_loss
 
 LN2 = math.log(2.0)
 
@@ -166,8 +166,8 @@ def test_first_step_matches_trl_cpo_trainer(tmp_path, chat_model, case):
     from transformers import AutoModelForCausalLM
     from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-    from autotrain.data.collate import PaddedCollator
-    from autotrain import methods
+    from autotrain.batch.padded import PaddedCollator
+    from autotrain.params import methods
 
     method, beta, options, trl_options = TRL_CASES[case]
     torch.manual_seed(0)
@@ -202,9 +202,9 @@ def test_first_step_matches_trl_cpo_trainer(tmp_path, chat_model, case):
 def test_packed_equals_padded(case):
     from test_packing import ODD, assert_same, random_pairs, tiny_model
 
-    from autotrain.data.collate import PaddedCollator
-    from autotrain.data.pack import PackedCollator
-    from autotrain import methods
+    from autotrain.batch.packed import PackedCollator
+    from autotrain.batch.padded import PaddedCollator
+    from autotrain.params import methods
 
     method, beta, options, _ = TRL_CASES[case]
     features = random_pairs(ODD, seed=4)
@@ -300,14 +300,14 @@ def test_a_run_evaluates_before_and_after_and_says_which_defaults(tmp_path, meth
 @pytest.mark.parametrize("case", ["cpo", "cpo-simpo"])
 def test_micro_batch_shares_give_the_whole_batch_gradient(case):
     """Split invariance at the step: micro-batches of 2, 1 and 4 pairs of very uneven lengths, each loss its share of
-    the step's (autotrain.losses: the NLL over the step's tokens, the pair term over its pairs), add up to the loss and
+    the step's (autotrain.train.losses: the NLL over the step's tokens, the pair term over its pairs), add up to the loss and
     gradient of the 7 pairs as one batch. A mean of per-micro-batch means would not (checked, so the test can fail).
     The full runs through the Trainer, with accumulation and 2 processes, are in test_step_invariance."""
     from test_packing import ODD, assert_same, random_pairs, tiny_model
 
-    from autotrain.data.collate import PaddedCollator
-    from autotrain.data.pack import PackedCollator
-    from autotrain import methods
+    from autotrain.batch.packed import PackedCollator
+    from autotrain.batch.padded import PaddedCollator
+    from autotrain.params import methods
 
     method, beta, options, _ = TRL_CASES[case]
     features = random_pairs(ODD, seed=6)

@@ -255,7 +255,7 @@ def test_dpo_starts_with_every_pair_a_tie(split_runs):
 # --- every loss type of dpo and cpo, at the step -------------------------------------------------------------------
 # name -> (trainer, options of its terms). Each is a per-pair loss (plus the NLL's token mean for sft), so its step
 # reduces as any other method's: the shares of micro-batches of 2, 1 and 4 pairs give the 7-pair batch's loss and
-# gradient. Not here: TRL's aot and aot_unpaired, which sort across the batch (refused, autotrain.methods.loss_types).
+# gradient. Not here: TRL's aot and aot_unpaired, which sort across the batch (refused, autotrain.params.loss_types).
 MENU = {
     # robust at e 0.02: its two terms cancel less than at the authors' 0.1, which on this batch's margins leaves a
     # loss near 0 whose float32 rounding (packed against padded) is 1e-5 of itself
@@ -283,10 +283,10 @@ def policy_and_reference():
 def test_every_loss_type_is_one_loss_however_the_step_is_split(case, policy_and_reference):
     from test_packing import ODD, assert_same, random_pairs
 
-    from autotrain import methods
-    from autotrain.data.collate import PaddedCollator
-    from autotrain.data.pack import PackedCollator
-    from autotrain.forward import sequence_logps
+    from autotrain.batch.packed import PackedCollator
+    from autotrain.batch.padded import PaddedCollator
+    from autotrain.model.forward import sequence_logps
+    from autotrain.params import methods
 
     trainer, options = MENU[case]
     options = dict(options)

@@ -1,4 +1,5 @@
-"""The source layout keeps its promises: no import cycle among the modules, and no module over 400 lines.
+"""The source layout keeps its promises: no import cycle among the modules, no import up the layers, and no module
+over 400 lines.
 
 The imports are read with `ast` (nothing is imported or run), including the imports inside functions: a lazy import
 still ties two modules together, and a cycle through one is a cycle a reader has to walk.
@@ -94,6 +95,54 @@ def test_no_import_cycle_among_source_modules():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
+# The package's layers, lowest first: a module may import its own layer and those below, never one above. Each
+# top-level folder is one unit (`autotrain.model` and everything in it), and so is each top-level module.
+LAYERS = [
+    {"errors", "quiet", "atomic", "disk", "private"},  # what all may use: errors, quiet libraries, safe writes, the guarded private members
+    {"params"},  # the run's settings, the methods' names, checked without torch
+    {"config_file", "data"},  # --config files; rows -> token ids
+    {"batch"},  # token ids -> batches (the contract, padded, packed)
+    {"model"},  # loading, wrappers, attention kernels and masks, the forward pass and its log-probs
+    {"outputs"},  # the project folder: checkpoints, the final save, the card, plots, sample answers
+    {"train"},  # the Trainer subclass, the methods and their losses, its guards
+    {"inference"},  # --inference
+    {"judge"},  # judged before/after comparisons
+    {"run"},  # before a run (preflight), several processes (launch), sweeps, the hub
+    {"project"},  # AutoTrainProject: one run, start to end
+    {"worker", "chat"},  # one process of a launched run; the chat page
+    {"cli"},
+    {"__main__", "trainers"},  # the entry points, and the parent tool's import paths
+]
+
+
+def unit(module: str) -> str:
+    return module.split(".")[1] if "." in module else module
+
+
+def layer_of(module: str) -> int:
+    for number, names in enumerate(LAYERS):
+        if unit(module) in names:
+            return number
+    raise AssertionError(f"{module} belongs to no layer: add its top-level name to LAYERS")
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{a} -> {b}" for a, targets in graph.items() if a != PACKAGE for b in targets
+                  if b != PACKAGE and layer_of(b) > layer_of(a))
+
+
+def test_the_layer_walk_finds_a_planted_upward_import():
+    assert upward_imports({"autotrain.data.x": {"autotrain.model.y", "autotrain.errors"}}) == [
+        "autotrain.data.x -> autotrain.model.y"]
+    assert upward_imports({"autotrain.model.y": {"autotrain.data.x"}}) == []
+
+
+def test_no_import_runs_up_the_layers():
+    """Lazy imports count: a function-level import of a higher layer is the same knot, hidden."""
+    upward = upward_imports(graph())
+    assert not upward, "imports that run up the layers (ARCHITECTURE.md, 'Layers'):\n" + "\n".join(upward)
+
+
 def test_no_source_module_over_400_lines():
     long = {name: n for name, path in modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: {long}"
@@ -116,13 +165,13 @@ def calls_attribute(node: ast.AST, *names: str) -> bool:
 
 
 def test_models_and_tokenizers_are_loaded_in_one_module():
-    """Training, the reference, inference and the merge of a saved adapter load through autotrain.models (the
-    embedded GGUF's one-time conversion, autotrain.defaults, is the other end of that pipe)."""
-    assert places(lambda node: calls_attribute(node, "from_pretrained")) == {"autotrain.models", "autotrain.defaults"}
+    """Training, the reference, inference and the merge of a saved adapter load through autotrain.model.loading (the
+    embedded GGUF's one-time conversion, autotrain.model.embedded, is the other end of that pipe)."""
+    assert places(lambda node: calls_attribute(node, "from_pretrained")) == {"autotrain.model.loading", "autotrain.model.embedded"}
 
 
 def test_one_way_back_from_a_wrapped_model():
-    assert places(lambda node: calls_attribute(node, "get_base_model", "unwrap_model")) == {"autotrain.models"}
+    assert places(lambda node: calls_attribute(node, "get_base_model", "unwrap_model")) == {"autotrain.model.loading"}
 
 
 def test_one_closest_name_helper():
@@ -134,4 +183,4 @@ def test_one_closest_name_helper():
 def test_one_generate_call():
     """The sample answers, --inference and `aitraining chat` answer through answers.continuation: one place decides
     the decoding settings, the stop tokens and the room left in the model's positions."""
-    assert places(lambda node: calls_attribute(node, "generate")) == {"autotrain.answers"}
+    assert places(lambda node: calls_attribute(node, "generate")) == {"autotrain.outputs.answers"}

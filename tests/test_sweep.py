@@ -81,7 +81,7 @@ def test_three_trials_summary_plot_and_best_model_kept(tmp_path, chat_model):
 def test_pruning_stops_the_trial_and_reports_each_evaluation():
     from transformers import TrainerControl
 
-    from autotrain.sweep import PruneOnEval
+    from autotrain.run.sweep import PruneOnEval
 
     class Trial:
         def __init__(self):
@@ -156,7 +156,7 @@ def test_a_resumed_sweep_draws_new_parameters_not_the_first_trials_again(tmp_pat
     sweep was would give trial 3 the parameters of trial 0."""
     import optuna
 
-    from autotrain.sweep import open_study
+    from autotrain.run.sweep import open_study
 
     params = LLMTrainingParams(use_sweep=True, valid_split="validation", seed=7)
     study, _ = open_study(tmp_path, params)
@@ -205,7 +205,7 @@ def test_a_new_best_trial_replaces_the_published_one_whole(tmp_path):
 
     from autotrain.params.sweep import parse_space
     from autotrain.project import result_of
-    from autotrain.sweep import _conclude
+    from autotrain.run.sweep import _conclude
 
     project = tmp_path / "sweep"
     space = '{"merge_adapter": [false, true]}'
@@ -248,7 +248,7 @@ def test_a_new_best_trial_replaces_the_published_one_whole(tmp_path):
 def test_a_resumed_sweep_with_another_fixed_setting_is_refused(tmp_path):
     import optuna
 
-    from autotrain.sweep import _same_sweep, open_study
+    from autotrain.run.sweep import _same_sweep, open_study
 
     settings = dict(use_sweep=True, valid_split="validation", data_path=str(tmp_path / "a.jsonl"), lr=1e-4,
                     sweep_params='{"warmup_ratio": [0.0, 0.1]}', project_name=str(tmp_path))
@@ -281,8 +281,8 @@ def test_a_resumed_sweep_with_another_fixed_setting_is_refused(tmp_path):
 def test_the_table_shows_the_fixed_settings(tmp_path):
     import optuna
 
+    from autotrain.outputs.sweep_report import write_table
     from autotrain.params.sweep import parse_space
-    from autotrain.sweep_report import write_table
 
     params = LLMTrainingParams(use_sweep=True, valid_split="validation", data_path=str(tmp_path / "a.jsonl"),
                                lr=1e-4, sweep_params='{"warmup_ratio": [0.0, 0.1]}')
@@ -365,7 +365,7 @@ def no_trial(*args, **kwargs):
 ])
 def test_the_whole_space_is_checked_before_trial_000(tmp_path, overrides, message):
     from autotrain.project import result_of
-    from autotrain.sweep import run_sweep
+    from autotrain.run.sweep import run_sweep
 
     params = LLMTrainingParams(**{**dict(use_sweep=True, valid_split="validation",
                                          project_name=str(tmp_path / "sweep")), **overrides})
@@ -379,8 +379,8 @@ def test_every_metric_a_method_logs_is_in_its_spec():
     what a step logs."""
     from test_packing import random_pairs, tiny_model
 
-    from autotrain import methods
-    from autotrain.data.collate import PaddedCollator
+    from autotrain.batch.padded import PaddedCollator
+    from autotrain.params import methods
 
     pairs = random_pairs([(4, 3, 5), (2, 6, 2)])
     for name in methods.SPECS:
@@ -417,7 +417,7 @@ def test_a_yaml_bound_read_as_text_says_why(tmp_path):
 def test_a_changed_space_is_refused_even_before_a_trial_finished(tmp_path):
     """optuna's storage keeps each parameter's distribution and the direction: another space or direction cannot
     go on in the same study (optuna would refuse the first draw, or keep the old direction without a word)."""
-    from autotrain.sweep import _same_sweep, open_study
+    from autotrain.run.sweep import _same_sweep, open_study
 
     settings = dict(use_sweep=True, valid_split="validation", project_name=str(tmp_path),
                     sweep_params='{"batch_size": [2, 64]}')

@@ -108,7 +108,7 @@ def test_inference_builds_the_prompt_ids_training_used(tmp_path, chat, choice):
     from transformers import AutoTokenizer
 
     from autotrain.inference import prompt_inputs
-    from autotrain.outputs import save_tokenizer
+    from autotrain.outputs.final import save_tokenizer
 
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "3+4=", "chosen": "7", "rejected": "8"}])
     tok = make_tokenizer(chat)
@@ -157,7 +157,7 @@ SYSTEM_DEFAULT = (
 def test_sample_prompts_lose_the_templates_text_and_keep_their_own_words():
     from conftest import CHATML
 
-    from autotrain.answers import prompt_texts
+    from autotrain.outputs.answers import prompt_texts
 
     tok = make_tokenizer(True)
     template = SYSTEM_DEFAULT + CHATML  # a default system prompt, as SmolLM2's template has

@@ -124,7 +124,7 @@ def tokenized_files(monkeypatch) -> list[str]:
 
 @pytest.mark.parametrize("value", ["lots", "-1", "nan"])
 def test_a_bad_cap_is_one_line_before_the_data_stage(cache, monkeypatch, tmp_path, value):
-    from autotrain import preflight
+    from autotrain.run import preflight
 
     monkeypatch.setenv("AITRAINING_CACHE_MAX_GB", value)
     params = LLMTrainingParams(data_path=str(write_jsonl(tmp_path / "d.jsonl", rows("A"))))

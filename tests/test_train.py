@@ -202,10 +202,10 @@ def test_orpo_prompt_loss_moves_prompt_tokens_under_the_nll(tmp_path, chat_model
 
 
 def test_max_prompt_length_reaches_the_model_input(tmp_path, chat_model, monkeypatch):
-    from autotrain.data import collate, pack
+    from autotrain.batch import packed, padded
 
     seen = []
-    for cls in (collate.PaddedCollator, pack.PackedCollator):  # whichever layout the model gets
+    for cls in (padded.PaddedCollator, packed.PackedCollator):  # whichever layout the model gets
         original = cls.__call__
         monkeypatch.setattr(cls, "__call__", lambda self, f, _o=original: seen.extend(f) or _o(self, f))
     rows = [{"prompt": "x" * 60 + str(i), "chosen": "yes", "rejected": "no"} for i in range(4)]

@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import make_tokenizer
 
-from autotrain.data.collate import PaddedCollator
-from autotrain.methods.orpo import orpo_step
+from autotrain.batch.padded import PaddedCollator
+from autotrain.train.methods.orpo import orpo_step
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 

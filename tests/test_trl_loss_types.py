@@ -14,10 +14,10 @@ import pytest
 import torch
 from conftest import make_tokenizer
 
-from autotrain import methods
-from autotrain.data.collate import PaddedCollator
-from autotrain.data.pack import PackedCollator
-from autotrain.forward import sequence_logps
+from autotrain.batch.packed import PackedCollator
+from autotrain.batch.padded import PaddedCollator
+from autotrain.model.forward import sequence_logps
+from autotrain.params import methods
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 

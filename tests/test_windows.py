@@ -16,10 +16,10 @@ from conftest import EOS, make_tokenizer
 from test_families import perturbed_model, tiny_config
 from test_trl_equivalence import trl_batch
 
-from autotrain.data.kernels import decoder_inputs, make_collator, packing_kernel
-from autotrain.data.collate import PaddedCollator
-from autotrain.data.pack import PackedCollator
-from autotrain.methods.orpo import orpo_step
+from autotrain.batch.packed import PackedCollator
+from autotrain.batch.padded import PaddedCollator
+from autotrain.model.kernels import decoder_inputs, make_collator, packing_kernel
+from autotrain.train.methods.orpo import orpo_step
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 

@@ -1,8 +1,8 @@
 """Durable, atomic publication of folders: written aside, flushed to disk, then given their name by one rename.
 
 A rename is atomic, but without an fsync the renamed name can survive a crash while the data behind it does not.
-Everything this tool publishes by rename goes through here: checkpoints (autotrain.checkpoints), tokenized-data
-cache entries (autotrain.data.cache) and the converted default model (autotrain.defaults).
+Everything this tool publishes by rename goes through here: checkpoints (autotrain.outputs.checkpoints), tokenized-data
+cache entries (autotrain.data.cache) and the converted default model (autotrain.model.embedded).
 
 - `new_temp(root, prefix, label)` makes the folder to write into: a sibling of the final name (the same file
   system, so the rename is atomic), named `<prefix><label>-<pid>-<host tag><random>`, which says whose it is;

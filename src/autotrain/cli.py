@@ -34,6 +34,7 @@ from autotrain.inference import InferenceParams
 from autotrain.judge import compare as judge_commands
 from autotrain.params import SECTIONS, LLMTrainingParams, Schema
 from autotrain.params.seed import DIFFERENT_DEFAULTS, not_this_tool, unknown_name_hint
+from autotrain.private import check_argparse, parser_actions
 
 logger = logging.getLogger("autotrain")
 SchemaT = TypeVar("SchemaT", bound=Schema)
@@ -150,7 +151,7 @@ def _stray_value(arg: str, args: list[str], parser: argparse.ArgumentParser) -> 
     if arg.startswith("-") or arg not in args or args.index(arg) == 0:
         return None
     before = args[args.index(arg) - 1]
-    switches = {f for action in _all_actions(parser) if isinstance(action, argparse.BooleanOptionalAction)
+    switches = {f for action in parser_actions(parser) if isinstance(action, argparse.BooleanOptionalAction)
                 for f in action.option_strings}
     if before not in switches:
         return None
@@ -163,24 +164,16 @@ def _unknown_flag(arg: str, parser: argparse.ArgumentParser) -> str:
     refused = not_this_tool(flag.removeprefix("--").removeprefix("no-")) if flag.startswith("--") else None
     if refused is not None:
         return refused
-    known = sorted({f for action in _all_actions(parser) for f in action.option_strings if f.startswith("--")})
+    known = sorted({f for action in parser_actions(parser) for f in action.option_strings if f.startswith("--")})
     hint = unknown_name_hint(flag.replace("_", "-"), known, otherwise="see aitraining llm --help", flag=True)
     return f"unknown flag {flag}; {hint}"
 
 
-def _all_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
-    actions = list(parser._actions)
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                actions += sub._actions
-    return actions
-
-
 def build_parser() -> argparse.ArgumentParser:
+    check_argparse()  # the flag hints read argparse's private list of actions (autotrain.private)
     formatter = lambda prog: argparse.HelpFormatter(prog, max_help_position=30, width=100)  # noqa: E731
     parser = _Parser(
-        prog="aitraining", usage=USAGE, description="Preference fine-tuning (ORPO, DPO, SFT) of causal LMs.",
+        prog="aitraining", usage=USAGE, description="Preference fine-tuning of causal LMs (ORPO, DPO and its loss types, SimPO, CPO, SFT, ...).",
         formatter_class=formatter,
     )
     parser.add_argument("--version", action="version", version=f"aitraining {__version__}")
@@ -332,8 +325,8 @@ def _push(args: argparse.Namespace) -> int:
     """`aitraining llm --push-to-hub --project-name DIR [--repo-id R | --username U]`: upload a finished run (one
     trained without --push-to-hub, or whose upload failed). Where to, when not given: as the run was told."""
     from autotrain import quiet
-    from autotrain.hub import check_finished, hub_settings, push_finished
-    from autotrain.preflight import project_dir
+    from autotrain.run.hub import check_finished, hub_settings, push_finished
+    from autotrain.run.preflight import project_dir
 
     typed = {k: v for k, v in vars(args).items() if k in LLMTrainingParams.model_fields or k == "config"}
     stray = [k for k in typed if k not in _PUSH_FIELDS]

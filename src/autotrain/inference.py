@@ -123,7 +123,7 @@ class _PromptsJson(JsonSplit):
 
 def trained_with_remote_code(project: Path) -> bool:
     """Whether the run in `project` allowed the model's own code (its training_params.json says)."""
-    from autotrain.project_folder import PARAMS_FILE
+    from autotrain.outputs.project_folder import PARAMS_FILE
 
     try:
         return json.loads((project / PARAMS_FILE).read_text()).get("trust_remote_code") is True
@@ -171,7 +171,7 @@ def checked_inputs(tokenizer: Any, prompt: Prompt, positions: int | None,
 def check_finished(project: Path) -> None:
     """Refuse a run that has not finished. A folder this tool did not train (no training_params.json, e.g. a model
     downloaded by hand) is answered as it is."""
-    from autotrain.project_folder import PARAMS_FILE, unfinished
+    from autotrain.outputs.project_folder import PARAMS_FILE, unfinished
 
     why = unfinished(project) if (project / PARAMS_FILE).exists() else None
     if why is not None:
@@ -180,8 +180,8 @@ def check_finished(project: Path) -> None:
 
 def generate(params: InferenceParams) -> Iterator[dict[str, str]]:
     from autotrain import quiet
-    from autotrain.answers import Decoding, continuation, model_stop_ids
-    from autotrain.models import load_trained, model_max_length
+    from autotrain.model.loading import load_trained, model_max_length
+    from autotrain.outputs.answers import Decoding, continuation, model_stop_ids
 
     project = Path(params.project_name).expanduser()
     if not project.is_dir():

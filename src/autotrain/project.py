@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autotrain import methods, preflight, resuming
 from autotrain.errors import ParamsError
-from autotrain.params import LLMTrainingParams
-from autotrain.project_folder import owned, resume_point
-from autotrain.trainers.clm.arguments import training_arguments
+from autotrain.outputs import resuming
+from autotrain.outputs.project_folder import owned, resume_point
+from autotrain.params import LLMTrainingParams, methods
+from autotrain.private import attention_of, check_transformers
+from autotrain.run import preflight
+from autotrain.train.arguments import training_arguments
 
 logger = logging.getLogger("autotrain")
 
@@ -35,11 +37,11 @@ class RunResult:
     hub_repo: str | None = None
     evaluation: tuple[dict[str, float], dict[str, float]] | None = None  # first and last eval, when validated
     samples: tuple[dict[str, str | None], ...] = ()  # validation prompts with answers before and after training
-    accuracy: str | None = None  # what the method's preference accuracy counts (autotrain.methods); None: none
+    accuracy: str | None = None  # what the method's preference accuracy counts (autotrain.params.methods); None: none
 
     def summary(self) -> str:
         lines = [f"outputs: {self.output_dir}"]
-        from autotrain.answers import one_line
+        from autotrain.outputs.answers import one_line
 
         for sample in self.samples:
             lines += [f"prompt: {one_line(sample['prompt'])}", f"  before: {one_line(sample['before'])}",
@@ -83,11 +85,12 @@ class AutoTrainProject:
 
     def create(self) -> RunResult:
         """Own the project folder, check it and the data (before torch is imported), then train here or launch."""
-        from autotrain import launch, quiet
+        from autotrain import quiet
+        from autotrain.run import launch
 
         params = self.params
-        if params.use_sweep:  # trials in <project>/trials/, the best one's model in <project>/ (autotrain.sweep)
-            from autotrain.sweep import run_sweep
+        if params.use_sweep:  # trials in <project>/trials/, the best one's model in <project>/ (autotrain.run.sweep)
+            from autotrain.run.sweep import run_sweep
 
             preflight.check_setup(params)  # packages and servers, before the sweep's folder is made
 
@@ -103,7 +106,7 @@ class AutoTrainProject:
 
 
 def _trial(params: LLMTrainingParams, callbacks: tuple[Any, ...]) -> RunResult:
-    """One sweep trial, in this process, in its own new folder (autotrain.sweep)."""
+    """One sweep trial, in this process, in its own new folder (autotrain.run.sweep)."""
     with session(params):
         resume_point(preflight.project_dir(params), None)
         return run(params, callbacks=callbacks)
@@ -199,14 +202,16 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
         callbacks: tuple[Any, ...] = ()) -> RunResult:
     """Train in this process and return the result; raise on any failure.
 
-    `folder_checked`: the project folder was checked before this process started (by autotrain.launch, or by
+    `folder_checked`: the project folder was checked before this process started (by autotrain.run.launch, or by
     every process of another launcher before any wrote to it); by now it holds this run's own first files, so
     no resume asked for means "no checkpoint" rather than "refuse a used folder". `opened`: the data as
     `open_data` returned it, when the caller checked it already.
     """
-    from autotrain import defaults, model_files, quiet
-    from autotrain.eval_metrics import eval_extras
-    from autotrain.project_folder import PARAMS_FILE, PROCESSED_DIR
+    from autotrain import quiet
+    from autotrain.model import embedded
+    from autotrain.model import files as model_files
+    from autotrain.outputs.project_folder import PARAMS_FILE, PROCESSED_DIR
+    from autotrain.train.eval_metrics import eval_extras
 
     project = preflight.project_dir(params)
     resume_from = resuming.checked_resume(params, folder_checked)
@@ -215,33 +220,35 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     opened = opened or preflight.check_inputs(params)
     quiet.import_quietly("transformers.integrations.integration_utils")  # the first import of transformers
     preflight.check_device(params)
-    from autotrain import models, outputs
-    from autotrain.checkpoints import clear_staging, finish, set_aside_newer
+    check_transformers()  # the private transformers members this run reaches (autotrain.private), before any work
     from autotrain.data.prepare import prepare_data
     from autotrain.judge.before_after import BeforeAfter
-    from autotrain.plots import plot_training
+    from autotrain.model import loading
+    from autotrain.outputs import final as outputs
+    from autotrain.outputs.checkpoints import clear_staging, finish, set_aside_newer
+    from autotrain.outputs.plots import plot_training
 
     method = methods.spec(params.trainer)
     settings = params.method_settings()
     logger.info("method: %s", settings.describe())
-    model_path = defaults.resolve_model(params.model)
-    ref_path = defaults.resolve_model(params.model_ref) if params.model_ref else None
+    model_path = embedded.resolve_model(params.model)
+    ref_path = embedded.resolve_model(params.model_ref) if params.model_ref else None
     with model_files.loading(model_path):
-        tokenizer = models.load_tokenizer(model_path, params.trust_remote_code)
-        config = models.load_config(model_path, params.trust_remote_code)
+        tokenizer = loading.load_tokenizer(model_path, params.trust_remote_code)
+        config = loading.load_config(model_path, params.trust_remote_code)
     resuming.check_model_config(resume_from, config, params.model)
-    models.check_attention(params, config)
+    loading.check_attention(params, config)
     if method.needs_reference and ref_path is not None:  # before the data stage and any weights
         with model_files.loading(ref_path):
-            models.check_reference_tokenizer(tokenizer, ref_path, params.trust_remote_code)
-    data = prepare_data(params, tokenizer, models.model_max_length(config), opened=opened)
+            loading.check_reference_tokenizer(tokenizer, ref_path, params.trust_remote_code)
+    data = prepare_data(params, tokenizer, loading.model_max_length(config), opened=opened)
     from transformers import PrinterCallback, ProgressCallback, set_seed
 
-    from autotrain.data.kernels import make_collator
-    from autotrain.progress import Progress
-    from autotrain import stop as stopping
-    from autotrain.trainers.clm.resume import check_weights, schedule_callbacks
-    from autotrain.trainers.clm.trainer import MethodTrainer
+    from autotrain.model.kernels import make_collator
+    from autotrain.outputs.progress import Progress
+    from autotrain.train import stop as stopping
+    from autotrain.train.resume import check_weights, schedule_callbacks
+    from autotrain.train.trainer import MethodTrainer
 
     main = process_state(params).is_main_process  # with several processes, only the first writes the project's files
     # Before the model: under ZeRO-3 the arguments announce it (accelerate's zero3_init_flag), and transformers then
@@ -249,16 +256,16 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     args = training_arguments(params, project, len(data.train), data.valid is not None)
     set_seed(params.seed)  # before the model: LoRA's initial weights depend on it
     with model_files.loading(model_path):
-        model = models.load_model(params, model_path)
+        model = loading.load_model(params, model_path)
     quiet.settle()  # peft and accelerate are imported by now
     check_weights(model, resume_from, params.peft, params.model)
     sharded = preflight.sharded_weights()
     if main and not sharded:
         outputs.check_room(project, model, params)  # a run that could not save its model is not started
     if not sharded:  # a GPU-only kernel is checked before anything uses it; a sharded model cannot run whole here
-        from autotrain.trainers.clm.kernel_probe import settle_run_kernel
+        from autotrain.train.kernel_probe import settle_run_kernel
 
-        with models.whole_on(model, args.device):
+        with loading.whole_on(model, args.device):
             settle_run_kernel(params, model, data.train.dataset[0], tokenizer.pad_token_id, args.device)
     # Sample answers and the judge's are the main process's to write; when the weights are sharded (FSDP, ZeRO-3)
     # every process must take part in generate. A resumed run has no untrained model left to ask.
@@ -273,8 +280,8 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
         if ref_path is not None or not (params.peft or fresh):
             vocab = model.get_output_embeddings().weight.shape[0]
             with model_files.loading(ref_path or model_path):
-                ref_model = models.load_reference(params, ref_path or model_path, vocab,
-                                                  attention=models.unwrap(model).config._attn_implementation)
+                ref_model = loading.load_reference(params, ref_path or model_path, vocab,
+                                                  attention=attention_of(loading.unwrap(model).config))
     changed = resuming.changed_since(resume_from, params)
     project.mkdir(parents=True, exist_ok=True)
     if main:
@@ -341,7 +348,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
         plot_training(project, records)
         outputs.write_card(project, params, params.model, data, records)
         if params.push_to_hub:
-            from autotrain.hub import push_to_hub
+            from autotrain.run.hub import push_to_hub
 
             push_to_hub(project, params)
     trainer.accelerator.wait_for_everyone()  # every process returns a finished project
@@ -352,7 +359,8 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
 
 def result_of(params: LLMTrainingParams) -> RunResult:
     """What a finished run left in its project folder (the same whether it ran here or in launched processes)."""
-    from autotrain import answers, outputs
+    from autotrain.outputs import answers
+    from autotrain.outputs import final as outputs
 
     project = preflight.project_dir(params)
     records = outputs.read_metrics(project)

@@ -4,16 +4,16 @@ FILE is a `training_params.json` (what `LLMTrainingParams.save_json` writes, e.g
 project folder). Each process started by `accelerate launch`, `torchrun`, `deepspeed` or slurm's `srun` (through
 one of those) runs this; they find each other through the launcher's environment (RANK, WORLD_SIZE, MASTER_ADDR,
 ...), and transformers' Trainer splits the batches between them. `AutoTrainProject.create()` launches it this way
-itself when several processes are needed (autotrain.launch).
+itself when several processes are needed (autotrain.run.launch).
 
 - The hub token is never in FILE: with `push_to_hub`, it comes from the HF_TOKEN environment variable.
-- Logs: the process of rank 0 logs progress to stdout; the others only warnings. Started by autotrain.launch, it
+- Logs: the process of rank 0 logs progress to stdout; the others only warnings. Started by autotrain.run.launch, it
   leaves the summary to the launching process, which prints it once.
-- The project folder is owned by one run at a time (autotrain.project_folder): under torchrun or slurm the process
-  of rank 0 holds its lock while the run lasts; started by autotrain.launch, the launching process holds it.
+- The project folder is owned by one run at a time (autotrain.outputs.project_folder): under torchrun or slurm the process
+  of rank 0 holds its lock while the run lasts; started by autotrain.run.launch, the launching process holds it.
 - An error prints one line `error: ...` on stderr and exits with the error's code (2 for input errors), as
   `aitraining` does; when started by `AutoTrainProject.create()`, the first failing process also records it for
-  the parent (autotrain.launch.write_status).
+  the parent (autotrain.run.launch.write_status).
 - Without a GPU, several processes train on CPU and join with gloo (ACCELERATE_USE_CPU is set for them).
 """
 
@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from autotrain.errors import AutoTrainError, ParamsError, TrainingInterrupted
-from autotrain.launch import write_status
 from autotrain.params import LLMTrainingParams
-from autotrain.preflight import LAUNCHED_ENV, global_rank, project_dir
+from autotrain.run.launch import write_status
+from autotrain.run.preflight import LAUNCHED_ENV, global_rank, project_dir
 
 logger = logging.getLogger("autotrain")
 
@@ -107,7 +107,7 @@ def load_params(path: str) -> LLMTrainingParams:
 
 def _train(params: LLMTrainingParams) -> Any:
     from autotrain import project
-    from autotrain.project_folder import resume_point
+    from autotrain.outputs.project_folder import resume_point
 
     with project.session(params):
         if not os.environ.get(LAUNCHED_ENV):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autotrain.chat.runs import Run, saved_params
-from autotrain.project_folder import ADAPTER_DIR
+from autotrain.outputs.project_folder import ADAPTER_DIR
 
 TRAINED, BASE = "trained", "base"
 
@@ -68,7 +68,7 @@ class Loaded:
 def load(run: Run) -> Loaded:
     """The run's trained model, as `--inference` loads it (trust_remote_code as the run was trained)."""
     from autotrain.inference import trained_with_remote_code
-    from autotrain.models import load_trained, model_max_length
+    from autotrain.model.loading import load_trained, model_max_length
 
     trust = trained_with_remote_code(run.folder)
     folder = run.folder
@@ -80,9 +80,9 @@ def load(run: Run) -> Loaded:
 
 def load_base(loaded: Loaded) -> Any:
     """A full fine-tune's starting model (the embedded default resolved to its converted folder), or one line."""
-    from autotrain.defaults import resolve_model
     from autotrain.errors import AutoTrainError, ModelError
-    from autotrain.models import load_base as load_model
+    from autotrain.model.embedded import resolve_model
+    from autotrain.model.loading import load_base as load_model
 
     name = saved_params(loaded.run).get("model")
     if not isinstance(name, str):
@@ -139,7 +139,7 @@ def answer_events(loaded: Loaded, which: str, messages: list[dict[str, str]], de
 
     Generation runs in its own thread; closing this iterator early (the page went away) stops it and waits for it,
     so that the next answer never runs beside it."""
-    from autotrain.answers import continuation, model_stop_ids
+    from autotrain.outputs.answers import continuation, model_stop_ids
 
     inputs = loaded.inputs(messages)  # a prompt that cannot be answered is refused before anything starts
     tokenizer, tokens, result = loaded.tokenizer, TokenStream(), {}

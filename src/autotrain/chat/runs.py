@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from autotrain.errors import ParamsError
-from autotrain.project_folder import CARD_FILE, PARAMS_FILE
+from autotrain.outputs.project_folder import CARD_FILE, PARAMS_FILE
 
 # What the list shows of a run's final metrics, in this order, where it logged them.
 LISTED_METRICS = ("eval_rewards/accuracies", "eval_loss", "train_loss")
@@ -79,7 +79,7 @@ def saved_params(run: Run) -> dict[str, Any]:
 
 def summary(run: Run) -> dict[str, Any]:
     """The run's line in the list: name, method, base model, when it finished, its final metrics."""
-    from autotrain.outputs import final_metrics, read_metrics
+    from autotrain.outputs.final import final_metrics, read_metrics
 
     saved = saved_params(run)
     finished = datetime.datetime.fromtimestamp((run.folder / CARD_FILE).stat().st_mtime)
@@ -97,9 +97,9 @@ def summary(run: Run) -> dict[str, Any]:
 def card(run: Run) -> dict[str, Any]:
     """The card at a glance: the method line, the main settings, validation before -> after, whether there is a
     training-curve image, and the sample answers."""
-    from autotrain import answers
-    from autotrain.outputs import before_after, read_metrics
-    from autotrain.plots import PLOT_FILE
+    from autotrain.outputs import answers
+    from autotrain.outputs.final import before_after, read_metrics
+    from autotrain.outputs.plots import PLOT_FILE
 
     saved = saved_params(run)
     comparison = before_after(_metrics(run, read_metrics))

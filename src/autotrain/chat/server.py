@@ -55,7 +55,7 @@ class Settings(BaseModel):
     greedy: bool = True
 
     def decoding(self) -> Any:
-        from autotrain.answers import Decoding
+        from autotrain.outputs.answers import Decoding
 
         return Decoding(self.max_new_tokens, 0.0 if self.greedy else self.temperature, self.top_p, self.top_k)
 
@@ -104,7 +104,7 @@ class Chat:
         return JSONResponse(await run_in_threadpool(card, run))
 
     async def plot(self, request: Request) -> Response:
-        from autotrain.plots import PLOT_FILE
+        from autotrain.outputs.plots import PLOT_FILE
 
         run = self.run(request.path_params["name"])
         if run is None or not (run.folder / PLOT_FILE).is_file():

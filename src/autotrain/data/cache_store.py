@@ -1,7 +1,7 @@
 """The tokenized-data cache as a whole: where it is, its size cap, least-recently-used eviction, and what
 `aitraining cache list` and `aitraining cache clear` show and do. The entries themselves: autotrain.data.cache.
 
-- Where: `<cache root>/tokenized/`, the cache root being the one the embedded model uses (`$AITRAINING_CACHE`, else
+- Where: `<cache root>/tokenized/`, the cache root (`cache_root`, which the embedded model's conversion uses too) (`$AITRAINING_CACHE`, else
   `$XDG_CACHE_HOME/aitraining`, else `~/.cache/aitraining`).
 - The cap: `$AITRAINING_CACHE_MAX_GB` gigabytes (10^9 bytes; default 20, decimals allowed, 0 keeps only the entry
   just written). After an entry is written, the least recently used others are removed until the entries fit; the
@@ -34,9 +34,17 @@ CAP_VARIABLE = "AITRAINING_CACHE_MAX_GB"
 DEFAULT_CAP_GB = 20.0
 
 
-def cache_dir() -> Path:
-    from autotrain.defaults import cache_root
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where aitraining caches: `cache_dir`, else $AITRAINING_CACHE, else $XDG_CACHE_HOME/aitraining or ~/.cache."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("AITRAINING_CACHE"):
+        return Path(os.environ["AITRAINING_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg) / "aitraining"
 
+
+def cache_dir() -> Path:
     return cache_root() / "tokenized"
 
 

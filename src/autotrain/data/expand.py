@@ -8,7 +8,7 @@ alternative. Turns without a mark are context of the later pairs only.
 Ranked answers: a prompt, a list of answers (`responses`) and their `scores` (higher is better) or `ranking` (1 is
 best: lower is better). `best` pairs the best answer (the first of equally best ones) against each other answer;
 `all` pairs every two answers whose scores differ, the better one chosen. Two answers with equal scores make no
-pair: skipped and counted. Each prompt's pairs are weighted so that the prompt counts once (autotrain.losses).
+pair: skipped and counted. Each prompt's pairs are weighted so that the prompt counts once (autotrain.train.losses).
 """
 
 from __future__ import annotations

@@ -45,8 +45,7 @@ from typing import Any
 
 from autotrain.data.columns import RANKED, TURNS, Columns, resolve_columns
 from autotrain.data.expand import marked_turns, ranked_pairs, ranked_values
-from autotrain.data.messages import (REJECTED_KEY, Messages, checked, checked_value, has_calls, said,
-                                     tools_value)
+from autotrain.data.messages import REJECTED_KEY, Messages, checked, checked_value, has_calls, said, tools_value
 from autotrain.data.templates import CHATML_TEMPLATE, NAMED_TEMPLATES, ZEPHYR_TEMPLATE, pick_template, render
 from autotrain.data.thinking import turn_pieces, writes_reasoning
 from autotrain.data.turns import Pieces, as_answer, pieces, split_pair

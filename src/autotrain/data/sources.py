@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from autotrain.data.files import (
-    COMPRESSIONS, FORMATS, SUFFIXES, UNPACK, CsvSplit, JsonlSplit, ParquetSplit, file_kind, split_name,
+    COMPRESSIONS,
+    FORMATS,
+    SUFFIXES,
+    UNPACK,
+    CsvSplit,
+    JsonlSplit,
+    ParquetSplit,
+    file_kind,
+    split_name,
 )
 from autotrain.data.json_file import JsonSplit
 from autotrain.data.split import Advance, Location, RawSplit, Row, Split, ignore_progress

@@ -34,7 +34,7 @@ ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 # every row; preference data has both, empty for a completion that is trained whole (the common case costs nothing).
 MASK_COLUMN, REJECTED_MASK_COLUMN = "chosen_mask", "rejected_mask"
 # Ranked answers only: each pair's weight, 1 / (the pairs kept from its prompt), so each prompt counts once in the
-# reduction (autotrain.losses); absent, every pair weighs 1.
+# reduction (autotrain.train.losses); absent, every pair weighs 1.
 WEIGHT_COLUMN = "pair_weight"
 # Pairs per tokenizer call: larger batches are no faster (measured), and the encoder holds ~80 bytes per token
 # of a batch until the call returns, so this bounds peak memory.

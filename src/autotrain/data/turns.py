@@ -5,7 +5,7 @@ assistant message) is trained on its assistant turns only, each with what the te
 as a single-turn completion is. The turns between them (user, tool, system), with the next assistant turn's
 opening (the generation prompt), are context: read by the model, never under the loss, so a model never learns to
 write the user's next message. `pieces` cuts the rendered text into (text, trained) pieces; the tokenizer turns
-them into a mask (autotrain.data.tokenize) that both collators honour (autotrain.data.batch).
+them into a mask (autotrain.data.tokenize) that both collators honour (autotrain.batch.contract).
 
 A preference pair compares two answers to one conversation: `split_pair` finds the shared prompt and the two
 answers, and refuses a pair whose conversations first differ in a message that is not the assistant's.

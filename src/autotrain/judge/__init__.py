@@ -12,6 +12,6 @@ same prompts greedily and a judge compare each pair of answers, in both orders. 
 - `session`: the judging itself: the cost said up front, the progress, each verdict kept as it comes, the summary
   in judge.json and metrics.jsonl (`eval_judge_*`), the model card's section.
 - `before_after`: the prompts a training run answers before and after training (the sample answers' and the
-  judge's), through the sample answers' one generate loop (autotrain.answers).
+  judge's), through the sample answers' one generate loop (autotrain.outputs.answers).
 - `compare`: `aitraining llm --compare` and `aitraining llm --judge --project-name DIR` (finish a run's judging).
 """

@@ -1,6 +1,6 @@
 """The prompts a training run answers before and after training: the sample answers' and the judge's.
 
-Both are answered by the sample answers' one generate loop (autotrain.answers.answer: greedy, at most 64 new
+Both are answered by the sample answers' one generate loop (autotrain.outputs.answers.answer: greedy, at most 64 new
 tokens, stopped where the training template ends a turn), in one pass over their union: with both taken from the
 validation split, the first max(--sample-answers, judged) validation prompts; with --judge-prompts FILE, the
 sample prompts and then the file's prompts, rendered with the training template as training renders a prompt.
@@ -47,7 +47,7 @@ class BeforeAfter:
 
     def __init__(self, params: Any, data: Any, tokenizer: Any, model: Any, asks: bool):
         from autotrain.data.templates import stop_ids
-        from autotrain.models import model_max_length
+        from autotrain.model.loading import model_max_length
 
         self.params, self.tokenizer, self.template = params, tokenizer, data.template
         # Distinct prompts: ranked answers and per-turn pairs give several pairs one prompt.
@@ -77,28 +77,29 @@ class BeforeAfter:
 
     def answer(self, model: Any, device: Any) -> list[str] | None:
         """Every prompt's greedy answer by `model` (the model to train, or the trainer's after training)."""
-        from autotrain import answers, models
+        from autotrain.model import loading
+        from autotrain.outputs import answers
 
         if not self.ids:
             return None
-        with models.whole_on(model, device):  # under ZeRO-3 the full weights gathered
-            return answers.answer(models.unwrap(model, peft=False), self.tokenizer, self.ids, self.stops)
+        with loading.whole_on(model, device):  # under ZeRO-3 the full weights gathered
+            return answers.answer(loading.unwrap(model, peft=False), self.tokenizer, self.ids, self.stops)
 
     def _texts(self) -> list[str]:
-        from autotrain.answers import prompt_texts
+        from autotrain.outputs.answers import prompt_texts
 
         return prompt_texts(self.tokenizer, self.ids[self.judged], self.template)
 
     def keep(self, project: Path, before: list[str] | None) -> None:
         """The judge's answers before training, in the project, for a resumed run (which has no untrained model)."""
-        from autotrain.judge.report import ANSWERS_FILE
+        from autotrain.outputs.judge_report import ANSWERS_FILE
 
         if before is not None and self.ids[self.judged]:
             rows = [{"prompt": p, "after": None, "before": b} for p, b in zip(self._texts(), before[self.judged])]
             (project / ANSWERS_FILE).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
     def _kept(self, project: Path) -> list[str] | None:
-        from autotrain.judge.report import ANSWERS_FILE
+        from autotrain.outputs.judge_report import ANSWERS_FILE
 
         try:
             rows = [json.loads(line) for line in (project / ANSWERS_FILE).read_text().splitlines() if line.strip()]
@@ -110,7 +111,7 @@ class BeforeAfter:
 
     def write(self, project: Path, before: list[str] | None, after: list[str] | None) -> None:
         """The sample answers (samples.jsonl)."""
-        from autotrain import answers
+        from autotrain.outputs import answers
 
         if self.samples and after is not None:
             ids = self.ids[: self.samples]
@@ -121,7 +122,7 @@ class BeforeAfter:
         """Judge the answers after against before; the error to raise once the run's card is written, if the
         judging stopped (the trained run itself is finished by then)."""
         from autotrain.judge.session import Answers, JudgingStopped, judge, metrics_record
-        from autotrain.project_folder import METRICS_FILE
+        from autotrain.outputs.project_folder import METRICS_FILE
 
         if not self.params.judge or after is None or not self.ids[self.judged]:
             return None

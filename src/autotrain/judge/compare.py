@@ -1,6 +1,6 @@
 """`aitraining llm --compare DIR_A DIR_B --judge SPEC`, and `aitraining llm --judge SPEC --project-name DIR`.
 
-- `--compare`: two finished runs answer the same prompts (greedy, the sample answers' loop: autotrain.answers),
+- `--compare`: two finished runs answer the same prompts (greedy, the sample answers' loop: autotrain.outputs.answers),
   each through its own saved chat template, and the judge compares each pair in both orders, DIR_A's answer as the
   subject ("a") and DIR_B's as the baseline ("b"): a win is a pair where both orders prefer DIR_A's. The prompts
   are `--judge-prompts FILE`, else the validation prompts of the runs' own data (their training_params.json), as
@@ -85,8 +85,8 @@ def _check(settings: Any) -> None:
 
 def compare_runs(runs: list[Path], settings: Any, output: str | None, again: str) -> int:
     from autotrain.inference import check_finished
-    from autotrain.judge.report import SUMMARY_FILE
     from autotrain.judge.session import Answers, judge
+    from autotrain.outputs.judge_report import SUMMARY_FILE
 
     for run in runs:
         if not run.is_dir():
@@ -119,16 +119,17 @@ def _answer(run: Path, settings: Any) -> tuple[list[str], list[str]]:
     """`run`'s greedy answers to the prompts (the file's, or its validation prompts), and the prompts as read."""
     import torch
 
-    from autotrain import answers, models
     from autotrain.data.templates import stop_ids
     from autotrain.inference import checked_inputs, trained_with_remote_code
     from autotrain.judge.before_after import read_judge_prompts
+    from autotrain.model import loading
+    from autotrain.outputs import answers
 
     trust = trained_with_remote_code(run)
-    model, tokenizer = models.load_trained(run, trust)
+    model, tokenizer = loading.load_trained(run, trust)
     template = tokenizer.chat_template or None
     if settings.judge_prompts:
-        positions = models.model_max_length(model.config)
+        positions = loading.model_max_length(model.config)
         ids = [checked_inputs(tokenizer, prompt, positions)["input_ids"][0].tolist()
                for prompt in read_judge_prompts(settings.judge_prompts)]
     else:
@@ -146,25 +147,25 @@ def _answer(run: Path, settings: Any) -> tuple[list[str], list[str]]:
 
 
 def _validation_prompts(run: Path, tokenizer: Any, model: Any) -> list[list[int]]:
-    from autotrain import methods, models
     from autotrain.data.prepare import prepare_data
-    from autotrain.params import LLMTrainingParams
-    from autotrain.project_folder import PARAMS_FILE
+    from autotrain.model import loading
+    from autotrain.outputs.project_folder import PARAMS_FILE
+    from autotrain.params import LLMTrainingParams, methods
 
     params = LLMTrainingParams.load_json(run / PARAMS_FILE)
     if not params.valid_split:
         raise ParamsError(f"compare: {run} was trained without a validation split; give the prompts to compare on "
                           "as --judge-prompts FILE")
-    data = prepare_data(params, tokenizer, models.model_max_length(model.config),
+    data = prepare_data(params, tokenizer, loading.model_max_length(model.config),
                         paired=methods.spec(params.trainer).paired)
     return [list(p) for p in dict.fromkeys(map(tuple, data.valid.prompt_ids))]  # ranked answers share a prompt
 
 
 def finish_run(project: Path, settings: Any, again: str) -> int:
     """Judge a finished run from the answers it kept (module docstring)."""
-    from autotrain.judge.report import ANSWERS_FILE, replace_card_section
     from autotrain.judge.session import Answers, judge, metrics_record
-    from autotrain.project_folder import CARD_FILE, METRICS_FILE, owned, unfinished
+    from autotrain.outputs.judge_report import ANSWERS_FILE, replace_card_section
+    from autotrain.outputs.project_folder import CARD_FILE, METRICS_FILE, owned, unfinished
 
     with owned(project):
         why = unfinished(project)

@@ -26,12 +26,12 @@ LABELS = ("A", "B")
 
 
 def load(model: str, template: str) -> LogProbJudge | RewardJudge:
-    from autotrain import defaults, model_files, models
+    from autotrain.model import embedded, files, loading
 
-    path = defaults.resolve_model(model)
+    path = embedded.resolve_model(model)
     reward = judge_kind(path) == "reward"
-    with model_files.loading(path):
-        net, tokenizer = models.load_judge(path, reward)
+    with files.loading(path):
+        net, tokenizer = loading.load_judge(path, reward)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net.to(device)
     return RewardJudge(net, tokenizer) if reward else LogProbJudge(net, tokenizer, template)
@@ -46,7 +46,7 @@ def _ids(tokenizer: Any, messages: list[dict[str, str]], plain: str, generation:
 
 def _too_long(net: Any, ids: list[int]) -> Reply | None:
     """No verdict, saying why, when `ids` are more than the judge's positions."""
-    from autotrain.models import model_max_length
+    from autotrain.model.loading import model_max_length
 
     positions = model_max_length(net.config)
     if positions is None or len(ids) <= positions:

@@ -25,9 +25,9 @@ from typing import Any
 
 from autotrain.errors import AutoTrainError, ParamsError
 from autotrain.judge import stats
-from autotrain.judge.base import A, B, TIE, Judge, Reply
-from autotrain.judge.report import ANSWERS_FILE, SUMMARY_FILE, VERDICTS_FILE, describe, table
+from autotrain.judge.base import TIE, A, B, Judge, Reply
 from autotrain.judge.spec import JudgeSpec, parse, read_template, served_model
+from autotrain.outputs.judge_report import ANSWERS_FILE, SUMMARY_FILE, VERDICTS_FILE, describe, table
 
 logger = logging.getLogger("autotrain")
 
@@ -186,7 +186,7 @@ class _Progress:
         self.next_line = max(1, total // 10)
 
     def advance(self) -> None:
-        from autotrain.progress import format_duration
+        from autotrain.outputs.progress import format_duration
 
         self.done += 1
         if self.bar is not None:

@@ -29,12 +29,11 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 from autotrain.errors import DataError, ModelError, ParamsError
+from autotrain.params.judge import KEY_VARIABLE, JudgeSpec, parse  # noqa: F401 - the judge's names, kept here
 
-KEY_VARIABLE = "AITRAINING_JUDGE_API_KEY"
 OPENAI_KEY_VARIABLE, OPENAI_HOST = "OPENAI_API_KEY", "api.openai.com"
 CHECK_TIMEOUT_S = 10.0
 PLACEHOLDERS = ("{question}", "{answer_a}", "{answer_b}")
@@ -54,42 +53,6 @@ detailed as the question needs. The order in which the answers appear must not i
 [End of answer B]
 
 Which answer is better? Reply with one letter: A or B."""
-
-
-@dataclass(frozen=True)
-class JudgeSpec:
-    """`url`: the chat-completions endpoint, or None for a local model; `model`: the local model (folder, hub id)
-    or the served model's name (None: ask the server); `text`: the SPEC as given (what the records name)."""
-
-    text: str
-    url: str | None = None
-    model: str | None = None
-
-    @property
-    def remote(self) -> bool:
-        return self.url is not None
-
-
-def parse(text: str) -> JudgeSpec:
-    """The judge `text` names; ParamsError for a URL that cannot be one (the field's check: no network)."""
-    value = text.strip()
-    if not value:
-        raise ParamsError("judge: name a local model (folder or hub id) or an OpenAI-compatible URL")
-    if not value.lower().startswith(("http://", "https://")):
-        return JudgeSpec(value, model=value)
-    parts = urllib.parse.urlsplit(value)
-    if parts.username is not None or parts.password is not None:
-        raise ParamsError(f"judge: the URL holds credentials; give the key as {KEY_VARIABLE} in the environment "
-                          "(never on the command line or in a file)")
-    query = urllib.parse.parse_qs(parts.query)
-    if any(name.lower() in ("key", "api_key", "apikey", "token", "access_token") for name in query):
-        raise ParamsError(f"judge: the URL holds a key; give it as {KEY_VARIABLE} in the environment instead")
-    if not parts.hostname:
-        raise ParamsError(f"judge: {value} names no host")
-    path = parts.path.rstrip("/")
-    base = path.removesuffix("/chat/completions")
-    endpoint = urllib.parse.urlunsplit((parts.scheme, parts.netloc, base + "/chat/completions", parts.query, ""))
-    return JudgeSpec(value, url=endpoint, model=urllib.parse.unquote(parts.fragment) or None)
 
 
 def local_host(url: str) -> bool:
@@ -217,7 +180,7 @@ def check(text: str, template: str | None, embedded: bool = False) -> JudgeSpec:
     """Everything about the judge that can fail before training: the template file, a local model's files and kind
     (`embedded`: the embedded default model, checked when it is converted), a URL's server (it must answer now,
     and name its model). Returns the spec with the served model named."""
-    from autotrain import model_files
+    from autotrain.model import files as model_files
 
     read_template(template)
     spec = parse(text)

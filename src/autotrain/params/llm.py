@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import SecretStr, model_validator
 
-from autotrain import methods
+from autotrain.params import methods
 from autotrain.params.judge import JudgeParams
 from autotrain.params.method import MethodParams
 from autotrain.params.needs import scheduler_needs, unmet
@@ -22,8 +22,8 @@ from autotrain.params.sections import (
     DataParams,
     EvaluationParams,
     HubParams,
-    LoggingParams,
     LayoutParams,
+    LoggingParams,
     LoraParams,
     OptimisationParams,
     ScaleOutParams,
@@ -142,7 +142,7 @@ class LLMTrainingParams(*reversed([section for _, section in SECTIONS])):  # typ
 
     @property
     def method(self) -> str:
-        """The training method's own name (an alias such as `default` resolved: autotrain.methods)."""
+        """The training method's own name (an alias such as `default` resolved: autotrain.params.methods)."""
         return methods.canonical(self.trainer)
 
     # --- Serialisation without secrets ----------------------------------------------------------------------

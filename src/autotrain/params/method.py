@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
-from autotrain import methods
-from autotrain.methods.loss_types import NOT_OFFERED, LossType
+from autotrain.params import methods
+from autotrain.params.loss_types import NOT_OFFERED, LossType
 from autotrain.params.schema import Schema, one_of
 
 TRAINER_NAMES: tuple[str, ...] = methods.NAMES
@@ -155,7 +155,7 @@ class MethodParams(Schema):
         return tuple(spec.losses[name] for name in names), tuple(float(weight) for weight in weights)
 
     def method_settings(self) -> MethodSettings:
-        """This run's method, loss types, and settings: the values given, else its authors' (autotrain.methods)."""
+        """This run's method, loss types, and settings: the values given, else its authors' (autotrain.params.methods)."""
         spec = methods.spec(self.trainer)
         losses, weights = self._losses()
         if self.ld_alpha is not None and spec.name != "dpo":
@@ -217,7 +217,7 @@ class MethodSettings:
     losses: tuple[LossType, ...]  # its --loss-type(s); empty for a method without a menu
     weights: tuple[float, ...]  # one per loss
     values: dict[str, float]  # every setting the run reads (beta, gamma, alpha, label_smoothing, ...) -> its value
-    defaulted: tuple[str, ...]  # those left unset, taken from autotrain.methods
+    defaulted: tuple[str, ...]  # those left unset, taken from autotrain.params.methods
     ld_alpha: float | None = None
 
     @property

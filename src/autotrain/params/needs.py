@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from autotrain import methods
+from autotrain.params import methods
 
 
 @dataclass(frozen=True)

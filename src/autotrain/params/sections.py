@@ -14,12 +14,12 @@ from pydantic import Field, SecretStr, field_validator
 
 from autotrain.params.schema import AutoOrAtLeastTwo, AutoOrPositive, Schema, one_of
 
-DEFAULT_MODEL = "embedded:smollm2-135m-instruct"  # resolved by autotrain.defaults
+DEFAULT_MODEL = "embedded:smollm2-135m-instruct"  # resolved by autotrain.model.embedded
 SAMPLE_DATA = "embedded:sample-pairs"  # resolved by autotrain.data.sources
 
 # transformers' `OptimizerNames` and `SchedulerType` values (5.24), written out so that checking a name does not
 # import transformers (seconds, before even a data error could be reported). A test compares them with the installed
-# transformers; autotrain.preflight.check_device checks the name against the installed version before training.
+# transformers; autotrain.run.preflight.check_device checks the name against the installed version before training.
 OPTIMIZERS: tuple[str, ...] = (
     "adamw_torch", "adamw_torch_fused", "adamw_torch_xla", "adamw_torch_npu_fused", "adafactor", "adamw_anyprecision",
     "adamw_torch_4bit", "adamw_torch_8bit", "ademamix", "sgd", "adagrad", "adamw_bnb_8bit", "adamw_8bit",
@@ -36,7 +36,7 @@ SCHEDULERS: tuple[str, ...] = (
 )
 
 
-# The --trainer choices: autotrain.methods' registry (torch-free), the one list of method names.
+# The --trainer choices: autotrain.params.methods' registry (torch-free), the one list of method names.
 
 
 # What --eval-metrics and --custom-metrics can compute here, each from the validation's own metrics.

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from autotrain import methods
 from autotrain.errors import did_you_mean
+from autotrain.params import methods
 
 # field -> (aitraining's default, why ours differs)
 DIFFERENT_DEFAULTS: dict[str, tuple[object, str]] = {

@@ -1,4 +1,4 @@
-"""The sweep section of the params, and the search space its `sweep_params` describes (autotrain.sweep runs it).
+"""The sweep section of the params, and the search space its `sweep_params` describes (autotrain.run.sweep runs it).
 
 `sweep_params` maps a field of LLMTrainingParams to its range, in the forms aitraining takes:
     {"lr": {"low": 1e-5, "high": 1e-3, "type": "log"}}     float (uniform), log (log-uniform), int
