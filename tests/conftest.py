@@ -10,10 +10,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+# The tests are laid out like the package (tests/data/ for autotrain/data/, ...). Test modules share helpers by module
+# name (`from test_packing import tiny_model`): every folder of tests is on the path, wherever the importer lives.
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+for folder in sorted(p for p in TESTS.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))):
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
 
 # `make test` runs one pytest worker per core (pytest-xdist). These models are tiny: one thread each does the same work
 # without the workers fighting over the cores.

@@ -77,9 +77,28 @@ from torch import Tensor
 
 from autotrain.batch.contract import Targets, pair_weights, reference_logps, trained
 
-__all__ = ["PAD_SEGMENT", "PackedCollator", "bucket_width", "dense_mask", "plan_rows", "segment_mask_mod"]
+__all__ = ["PAD_SEGMENT", "PROMPT", "CHOSEN", "REJECTED", "PackedCollator", "bucket_width", "dense_mask", "part_of",
+           "plan_rows", "prompt_of", "segment", "segment_mask_mod"]
 
+# The segment encoding, written here once (the mask, the varlen boundaries and autotrain.model.moe's token weights all
+# read it): the k-th pair of a row is 3k (its prompt), 3k + 1 (chosen), 3k + 2 (rejected); padding is -1.
 PAD_SEGMENT = -1
+PROMPT, CHOSEN, REJECTED = 0, 1, 2
+
+
+def segment(pair: int, part: int) -> int:
+    """The segment id of `part` (PROMPT, CHOSEN or REJECTED) of the `pair`-th pair of a row."""
+    return 3 * pair + part
+
+
+def part_of(segment_ids: Tensor) -> Tensor:
+    """PROMPT, CHOSEN or REJECTED per position (padding reads REJECTED: torch's -1 % 3 is 2; mask it apart)."""
+    return segment_ids % 3
+
+
+def prompt_of(segment_ids: Tensor) -> Tensor:
+    """The prompt segment of each position's pair (torch's % follows the divisor's sign: padding -1 -> -3)."""
+    return segment_ids - segment_ids % 3
 
 
 def plan_rows(sizes: list[int], token_budget: int | None) -> list[list[int]]:
@@ -178,7 +197,7 @@ class PackedCollator:
         p, c = len(prompt), len(chosen)
         ids += prompt + chosen + rejected
         pos += list(range(p + c)) + list(range(p, p + len(rejected)))
-        seg += [3 * k] * p + [3 * k + 1] * c + [3 * k + 2] * len(rejected)
+        seg += [segment(k, PROMPT)] * p + [segment(k, CHOSEN)] * c + [segment(k, REJECTED)] * len(rejected)
         if self.prompt_loss and p > 1:
             targets.add(list(range(base, base + p - 1)), prompt[1:], pair, completion=False, nll=True)
         # With an empty prompt nothing predicts a completion's first token; the padded layout skips it too.
@@ -202,7 +221,7 @@ class PackedCollator:
             tokens = prompt + (f["chosen_ids"] if side == 0 else f["rejected_ids"])
             ids += tokens
             pos += list(range(len(tokens)))
-            seg += [3 * (2 * k + side) + 1] * len(tokens)
+            seg += [segment(2 * k + side, CHOSEN)] * len(tokens)  # each sequence its own segment, no shared prompt
             chosen = side == 0
             if chosen and self.prompt_loss and p > 1:
                 targets.add(list(range(start, start + p - 1)), prompt[1:], seq, completion=False, nll=True)
@@ -235,8 +254,7 @@ def segment_mask_mod(segment_ids: Tensor) -> Callable[[Tensor, Tensor, Tensor, T
 
     def mask_mod(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
         seg_q, seg_kv = segment_ids[b, q], segment_ids[b, kv]
-        # seg_q - seg_q % 3 is the prompt segment of q's pair (torch's % follows the divisor's sign: -1 -> -3).
-        return (kv <= q) & ((seg_kv == seg_q) | (seg_kv == seg_q - seg_q % 3))
+        return (kv <= q) & ((seg_kv == seg_q) | (seg_kv == prompt_of(seg_q)))
 
     return mask_mod
 

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import torch
 
+from autotrain.batch.packed import PROMPT, REJECTED, part_of
 from autotrain.errors import ModelError
 from autotrain.private import load_balancing_loss
 
@@ -71,14 +72,14 @@ def ask_for_router_logits(module: torch.nn.Module, args: tuple, kwargs: dict[str
 def token_weights(batch: dict[str, Any]) -> torch.Tensor:
     """[rows, T] weight of each position in the load-balancing statistics (module docstring), on the batch's device.
 
-    Tensor ops only, no host read. Packed segment ids (autotrain.batch.packed): 3k prompt, 3k + 1 chosen, 3k + 2 rejected
-    of the k-th pair of a row, -1 padding; the per-sequence layout numbers every sequence 3j + 1.
+    Tensor ops only, no host read. Packed segment ids: autotrain.batch.packed's encoding (the per-sequence layout
+    marks every sequence CHOSEN).
     """
     if "segment_ids" not in batch:
         return batch["attention_mask"]
     segments = batch["segment_ids"]
     real = segments >= 0
-    shared_prompt = real & (segments % 3 == 0)
-    # A preference batch has a rejected side for every pair, a supervised one for none (torch's -1 % 3 is 2: mask).
-    paired = (real & (segments % 3 == 2)).any()
+    shared_prompt = real & (part_of(segments) == PROMPT)
+    # A preference batch has a rejected side for every pair, a supervised one for none (padding reads REJECTED: mask).
+    paired = (real & (part_of(segments) == REJECTED)).any()
     return real.float() + (shared_prompt & paired).float()

@@ -39,6 +39,9 @@ PAIR_METRICS: tuple[str, ...] = ("rewards/chosen", "rewards/rejected", "rewards/
                                  "logps/rejected", "rewards/accuracies", "rewards/ties")
 
 
+IMPLEMENTATIONS = "autotrain.train.methods"  # one module per method, named as the method
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """What is known about a method before torch is imported (see the module docstring)."""
@@ -62,7 +65,8 @@ class MethodSpec:
 
     @property
     def module(self) -> str:
-        return f"{__name__}.{self.name}"
+        """Where the method is implemented (imported only when a run trains with it)."""
+        return f"{IMPLEMENTATIONS}.{self.name}"
 
 
 SPECS: dict[str, MethodSpec] = {

@@ -24,7 +24,7 @@ from autotrain.errors import DataError
 from autotrain.trainers.clm.params import LLMTrainingParams
 
 COLUMNS = dict(prompt_text_column="prompt", text_column="chosen", rejected_text_column="rejected")
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]  # conftest.py's folder
 
 
 def pairs(count: int) -> list[dict]:

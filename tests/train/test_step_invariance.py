@@ -178,6 +178,7 @@ from autotrain.trainers.clm.params import LLMTrainingParams
 from autotrain.worker import _configure_logging
 
 sys.path.insert(0, sys.argv[1])
+import conftest  # noqa: F401 - puts every folder of tests on the path
 import test_head_check  # registers ScaledLlamaForCausalLM, the wrong head
 
 os.environ.setdefault("ACCELERATE_USE_CPU", "true")
@@ -216,7 +217,7 @@ def launched_runs(tmp_path_factory, chat_model) -> dict[str, Path | str]:
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-         str(Path(__file__).parent), *configs, str(root / "scaled.json")], capture_output=True, text=True,
+         str(Path(__file__).resolve().parents[1]), *configs, str(root / "scaled.json")], capture_output=True, text=True,
         timeout=420, env=env)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     return {**projects, "stdout": done.stdout + done.stderr}

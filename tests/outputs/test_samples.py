@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "src" / "autotrain" / "data" / "samples"
 GENERATOR = ROOT / "scripts" / "make_samples.py"
 SPLITS = {"train": 300, "validation": 60}  # split -> minimum number of pairs
