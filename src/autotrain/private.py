@@ -1,6 +1,6 @@
 """The private members of other libraries this tool reaches outside its Trainer, each through one function here.
 
-transformers.Trainer's own (the loop overrides a few) are autotrain.train.checks.check_trainer_api's. The rest:
+transformers.Trainer's own (the loop overrides a few) are autotrain.train.trainer_api.check_trainer_api's. The rest:
 
 - `config._attn_implementation`: the attention kernel a model runs. transformers sets it through the public
   `set_attn_implementation`, but reads it only from the private attribute, and a layer holding its own copy of the

@@ -6,22 +6,20 @@ before any weights are loaded and before anything is written.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from autotrain.errors import ParamsError
 from autotrain.outputs import resuming
-from autotrain.outputs.project_folder import owned, resume_point
+from autotrain.outputs.project_folder import resume_point
 from autotrain.params import LLMTrainingParams, methods
 from autotrain.private import attention_of, check_transformers
-from autotrain.run import preflight
+from autotrain.run import preflight, processes
+from autotrain.run.processes import process_state
+from autotrain.run.session import session, tracker_environment
 from autotrain.train.arguments import training_arguments
 
 logger = logging.getLogger("autotrain")
@@ -98,7 +96,7 @@ class AutoTrainProject:
         with quiet.libraries(self.verbose), session(params):
             resuming.checked_resume(params)  # the folder, the checkpoint and what a resume may change: before the data
             opened = preflight.check_inputs(params)
-            if preflight.needs_launch(params):
+            if processes.needs_launch(params):
                 # Several processes: accelerate starts them; each runs `python -m autotrain.trainers.clm`.
                 launch.launch(params)
                 return result_of(params)
@@ -110,86 +108,6 @@ def _trial(params: LLMTrainingParams, callbacks: tuple[Any, ...]) -> RunResult:
     with session(params):
         resume_point(preflight.project_dir(params), None)
         return run(params, callbacks=callbacks)
-
-
-# What a run sets for its trackers (`_tracker_environment`). WANDB_SERVICE is wandb's own note of its live service
-# process: a run tears the caller's down to start its own, so putting the old address back would send the next
-# wandb.init to a dead socket; wandb keeps it.
-_TRACKER_VARIABLES = ("WANDB_", "TENSORBOARD_LOGGING_DIR")
-_WANDBS_OWN = "WANDB_SERVICE"
-
-
-def _tracker_variables() -> dict[str, str]:
-    return {name: value for name, value in os.environ.items()
-            if name.startswith(_TRACKER_VARIABLES) and name != _WANDBS_OWN}
-
-
-@contextlib.contextmanager
-def session(params: LLMTrainingParams) -> Iterator[None]:
-    """What a run holds while it lasts: the project folder's lock (in the process that owns the run:
-    preflight.takes_lock), and a `sys.argv` without secrets, since trackers record it (wandb keeps the command line
-    in its run files, and an online run uploads them). The argv, and the trackers' environment, are the caller's
-    again afterwards, also on an error: a Python caller must not keep the W&B key (later subprocesses inherit it)
-    nor WANDB_DIR and WANDB_PROJECT (its own wandb runs would log into this folder)."""
-    secrets = [value for value in params.secret_values() if value]
-    saved = list(sys.argv)
-    environment = _tracker_variables()
-    sys.argv[:] = [scrub(arg, secrets) for arg in saved]
-    try:
-        with owned(preflight.project_dir(params), take=preflight.takes_lock()):
-            yield
-    finally:
-        sys.argv[:] = saved
-        for name in _tracker_variables():
-            if name not in environment:
-                del os.environ[name]
-        os.environ.update(environment)
-
-
-def scrub(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
-
-
-def process_state(params: LLMTrainingParams) -> Any:
-    """accelerate's PartialState, first built here so that the process group gets the run's ddp_timeout (a later
-    TrainingArguments cannot change the state once it exists). PartialState does not read ACCELERATE_USE_CPU
-    (AcceleratorState does): without `cpu`, processes launched on CPUs would each build a one-process state, each
-    be "the main process" and write the project's files at once."""
-    from datetime import timedelta
-
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), timeout=timedelta(seconds=params.ddp_timeout))
-
-
-def _tracker_environment(params: LLMTrainingParams, project: Path) -> None:
-    if params.log == "wandb":
-        if params.wandb_token is not None:  # the environment only: never written to a file
-            os.environ["WANDB_API_KEY"] = params.wandb_token.get_secret_value()
-        if params.wandb_run_id:  # log into that run, as aitraining's wandb_run_id does
-            os.environ["WANDB_RUN_ID"], os.environ["WANDB_RESUME"] = params.wandb_run_id, "allow"
-        else:
-            for name in ("WANDB_RUN_ID", "WANDB_RESUME"):
-                os.environ.pop(name, None)
-        # Set for every run, not setdefault: an earlier run in this process must not send this one elsewhere.
-        os.environ["WANDB_DIR"] = str(project)
-        os.environ["WANDB_PROJECT"] = Path(params.project_name).name
-        import wandb
-
-        # transformers reuses an active wandb run, and wandb keeps its settings per process: end both, so this run
-        # starts its own, in this project's folder.
-        wandb.finish()
-        wandb.teardown()
-        if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
-            os.environ["WANDB_MODE"] = "offline"
-            logger.info("wandb: no WANDB_API_KEY, logging offline under %s/wandb (sync later with `wandb sync`)", project)
-        if params.tracks_visually:
-            logger.info("wandb: watch this run in the terminal with `wandb beta leet %s`", project / "wandb")
-    if params.log == "tensorboard":
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(project / "runs")
 
 
 def _checkpoint_step(checkpoint: Path | None) -> int:
@@ -259,7 +177,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
         model = loading.load_model(params, model_path)
     quiet.settle()  # peft and accelerate are imported by now
     check_weights(model, resume_from, params.peft, params.model)
-    sharded = preflight.sharded_weights()
+    sharded = processes.sharded_weights()
     if main and not sharded:
         outputs.check_room(project, model, params)  # a run that could not save its model is not started
     if not sharded:  # a GPU-only kernel is checked before anything uses it; a sharded model cannot run whole here
@@ -298,7 +216,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
             logger.info("resuming from %s: %d newer checkpoint(s) of the run it left set aside in %s",
                         resume_from.name, len(aside), aside[0].parent)
         outputs.keep_metrics_until(project, _checkpoint_step(resume_from))
-    _tracker_environment(params, project)
+    tracker_environment(params, project)
     stop = stopping.StopOnSignal()
     trainer = MethodTrainer(
         model=model,

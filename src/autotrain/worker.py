@@ -30,7 +30,8 @@ from typing import Any
 from autotrain.errors import AutoTrainError, ParamsError, TrainingInterrupted
 from autotrain.params import LLMTrainingParams
 from autotrain.run.launch import write_status
-from autotrain.run.preflight import LAUNCHED_ENV, global_rank, project_dir
+from autotrain.run.preflight import project_dir
+from autotrain.run.processes import LAUNCHED_ENV, global_rank
 
 logger = logging.getLogger("autotrain")
 
@@ -108,14 +109,16 @@ def load_params(path: str) -> LLMTrainingParams:
 def _train(params: LLMTrainingParams) -> Any:
     from autotrain import project
     from autotrain.outputs.project_folder import resume_point
+    from autotrain.run.processes import process_state
+    from autotrain.run.session import session
 
-    with project.session(params):
+    with session(params):
         if not os.environ.get(LAUNCHED_ENV):
             # Started by another launcher (torchrun, slurm): nobody checked the folder yet. Every process checks
             # it (rank 0 under the lock), and none goes on (and writes to it) until all have. A folder holding only
             # training_params.json and accelerate_config.yaml (prepared for this run) is a fresh one.
             resume_point(project_dir(params), params.resume_from_checkpoint)
-            project.process_state(params).wait_for_everyone()
+            process_state(params).wait_for_everyone()
         return project.run(params, folder_checked=True)
 
 

@@ -98,7 +98,7 @@ def build_trainer(tmp_path: Path, model: torch.nn.Module, packing: bool):
 
 def head_check(trainer) -> float:
     """Run the trainer's start-up self-check now (it runs when training begins)."""
-    from autotrain.train.checks import HeadCheck
+    from autotrain.train.head_check import HeadCheck
 
     (check,) = [c for c in trainer.callback_handler.callbacks if isinstance(c, HeadCheck)]
     return check.run()

@@ -120,7 +120,7 @@ def test_the_lock_is_one_line_from_python_and_a_killed_holder_blocks_nobody(tmp_
 
 
 def test_who_takes_the_lock(monkeypatch):
-    from autotrain.run.preflight import LAUNCHED_ENV, takes_lock
+    from autotrain.run.processes import LAUNCHED_ENV, takes_lock
 
     for name in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", LAUNCHED_ENV):
         monkeypatch.delenv(name, raising=False)
@@ -137,7 +137,7 @@ def test_who_takes_the_lock(monkeypatch):
 def test_the_training_module_takes_the_lock_unless_its_launcher_holds_it(tmp_path, chat_model):
     """`python -m autotrain.trainers.clm` (torchrun, slurm) takes the lock in rank 0 and is refused while another
     run holds it; started by autotrain.run.launch it trains under its parent's lock instead of waiting on it."""
-    from autotrain.run.preflight import LAUNCHED_ENV
+    from autotrain.run.processes import LAUNCHED_ENV
 
     project = tmp_path / "run"
     data = write_jsonl(tmp_path / "pairs.jsonl", arithmetic_pairs(4))

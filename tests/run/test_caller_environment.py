@@ -52,12 +52,12 @@ def test_a_wandb_run_leaves_the_callers_environment_and_wandb_as_they_were(tmp_p
 
 
 def test_the_environment_is_restored_when_a_run_fails(tmp_path, callers_environment):
-    from autotrain import project
+    from autotrain.run.session import session, tracker_environment
 
     params = LLMTrainingParams(project_name=str(tmp_path / "run"), log="wandb", wandb_token=KEY,
                                wandb_run_id="run7")
-    with pytest.raises(RuntimeError, match="a failing step"), project.session(params):
-        project._tracker_environment(params, tmp_path / "run")
+    with pytest.raises(RuntimeError, match="a failing step"), session(params):
+        tracker_environment(params, tmp_path / "run")
         assert os.environ["WANDB_API_KEY"] == KEY  # while the run lasts, the trackers have what they need
         raise RuntimeError("a failing step")
     assert changed(callers_environment) == {}

@@ -34,7 +34,7 @@ from safetensors.torch import load_file
 from autotrain.errors import AutoTrainError, ParamsError, TrainingInterrupted
 from autotrain.outputs import project_folder
 from autotrain.project import AutoTrainProject, run
-from autotrain.run import launch, launch_config, preflight
+from autotrain.run import launch, launch_config, preflight, processes
 from autotrain.trainers.clm.params import LLMTrainingParams
 
 COLUMNS = dict(prompt_text_column="prompt", text_column="chosen", rejected_text_column="rejected")
@@ -44,13 +44,13 @@ SETTINGS = dict(batch_size=2, logging_steps=1, max_steps=STEPS, lr=1e-3, warmup_
 LORA = dict(peft=True, lora_dropout=0.0)  # LoRA fields are refused without peft
 SECRET = "hf_SECRET_launch_token_never_written_123"
 MARKERS = ("WORLD_SIZE", "LOCAL_RANK", "RANK", "ACCELERATE_MIXED_PRECISION", "ACCELERATE_DYNAMO_BACKEND",
-           "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", preflight.LAUNCHED_ENV)
+           "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", processes.LAUNCHED_ENV)
 
 
 @pytest.fixture
 def plain_env(monkeypatch):
     """No launcher variables in the environment: this process is not a launched one."""
-    for name in MARKERS + (preflight.NUM_PROCESSES_ENV,):
+    for name in MARKERS + (processes.NUM_PROCESSES_ENV,):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -104,7 +104,7 @@ def test_ddp_config_on_gpus_and_mixed_precision(tmp_path, plain_env):
 
     with gpus(4):
         params = LLMTrainingParams(mixed_precision="bf16")  # no backend: several GPUs mean ddp
-        assert preflight.num_processes(params) == 4
+        assert processes.num_processes(params) == 4
         path = written_config(tmp_path, params, 4)
     loaded = load_config_from_file(str(path))
     assert loaded.distributed_type == DistributedType.MULTI_GPU
@@ -222,38 +222,38 @@ def test_launch_command():
 
 def test_needs_launch(plain_env):
     with gpus(0):
-        assert not preflight.needs_launch(LLMTrainingParams())
-        assert preflight.needs_launch(LLMTrainingParams(distributed_backend="ddp"))
+        assert not processes.needs_launch(LLMTrainingParams())
+        assert processes.needs_launch(LLMTrainingParams(distributed_backend="ddp"))
     with gpus(1):
-        assert not preflight.needs_launch(LLMTrainingParams())
+        assert not processes.needs_launch(LLMTrainingParams())
     with gpus(2):
-        assert preflight.needs_launch(LLMTrainingParams())
+        assert processes.needs_launch(LLMTrainingParams())
         # Inside a launched process: train there, never launch again.
         for name, value in (("WORLD_SIZE", "2"), ("LOCAL_RANK", "0"), ("ACCELERATE_MIXED_PRECISION", "no"),
-                            (preflight.LAUNCHED_ENV, "1")):
+                            (processes.LAUNCHED_ENV, "1")):
             plain_env.setenv(name, value)
-            assert not preflight.needs_launch(LLMTrainingParams(distributed_backend="ddp")), name
+            assert not processes.needs_launch(LLMTrainingParams(distributed_backend="ddp")), name
             plain_env.delenv(name)
 
 
 def test_num_processes(plain_env):
     params = LLMTrainingParams(distributed_backend="ddp")
     with gpus(0):
-        assert preflight.num_processes(params) == preflight.CPU_PROCESSES == 2
-        plain_env.setenv(preflight.NUM_PROCESSES_ENV, "3")
-        assert preflight.num_processes(params) == 3
+        assert processes.num_processes(params) == processes.CPU_PROCESSES == 2
+        plain_env.setenv(processes.NUM_PROCESSES_ENV, "3")
+        assert processes.num_processes(params) == 3
         for bad in ("0", "two", "-1"):
-            plain_env.setenv(preflight.NUM_PROCESSES_ENV, bad)
-            with pytest.raises(ParamsError, match=preflight.NUM_PROCESSES_ENV):
-                preflight.num_processes(params)
-    plain_env.delenv(preflight.NUM_PROCESSES_ENV)
+            plain_env.setenv(processes.NUM_PROCESSES_ENV, bad)
+            with pytest.raises(ParamsError, match=processes.NUM_PROCESSES_ENV):
+                processes.num_processes(params)
+    plain_env.delenv(processes.NUM_PROCESSES_ENV)
     with gpus(8):
-        assert preflight.num_processes(params) == 8
-        plain_env.setenv(preflight.NUM_PROCESSES_ENV, "4")
-        assert preflight.num_processes(params) == 4
-        plain_env.setenv(preflight.NUM_PROCESSES_ENV, "9")
+        assert processes.num_processes(params) == 8
+        plain_env.setenv(processes.NUM_PROCESSES_ENV, "4")
+        assert processes.num_processes(params) == 4
+        plain_env.setenv(processes.NUM_PROCESSES_ENV, "9")
         with pytest.raises(ParamsError, match="only 8 CUDA devices"):
-            preflight.num_processes(params)
+            processes.num_processes(params)
 
 
 def test_deepspeed_without_cuda_fails_before_anything_is_written(tmp_path, plain_env):
@@ -370,7 +370,7 @@ def two_processes():
     with pytest.MonkeyPatch.context() as env:
         for name in MARKERS:
             env.delenv(name, raising=False)
-        env.setenv(preflight.NUM_PROCESSES_ENV, "2")
+        env.setenv(processes.NUM_PROCESSES_ENV, "2")
         yield
 
 
@@ -525,7 +525,7 @@ def test_fsdp2_precomputed_reference_and_sample_answers(tmp_path, chat_model, pl
     params.save_json(tmp_path / "params.json")
     script = ("from autotrain.project import AutoTrainProject, LLMTrainingParams as P\n"
               f"AutoTrainProject(P.load_json({str(tmp_path / 'params.json')!r})).create()")
-    env = dict(os.environ, **{preflight.NUM_PROCESSES_ENV: "2"})
+    env = dict(os.environ, **{processes.NUM_PROCESSES_ENV: "2"})
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, env=env)
     try:
@@ -555,7 +555,7 @@ def bad_data(tmp_path) -> Path:
 
 
 def test_child_error_reaches_the_python_api(tmp_path, chat_model, bad_data, plain_env):
-    plain_env.setenv(preflight.NUM_PROCESSES_ENV, "2")
+    plain_env.setenv(processes.NUM_PROCESSES_ENV, "2")
     settings = dict(model=str(chat_model), data_path=str(bad_data), **SETTINGS)
     with pytest.raises(AutoTrainError) as direct:  # the same run in this process: the error to expect
         run(LLMTrainingParams(project_name=str(tmp_path / "direct"), **settings))
@@ -569,7 +569,7 @@ def test_child_error_reaches_the_python_api(tmp_path, chat_model, bad_data, plai
 
 
 def test_child_error_reaches_the_cli(tmp_path, chat_model, bad_data, plain_env):
-    plain_env.setenv(preflight.NUM_PROCESSES_ENV, "2")
+    plain_env.setenv(processes.NUM_PROCESSES_ENV, "2")
     with pytest.raises(AutoTrainError) as direct:
         run(LLMTrainingParams(model=str(chat_model), data_path=str(bad_data), project_name=str(tmp_path / "direct"),
                               **SETTINGS))
@@ -584,7 +584,7 @@ def test_child_error_reaches_the_cli(tmp_path, chat_model, bad_data, plain_env):
 
 def test_child_crash_reaches_the_python_api(tmp_path, chat_model, plain_env):
     """Weights that fail to load: whatever the single-process run raises, the launched run reports the same."""
-    plain_env.setenv(preflight.NUM_PROCESSES_ENV, "2")
+    plain_env.setenv(processes.NUM_PROCESSES_ENV, "2")
     model = tmp_path / "corrupt-model"
     shutil.copytree(chat_model, model)
     (model / "model.safetensors").write_bytes(b"not safetensors" * 8)
@@ -625,7 +625,7 @@ def test_sigterm_stops_launched_processes_after_a_checkpoint(tmp_path, chat_mode
         except TrainingInterrupted as exc:
             print("interrupted:", exc.exit_code, exc.checkpoint, flush=True)
     """)
-    env = dict(os.environ, **{preflight.NUM_PROCESSES_ENV: "2"})
+    env = dict(os.environ, **{processes.NUM_PROCESSES_ENV: "2"})
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, env=env)
     lines = []
@@ -666,7 +666,7 @@ def test_training_module_under_torchrun(tmp_path, chat_model, plain_env):
 MAIN_PROCESS = """
 import os
 from autotrain.params import LLMTrainingParams
-from autotrain.project import process_state
+from autotrain.run.processes import process_state
 print(f"rank {os.environ['RANK']} main {process_state(LLMTrainingParams()).is_main_process}", flush=True)
 """
 

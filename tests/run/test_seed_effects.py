@@ -129,7 +129,7 @@ def test_ddp_timeout_reaches_the_process_group(monkeypatch):
 
     import accelerate
 
-    from autotrain.project import process_state
+    from autotrain.run.processes import process_state
 
     seen = {}
     monkeypatch.setattr(accelerate, "PartialState", lambda **kwargs: seen.update(kwargs) or "state")
@@ -200,14 +200,14 @@ def test_attn_implementation_the_model_cannot_run_is_refused_with_the_reason(cha
 
 
 def test_wandb_token_and_run_id_go_to_the_environment_only(tmp_path, monkeypatch, caplog):
-    from autotrain import project
+    from autotrain.run.session import tracker_environment
 
     for name in ("WANDB_API_KEY", "WANDB_RUN_ID", "WANDB_RESUME", "WANDB_MODE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("WANDB_MODE", "disabled")
     params = LLMTrainingParams(log="wandb", wandb_token="k-123", wandb_run_id="run7")
     with caplog.at_level("INFO", logger="autotrain"):
-        project._tracker_environment(params, tmp_path)
+        tracker_environment(params, tmp_path)
     assert (os.environ["WANDB_API_KEY"], os.environ["WANDB_RUN_ID"], os.environ["WANDB_RESUME"]) == (
         "k-123", "run7", "allow")
     assert "wandb beta leet" in caplog.text  # wandb_visualizer: on by default with --log wandb
@@ -215,7 +215,7 @@ def test_wandb_token_and_run_id_go_to_the_environment_only(tmp_path, monkeypatch
     assert "k-123" not in (tmp_path / "p.json").read_text() and "k-123" in params.secret_values()
     caplog.clear()
     with caplog.at_level("INFO", logger="autotrain"):
-        project._tracker_environment(LLMTrainingParams(log="wandb", wandb_visualizer=False), tmp_path)
+        tracker_environment(LLMTrainingParams(log="wandb", wandb_visualizer=False), tmp_path)
     assert "wandb beta leet" not in caplog.text and "WANDB_RUN_ID" not in os.environ
     with pytest.raises(ParamsError, match="wandb_visualizer shows a W&B run: add --log wandb"):
         LLMTrainingParams(wandb_visualizer=True)

@@ -20,7 +20,7 @@ from transformers import Trainer, TrainerCallback
 
 from autotrain.errors import TrainingError
 from autotrain.project import AutoTrainProject
-from autotrain.train import checks
+from autotrain.train import guards, trainer_api
 from autotrain.train.trainer import PreferenceTrainer
 from autotrain.trainers.clm.params import LLMTrainingParams
 
@@ -29,14 +29,14 @@ RUN = dict(batch_size=2, gradient_accumulation=1, max_steps=4, logging_steps=1, 
 
 
 def test_step_decisions():
-    assert checks.step_problem(True, True, None) is None
-    assert checks.step_problem(True, True, 1024.0) is None
-    assert checks.step_problem(False, False, 1024.0) == "non-finite loss"  # not an overflow: the loss itself
-    assert checks.step_problem(False, True, None) == "non-finite loss"
-    assert checks.step_problem(True, False, None) == "non-finite gradient"  # fp32/bf16: nothing skips the step
-    assert checks.step_problem(True, False, 2.0) is None  # fp16: the scaler skips it and halves its scale
-    assert "overflow even at loss scale 1" in checks.step_problem(True, False, 1.0)
-    assert "overflow even at loss scale 0.5" in checks.step_problem(True, False, 0.5)
+    assert guards.step_problem(True, True, None) is None
+    assert guards.step_problem(True, True, 1024.0) is None
+    assert guards.step_problem(False, False, 1024.0) == "non-finite loss"  # not an overflow: the loss itself
+    assert guards.step_problem(False, True, None) == "non-finite loss"
+    assert guards.step_problem(True, False, None) == "non-finite gradient"  # fp32/bf16: nothing skips the step
+    assert guards.step_problem(True, False, 2.0) is None  # fp16: the scaler skips it and halves its scale
+    assert "overflow even at loss scale 1" in guards.step_problem(True, False, 1.0)
+    assert "overflow even at loss scale 0.5" in guards.step_problem(True, False, 0.5)
 
 
 def run_with_scaler(tmp_path: Path, model: Path, monkeypatch, init_scale: float, poisoned_steps: set[int]):
@@ -135,7 +135,7 @@ def test_under_deepspeed_a_non_finite_gradient_is_reported_as_applied(tmp_path, 
 
 
 def test_the_installed_trainer_has_what_the_loop_relies_on():
-    checks.check_trainer_api(Trainer)
+    trainer_api.check_trainer_api(Trainer)
 
 
 def test_a_renamed_or_changed_member_fails_at_start_up():
@@ -143,14 +143,14 @@ def test_a_renamed_or_changed_member_fails_at_start_up():
         _clip_grad_norm = None
 
     with pytest.raises(RuntimeError, match=r"Trainer._clip_grad_norm is not what .*\(expected parameters"):
-        checks.check_trainer_api(Renamed)
+        trainer_api.check_trainer_api(Renamed)
 
     class Changed(Trainer):
         def get_batch_samples(self, iterator, count, device):
             return [], None
 
     with pytest.raises(RuntimeError, match=r"Trainer.get_batch_samples"):
-        checks.check_trainer_api(Changed)
+        trainer_api.check_trainer_api(Changed)
 
 
 def test_every_private_trainer_member_the_subclass_uses_is_checked_at_start_up():
@@ -166,11 +166,11 @@ def test_every_private_trainer_member_the_subclass_uses_is_checked_at_start_up()
     names |= {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
     private = {name for name in names if name.startswith("_") and not name.startswith("__") and hasattr(Trainer, name)}
     assert {"_clip_grad_norm", "_get_output_dir", "_save_checkpoint", "_issue_warnings_after_load"} <= private
-    unchecked = private - set(checks.TRAINER_MEMBERS)
+    unchecked = private - set(trainer_api.TRAINER_MEMBERS)
     assert not unchecked, f"private Trainer members used but not checked at start-up: {sorted(unchecked)}"
     for name in sorted(private):
         with pytest.raises(RuntimeError, match=f"Trainer.{name} is not what"):
-            checks.check_trainer_api(type("Renamed", (Trainer,), {name: None}))
+            trainer_api.check_trainer_api(type("Renamed", (Trainer,), {name: None}))
 
 
 def test_a_trainer_that_divides_the_loss_anyway_is_caught_at_the_first_accumulated_step(tmp_path, chat_model,

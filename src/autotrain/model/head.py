@@ -2,7 +2,7 @@
 
 The chunked head (autotrain.model.logprobs.token_logps) runs the LM head's weights itself, at the target positions only,
 so whatever the family's forward applies to the head's output (a scale, a soft cap) must be applied there too. The
-table below says it per model type; the start-up head check (autotrain.train.checks.check_head) refuses a family for which it
+table below says it per model type; the start-up head check (autotrain.train.head_check) refuses a family for which it
 is wrong.
 """
 

@@ -17,7 +17,7 @@ The hub token travels in the environment (`HF_TOKEN`), never on a command line o
 
 The launched processes run autotrain.worker; the first that fails records its error in the file named by
 STATUS_ENV (`write_status`), from which this process raises it. The number of processes is
-autotrain.run.preflight.num_processes.
+autotrain.run.processes.num_processes.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from autotrain.errors import AutoTrainError, TrainingInterrupted
 from autotrain.outputs import resuming
 from autotrain.outputs.project_folder import LAUNCH_CONFIG_FILE, LAUNCH_LOG_FILE, PARAMS_FILE
 from autotrain.params import LLMTrainingParams
-from autotrain.run import launch_config, preflight
+from autotrain.run import launch_config, preflight, processes
 
 logger = logging.getLogger("autotrain")
 
@@ -68,15 +68,15 @@ def launch(params: LLMTrainingParams) -> None:
     preflight.check_launch(params)
     preflight.check_device(params)
     resuming.checked_resume(params)  # fails before anything is written
-    count = preflight.num_processes(params)
+    count = processes.num_processes(params)
     project.mkdir(parents=True, exist_ok=True)
     params_file, config_file, log_file = project / PARAMS_FILE, project / LAUNCH_CONFIG_FILE, project / LAUNCH_LOG_FILE
     params.save_json(params_file)
     launch_config.write_accelerate_config(launch_config.accelerate_config(params, count), config_file, params_file)
-    cpu = preflight.cuda_devices() == 0
+    cpu = processes.cuda_devices() == 0
 
     env = dict(os.environ)
-    env[preflight.LAUNCHED_ENV] = "1"
+    env[processes.LAUNCHED_ENV] = "1"
     env["PYTHONUNBUFFERED"] = "1"  # lines reach the console as they are written
     if cpu:
         env["ACCELERATE_USE_CPU"] = "true"
@@ -85,7 +85,7 @@ def launch(params: LLMTrainingParams) -> None:
     if params.wandb_token is not None:  # like the hub token: the environment, never a file or a command line
         env["WANDB_API_KEY"] = params.wandb_token.get_secret_value()
     cmd = command(config_file, params_file)
-    logger.info("launching %d %s processes (%s): %s", count, preflight.backend_of(params),
+    logger.info("launching %d %s processes (%s): %s", count, processes.backend_of(params),
                 "CPU, gloo" if cpu else "CUDA", " ".join(cmd))
 
     with tempfile.TemporaryDirectory(prefix="aitraining-launch-") as scratch:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from autotrain.params import LLMTrainingParams
-from autotrain.run import preflight
+from autotrain.run import processes
 
 
 def accelerate_config(params: LLMTrainingParams, num_processes: int) -> dict[str, Any]:
@@ -38,8 +38,8 @@ def accelerate_config(params: LLMTrainingParams, num_processes: int) -> dict[str
     machines edit `num_machines`, `num_processes` (the total), `machine_rank`, `main_process_ip` and
     `main_process_port` (see the README, "Scale out").
     """
-    backend = preflight.backend_of(params)
-    cpu = preflight.cuda_devices() == 0
+    backend = processes.backend_of(params)
+    cpu = processes.cuda_devices() == 0
     config: dict[str, Any] = {
         "compute_environment": "LOCAL_MACHINE",
         "distributed_type": {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed": "DEEPSPEED"}[backend],

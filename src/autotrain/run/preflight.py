@@ -1,5 +1,5 @@
 """What a run checks before it writes anything, shared by a run in this process (autotrain.project) and a launch
-of several processes (autotrain.run.launch); and which process of a run this one is.
+of several processes (autotrain.run.launch). Which process of a run this one is: autotrain.run.processes.
 
 The checks, in the order a run takes them, each only as costly as it has to be:
 
@@ -12,7 +12,7 @@ The checks, in the order a run takes them, each only as costly as it has to be:
 3. `check_device`: what the machine and the installed transformers support (optimizer and scheduler names, mixed
    precision, quantization); a launch adds `check_launch` (the backend against the machine, the process count).
 
-`needs_launch` decides whether the run trains here or in launched processes.
+Whether the run trains here or in launched processes: autotrain.run.processes.needs_launch.
 """
 
 from __future__ import annotations
@@ -26,22 +26,10 @@ from autotrain.errors import ParamsError
 from autotrain.outputs.project_folder import project_dir  # noqa: F401 - where callers look for it
 from autotrain.params import DEFAULT_MODEL, LLMTrainingParams, methods
 from autotrain.params.packages import LOW_RANK_OPTIMIZERS, OPTIMIZER_PACKAGES  # noqa: F401 - LOW_RANK re-exported
+from autotrain.run import processes
 from autotrain.train.arguments import bf16_accelerator, bf16_on_cpu
 
 logger = logging.getLogger("autotrain")
-
-NUM_PROCESSES_ENV = "AITRAINING_NUM_PROCESSES"
-CPU_PROCESSES = 2  # `--distributed-backend ddp` on a machine without CUDA, when AITRAINING_NUM_PROCESSES is unset
-# Set by autotrain.run.launch for the processes it starts: the folder was checked and prepared by the parent.
-LAUNCHED_ENV = "AITRAINING_LAUNCHED"
-
-# Set in every process that a launcher (torchrun, accelerate launch, deepspeed, mpirun) started: such a process
-# trains itself and never launches again. ACCELERATE_MIXED_PRECISION and ACCELERATE_DYNAMO_BACKEND are set by each
-# of accelerate's launchers, also for a single process.
-_LAUNCHED_MARKERS = (
-    "WORLD_SIZE", "LOCAL_RANK", "RANK", "ACCELERATE_MIXED_PRECISION", "ACCELERATE_DYNAMO_BACKEND",
-    "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", LAUNCHED_ENV,
-)
 
 
 def check_inputs(params: LLMTrainingParams) -> Any:
@@ -107,23 +95,11 @@ def check_kernel_here(attention: str | None) -> None:
                           "choose sdpa or eager, or leave --attn-implementation unset")
 
 
-def cuda_devices() -> int:
-    """The CUDA devices this process sees (CUDA_VISIBLE_DEVICES selects them)."""
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def backend_of(params: LLMTrainingParams) -> str:
-    """The backend a launch uses: the one asked for, else ddp (several GPUs)."""
-    return params.distributed_backend or "ddp"
-
-
 def check_launch(params: LLMTrainingParams) -> None:
     """What a launch needs besides `check_device`: the backend fits the machine, its packages are installed, and
     the number of processes is one this machine can run."""
-    backend = backend_of(params)
-    gpus = cuda_devices()
+    backend = processes.backend_of(params)
+    gpus = processes.cuda_devices()
     # FSDP2 (fully_shard) runs on CPU processes joined by gloo, as ddp does; DeepSpeed needs CUDA.
     if backend == "deepspeed" and gpus == 0:
         raise ParamsError(
@@ -135,56 +111,7 @@ def check_launch(params: LLMTrainingParams) -> None:
         raise ParamsError(
             f"quantization {params.quantization} is not supported with distributed_backend {backend}; use ddp"
         )
-    num_processes(params)
-
-
-def num_processes(params: LLMTrainingParams) -> int:
-    """The visible CUDA devices; AITRAINING_NUM_PROCESSES overrides; without CUDA (ddp only) 2 by default."""
-    gpus = cuda_devices()
-    text = os.environ.get(NUM_PROCESSES_ENV, "").strip()
-    if text:
-        if not text.isdigit() or int(text) < 1:
-            raise ParamsError(f"{NUM_PROCESSES_ENV}={text!r}: must be a whole number of processes, at least 1")
-        count = int(text)
-        if gpus and count > gpus:
-            raise ParamsError(f"{NUM_PROCESSES_ENV}={count}, but only {gpus} CUDA devices are visible")
-        return count
-    return gpus if gpus else CPU_PROCESSES
-
-
-def sharded_weights() -> bool:
-    """Whether this process will hold only a shard of the weights (a launch with FSDP, or DeepSpeed ZeRO-3, as
-    accelerate's launcher tells its processes): then every process must take part in any forward pass, generate's
-    included, or the one that runs alone waits forever for the others' shards."""
-    flag = lambda name: os.environ.get(name, "false").lower() == "true"  # noqa: E731
-    zero3 = flag("ACCELERATE_USE_DEEPSPEED") and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
-    return flag("ACCELERATE_USE_FSDP") or zero3
-
-
-def needs_launch(params: LLMTrainingParams) -> bool:
-    """Whether create() must start processes: a backend was asked for, or more than one GPU is visible."""
-    if inside_launched_process():
-        return False
-    if params.distributed_backend is not None:
-        return True
-    return cuda_devices() > 1
-
-
-def inside_launched_process() -> bool:
-    """True in a process that a launcher started (see _LAUNCHED_MARKERS)."""
-    return any(os.environ.get(name) for name in _LAUNCHED_MARKERS)
-
-
-def global_rank() -> int:
-    """This process's rank in its run (0 when no launcher says otherwise: torchrun, mpirun, slurm via either)."""
-    text = os.environ.get("RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or os.environ.get("PMI_RANK") or "0"
-    return int(text) if text.strip().isdigit() else 0
-
-
-def takes_lock() -> bool:
-    """Whether this process owns the project folder for its run: not a process that autotrain.run.launch started (its
-    parent holds the lock), and only the first process (rank 0) of a run under torchrun, slurm or mpirun."""
-    return not os.environ.get(LAUNCHED_ENV) and global_rank() == 0
+    processes.num_processes(params)
 
 
 # --- What the params need besides themselves: packages, a tracker's server, the hub -------------------------------
@@ -232,7 +159,7 @@ def check_setup(params: LLMTrainingParams) -> None:
     if params.distributed_backend == "deepspeed" and not installed("deepspeed"):
         raise ParamsError("distributed_backend: deepspeed needs CUDA GPUs and the deepspeed package, which is not "
                           "installed (pip install deepspeed)")
-    if os.environ.get(LAUNCHED_ENV) or global_rank() != 0:  # one process of a run asks the servers
+    if os.environ.get(processes.LAUNCHED_ENV) or processes.global_rank() != 0:  # one process of a run asks the servers
         return
     if params.log == "wandb" and wandb_online(params):
         _check_wandb_server()

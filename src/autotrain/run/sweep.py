@@ -37,7 +37,7 @@ from autotrain.judge import stats
 from autotrain.outputs.sweep_report import TABLE_FILE, fixed_settings, plot, write_table
 from autotrain.params import LLMTrainingParams, methods
 from autotrain.params.sweep import DEFAULT_SPACE, Range, SweepParams, corners, parse_space
-from autotrain.run import preflight
+from autotrain.run import preflight, processes
 
 logger = logging.getLogger("autotrain")
 
@@ -116,7 +116,7 @@ def check_space(params: LLMTrainingParams, ranges: list[Range], base: dict[str, 
     for values in corners(ranges):
         try:
             trial = LLMTrainingParams(**{**base, **values, "project_name": str(folder)})
-            if preflight.needs_launch(trial):
+            if processes.needs_launch(trial):
                 raise ParamsError("use_sweep runs its trials in this process: one GPU, no --distributed-backend")
         except ParamsError as exc:
             raise ParamsError(f"sweep_params: a trial with {_shown(values)} cannot run: {exc}") from None
@@ -195,7 +195,7 @@ def _one_trial(study: Any, params: LLMTrainingParams, base: dict[str, Any], rang
     folder = project / TRIALS_DIR / f"{trial.number:03d}"
     try:
         trial_params = LLMTrainingParams(**{**base, **values, "project_name": str(folder)})
-        if preflight.needs_launch(trial_params):
+        if processes.needs_launch(trial_params):
             raise ParamsError("use_sweep runs its trials in this process: one GPU, no --distributed-backend")
     except ParamsError as exc:
         study.tell(trial, state=TrialState.FAIL)

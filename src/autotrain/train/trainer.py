@@ -4,7 +4,7 @@ transformers owns the loop, the optimizer, the schedule, checkpoints and mixed p
 what it lacks: the step-wide reduction of a method's per-pair terms (the method is autotrain.params.methods', looked up by
 the name it is given; how the terms reduce is autotrain.train.losses'), the frozen reference a method may need, metrics
 that stay on the device until a logging step reads them, the non-finite guard and checkpoint staging. The loop's
-own checks live in autotrain.train.checks.
+own checks live in autotrain.train.trainer_api, guards and head_check.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from autotrain.outputs import checkpoints
 from autotrain.outputs.progress import is_evaluation
 from autotrain.outputs.project_folder import PARAMS_FILE
 from autotrain.params import methods
-from autotrain.train import checks
+from autotrain.train import guards, head_check, trainer_api
 from autotrain.train.losses import PAIRS, PairTerms, pair_counts, reduce_columns
 
 
@@ -47,7 +47,7 @@ class MethodTrainer(Trainer):
     def __init__(self, *args: Any, method: str, beta: float, ref_model: torch.nn.Module | None = None,
                  precompute_ref: bool = False, disable_dropout: bool = True, options: dict[str, float] | None = None,
                  **kwargs: Any):
-        checks.check_trainer_api(Trainer)
+        trainer_api.check_trainer_api(Trainer)
         super().__init__(*args, **kwargs)
         # Before transformers 5.19 (no loss_is_scaled_for_ga) training_step leaves the loss undivided when the model
         # "accepts loss kwargs" and num_items_in_batch is given; get_batch_samples always gives it here.
@@ -63,7 +63,7 @@ class MethodTrainer(Trainer):
             ref_model.requires_grad_(False).eval().to(self.args.device)
         if self.compute_metrics is None:
             self.compute_metrics = self._eval_metrics
-        self.add_callback(checks.HeadCheck(self, sequence_logps))
+        self.add_callback(head_check.HeadCheck(self, sequence_logps))
         # Per-pair column sums of the training micro-batches since the last log; on the device until a log reads them.
         self._window: dict[str, torch.Tensor] = {}
         self._nll_weight = 1.0
@@ -142,8 +142,8 @@ class MethodTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: D102
         loss = super().training_step(model, inputs, num_items_in_batch)
         if not self._scaling_checked and getattr(self, "current_gradient_accumulation_steps", 1) > 1:
-            # The accumulation rule held (checks.check_trainer_api): checked once, one host read.
-            checks.check_undivided(loss, self._last_loss)
+            # The accumulation rule held (trainer_api.check_trainer_api): checked once, one host read.
+            trainer_api.check_undivided(loss, self._last_loss)
             self._scaling_checked = True
         return loss
 
@@ -160,7 +160,7 @@ class MethodTrainer(Trainer):
             self._last_loss = loss.detach()
             if self.is_deepspeed_enabled and self.accelerator.sync_gradients:
                 # DeepSpeed steps the optimizer inside this micro-batch's backward: decide before it runs.
-                self._stop_on(checks.step_problem(self._read_flags()[0], True, None), applied=False)
+                self._stop_on(guards.step_problem(self._read_flags()[0], True, None), applied=False)
         return (loss, terms) if return_outputs else loss
 
     def _terms(self, model: torch.nn.Module, inputs: dict[str, Any]) -> PairTerms:
@@ -194,13 +194,13 @@ class MethodTrainer(Trainer):
             return grad_norm
         scaler = getattr(self.accelerator, "scaler", None)
         scale = scaler.get_scale() if not grad_ok and scaler is not None and scaler.is_enabled() else None
-        self._stop_on(checks.step_problem(loss_ok, grad_ok, scale), applied=False)
+        self._stop_on(guards.step_problem(loss_ok, grad_ok, scale), applied=False)
         return grad_norm
 
     def _stop_on(self, problem: str | None, applied: bool) -> None:
         if problem is not None:
             done = checkpoints.checkpoints(Path(self.args.output_dir))
-            raise TrainingError(checks.stop_message(problem, self.state.global_step + 1,
+            raise TrainingError(guards.stop_message(problem, self.state.global_step + 1,
                                                     str(done[-1]) if done else None, applied))
 
     def _get_output_dir(self, trial):
