@@ -98,7 +98,8 @@ def test_no_import_cycle_among_source_modules():
 # The package's layers, lowest first: a module may import its own layer and those below, never one above. Each
 # top-level folder is one unit (`autotrain.model` and everything in it), and so is each top-level module.
 LAYERS = [
-    {"errors", "quiet", "atomic", "disk", "private"},  # what all may use: errors, quiet libraries, safe writes, the guarded private members
+    # what all may use: errors, quiet libraries, safe writes, free space, the guarded private members of libraries
+    {"errors", "quiet", "atomic", "disk", "private"},
     {"params"},  # the run's settings, the methods' names, checked without torch
     {"config_file", "data"},  # --config files; rows -> token ids
     {"batch"},  # token ids -> batches (the contract, padded, packed)
@@ -167,7 +168,8 @@ def calls_attribute(node: ast.AST, *names: str) -> bool:
 def test_models_and_tokenizers_are_loaded_in_one_module():
     """Training, the reference, inference and the merge of a saved adapter load through autotrain.model.loading (the
     embedded GGUF's one-time conversion, autotrain.model.embedded, is the other end of that pipe)."""
-    assert places(lambda node: calls_attribute(node, "from_pretrained")) == {"autotrain.model.loading", "autotrain.model.embedded"}
+    assert places(lambda node: calls_attribute(node, "from_pretrained")) == {"autotrain.model.loading",
+                                                                            "autotrain.model.embedded"}
 
 
 def test_one_way_back_from_a_wrapped_model():

@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     check_argparse()  # the flag hints read argparse's private list of actions (autotrain.private)
     formatter = lambda prog: argparse.HelpFormatter(prog, max_help_position=30, width=100)  # noqa: E731
     parser = _Parser(
-        prog="aitraining", usage=USAGE, description="Preference fine-tuning of causal LMs (ORPO, DPO and its loss types, SimPO, CPO, SFT, ...).",
+        prog="aitraining", usage=USAGE,
+        description="Preference fine-tuning of causal LMs (ORPO, DPO and its loss types, SimPO, CPO, SFT, ...).",
         formatter_class=formatter,
     )
     parser.add_argument("--version", action="version", version=f"aitraining {__version__}")

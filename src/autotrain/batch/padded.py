@@ -1,4 +1,4 @@
-"""The padded layout: chosen and rejected as separate rows, right-padded; the batch contract is autotrain.batch.contract."""
+"""The padded layout: chosen and rejected as separate rows, right-padded (the batch contract: autotrain.batch.contract)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """The tokenized-data cache as a whole: where it is, its size cap, least-recently-used eviction, and what
 `aitraining cache list` and `aitraining cache clear` show and do. The entries themselves: autotrain.data.cache.
 
-- Where: `<cache root>/tokenized/`, the cache root (`cache_root`, which the embedded model's conversion uses too) (`$AITRAINING_CACHE`, else
-  `$XDG_CACHE_HOME/aitraining`, else `~/.cache/aitraining`).
+- Where: `<cache root>/tokenized/`; the cache root (`cache_root`; the embedded model's conversion uses it too) is
+  `$AITRAINING_CACHE`, else `$XDG_CACHE_HOME/aitraining`, else `~/.cache/aitraining`.
 - The cap: `$AITRAINING_CACHE_MAX_GB` gigabytes (10^9 bytes; default 20, decimals allowed, 0 keeps only the entry
   just written). After an entry is written, the least recently used others are removed until the entries fit; the
   one just written always stays, even alone over the cap, since the run is about to read it.
