@@ -144,6 +144,18 @@ def test_no_import_runs_up_the_layers():
     assert not upward, "imports that run up the layers (ARCHITECTURE.md, 'Layers'):\n" + "\n".join(upward)
 
 
+def test_no_loop_between_top_level_folders_and_modules():
+    """Units of one layer may import each other; never both ways round, not even through others."""
+    units: dict[str, set[str]] = {}
+    for a, targets in graph().items():
+        units.setdefault(unit(a), set()).update(unit(b) for b in targets if unit(b) != unit(a))
+    for targets in list(units.values()):
+        for b in targets:
+            units.setdefault(b, set())
+    cycle = find_cycle(units)
+    assert cycle is None, "a loop between top-level units: " + " -> ".join(cycle)
+
+
 def test_no_source_module_over_400_lines():
     long = {name: n for name, path in modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: {long}"
