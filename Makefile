@@ -7,7 +7,7 @@ LOCK_VENV := .venv-lock
 # Every optional extra whose packages the suite or a benchmark imports.
 LOCK_EXTRAS := test,sweep,bench,chat
 DEMO_PROJECT ?= demo-orpo
-# `make demo DEMO_JUDGE=SPEC` also judges the validation answers before and after training (README, "Judged win rates").
+# `make demo DEMO_JUDGE=SPEC` also judges the validation answers before and after training (docs/evaluation.md, "Judged win rates").
 DEMO_JUDGE ?=
 
 .PHONY: install lock browser test demo methods-demo clean

@@ -1,8 +1,8 @@
-"""Rewrite README.md's migration table from the params (autotrain.params.migration)."""
+"""Rewrite docs/migration.md's table from the params (autotrain.params.migration)."""
 
 from pathlib import Path
 
 from autotrain.params.migration import readme_with_table
 
-readme = Path(__file__).resolve().parent.parent / "README.md"
-readme.write_text(readme_with_table(readme.read_text()))
+page = Path(__file__).resolve().parent.parent / "docs" / "migration.md"
+page.write_text(readme_with_table(page.read_text()))

@@ -360,3 +360,22 @@ def test_a_planted_bad_name_is_flagged(kind: str, tmp_path: Path):
             "```sh\naitraining llm --train --peft --lora-r 8\n```\nSee [Data](docs/data.md#data).\n")
     assert problems_of(ROOT / "README.md", good, tmp_path) == []
     assert problems_of(ROOT / "README.md", good + BAD[kind], tmp_path) != [], kind
+
+
+@pytest.mark.parametrize("page", ["ARCHITECTURE.md", "BENCHMARKS.md", "bench/README.md"])
+def test_the_other_pages_name_modules_that_exist(page: str):
+    assert check_modules((ROOT / page).read_text()) == []
+
+
+def source_paths(text: str) -> set[str]:
+    """`params/sections.py`, `data/`, `train/methods/<name>.py`: ARCHITECTURE.md's paths under src/autotrain/."""
+    return {path for path in re.findall(r"`((?:[a-z_]+/)*[a-z_]+(?:\.py|/))`", text)}
+
+
+def test_architecture_names_paths_that_exist():
+    package = ROOT / "src" / "autotrain"
+    paths = source_paths((ROOT / "ARCHITECTURE.md").read_text())
+    assert "model/kernels.py" in paths and "params/" in paths  # the reader finds them at all
+    missing = sorted(p for p in paths if not any((base / p).exists() for base in (package, package.parent, ROOT)))
+    assert not missing, f"ARCHITECTURE.md names paths that do not exist: {missing}"
+    assert source_paths("`model/nowhere.py`") == {"model/nowhere.py"}

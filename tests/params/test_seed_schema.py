@@ -193,8 +193,8 @@ def test_readme_migration_table_is_the_generated_one():
 
     from autotrain.params.migration import END, START, migration_table
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    assert readme.split(START, 1)[1].split(END, 1)[0].strip() == migration_table()
+    page = (Path(__file__).resolve().parents[2] / "docs" / "migration.md").read_text()
+    assert page.split(START, 1)[1].split(END, 1)[0].strip() == migration_table()
     table = migration_table()
     for name in SEED_FIELDS:  # every aitraining field has its row
         assert f"`{name}`" in table, name

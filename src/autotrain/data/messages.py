@@ -1,7 +1,7 @@
 """Messages as rows hold them -> the messages a chat template takes, checked; each problem is one line naming the
 row and the column.
 
-Accepted (README, Data):
+Accepted (docs/data.md):
 - `{"role", "content"}` with content text, or OpenAI-style parts `[{"type": "text", "text": ...}]`, read as the
   text they hold, joined with nothing between them (a part of any other type, an image or audio, is an error: this
   tool trains on text);

@@ -73,7 +73,7 @@ class JudgeParams(Schema):
     judge_template: str | None = Field(
         None,
         description="A text file with the judge prompt, holding {question}, {answer_a} and {answer_b}. Default: "
-        "the built-in pairwise prompt (README, 'Judged win rates').",
+        "the built-in pairwise prompt (docs/evaluation.md, 'Judged win rates').",
     )
     judge_max_prompts: int | None = Field(
         None, ge=1, description="Judge at most the first N prompts. Default: all of them."

@@ -35,7 +35,7 @@ class LossType:
     name: str  # TRL's loss_type
     title: str  # as papers write it (the log's and the card's method name)
     paper: str  # where it comes from
-    when: str  # when to choose it (the README's method table)
+    when: str  # when to choose it (docs/methods.md's table)
     defaults: Mapping[str, float] = field(default_factory=dict)  # the settings it reads -> its authors' values
     trl_defaults: tuple[str, ...] = ()  # the settings whose value is TRL's default: the paper gives none
     # Settings that switch a variant on only when non-zero (sigmoid's label smoothing: cDPO): not named at 0.

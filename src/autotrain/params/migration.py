@@ -1,7 +1,7 @@
-"""The README's migration table (aitraining field -> here), generated from the params so that it cannot drift.
+"""The migration table of docs/migration.md (aitraining field -> here), generated from the params so that it cannot drift.
 
-`python scripts/migration_table.py` rewrites the table in README.md; tests/test_seed_schema.py checks that the
-README holds what `migration_table()` gives.
+`python scripts/migration_table.py` rewrites the table in docs/migration.md; tests/params/test_seed_schema.py checks
+that the page holds what `migration_table()` gives.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Every field of aitraining's schema is one of three things:
 - a field here with the same name and default (most of them);
-- a field here whose default differs on purpose (`DIFFERENT_DEFAULTS`: --help and the README's migration table say
+- a field here whose default differs on purpose (`DIFFERENT_DEFAULTS`: --help and docs/migration.md's table say
   so, both generated from this table);
 - a field of a trainer this tool is not (`NOT_THIS_TOOL`): given, it is refused with one line that names it and
   says what this tool does instead, never as an unknown parameter nor with a "did you mean" to an unrelated field.
@@ -66,7 +66,7 @@ NOT_THIS_TOOL: dict[str, tuple[str, str]] = {
                     ("W&B's own sweep dashboard", "the sweep here is optuna's; each trial logs to W&B with --log wandb")),
     **dict.fromkeys(("eval_dataset_path", "eval_batch_size", "eval_save_predictions"), _EVAL),
     "eval_benchmark": ("benchmark evaluation", "--judge SPEC judges the model's own answers before and after training "
-                       "(README, 'Judged win rates')"),
+                       "(docs/evaluation.md, 'Judged win rates')"),
     "chat_format": ("its own message renderer", "use --chat-template"),
     "token_weights": ("per-role token weights", "the loss weighs completion tokens (the prompt too with --prompt-loss)"),
     **dict.fromkeys(("rl_gamma", "rl_gae_lambda", "rl_kl_coef", "rl_value_loss_coef", "rl_clip_range",

@@ -1,7 +1,7 @@
 """The accelerate config of a launch, built from the params: `<project>/accelerate_config.yaml`.
 
-autotrain.run.launch writes it before it starts the processes; a user copies it to launch on several machines (README,
-"Scale out"). Keys are those accelerate 1.x's ClusterConfig reads; tests check each backend's config against
+autotrain.run.launch writes it before it starts the processes; a user copies it to launch on several machines
+(docs/scale-out.md). Keys are those accelerate 1.x's ClusterConfig reads; tests check each backend's config against
 accelerate's own loader, launcher and plugins.
 """
 
@@ -36,7 +36,7 @@ def accelerate_config(params: LLMTrainingParams, num_processes: int) -> dict[str
 
     One machine (`num_machines: 1`, `machine_rank: 0`) and a free port (`main_process_port: 0`); for several
     machines edit `num_machines`, `num_processes` (the total), `machine_rank`, `main_process_ip` and
-    `main_process_port` (see the README, "Scale out").
+    `main_process_port` (see docs/scale-out.md).
     """
     backend = processes.backend_of(params)
     cpu = processes.cuda_devices() == 0

@@ -22,7 +22,7 @@ A run whose weights are sharded (FSDP, ZeRO-3) is not probed: its model cannot r
 wrapped (autotrain.project).
 
 Cost: a forward, then a forward and backward, of each of the two kernels on a row of at most 48 tokens (padded to 128
-for flex); README's "Attention kernels and the start-up check" has the measured share of a run. On a GPU the probe's
+for flex); docs/model-families.md, "Attention kernels and the start-up check", has the measured share of a run. On a GPU the probe's
 flex call compiles the kernel, in eval mode: transformers' flex wrapper calls torch.compile again when the model
 goes to training (whether that compiles twice is for the GPU run to show: bench/kernel_probe_cost.py).
 """
