@@ -16,9 +16,11 @@ SAMPLES_FILE = "samples.jsonl"
 MAX_NEW_TOKENS = 64
 
 
-def answer(model: Any, tokenizer: Any, prompts: list[list[int]], stop_ids: list[int] | None = None) -> list[str]:
+def answer(model: Any, tokenizer: Any, prompts: list[list[int]], stop_ids: list[int] | None = None,
+           extras: list[dict[str, Any]] | None = None) -> list[str]:
     """Greedy answers (up to MAX_NEW_TOKENS) to each tokenized prompt, one at a time (no padding to get wrong);
-    `stop_ids`: the tokens that end an answer under the training template (`data.templates.stop_ids`). The text
+    `stop_ids`: the tokens that end an answer under the training template (`data.templates.stop_ids`); `extras`:
+    each prompt's other inputs (a vision-language prompt's images: autotrain.vision.sample_inputs). The text
     is kept verbatim: stripping it would turn an answer of newlines into "" and hide how another begins."""
     import torch
 
@@ -32,14 +34,15 @@ def answer(model: Any, tokenizer: Any, prompts: list[list[int]], stop_ids: list[
     answers = []
     try:
         with torch.no_grad():
-            for ids in prompts:
+            for number, ids in enumerate(prompts):
                 inputs = torch.tensor([ids], device=device)
+                more = {k: v.to(device) for k, v in (extras[number] if extras else {}).items()}
                 # An answer stops at the model's last position (a prompt is shorter than the block size, which is
                 # at most the model's positions): past it there is no position embedding to read.
                 room = MAX_NEW_TOKENS if positions is None else min(MAX_NEW_TOKENS, positions - len(ids))
                 out = model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), do_sample=False,
                                      max_new_tokens=room, use_cache=True, pad_token_id=tokenizer.pad_token_id,
-                                     **stop)
+                                     **stop, **more)
                 answers.append(tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True))
     finally:
         model.train(training)

@@ -204,7 +204,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     opened = opened or preflight.check_inputs(params)
     quiet.import_quietly("transformers.integrations.integration_utils")  # the first import of transformers
     preflight.check_device(params)
-    from autotrain import answers, models, outputs
+    from autotrain import answers, models, outputs, vision
     from autotrain.checkpoints import clear_staging, finish, set_aside_newer
     from autotrain.data.prepare import prepare_data
     from autotrain.data.templates import stop_ids
@@ -218,12 +218,14 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     with model_files.loading(model_path):
         tokenizer = models.load_tokenizer(model_path, params.trust_remote_code)
         config = models.load_config(model_path, params.trust_remote_code)
+        processor = vision.processor_for(params, model_path, config)  # --image-column: checked before the data
+    tokenizer = tokenizer if processor is None else processor.tokenizer
     resuming.check_model_config(resume_from, config, params.model)
     models.check_attention(params, config)
     if method.needs_reference and ref_path is not None:  # before the data stage and any weights
         with model_files.loading(ref_path):
             models.check_reference_tokenizer(tokenizer, ref_path, params.trust_remote_code)
-    data = prepare_data(params, tokenizer, models.model_max_length(config), opened=opened)
+    data = prepare_data(params, tokenizer, models.model_max_length(config), opened=opened, processor=processor)
     from transformers import PrinterCallback, ProgressCallback, set_seed
 
     from autotrain.data.kernels import make_collator
@@ -255,11 +257,13 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     sample_ids = data.valid.prompt_ids[: params.sample_answers] if asked else []
     own_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     stops = stop_ids(tokenizer, data.template, also=own_eos) if sample_ids else None
+    images = vision.sample_inputs(processor, model, data.valid.dataset, len(sample_ids)) if processor and sample_ids \
+        else None
     before = None
     if sample_ids and resume_from is None:
         # On the training device (Trainer has not moved the model yet); under ZeRO-3 the full weights gathered.
         with models.whole_on(model, args.device):
-            before = answers.answer(model, tokenizer, sample_ids, stops)
+            before = answers.answer(model, tokenizer, sample_ids, stops, images)
     ref_model = None
     if method.needs_reference:
         # With adapters the reference is the same weights with the adapters off; precomputing before the first
@@ -293,7 +297,8 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
         train_dataset=data.train.dataset,
         eval_dataset=data.valid.dataset if data.valid is not None else None,
         data_collator=make_collator(params.packing, tokenizer.pad_token_id, params.nll_on_prompt, model=model,
-                                    padding_side=params.padding),
+                                    padding_side=params.padding) if processor is None else
+        vision.collator(params, processor, model),
         processing_class=tokenizer,
         callbacks=[outputs.MetricsFile(project / outputs.METRICS_FILE), stop, Progress(),
                    *schedule_callbacks(changed)],
@@ -313,12 +318,12 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         if stop.received is None and sample_ids:
             with models.whole_on(trainer.model, trainer.args.device):
-                after = answers.answer(models.unwrap(trainer.model, peft=False), tokenizer, sample_ids, stops)
+                after = answers.answer(models.unwrap(trainer.model, peft=False), tokenizer, sample_ids, stops, images)
             if main:
                 answers.write(project, answers.prompt_texts(tokenizer, sample_ids, data.template), before, after)
         # Signals stay caught through the final save: one that comes now stops the run as during training.
-        saved = stop.received is None and outputs.save_final(trainer, tokenizer, data.template, params, project,
-                                                             lambda: stop.received is not None)
+        saved = stop.received is None and outputs.save_final(trainer, processor or tokenizer, data.template, params,
+                                                             project, lambda: stop.received is not None)
     finally:
         stop.uninstall()
         if params.log == "wandb":

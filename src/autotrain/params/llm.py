@@ -73,6 +73,11 @@ class LLMTrainingParams(*reversed([section for _, section in SECTIONS])):  # typ
         if {"prompt_loss", "response_only_loss"} <= self.model_fields_set and self.prompt_loss == self.response_only_loss:
             raise ValueError("prompt_loss and response_only_loss say opposite things (response_only_loss is "
                              "aitraining's name for --no-prompt-loss): give one")
+        if self.image_column is not None and (self.chat_template in ("chatml", "zephyr", "none")
+                                              or not self.apply_chat_template):
+            raise ValueError(f"image_column: the images are placed by the model's own chat template (its "
+                             f"processor's), and --chat-template {self.chat_template or 'none'} has no image parts; "
+                             "leave --chat-template out")
         if self.wandb_visualizer and self.log != "wandb":
             raise ValueError("wandb_visualizer shows a W&B run: add --log wandb")
         if self.sweep_params is not None:

@@ -87,6 +87,8 @@ NEEDS: dict[str, Need] = {
     "sweep_metric": _SWEEP,
     "sweep_direction": _SWEEP,
     "sweep_params": _SWEEP,
+    "train_vision": Need("image_column", lambda p: p.image_column is not None, "vision-language training",
+                         "--image-column COLUMN", {"image_column": "images"}),
     "min_lr_rate": Need("scheduler", lambda p: p.scheduler in MIN_LR_SCHEDULERS,
                         f"--scheduler {_either(list(MIN_LR_SCHEDULERS))}", None, {"scheduler": MIN_LR_SCHEDULERS[0]}),
 }
