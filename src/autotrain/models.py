@@ -121,7 +121,8 @@ def _without_video(model: str, trust_remote_code: bool) -> Any:
 
     images_only = type(base.__name__, (base,), {"get_attributes": classmethod(lambda cls: kept),
                                                 "save_pretrained": save_pretrained, "__module__": base.__module__})
-    logger.info("%s: loaded without its video processor (torchvision is not installed); images only", base.__name__)
+    # Debug only: --inference prints JSON lines on stdout, where the run's own lines would mix in.
+    logger.debug("%s: loaded without its video processor (torchvision is not installed); images only", base.__name__)
     return images_only.from_pretrained(model, trust_remote_code=trust_remote_code)
 
 
