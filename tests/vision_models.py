@@ -28,10 +28,18 @@ IDEFICS_TEMPLATE = (
     "{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<end_of_utterance>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>Assistant:{% endif %}"
 )
+# Gemma 3's and LLaVA's: the same ChatML turns, each image as the family's placeholder.
+GEMMA_TEMPLATE = QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<start_of_image>")
+LLAVA_TEMPLATE = QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<image>")
 QWEN_TOKENS = ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>"]
+GEMMA_TOKENS = ["<start_of_image>", "<end_of_image>", "<image_soft_token>"]
 IDEFICS_TOKENS = ["<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"] + [
     f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
 FAMILIES = ("qwen2_vl", "idefics3")
+# Also built: Gemma 3 (its image tokens attend to each other both ways: padded) and LLaVA (CLIP tiles of one size).
+MORE_FAMILIES = ("gemma3", "llava")
+_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             max_position_embeddings=512, bos_token_id=1, eos_token_id=4, pad_token_id=2)
 
 
 def _tokenizer(extra: list[str]):
@@ -64,6 +72,39 @@ def make_vlm_dir(folder: Path, family: str, seed: int = 0) -> Path:
         model = Qwen2VLForConditionalGeneration(config)
         images = Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
         template, processor_class, extra = QWEN_TEMPLATE, "Qwen2VLProcessor", {}
+    elif family == "gemma3":
+        from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+        from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+        tokenizer = _tokenizer(GEMMA_TOKENS)
+        tokenizer._set_model_specific_special_tokens(special_tokens=dict(zip(("boi_token", "eoi_token", "image_token"),
+                                                                             GEMMA_TOKENS)))
+        ids = tokenizer.convert_tokens_to_ids(GEMMA_TOKENS)
+        config = Gemma3Config(
+            text_config=dict(_TEXT, vocab_size=len(tokenizer), head_dim=8, sliding_window=8,
+                             layer_types=["sliding_attention", "full_attention"]),
+            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                               image_size=28, patch_size=7),
+            mm_tokens_per_image=4, boi_token_id=ids[0], eoi_token_id=ids[1], image_token_id=ids[2])
+        model = Gemma3ForConditionalGeneration(config)
+        images = Gemma3ImageProcessorPil(size={"height": 28, "width": 28})
+        template, processor_class, extra = GEMMA_TEMPLATE, "Gemma3Processor", {"image_seq_length": 4}
+    elif family == "llava":
+        from transformers import LlavaConfig, LlavaForConditionalGeneration
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+        tokenizer = _tokenizer(["<image>"])
+        config = LlavaConfig(
+            text_config=dict(_TEXT, model_type="llama", vocab_size=len(tokenizer), tie_word_embeddings=False),
+            vision_config=dict(model_type="clip_vision_model", hidden_size=16, intermediate_size=32,
+                               num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14,
+                               projection_dim=16),
+            image_token_id=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default",
+            vision_feature_layer=-1, tie_word_embeddings=False)
+        model = LlavaForConditionalGeneration(config)
+        images = CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+        template, processor_class = LLAVA_TEMPLATE, "LlavaProcessor"
+        extra = {"patch_size": 14, "vision_feature_select_strategy": "default", "num_additional_image_tokens": 1}
     else:
         from transformers import Idefics3Config, Idefics3ForConditionalGeneration
         from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil

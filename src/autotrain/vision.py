@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from autotrain.data.images import PartsTokenizer, image_token_id, place_images
+from autotrain.data.images import PartsTokenizer, image_inputs, image_token_id, place_images
 from autotrain.data.kernels import PaddedFallback, make_collator
 from autotrain.data.vision_collate import VisionCollator, rope_model, takes, vision_packing
 from autotrain.data.vision_tokens import prompt_ids
@@ -72,7 +72,7 @@ def _generation_inputs(processor: Any, model: torch.nn.Module, ids: list[int], i
     """generate()'s inputs besides the ids for one prompt and its images."""
     if not images:
         return {}
-    out = {k: v for k, v in processor(images=[images], return_tensors="pt").items() if isinstance(v, torch.Tensor)}
+    out = image_inputs(processor, [images])
     types = (torch.tensor([ids]) == image_token_id(processor)).long()  # 1: an image token
     for name in ("mm_token_type_ids", "token_type_ids"):
         if takes(model, name):

@@ -28,7 +28,7 @@ from autotrain.data.split import Split
 from autotrain.errors import DataError
 
 __all__ = ["IMAGE_PART", "PartsTokenizer", "decode_image", "encode_parts", "encoded_prompt", "has_image_parts",
-           "image_root", "image_token_id", "place_images", "read_images", "shown_prompt"]
+           "image_inputs", "image_root", "image_token_id", "place_images", "read_images", "shown_prompt"]
 
 # A part boundary and an image part inside a message's text (ASCII unit and record separators): characters no text a
 # template renders holds; a row holding them is refused (`_plain`).
@@ -105,9 +105,25 @@ def decode_image(data: bytes, place: str = "image") -> Any:
 
 
 def image_token_id(processor: Any) -> int:
-    """The token id the processor expands each image into (Qwen2-VL's <|image_pad|>, Idefics3's <image>, ...)."""
-    found = getattr(processor, "image_token_id", None)
-    return found if isinstance(found, int) else processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    """The token id the model's forward fills with image features (Qwen2-VL's <|image_pad|>, Idefics3's and LLaVA's
+    <image>, Gemma 3's <image_soft_token>). The tokenizer's name for it comes first: Gemma 3's processor calls the
+    token that opens an image (<start_of_image>) its image token."""
+    for owner in (processor.tokenizer, processor):
+        found = getattr(owner, "image_token_id", None)
+        if isinstance(found, int):
+            return found
+    return processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+
+
+def image_inputs(processor: Any, images: list[list[Any]]) -> dict[str, Any]:
+    """The model inputs of these images (a list per prompt), as the processor makes them alongside a text: its image
+    processor with the processor's own image settings (Gemma 3's turn pan-and-scan off). The processor is not asked
+    itself: without a text some (Gemma 3's) make one up, and tokenize it. (transformers' `_merge_kwargs` resolves
+    those settings; it is the one private call of this path.)"""
+    settings = processor._merge_kwargs(tokenizer_init_kwargs=processor.tokenizer.init_kwargs)["images_kwargs"]
+    settings = {key: value for key, value in settings.items() if key != "return_tensors"}
+    out = processor.image_processor(images, return_tensors="pt", **settings)
+    return {key: value for key, value in out.items() if hasattr(value, "shape")}
 
 
 def place_images(prompt: Any, count: int, where: object, column: str, image_column: str) -> list[dict[str, str]]:

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import torch
 
-from autotrain.data.images import decode_image, image_token_id
+from autotrain.data.images import decode_image, image_inputs, image_token_id
 from autotrain.models import unwrap
 
 __all__ = ["VisionCollator", "prompt_order", "rope_model", "vision_inputs", "vision_packing"]
@@ -89,8 +89,7 @@ class VisionCollator:
         batch["num_images"] = sum(map(len, images))
         if not batch["num_images"]:
             return batch
-        inputs = self.processor(images=[group for group in images if group], return_tensors="pt")
-        batch["image_inputs"] = {key: value for key, value in inputs.items() if isinstance(value, torch.Tensor)}
+        batch["image_inputs"] = image_inputs(self.processor, [group for group in images if group])
         image = image_token_id(self.processor)
         if self.token_types:
             batch["token_type_ids"] = (batch["input_ids"] == image).long()
