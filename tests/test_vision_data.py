@@ -195,6 +195,7 @@ def test_cli_run_with_images_sample_answers_and_inference(qwen, data):
                    "--sample-answers", "1", cwd=work)
     assert done.returncode == 0, done.stderr[-3000:]
     project = work / "p"
+    assert "- images: column `images` (the vision encoder frozen)" in (project / "README.md").read_text()
     sample = json.loads((project / "samples.jsonl").read_text())
     assert sample["prompt"] == "What is 0?" and sample["before"] and sample["after"] != sample["before"]
     base, merged = load_file(qwen / "model.safetensors"), load_file(project / "model.safetensors")

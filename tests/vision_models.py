@@ -48,8 +48,10 @@ def _tokenizer(extra: list[str]):
     return tokenizer
 
 
-def make_vlm_dir(folder: Path, family: str, seed: int = 0) -> Path:
-    """A tiny random `family` model with its processor's files in `folder`."""
+def make_vlm_dir(folder: Path, family: str, seed: int = 0, text: dict | None = None, vision: dict | None = None,
+                 max_pixels: int = 28 * 28 * 16) -> Path:
+    """A tiny random `family` model with its processor's files in `folder`; `text`, `vision` and `max_pixels` (the
+    largest image Qwen2-VL's processor keeps) resize it (bench/vlm_bench.py)."""
     torch.manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
     if family == "qwen2_vl":
@@ -59,18 +61,18 @@ def make_vlm_dir(folder: Path, family: str, seed: int = 0) -> Path:
         tokenizer = _tokenizer(QWEN_TOKENS)
         ids = dict(zip(QWEN_TOKENS, tokenizer.convert_tokens_to_ids(QWEN_TOKENS)))
         config = Qwen2VLConfig(
-            text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                             rope_parameters={"rope_type": "default", "mrope_section": [2, 1, 1],
-                                              "rope_theta": 10000.0},
-                             bos_token_id=1, eos_token_id=4, pad_token_id=2),
-            vision_config=dict(depth=1, embed_dim=16, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=14,
-                               spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
+            text_config={**dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                rope_parameters={"rope_type": "default", "mrope_section": [2, 1, 1],
+                                                 "rope_theta": 10000.0},
+                                bos_token_id=1, eos_token_id=4, pad_token_id=2), **(text or {})},
+            vision_config={**dict(depth=1, embed_dim=16, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=14,
+                                  spatial_merge_size=2, temporal_patch_size=2, in_channels=3), **(vision or {})},
             image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
             vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
             tie_word_embeddings=False)
         model = Qwen2VLForConditionalGeneration(config)
-        images = Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
+        images = Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=max_pixels)
         template, processor_class, extra = QWEN_TEMPLATE, "Qwen2VLProcessor", {}
     elif family == "gemma3":
         from transformers import Gemma3Config, Gemma3ForConditionalGeneration

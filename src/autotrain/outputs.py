@@ -319,6 +319,9 @@ def write_card(project: Path, params: LLMTrainingParams, base_model: str, data: 
         if data.columns.rejected
         else f"- columns: prompt `{data.columns.prompt}` (not under the loss), completion `{data.columns.chosen}`",
     ]
+    if params.image_column is not None:
+        lines.append(f"- images: column `{params.image_column}` (the vision encoder "
+                     + ("trained too)" if params.train_vision else "frozen)"))
     if data.valid is not None:
         lines.append(f"- validation split `{params.valid_split}`: {_counted(len(data.valid), unit)}")
     else:
