@@ -1,6 +1,7 @@
 """One optimizer step, one gradient, however the step is split into micro-batches and processes.
 
-For orpo, dpo, simpo (as CPO-SimPO) and sft, on pairs of very uneven lengths: batch 4 x accumulation 1, 2 x 2 and 1 x 4 in this process,
+For orpo, dpo, simpo (as CPO-SimPO) and sft, on pairs of very uneven lengths (orpo and simpo on ranked answers, whose
+pairs weigh 1 / the pairs of their prompt): batch 4 x accumulation 1, 2 x 2 and 1 x 4 in this process,
 and 2 processes x 2 x 1 (one torchrun launch of 2 gloo processes running every method), log the same loss and
 grad_norm at every step and end with the same weights, within 1e-5. Before the fix every method's loss was a
 per-micro-batch mean divided by the accumulation steps, so the NLL of ORPO and SFT weighted the tokens of a short
@@ -40,6 +41,9 @@ COMMON = dict(logging_steps=1, max_steps=STEPS, lr=2e-3, warmup_ratio=0.0, seed=
 # log-probs, a weighted NLL) is covered too; tests/test_simpo_cpo.py checks both at the step, cheaply.
 PER_METHOD = {"orpo": dict(packing=True), "dpo": dict(peft=True, packing=False), "simpo": dict(cpo_alpha=0.5),
               "sft": dict(packing=True)}
+# ORPO and SimPO train on ranked answers (2 to 4 per prompt, one tie): weighted pairs. (DPO's LoRA run on them met
+# the Adam effect assert_same_weights describes: one element of 1024 at 1.9e-6, the tensor at 1.0e-5 of its norm.)
+RANKED = {"orpo", "simpo"}
 
 
 def uneven_pairs(count: int, start: int = 0) -> list[dict]:
@@ -51,17 +55,34 @@ def uneven_pairs(count: int, start: int = 0) -> list[dict]:
     return rows
 
 
-def data_folder(root: Path) -> Path:
-    folder = root / "data"
+def ranked_rows(answers: list[int], start: int = 0) -> list[dict]:
+    """One prompt per entry of `answers`, with that many answers of uneven lengths and distinct scores, plus one
+    more that ties the best: the best against each other answer makes answers - 1 pairs, the tie none."""
+    rows = []
+    for i, count in enumerate(answers, start):
+        responses = [chr(ord("a") + k) * (1 + (i * 7 + k * 5) % 13) for k in range(count)]
+        rows.append({"prompt": "q" * (1 + (i * 5) % 9), "responses": [*responses, "t" * (1 + i % 4)],
+                     "scores": [*range(count, 0, -1), count]})
+    return rows
+
+
+def data_folder(root: Path, ranked: bool = False) -> Path:
+    folder = root / ("ranked" if ranked else "data")
     folder.mkdir(exist_ok=True)
-    write_jsonl(folder / "train.jsonl", uneven_pairs(4 * STEPS))
-    write_jsonl(folder / "validation.jsonl", uneven_pairs(7, start=50))
+    if ranked:  # 3 + 2 + 1 + 3 + 2 + 1 = 12 training pairs, 3 + 2 + 1 + 1 = 7 to validate
+        write_jsonl(folder / "train.jsonl", ranked_rows([4, 3, 2, 4, 3, 2]))
+        write_jsonl(folder / "validation.jsonl", ranked_rows([4, 3, 2, 2], start=50))
+    else:
+        write_jsonl(folder / "train.jsonl", uneven_pairs(4 * STEPS))
+        write_jsonl(folder / "validation.jsonl", uneven_pairs(7, start=50))
     return folder
 
 
 def params_for(model: Path, data: Path, project: Path, method: str, batch_size: int, accumulation: int,
                **extra) -> LLMTrainingParams:
     settings = {**COMMON, **PER_METHOD[method], **extra}
+    if method in RANKED:  # no rejected column: the responses and their scores
+        settings.update(text_column="text", rejected_text_column=None)
     if settings.get("peft"):
         settings["lora_dropout"] = 0.0  # LoRA's own dropout would draw different masks in different splits
     return LLMTrainingParams(model=str(model), data_path=str(data), project_name=str(project), trainer=method,
@@ -101,9 +122,10 @@ def assert_same_weights(actual: dict[str, torch.Tensor], expected: dict[str, tor
 @pytest.fixture(scope="module")
 def split_runs(tmp_path_factory, chat_model) -> dict[tuple[str, int, int], Path]:
     root = tmp_path_factory.mktemp("splits")
-    data = data_folder(root)
+    folders = {False: data_folder(root), True: data_folder(root, ranked=True)}
     runs = {}
     for method in METHODS:
+        data = folders[method in RANKED]
         for batch_size, accumulation in SPLITS:
             project = root / f"{method}-{batch_size}x{accumulation}"
             compared = {} if (batch_size, accumulation) == SPLITS[0] else {"valid_split": None}  # evals: 4 x 1 only
@@ -173,12 +195,13 @@ def launched_runs(tmp_path_factory, chat_model) -> dict[str, Path | str]:
     from test_head_check import scaled_model_dir
 
     root = tmp_path_factory.mktemp("launched-splits")
-    data = data_folder(root)
+    folders = {False: data_folder(root), True: data_folder(root, ranked=True)}
+    data = folders[False]
     configs, projects = [], {}
     for method in METHODS:
         projects[method] = root / f"{method}-2proc"
         config = root / f"{method}.json"
-        params_for(chat_model, data, projects[method], method, 2, 1).save_json(config)
+        params_for(chat_model, folders[method in RANKED], projects[method], method, 2, 1).save_json(config)
         configs.append(str(config))
     scaled = params_for(scaled_model_dir(root / "scaled-model"), data, root / "scaled-2proc", "orpo", 2, 1, peft=True)
     scaled.save_json(root / "scaled.json")

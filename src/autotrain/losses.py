@@ -23,6 +23,11 @@ with prompt_loss; SFT: the trained completion tokens) and N_pairs its pairs (SFT
 the step's micro-batches and over all processes. So the NLL is a token mean over the whole step, never a mean of
 per-micro-batch means, and batch 4 x accumulation 1, 2 x 2, 1 x 4 and 2 processes x 2 x 1 train on one gradient.
 
+Weighted pairs (`PairTerms.weight`, `pair_counts`): the pairs made from one prompt's ranked answers each weigh
+1 / (their number), so that each prompt counts once. Every sum above is then a weighted sum (a pair's NLL and its
+NLL tokens, its preference term and every metric, each times its weight) and N_pairs the sum of the weights, the
+same under every split of the step; without weights every pair weighs 1.
+
 `PairTerms` holds one micro-batch's per-pair sums; `PairTerms.loss(N_tokens, N_pairs)` is that micro-batch's share
 (its sums over the step's counts), and the shares of a step add up to L. Data-parallel wrappers (DDP, FSDP,
 DeepSpeed) average gradients over the P processes, so the trainer multiplies each share by P. With no counts given
@@ -38,13 +43,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["CpoOutput", "DpoOutput", "OrpoOutput", "PairTerms", "cpo_loss", "dpo_loss", "log1mexp", "orpo_loss",
-           "reduce_columns", "simpo_loss", "step_loss"]
+           "pair_counts", "reduce_columns", "simpo_loss", "step_loss"]
 
 _LN2 = math.log(2.0)
 
@@ -294,6 +300,18 @@ def reduce_columns(sums: Mapping[str, Tensor | float], nll_weight: float) -> dic
     return metrics
 
 
+def pair_counts(batch: Mapping[str, Any]) -> tuple[Tensor, Tensor | int]:
+    """(NLL targets, pairs) of one micro-batch (the batch contract of autotrain.data.batch), as the step's reduction
+    counts them: with a `pair_weight` [B], each pair and each of its NLL targets at its weight, in float64 (float32
+    on MPS, which has no float64); without, the target count (a device sum) and the pair count (a host int)."""
+    weight = batch.get("pair_weight")
+    if weight is None:
+        return batch["in_nll"].sum(), batch["num_pairs"]
+    weight = weight.to(torch.float32 if weight.device.type == "mps" else torch.float64)
+    per_target = weight[batch["target_seq"] % batch["num_pairs"]]  # NLL targets are chosen's: pair i, sequence i
+    return torch.where(batch["in_nll"], per_target, 0.0).sum(), weight.sum()
+
+
 def _at_least_one(count: Tensor | float) -> Tensor | float:
     return count.clamp(min=1) if isinstance(count, Tensor) else max(count, 1)
 
@@ -314,16 +332,22 @@ class PairTerms:
     # A scalar term defined per micro-batch, weight included (e.g. an MoE router's auxiliary loss), which the step
     # averages over its micro-batches; not part of the per-pair evaluation reduction.
     batch_term: Tensor | None = None
+    # [B] each pair's weight in every reduction (ranked answers: 1 / the pairs of its prompt); None: 1 each.
+    weight: Tensor | None = None
+
+    def _weighted(self, value: Tensor) -> Tensor:
+        return value if self.weight is None else value * self.weight.to(value.dtype)
 
     def loss(self, num_tokens: Tensor | float | None = None, num_pairs: Tensor | float | None = None,
              num_batches: Tensor | float | None = None) -> Tensor:
         """This micro-batch's share of the loss of a step with `num_tokens` NLL targets, `num_pairs` pairs and
         `num_batches` micro-batches; by default the micro-batch alone (its own loss)."""
+        own_pairs = self.pair_loss.shape[0] if self.weight is None else self.weight.sum()
         loss = step_loss(
-            self.nll.sum(),
-            self.pair_loss.sum(),
-            self.nll_tokens.sum() if num_tokens is None else num_tokens,
-            self.pair_loss.shape[0] if num_pairs is None else num_pairs,
+            self._weighted(self.nll).sum(),
+            self._weighted(self.pair_loss).sum(),
+            self._weighted(self.nll_tokens).sum() if num_tokens is None else num_tokens,
+            own_pairs if num_pairs is None else num_pairs,
             self.nll_weight,
         )
         if self.batch_term is not None:
@@ -334,7 +358,7 @@ class PairTerms:
         """Every per-pair value, detached, by name: what an evaluation gathers and a logging window sums."""
         own = {NLL: self.nll, NLL_TOKENS: self.nll_tokens, PAIR_LOSS: self.pair_loss,
                PAIRS: torch.ones_like(self.nll_tokens)}
-        return {name: value.detach().float() for name, value in {**own, **self.metrics}.items()}
+        return {name: self._weighted(value.detach().float()) for name, value in {**own, **self.metrics}.items()}
 
     def batch_metrics(self) -> dict[str, Tensor]:
         """This micro-batch's metrics on its own (TRL's names): nll_loss and the means over its pairs."""

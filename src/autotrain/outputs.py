@@ -32,6 +32,7 @@ from transformers import TrainerCallback
 from autotrain import answers, disk, methods, resuming
 from autotrain.checkpoints import STAGING, checkpoints, drop_staged, step_of
 from autotrain.errors import DiskFull
+from autotrain.data.tokenize import made_lines
 from autotrain.models import merge_saved_adapter, unwrap
 from autotrain.plots import PLOT_FILE
 from autotrain.progress import is_evaluation
@@ -303,7 +304,7 @@ def write_card(project: Path, params: LLMTrainingParams, base_model: str, data: 
         "---",
         "library_name: transformers",
         f"base_model: {base_model}",
-        f"tags: [aitraining, {params.method}" + (", preference-tuning]" if data.columns.rejected else "]"),
+        f"tags: [aitraining, {params.method}" + (", preference-tuning]" if data.columns.paired else "]"),
         "---",
         f"# {Path(params.project_name).name}",
         "",
@@ -314,10 +315,7 @@ def write_card(project: Path, params: LLMTrainingParams, base_model: str, data: 
         "",
         "## Data",
         f"- source: `{params.data_path}` (train split `{params.train_split}`: {_counted(len(data.train), unit)})",
-        f"- columns: prompt `{data.columns.prompt}`, chosen `{data.columns.chosen}`, "
-        f"rejected `{data.columns.rejected}`"
-        if data.columns.rejected
-        else f"- columns: prompt `{data.columns.prompt}` (not under the loss), completion `{data.columns.chosen}`",
+        f"- columns: {data.columns.describe()}",
     ]
     if params.image_column is not None:
         lines.append(f"- images: column `{params.image_column}` (the vision encoder "
@@ -329,6 +327,7 @@ def write_card(project: Path, params: LLMTrainingParams, base_model: str, data: 
     for split_name, split in (("train", data.train), ("validation", data.valid)):
         if split is None:
             continue
+        lines += [f"- {split_name}: {line}" for line in made_lines(split.made)]
         for reason, count in split.dropped.items():
             lines.append(f"- {split_name}: {_counted(count, unit)} dropped ({reason})")
         for reason, count in split.truncated.items():

@@ -254,7 +254,9 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     # Sample answers are the main process's to write; when the weights are sharded (FSDP, ZeRO-3) every process must
     # take part in generate. A resumed run has no untrained model left to ask.
     asked = params.sample_answers and (main or sharded)
-    sample_ids = data.valid.prompt_ids[: params.sample_answers] if asked else []
+    # Distinct prompts: ranked answers and per-turn pairs give several pairs one prompt.
+    sample_ids = [list(p) for p in dict.fromkeys(map(tuple, data.valid.prompt_ids))][: params.sample_answers] \
+        if asked else []
     own_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     stops = stop_ids(tokenizer, data.template, also=own_eos) if sample_ids else None
     images = vision.sample_inputs(processor, model, data.valid.dataset, len(sample_ids)) if processor and sample_ids \

@@ -13,7 +13,9 @@ tensors, so the loss never needs to know the layout:
 - `num_pairs`: B;
 - `num_real_tokens`: tokens the model reads, padding excluded (a host int, for tokens/s; never a device read);
 - `ref_logps` [2B], only when the rows carry precomputed DPO reference log-probs (`ref_chosen_logps`,
-  `ref_rejected_logps`): chosen sums then rejected sums, in pair order.
+  `ref_rejected_logps`): chosen sums then rejected sums, in pair order;
+- `pair_weight` [B], only when the rows carry weights (ranked answers: 1 / the pairs of their prompt), in pair
+  order: every reduction counts each pair at its weight (autotrain.losses).
 
 Rows of a supervised (SFT) dataset have an empty `rejected_ids`: there is no rejected sequence, sequences B..2B-1
 get no targets, and `in_nll` covers the completion. A row's `chosen_mask` and `rejected_mask` (1 trained, 0
@@ -84,3 +86,10 @@ def reference_logps(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         return {}
     values = [f["ref_chosen_logps"] for f in features] + [f["ref_rejected_logps"] for f in features]
     return {"ref_logps": torch.tensor(values, dtype=torch.float32)}
+
+
+def pair_weights(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """The rows' pair weights, as `pair_weight` [B], if they carry them."""
+    if "pair_weight" not in features[0]:
+        return {}
+    return {"pair_weight": torch.tensor([f["pair_weight"] for f in features], dtype=torch.float32)}

@@ -11,7 +11,8 @@ The key hashes everything that decides the ids:
 - the tokenizer: its full serialization (vocabulary, merges, normalizer, added and special tokens, the
   post-processor that adds BOS), and the chat template actually used;
 - the settings: columns, max_prompt_length, max_completion_length, the resolved block size, the chat_template
-  choice.
+  choice, the rows' shape (pairs, per-turn pairs, ranked answers; the tools and scores columns), --ranked-pairs and
+  --reasoning-loss.
 
 The data's part of the key is the hash of its file taken before the rows are read; once they are read, the file is
 checked again (its identity, then its hash: autotrain.data.files). A file rewritten or replaced in between is
@@ -51,7 +52,7 @@ __all__ = ["DATA_FILE", "FORMAT", "META_FILE", "TokenCache", "cache_dir", "token
 logger = logging.getLogger("autotrain")
 
 # Bump when rendering or tokenizing changes the ids produced for the same inputs.
-FORMAT = 2
+FORMAT = 3
 # What a cache folder that cannot take an entry raises: read-only, full, over quota, too large, not ours.
 _CANNOT_WRITE = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM,
                            errno.ENOTDIR})
@@ -76,10 +77,12 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 def _code_fingerprint() -> str:
     """The source of the modules that turn rows into ids: an edit to them (in development, or a patched install)
     invalidates the cache even when nobody remembered to bump FORMAT."""
-    from autotrain.data import files, json_file, render, sources, split, templates, tokenize
+    from autotrain.data import (columns, expand, files, json_file, messages, render, sources, split, templates,
+                                thinking, tokenize, turns)
 
     digest = hashlib.sha256()
-    for module in (split, files, json_file, sources, templates, render, tokenize):
+    for module in (split, files, json_file, sources, templates, columns, messages, expand, thinking, turns, render,
+                   tokenize):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()
 
@@ -190,7 +193,8 @@ def _write_meta(folder: Path, key: str, counts: TokenCounts, source: str) -> Non
         "format": FORMAT,
         "key": key,
         "bytes": (folder / DATA_FILE).stat().st_size,
-        "counts": {**asdict(counts), "dropped": dict(counts.dropped), "truncated": dict(counts.truncated)},
+        "counts": {**asdict(counts), "dropped": dict(counts.dropped), "truncated": dict(counts.truncated),
+                   "made": dict(counts.made)},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "source": source,  # what `aitraining cache list` names
     }
@@ -206,9 +210,8 @@ def _open(folder: Path, key: str) -> tuple[TokenizedSplit, TokenCounts] | None:
         if meta.get("format") != FORMAT or meta.get("key") != key or data.stat().st_size != meta["bytes"]:
             return None
         fields = meta["counts"]
-        counts = TokenCounts(
-            **{**fields, "dropped": Counter(fields["dropped"]), "truncated": Counter(fields["truncated"])}
-        )
+        counts = TokenCounts(**{**fields, "dropped": Counter(fields["dropped"]),
+                                "truncated": Counter(fields["truncated"]), "made": Counter(fields["made"])})
         return TokenizedSplit.open(data, counts), counts
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from autotrain.data.batch import Targets, paired, reference_logps, trained
+from autotrain.data.batch import Targets, pair_weights, paired, reference_logps, trained
 
 
 @dataclass(frozen=True)
@@ -73,4 +73,5 @@ class PaddedCollator:
             "num_real_tokens": sum(len(r) for r in rows),
             **({"position_ids": position_ids} if self.padding_side == "left" else {}),
             **reference_logps(features),
+            **pair_weights(features),
         }

@@ -101,9 +101,10 @@ def prepare_data(params: LLMTrainingParams, tokenizer: Any, model_max: int | Non
         max_completion_length=params.max_completion_length,
         block_size=resolve_block_size(params.block_size, longest_input(params, model_max)),
     )
-    renderer = Renderer(tokenizer, template, columns)
+    renderer = Renderer(tokenizer, template, columns, params.reasoning_loss, params.ranked_pairs)
     settings = {"columns": [columns.prompt, columns.chosen, columns.rejected], "chat_template": params.chat_template,
-                "add_eos_token": params.add_eos_token}
+                "add_eos_token": params.add_eos_token, "shape": [columns.shape, columns.scores, columns.tools],
+                "reasoning_loss": params.reasoning_loss, "ranked_pairs": params.ranked_pairs}
     cache = TokenCache(tokenizer, template, settings, limits,
                        keep=params.save_processed_data != "none" and processor is None)
 
@@ -114,7 +115,8 @@ def prepare_data(params: LLMTrainingParams, tokenizer: Any, model_max: int | Non
             from autotrain.data.images import image_root
             from autotrain.data.vision_tokens import VisionRenderer, write_vision_tokens
 
-            vision = VisionRenderer(tokenizer, template, columns, params.image_column, image_root(split))
+            vision = VisionRenderer(tokenizer, template, columns, params.image_column, image_root(split),
+                                    reasoning_loss=params.reasoning_loss, ranked=params.ranked_pairs)
             vision.shape = renderer.shape
             build = partial(write_vision_tokens, split, vision, processor, limits)
         return cache.get(split, cache.key(split, name, extra), build)

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from autotrain.data.messages import Messages
 from autotrain.errors import DataError
 
-Messages = list[dict[str, str]]
 Pieces = tuple[tuple[str, bool], ...]
 
 # How the earlier text failed to be a prefix of the later one, for the first piece and for the later ones.
@@ -29,22 +29,28 @@ _PREFIX_LOST = (
 )
 
 
+# (messages up to an assistant turn, the text before it, the text it adds) -> that turn as (text, trained) pieces: its
+# think block apart (autotrain.data.thinking). None: the whole turn is trained.
+TurnSplit = Callable[[Messages, str, str], Pieces]
+
+
 def pieces(render: Callable[[Messages, bool], str], messages: Messages, start: int, done: str,
-           where: object) -> Pieces:
+           where: object, turn: TurnSplit | None = None) -> Pieces:
     """`messages[start:]` as (text, trained) pieces of what the template writes after `done` (the text of what
-    precedes them). Each run of assistant messages renders closed and is trained; each run of other messages renders
-    up to the next assistant turn's opening (the generation prompt) and is context."""
+    precedes them). Each assistant message renders closed and is trained (`turn` may cut out its think block); each
+    run of other messages renders up to the next assistant turn's opening (the generation prompt) and is context."""
     cut: list[tuple[str, bool]] = []
     i = start
     while i < len(messages):
         trained = messages[i]["role"] == "assistant"
-        end = i
-        while end < len(messages) and (messages[end]["role"] == "assistant") == trained:
+        end = i + 1
+        while not trained and end < len(messages) and messages[end]["role"] != "assistant":
             end += 1
         upto = render(messages[:end], not trained)
         if not upto.startswith(done):
             raise DataError(f"{where}: {_PREFIX_LOST[bool(cut)]}")
-        cut.append((upto[len(done) :], trained))
+        text = upto[len(done) :]
+        cut += turn(messages[:end], done, text) if trained and turn is not None else [(text, trained)]
         done, i = upto, end
     return tuple(cut)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from autotrain.data.images import PartsTokenizer, image_token_id, place_images, read_images
+from autotrain.data.columns import PAIRS, SUPERVISED
 from autotrain.data.render import Columns, RenderedPair, Renderer
 from autotrain.data.split import Location, Row, Split
 from autotrain.data.tokenize import Limits, TokenCounts, _ArrowSink, _progress, _tokenize, report
@@ -41,8 +42,12 @@ class VisionRenderer(Renderer):
     """A Renderer whose rows carry images: `placed` puts a row's images in its prompt; the template gets every
     message as parts (autotrain.data.images.PartsTokenizer)."""
 
-    def __init__(self, tokenizer: Any, template: str | None, columns: Columns, image_column: str, root: Path):
-        super().__init__(PartsTokenizer(tokenizer), template, columns)
+    def __init__(self, tokenizer: Any, template: str | None, columns: Columns, image_column: str, root: Path,
+                 **options: Any):
+        if columns.shape not in (PAIRS, SUPERVISED):
+            raise DataError(f"--image-column: rows of {columns.shape} answers are not read with images here; give "
+                            "one prompt, chosen and rejected (or SFT's completion) per row")
+        super().__init__(PartsTokenizer(tokenizer), template, columns, **options)
         self.image_column, self.root = image_column, root
 
     def images(self, row: Row, where: object) -> tuple[list[bytes], list[Any]]:
@@ -86,9 +91,10 @@ def write_vision_tokens(split: Split, renderer: VisionRenderer, processor: Any, 
     if renderer.template is None:
         raise DataError("--image-column: the model's processor and tokenizer have no chat template to place the "
                         "images with", path=split.source)
-    paired = renderer.columns.rejected is not None
+    paired = renderer.columns.paired
     image_ids, opening = _image_tokens(processor)
     dropped, truncated, rows = Counter(), Counter(), 0
+    renderer.made.clear()
     with _progress(split) as bar, _ImageSink(path, supervised=not paired) as sink:
         for number, row in split.rows(advance=bar.update):
             rows += 1
@@ -108,7 +114,7 @@ def write_vision_tokens(split: Split, renderer: VisionRenderer, processor: Any, 
             columns = _completions(pair, prompt, tokenizer, paired, limits, dropped, truncated)
             if columns is not None:
                 sink.add([[value] for value in columns] + [[kept]])
-    counts = TokenCounts(sink.rows, rows, dropped, truncated, renderer.shape)
+    counts = TokenCounts(sink.rows, rows, dropped, truncated, renderer.shape, +renderer.made)
     report(split.source, counts)
     return counts
 

@@ -158,6 +158,11 @@ class LayoutParams(Schema):
         description="Without a chat template, end each completion with the EOS token (with one, the template's "
         "end-of-turn token ends it).",
     )
+    ranked_pairs: Literal["best", "all"] = Field(
+        "best", description="Ranked answers ('responses' with 'scores' or 'ranking') become pairs: best (the best "
+        "answer against each other one) or all (every two answers that do not tie). Each prompt's pairs are weighted "
+        "so that the prompt counts once.",
+    )
 
 
 class OptimisationParams(Schema):
@@ -242,6 +247,15 @@ class TemplateParams(Schema):
     )
     apply_chat_template: bool = Field(
         True, description="Render rows with the chat template; --no-apply-chat-template is --chat-template none."
+    )
+    tools_column: str | None = Field(
+        None, description="Column of the tool definitions (a list of JSON-schema functions, or that list as JSON "
+        "text) the chat template writes into each prompt of the row. Default: 'tools' when the data has one.",
+    )
+    reasoning_loss: Literal["include", "exclude"] = Field(
+        "include", description="An answer's reasoning (reasoning_content / thinking, as the template writes it): "
+        "include trains it with the answer (in the preference log-probs and the NLL); exclude makes it context, read "
+        "but not trained. Empty think blocks are never trained.",
     )
 
 
