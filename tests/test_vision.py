@@ -52,17 +52,28 @@ def rows(names: list[str]) -> list[dict]:
     ]
 
 
+_PREPARED: dict = {}
+
+
 def prepared(folder, data, names, trainer="orpo", **overrides):
-    """(params, processor, features) of `rows` through the run's own data stage."""
+    """(params, processor, features) of `rows` through the run's own data stage (once per model and method)."""
+    key = (str(folder), trainer, tuple(sorted(overrides.items())))
+    if key not in _PREPARED:
+        _PREPARED[key] = _prepare(folder, data, names, trainer, **overrides)
+    return _PREPARED[key]
+
+
+def _prepare(folder, data, names, trainer, **overrides):
     path = data / f"pairs-{trainer}.jsonl"
     pairs = rows(names)
-    if trainer == "sft":
+    if not methods.spec(trainer).paired:
         pairs = [{"prompt": r["prompt"], "completion": r["chosen"], "images": r["images"]} for r in pairs]
     path.write_text("".join(json.dumps(r) + "\n" for r in pairs))
     params = LLMTrainingParams(model=str(folder), data_path=str(path), image_column="images", trainer=trainer,
                                project_name=str(data / "unused"), **overrides)
     processor = vision.processor_for(params, str(folder), load_config(str(folder), False))
-    split = prepare_data(params, processor.tokenizer, 512, paired=trainer != "sft", processor=processor).train
+    split = prepare_data(params, processor.tokenizer, 512, paired=methods.spec(trainer).paired,
+                         processor=processor).train
     return params, processor, [split.dataset[i] for i in range(len(split))]
 
 
@@ -124,21 +135,21 @@ def test_first_step_orpo_loss_is_the_float64_reference_of_each_sequence_alone(fo
         assert metrics["logps/chosen"].item() == pytest.approx(chosen.mean().item(), abs=1e-5)  # the pairs' mean
 
 
-@pytest.mark.parametrize("trainer", ["orpo", "dpo", "simpo", "cpo", "sft"])
+@pytest.mark.parametrize("trainer", [name for name in methods.SPECS if name != "orpo"])  # orpo: the float64 test
 @pytest.mark.parametrize("family", FAMILIES)
 def test_packed_equals_padded_for_every_method(folders, family, trainer):
     models, references, data, names = folders
     params, processor, features = prepared(models[family], data, names, trainer)
     model = load_model(params, str(models[family])).eval()
+    method = methods.load(trainer)
     reference = None
-    if trainer == "dpo":
+    if method.needs_reference:
         from autotrain.forward import sequence_logps
 
         other = load_model(params, str(references[family])).eval()
         reference = lambda batch: sequence_logps(other, batch).sums  # noqa: E731
-    method = methods.load(trainer)
-    options = {"gamma": 1.0, "alpha": 0.5} if trainer in ("simpo", "cpo") else {}
-    options = {k: v for k, v in options.items() if k in method.spec.options}
+    settings = params.method_settings()  # the method's own defaults for what it takes besides beta
+    options = {name: getattr(settings, name) for name in method.spec.options}
     results = []
     for packing in (True, False):
         batch = vision.collator(params.model_copy(update={"packing": packing}), processor, model)(features)

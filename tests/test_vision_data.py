@@ -203,11 +203,13 @@ def test_cli_run_with_images_sample_answers_and_inference(qwen, data):
     assert any(seen.values()) and all(torch.equal(base[key], merged[key]) for key in base if seen[key])
     assert any(not torch.equal(base[key], merged[key]) for key in base if not seen[key] and ".layers." in key)
 
+    # --inference (in this process: the CLI's is the same generate()), a prompts file naming its image
+    from autotrain.inference import InferenceParams, generate
+
     (work / "prompts.jsonl").write_text(json.dumps({"prompt": "What is 0?", "images": f"data/{names[0]}"}) + "\n")
-    answered = run_cli("--inference", "--project-name", "p", "--inference-prompts", "prompts.jsonl",
-                       "--inference-max-tokens", "64", cwd=work)
-    assert answered.returncode == 0, answered.stderr[-3000:]
-    assert json.loads(answered.stdout.splitlines()[0]) == {"prompt": "What is 0?", "answer": sample["after"]}
+    answered = list(generate(InferenceParams(project_name=str(project), inference_prompts=str(work / "prompts.jsonl"),
+                                             inference_max_tokens=64)))
+    assert answered == [{"prompt": "What is 0?", "answer": sample["after"]}]
 
 
 def test_cli_bad_image_is_one_line_exit_2_and_nothing_written(qwen, data):

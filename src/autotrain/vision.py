@@ -37,8 +37,8 @@ def check_config(config: Any, model: str) -> None:
     if type(config) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING or getattr(config, "vision_config", None) is not None:
         return
     raise ModelError(f"image_column: {model} is a text-only model ({type(config).__name__}, model type "
-                     f"{config.model_type}); --image-column trains a vision-language model (Qwen2-VL, Qwen2.5-VL, "
-                     "SmolVLM/Idefics3, Gemma 3, LLaVA, ...) or leave --image-column out")
+                     f"{config.model_type}); images need a vision-language model (Qwen2-VL, Qwen2.5-VL, "
+                     "SmolVLM/Idefics3, Gemma 3, LLaVA, ...): give one as --model, or leave --image-column out")
 
 
 def processor_for(params: LLMTrainingParams, model: str, config: Any) -> Any:
