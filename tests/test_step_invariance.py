@@ -7,6 +7,10 @@ grad_norm at every step and end with the same weights, within 1e-5. Before the f
 per-micro-batch mean divided by the accumulation steps, so the NLL of ORPO and SFT weighted the tokens of a short
 micro-batch more than those of a long one.
 
+Every --loss-type of dpo and cpo (and their combinations, LD-DPO) is checked at the step, cheaply: micro-batch
+shares add up to the whole batch's loss and gradient. TRL's aot and aot_unpaired cannot be: they sort across the
+batch (refused by the params).
+
 The launch also evaluates an odd validation split (7 pairs) in batches that do not divide it: the eval metrics of
 2 processes must equal those of 1 process (the pairs accelerate's `even_batches` repeats are not counted).
 """
@@ -83,6 +87,8 @@ def params_for(model: Path, data: Path, project: Path, method: str, batch_size: 
     settings = {**COMMON, **PER_METHOD[method], **extra}
     if method in RANKED:  # no rejected column: the responses and their scores
         settings.update(text_column="text", rejected_text_column=None)
+    if method == "sft":  # SFT has no rejected column and no beta, and naming either is refused
+        del settings["rejected_text_column"], settings["dpo_beta"]
     if settings.get("peft"):
         settings["lora_dropout"] = 0.0  # LoRA's own dropout would draw different masks in different splits
     return LLMTrainingParams(model=str(model), data_path=str(data), project_name=str(project), trainer=method,
@@ -244,3 +250,64 @@ def test_dpo_starts_with_every_pair_a_tie(split_runs):
     first = evals(split_runs["dpo", 4, 1])[0]
     assert first["step"] == 0
     assert first["eval_rewards/ties"] == 1.0 and first["eval_rewards/accuracies"] == 0.0
+
+
+# --- every loss type of dpo and cpo, at the step -------------------------------------------------------------------
+# name -> (trainer, options of its terms). Each is a per-pair loss (plus the NLL's token mean for sft), so its step
+# reduces as any other method's: the shares of micro-batches of 2, 1 and 4 pairs give the 7-pair batch's loss and
+# gradient. Not here: TRL's aot and aot_unpaired, which sort across the batch (refused, autotrain.methods.loss_types).
+MENU = {
+    # robust at e 0.02: its two terms cancel less than at the authors' 0.1, which on this batch's margins leaves a
+    # loss near 0 whose float32 rounding (packed against padded) is 1e-5 of itself
+    **{f"dpo {name}": ("dpo", {"loss_type": (name,), "label_smoothing": {"exo_pair": 0.1, "robust": 0.02}.get(name, 0.0),
+                               "discopop_tau": 0.05})
+       for name in ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "apo_zero",
+                    "apo_down", "discopop", "sigmoid_norm")},
+    "dpo cDPO": ("dpo", {"loss_type": ("sigmoid",), "label_smoothing": 0.2}),
+    "dpo sigmoid,bco_pair,sft": ("dpo", {"loss_type": ("sigmoid", "bco_pair", "sft"), "loss_weights": (0.8, 0.2, 1.0)}),
+    "dpo ipo, LD-DPO": ("dpo", {"loss_type": ("ipo",), "ld_alpha": 0.3}),
+    **{f"cpo {name}": ("cpo", {"loss_type": (name,), "alpha": 0.5}) for name in ("hinge", "ipo")},
+    "cpo sigmoid, label smoothing": ("cpo", {"loss_type": ("sigmoid",), "alpha": 1.0, "label_smoothing": 0.1}),
+    "cpo alphapo": ("cpo", {"loss_type": ("alphapo",), "alpha": 0.0, "gamma": 0.1, "alphapo_alpha": 0.25}),
+}
+
+
+@pytest.fixture(scope="module")
+def policy_and_reference():
+    from test_packing import tiny_model
+
+    return tiny_model(seed=2), tiny_model(seed=4)
+
+
+@pytest.mark.parametrize("case", list(MENU))
+def test_every_loss_type_is_one_loss_however_the_step_is_split(case, policy_and_reference):
+    from test_packing import ODD, assert_same, random_pairs
+
+    from autotrain import methods
+    from autotrain.data.collate import PaddedCollator
+    from autotrain.data.pack import PackedCollator
+    from autotrain.forward import sequence_logps
+
+    trainer, options = MENU[case]
+    options = dict(options)
+    ld = options.pop("ld_alpha", None)
+    # DiscoPOP at its authors' beta: at 0.5 this batch's margins reach exp(10) in its exponential term, whose float32
+    # gradient then differs packed and padded at 5e-5
+    beta = 0.05 if "discopop" in case else 0.5
+    features = random_pairs(ODD, seed=6)
+    terms = methods.load(trainer).terms
+    model, ref = policy_and_reference
+    model.zero_grad(set_to_none=True)
+    reference = (lambda batch: sequence_logps(ref, batch).sums) if trainer == "dpo" else None
+
+    whole = terms(model, PaddedCollator(0, ld_alpha=ld)(features), beta, reference, **options).loss()
+    whole.backward()
+    expected = (whole.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    model.zero_grad(set_to_none=True)
+    parts = [PackedCollator(0, token_budget=30, ld_alpha=ld)(features[a:b]) for a, b in [(0, 2), (2, 3), (3, 7)]]
+    tokens, total = sum(int(b["in_nll"].sum()) for b in parts), 0.0
+    for batch in parts:
+        loss = terms(model, batch, beta, reference, **options).loss(tokens, len(features))
+        loss.backward()
+        total += loss.item()
+    assert_same((torch.tensor(total), {n: p.grad for n, p in model.named_parameters()}), expected)

@@ -148,14 +148,45 @@ def test_packed_equals_padded_for_every_method(folders, family, trainer):
 
         other = load_model(params, str(references[family])).eval()
         reference = lambda batch: sequence_logps(other, batch).sums  # noqa: E731
-    settings = params.method_settings()  # the method's own defaults for what it takes besides beta
-    options = {name: getattr(settings, name) for name in method.spec.options}
+    options = params.method_settings().options  # the method's own defaults for what it takes besides beta
     results = []
     for packing in (True, False):
         batch = vision.collator(params.model_copy(update={"packing": packing}), processor, model)(features)
         assert ("segment_ids" in batch) == packing
         with torch.no_grad():
             results.append(method.step(model, batch, BETA, reference, **options))
+    (packed_loss, packed_metrics), (loss, metrics) = results
+    assert loss.item() == pytest.approx(packed_loss.item(), abs=1e-5)
+    for name, value in metrics.items():
+        assert value.tolist() == pytest.approx(packed_metrics[name].tolist(), abs=1e-5), name
+
+
+@pytest.mark.parametrize("trainer, loss_type", [("dpo", name) for name in methods.spec("dpo").losses if name != "sft"]
+                         + [("cpo", name) for name in methods.spec("cpo").losses] + [("dpo", "ld_alpha")])
+def test_packed_equals_padded_for_every_loss_type_and_ld_dpo(folders, trainer, loss_type):
+    """Each --loss-type of dpo and cpo, and LD-DPO's weights (--ld-alpha, which the collator reads from the params as
+    a text run's does), give the padded layout's loss and metrics when packed."""
+    models, references, data, names = folders
+    base, processor, features = prepared(models["qwen2_vl"], data, names, trainer)
+    given = {"ld_alpha": 0.5} if loss_type == "ld_alpha" else {"loss_type": loss_type} | (
+        {"label_smoothing": 0.1} if loss_type == "exo_pair" else {})
+    params = LLMTrainingParams(**base.model_dump(include={"model", "data_path", "image_column", "trainer",
+                                                          "project_name"}), **given)
+    model = load_model(params, str(models["qwen2_vl"])).eval()
+    method = methods.load(trainer)
+    reference = None
+    if method.needs_reference:
+        from autotrain.forward import sequence_logps
+
+        other = load_model(params, str(references["qwen2_vl"])).eval()
+        reference = lambda batch: sequence_logps(other, batch).sums  # noqa: E731
+    results = []
+    for packing in (True, False):
+        batch = vision.collator(params.model_copy(update={"packing": packing}), processor, model)(features)
+        assert ("completion_weight" in batch) == (loss_type == "ld_alpha")
+        with torch.no_grad():
+            results.append(method.step(model, batch, params.method_settings().beta, reference,
+                                       **params.method_settings().options))
     (packed_loss, packed_metrics), (loss, metrics) = results
     assert loss.item() == pytest.approx(packed_loss.item(), abs=1e-5)
     for name, value in metrics.items():

@@ -125,6 +125,16 @@ def test_params_refuse_a_template_without_image_parts_and_train_vision_without_i
         LLMTrainingParams(train_vision=True)
 
 
+def test_sample_prompts_are_told_apart_by_their_images():
+    """Two rows asking the same words about two images of one size have the same prompt ids: the sample answers must
+    keep both, each with its own images, not answer the second prompt with the first row's images."""
+    from autotrain.judge.before_after import _distinct
+
+    prompts = [[1, 2], [1, 2], [3], [1, 2]]
+    assert _distinct(prompts, None) == [0, 2]
+    assert _distinct(prompts, [[b"cat"], [b"dog"], [b"cat"], [b"cat"]]) == [0, 1, 2]
+
+
 def test_truncation_never_cuts_an_image_and_drops_a_prompt_whose_images_do_not_fit(qwen, data):
     folder, names = data
     long_text = "x" * 40

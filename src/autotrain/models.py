@@ -1,10 +1,11 @@
 """The one place a model or a tokenizer is loaded, and the one way back to the transformers model inside wrappers.
 
 Models load for training (`load_model`, with LoRA adapters from autotrain.lora), as a frozen DPO reference
-(`load_reference`), for inference (`load_trained`) and to merge a saved adapter (`merge_saved_adapter`), all through
-`_from_pretrained` (a vision-language model, with its processor from `load_processor`, through
-AutoModelForImageTextToText): float32 (mixed precision autocasts on top; a merged model is saved as trained), safetensors only
-(a pickle file can run code when it is loaded), and the run's trust_remote_code. The tokenizer and config load first
+(`load_reference`), for inference (`load_trained`; `load_base`: what a full fine-tune started from, for `aitraining
+chat`) and to merge a saved adapter (`merge_saved_adapter`), all through `_from_pretrained` (a vision-language model,
+with its processor from `load_processor`, through AutoModelForImageTextToText): float32 (mixed precision autocasts on
+top; a merged model is saved as trained), safetensors only (a pickle file can run code when it is loaded), and the
+run's trust_remote_code. The tokenizer and config load first
 and cheaply, so the data can be checked before any weights are read.
 """
 
@@ -231,6 +232,25 @@ def load_trained(project: Path, trust_remote_code: bool = False, vision: bool = 
         raise ModelError(f"{project}: no trained model here (no config.json or adapter_config.json)")
     model = _from_pretrained(project, trust_remote_code, vision=vision)
     return model.eval(), load_tokenizer(str(project), trust_remote_code)
+
+
+def load_judge(model: str, reward: bool) -> tuple[Any, Any]:
+    """A judge (autotrain.judge) in eval mode, and its tokenizer: a reward model (sequence classification) or a
+    causal LM. Never its own code (a judge is someone else's model, and no flag vouches for it); bf16 on a GPU
+    that has it (a judge only reads, and a 7B one in fp32 takes 28 GB), else fp32."""
+    dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    if reward:
+        from transformers import AutoModelForSequenceClassification
+
+        net = AutoModelForSequenceClassification.from_pretrained(model, dtype=dtype, use_safetensors=True)
+    else:
+        net = _from_pretrained(model, False, dtype=dtype)
+    return net.eval(), load_tokenizer(model, False)
+
+
+def load_base(model: str, trust_remote_code: bool) -> Any:
+    """The model a full fine-tune started from, in eval mode, to answer beside it (`aitraining chat`)."""
+    return _from_pretrained(model, trust_remote_code).eval()
 
 
 def merge_saved_adapter(adapter_dir: Path, trust_remote_code: bool, vision: bool = False) -> Any:

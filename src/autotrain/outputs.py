@@ -29,10 +29,11 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from autotrain import answers, disk, methods, resuming
+from autotrain import answers, disk, resuming
 from autotrain.checkpoints import STAGING, checkpoints, drop_staged, step_of
 from autotrain.errors import DiskFull
 from autotrain.data.tokenize import made_lines
+from autotrain.judge import report as judge_report
 from autotrain.models import merge_saved_adapter, unwrap
 from autotrain.plots import PLOT_FILE
 from autotrain.progress import is_evaluation
@@ -339,13 +340,14 @@ def write_card(project: Path, params: LLMTrainingParams, base_model: str, data: 
         for key in ("eval_rewards/accuracies", "eval_loss", "eval_nll_loss", "eval_rewards/margins"):
             if isinstance(before.get(key), int | float) and isinstance(after.get(key), int | float):
                 lines.append(f"| {key.removeprefix('eval_')} | {before[key]:.4f} | {after[key]:.4f} |")
-        accuracy = methods.spec(params.trainer).accuracy
+        accuracy = params.method_settings().accuracy
         if accuracy is not None and "eval_rewards/accuracies" in before:
             lines += ["", f"rewards/accuracies: the share of validation pairs where {accuracy}."]
     answered = answers.read(project)
     if answered:
         lines += ["", "## Sample answers (validation prompts, greedy)", "", "| prompt | before | after |", "|---|---|---|"]
         lines += [f"| {_cell(s['prompt'])} | {_cell(s['before'])} | {_cell(s['after'])} |" for s in answered]
+    lines += judge_report.card_section(project)
     if (project / PLOT_FILE).exists():
         lines += ["", "## Training curves", "", f"![training curves]({PLOT_FILE})"]
     resumed = resuming.read_records(project)

@@ -56,14 +56,17 @@ def is_vision_project(folder: Path) -> bool:
 
 def collator(params: LLMTrainingParams, processor: Any, model: torch.nn.Module) -> VisionCollator:
     """The run's collator: the text layout this model takes (packed where its forward can place images in a packed
-    row, else padded, with the one-line reason on the first batch), plus the images (autotrain.data.vision_collate)."""
+    row, else padded, with the one-line reason on the first batch), plus the images (autotrain.data.vision_collate).
+    LD-DPO's completion weights (--ld-alpha) come from `params`, as a text run's do."""
     pad_id = processor.tokenizer.pad_token_id
+    ld_alpha = params.method_settings().ld_alpha
     why = vision_packing(model) if params.packing else None
     if why is None:
-        layout = make_collator(params.packing, pad_id, params.nll_on_prompt, model=model, padding_side=params.padding)
+        layout = make_collator(params.packing, pad_id, params.nll_on_prompt, model=model, padding_side=params.padding,
+                               ld_alpha=ld_alpha)
     else:
         layout = PaddedFallback(pad_id=pad_id, prompt_loss=params.nll_on_prompt, padding_side=params.padding,
-                                reason=why)
+                                reason=why, ld_alpha=ld_alpha)
     return VisionCollator(layout, processor, rope=rope_model(model) is not None and takes(model, "mm_token_type_ids"),
                           token_types=takes(model, "token_type_ids"))
 
@@ -80,11 +83,11 @@ def _generation_inputs(processor: Any, model: torch.nn.Module, ids: list[int], i
     return out
 
 
-def sample_inputs(processor: Any, model: torch.nn.Module, dataset: Any, count: int) -> list[dict[str, Any]]:
-    """The image inputs of the first `count` validation prompts, for their sample answers."""
+def sample_inputs(processor: Any, model: torch.nn.Module, dataset: Any, rows: list[int]) -> list[dict[str, Any]]:
+    """The image inputs of the validation prompts in `rows`, for their sample answers."""
     from autotrain.data.images import decode_image
 
-    rows = dataset.select(range(min(count, len(dataset))))
+    rows = dataset.select(rows)
     return [_generation_inputs(processor, model, list(row["prompt_ids"]), [decode_image(b) for b in row["images"]])
             for row in rows]
 

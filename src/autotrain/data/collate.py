@@ -37,6 +37,7 @@ class PaddedCollator:
     # "left" (aitraining's padding) puts the padding before each row; the rows then carry position_ids counted from
     # their first real token, so every token sits at the position it has in the right-padded layout.
     padding_side: str = "right"
+    ld_alpha: float | None = None  # LD-DPO: the batch's `completion_weight` (autotrain.data.batch)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         pairs = len(features)
@@ -68,7 +69,7 @@ class PaddedCollator:
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
-            **targets.tensors(),
+            **targets.tensors(self.ld_alpha, pairs),
             "num_pairs": pairs,
             "num_real_tokens": sum(len(r) for r in rows),
             **({"position_ids": position_ids} if self.padding_side == "left" else {}),

@@ -120,6 +120,7 @@ class PackedCollator:
     share_prompt: bool = True
     pad_to_multiple_of: int = 1
     bucketed: bool = False
+    ld_alpha: float | None = None  # LD-DPO: the batch's `completion_weight` (autotrain.data.batch)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         pairs = len(features)
@@ -148,7 +149,7 @@ class PackedCollator:
             "input_ids": torch.tensor(ids, dtype=torch.long),
             "position_ids": torch.tensor(pos, dtype=torch.long),
             "segment_ids": torch.tensor(seg, dtype=torch.long),
-            **targets.tensors(),
+            **targets.tensors(self.ld_alpha, pairs),
             "num_pairs": pairs,
             "num_real_tokens": sum(sizes),
             **reference_logps(features),

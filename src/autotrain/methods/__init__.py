@@ -15,7 +15,9 @@ and says, without importing it (so without torch), what the rest of the tool nee
 - its settings, each taking its authors' value when left unset (autotrain.params' MethodParams.method_settings):
   `beta` (--dpo-beta; None: the method has none), and in `options` the others its terms take: `gamma` (SimPO's
   margin, default `gamma_per_beta` x beta) and `alpha` (the NLL weight, default `alpha`); `title` is its name as
-  papers write it, `nll_title` its name once alpha > 0 adds an NLL term it has not by default (CPO-SimPO).
+  papers write it, `nll_title` its name once alpha > 0 adds an NLL term it has not by default (CPO-SimPO);
+- `losses`: its --loss-type menu (autotrain.methods.loss_types), where it has one (dpo, cpo): each loss's own
+  settings and their authors' values, which then take the place of the spec's.
 
 The params' list of --trainer choices is `NAMES`; the trainer and the project look a method up here, by the name the
 user gave, and never name one themselves. Adding a method: write methods/<name>.py (its terms and `METHOD`), its pure
@@ -26,7 +28,9 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
+
+from autotrain.methods.loss_types import CPO_LOSSES, DPO_LOSSES, LossType
 
 __all__ = ["ALIASES", "NAMES", "PAIR_METRICS", "SPECS", "MethodSpec", "canonical", "load", "spec"]
 
@@ -54,6 +58,7 @@ class MethodSpec:
     # at 0 is plain SFT, which is a choice)
     positive_beta: bool = False
     metrics: tuple[str, ...] = PAIR_METRICS
+    losses: Mapping[str, LossType] | None = None  # its --loss-type menu; the first is the default
 
     @property
     def module(self) -> str:
@@ -68,7 +73,8 @@ SPECS: dict[str, MethodSpec] = {
                    metrics=("log_odds_ratio", "log_odds_chosen", *PAIR_METRICS)),
         MethodSpec("dpo", paired=True, needs_reference=True,
                    accuracy="chosen gained more log-probability over the reference than rejected",
-                   help="sigmoid DPO against a frozen reference", positive_beta=True),
+                   help="a frozen reference; --loss-type", options=("loss_type", "loss_weights", "label_smoothing", "discopop_tau"),
+                   positive_beta=True, losses=DPO_LOSSES),
         # SimPO: the SimPO paper's beta 2.0-2.5 and gamma / beta about 0.5 (gamma follows a chosen beta), no NLL term.
         MethodSpec("simpo", paired=True, needs_reference=False, title="SimPO",
                    accuracy="chosen mean token log-prob > rejected",
@@ -79,8 +85,9 @@ SPECS: dict[str, MethodSpec] = {
         # CPO: beta 0.1 and NLL weight 1.0, as the CPO paper and TRL's CPOConfig.
         MethodSpec("cpo", paired=True, needs_reference=False,
                    accuracy="chosen summed log-prob > rejected",
-                   help="sigmoid preference term on summed log-probs + NLL, no reference model",
-                   beta=0.1, options=("alpha",), alpha=1.0, positive_beta=True),
+                   help="+ NLL, no reference model; --loss-type",
+                   beta=0.1, options=("alpha", "loss_type", "label_smoothing", "gamma", "alphapo_alpha"), alpha=1.0,
+                   positive_beta=True, losses=CPO_LOSSES),
         MethodSpec("sft", paired=False, needs_reference=False, accuracy=None,
                    help="NLL on the completion or text", beta=None, metrics=()),
     )

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import SecretStr, model_validator
 
 from autotrain import methods
+from autotrain.params.judge import JudgeParams
 from autotrain.params.method import MethodParams
 from autotrain.params.needs import scheduler_needs, unmet
 from autotrain.params.schema import Schema
@@ -39,6 +40,7 @@ SECTIONS: tuple[tuple[str, type[Schema]], ...] = (
     ("LoRA", LoraParams),
     ("Chat template", TemplateParams),
     ("Evaluation", EvaluationParams),
+    ("Judge", JudgeParams),
     ("Scale-out", ScaleOutParams),
     ("Logging and saving", LoggingParams),
     ("Hub", HubParams),
@@ -48,7 +50,8 @@ SECTIONS: tuple[tuple[str, type[Schema]], ...] = (
 # Fields that change what the loss is: trials that differ in them have losses on different scales (the method
 # itself most of all: DPO starts at ln 2, ORPO's NLL term alone is several times that).
 LOSS_SHAPING: frozenset[str] = frozenset({"trainer", "dpo_beta", "simpo_gamma", "cpo_alpha", "prompt_loss",
-                                          "response_only_loss"})
+                                          "response_only_loss", "loss_type", "loss_weights", "label_smoothing",
+                                          "ld_alpha", "discopop_tau", "alphapo_alpha"})
 # The key of training_params.json that lists the chosen fields (LLMTrainingParams.save_json); not a field.
 CHOSEN_KEY = "_chosen"
 # Fields whose values are secrets: never written to disk, never logged.
@@ -94,6 +97,9 @@ class LLMTrainingParams(*reversed([section for _, section in SECTIONS])):  # typ
             raise ValueError(f"use_sweep optimises {self.sweep_metric} on the validation split: add --valid-split")
         if self.sample_answers and not self.valid_split:
             raise ValueError("sample_answers answers validation prompts: add --valid-split")
+        if self.judge and not (self.valid_split or self.judge_prompts):
+            raise ValueError("judge compares answers to the validation prompts: add --valid-split, or give the "
+                             "prompts as --judge-prompts FILE")
         if self.eval_strategy == "steps" and self.eval_steps == -1:
             raise ValueError("eval_strategy 'steps' needs --eval-steps N")
         if self.quantization is not None and not self.peft:

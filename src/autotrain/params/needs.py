@@ -4,8 +4,9 @@
 counts (pydantic's `model_fields_set`, and not None, which spells "not set"): a default never trips a rule, nor
 does a saved training_params.json loaded back (it says which fields were chosen: autotrain.params.llm). The LoRA
 fields without `peft`, `quantization` without `peft`, `sample_answers` without a validation split, the method
-settings of other methods (`simpo_gamma`, `cpo_alpha`, `model_ref`, `precompute_ref_logps`) and `wandb_visualizer`
-are refused by the rules of LLMTrainingParams and MethodParams themselves.
+settings of other methods (`simpo_gamma`, `cpo_alpha`, `model_ref`, `precompute_ref_logps`; `loss_type` and the
+settings of loss types not chosen) and `wandb_visualizer` are refused by the rules of LLMTrainingParams and
+MethodParams themselves.
 
 `scheduler_needs` refuses a schedule that cannot run with the other values: one that steps on the validation loss
 without a validation split, one that decays to a floor no flag sets.
@@ -56,6 +57,8 @@ _HUB = Need("push_to_hub", lambda p: p.push_to_hub, "the hub upload", "--push-to
             {"push_to_hub": True, "username": "me"})
 _SWEEP = Need("use_sweep", lambda p: p.use_sweep, "a sweep", "--use-sweep", {"use_sweep": True, "valid_split": "v"})
 _WANDB = Need("log", lambda p: p.log == "wandb", "W&B", "--log wandb", {"log": "wandb"})
+_JUDGE = Need("judge", lambda p: p.judge is not None, "the judged comparison", "--judge SPEC",
+              {"judge": "judge-model", "valid_split": "validation"})
 
 NEEDS: dict[str, Need] = {
     "rejected_text_column": Need("trainer", lambda p: methods.spec(p.trainer).paired,
@@ -89,6 +92,9 @@ NEEDS: dict[str, Need] = {
     "sweep_params": _SWEEP,
     "train_vision": Need("image_column", lambda p: p.image_column is not None, "vision-language training",
                          "--image-column COLUMN", {"image_column": "images"}),
+    "judge_prompts": _JUDGE,
+    "judge_template": _JUDGE,
+    "judge_max_prompts": _JUDGE,
     "min_lr_rate": Need("scheduler", lambda p: p.scheduler in MIN_LR_SCHEDULERS,
                         f"--scheduler {_either(list(MIN_LR_SCHEDULERS))}", None, {"scheduler": MIN_LR_SCHEDULERS[0]}),
 }
