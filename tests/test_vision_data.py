@@ -123,6 +123,10 @@ def test_params_refuse_a_template_without_image_parts_and_train_vision_without_i
         LLMTrainingParams(image_column="images", chat_template="chatml")
     with pytest.raises(ParamsError, match="train_vision applies to vision-language training: add --image-column"):
         LLMTrainingParams(train_vision=True)
+    # The judges read text: answers about images they cannot see would be judged on the words alone.
+    with pytest.raises(ParamsError, match="judge: the judges read prompts as text, and this run's prompts hold "
+                                          "images they cannot see; leave --judge out of a run with --image-column"):
+        LLMTrainingParams(image_column="images", judge="HuggingFaceTB/SmolLM2-135M-Instruct", valid_split="v")
 
 
 def test_sample_prompts_are_told_apart_by_their_images():
@@ -220,6 +224,25 @@ def test_cli_run_with_images_sample_answers_and_inference(qwen, data):
     answered = list(generate(InferenceParams(project_name=str(project), inference_prompts=str(work / "prompts.jsonl"),
                                              inference_max_tokens=64)))
     assert answered == [{"prompt": "What is 0?", "answer": sample["after"]}]
+
+    # The chat page sends text only and the judges read text only: a run trained with images is refused, one line.
+    from autotrain.chat import engine
+    from autotrain.chat.runs import Run, named_run
+    from autotrain.judge.compare import compare_runs
+
+    chat = (f"project_name: {project} was trained with images (--image-column), and aitraining chat sends text only; "
+            "ask it with its images through aitraining llm --inference (--inference-images)")
+    with pytest.raises(ParamsError) as refused:
+        named_run(str(project))  # --project-name: before the server starts
+    assert str(refused.value) == chat
+    with pytest.raises(ParamsError) as refused:
+        engine.load(Run("p", project))  # chosen from --projects-dir's list: the page shows the line
+    assert str(refused.value) == chat
+    with pytest.raises(ParamsError) as refused:
+        compare_runs([project, project], None, str(work / "compared"), "again")
+    assert str(refused.value) == (f"compare: {project} was trained with images (--image-column); the judges read "
+                                  "prompts as text and cannot see them")
+    assert not (work / "compared").exists()
 
 
 def test_cli_bad_image_is_one_line_exit_2_and_nothing_written(qwen, data):

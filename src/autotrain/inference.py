@@ -216,8 +216,9 @@ def generate(params: InferenceParams) -> Iterator[dict[str, str]]:
     trust = params.trust_remote_code if params.trust_remote_code is not None else trained_with_remote_code(project)
     from autotrain import vision
     from autotrain.data.images import shown_prompt
+    from autotrain.project_folder import trained_with_images
 
-    seeing = vision.is_vision_project(project)  # trained with --image-column: its processor reads the images
+    seeing = trained_with_images(project)  # trained with --image-column: its processor reads the images
     model, tokenizer = load_trained(project, trust, vision=seeing)
     processor = load_processor(str(project), trust) if seeing else None
     images = (lambda p: vision.prompt_inputs(processor, model, p.value, list(p.images), p.where)) if seeing else None

@@ -9,7 +9,6 @@ which of its weights train is autotrain.vision_weights'.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,10 +23,7 @@ from autotrain.params import LLMTrainingParams
 
 logger = logging.getLogger("autotrain")
 
-__all__ = ["check_config", "collator", "is_vision_project", "processor_for", "prompt_inputs", "sample_inputs"]
-
-# What a saved processor leaves in a folder (the image processor's config, or the processor's own).
-PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+__all__ = ["check_config", "collator", "processor_for", "prompt_inputs", "sample_inputs"]
 
 
 def check_config(config: Any, model: str) -> None:
@@ -47,11 +43,6 @@ def processor_for(params: LLMTrainingParams, model: str, config: Any) -> Any:
         return None
     check_config(config, params.model)
     return load_processor(model, params.trust_remote_code)
-
-
-def is_vision_project(folder: Path) -> bool:
-    """Whether a saved model folder was trained with images (it holds a processor)."""
-    return any((folder / name).is_file() for name in PROCESSOR_FILES)
 
 
 def collator(params: LLMTrainingParams, processor: Any, model: torch.nn.Module) -> VisionCollator:

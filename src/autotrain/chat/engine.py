@@ -70,6 +70,9 @@ def load(run: Run) -> Loaded:
     from autotrain.inference import trained_with_remote_code
     from autotrain.models import load_trained, model_max_length
 
+    from autotrain.chat.runs import refuse_images
+
+    refuse_images(run.folder)  # a run of the list (--projects-dir): refused when chosen, as one line
     trust = trained_with_remote_code(run.folder)
     folder = run.folder
     merged_lora = (folder / ADAPTER_DIR / "adapter_config.json").is_file()

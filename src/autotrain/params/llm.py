@@ -97,6 +97,9 @@ class LLMTrainingParams(*reversed([section for _, section in SECTIONS])):  # typ
             raise ValueError(f"use_sweep optimises {self.sweep_metric} on the validation split: add --valid-split")
         if self.sample_answers and not self.valid_split:
             raise ValueError("sample_answers answers validation prompts: add --valid-split")
+        if self.judge and self.image_column is not None:
+            raise ValueError("judge: the judges read prompts as text, and this run's prompts hold images they cannot "
+                             "see; leave --judge out of a run with --image-column")
         if self.judge and not (self.valid_split or self.judge_prompts):
             raise ValueError("judge compares answers to the validation prompts: add --valid-split, or give the "
                              "prompts as --judge-prompts FILE")
