@@ -56,24 +56,42 @@ class InferenceParams(Schema):
         description="Allow the model's own Python code from its folder. Default: as the run was trained (its "
         "training_params.json).",
     )
+    inference_images: str | None = Field(
+        None,
+        description="Images for a prompt given as text (comma-separated paths), for a project trained with "
+        "--image-column; in a prompts file each row names its own ('images': a path or a list, relative to the file).",
+    )
 
 
 @dataclass(frozen=True)
 class Prompt:
-    """One prompt (a text or a list of messages) and where it was given (`file:line`, or the flag)."""
+    """One prompt (a text or a list of messages), where it was given (`file:line`, or the flag) and its images
+    (decoded; a vision-language project's)."""
 
     value: str | list[dict[str, str]]
     where: str
+    images: tuple[Any, ...] = ()
 
 
-def read_prompts(spec: str) -> list[Prompt]:
-    """The prompts `spec` gives, by the rule of the module docstring."""
+def read_prompts(spec: str, images: str | None = None) -> list[Prompt]:
+    """The prompts `spec` gives, by the rule of the module docstring; `images`: --inference-images."""
+    from autotrain.data.images import encoded_prompt, read_images
+
     path = _prompts_file(spec)
     if path is None:
-        return [Prompt(spec, "--inference-prompts")]
+        given = [name.strip() for name in images.split(",") if name.strip()] if images else []
+        return [Prompt(spec, "--inference-prompts", tuple(read_images(given, "--inference-images", "images",
+                                                                       Path.cwd())[1]))]
+    if images:
+        raise ParamsError("inference_images: the prompts come from a file, whose rows name their own images "
+                          "('images': a path or a list, relative to the file)")
     split = _PromptsSplit.of(path)
-    prompts = [Prompt(checked_value(row, "prompt", split.where(number), needs="a prompt needs a text or messages"),
-                      split.where(number)) for number, row in split.rows()]
+    prompts = []
+    for number, row in split.rows():
+        where = split.where(number)
+        row = {**row, "prompt": encoded_prompt(row.get("prompt"), where, "prompt")}  # image parts as text
+        prompts.append(Prompt(checked_value(row, "prompt", where, needs="a prompt needs a text or messages"), where,
+                              tuple(read_images(row.get("images", row.get("image")), where, "images", path.parent)[1])))
     if not prompts:
         raise DataError("no prompts in the file", path=str(path))
     return prompts
@@ -147,18 +165,24 @@ def prompt_inputs(tokenizer: Any, prompt: str | list[dict[str, str]], template: 
 
 
 def checked_inputs(tokenizer: Any, prompt: Prompt, positions: int | None,
-                   template: str | None | EllipsisType = ...) -> dict[str, Any]:
+                   template: str | None | EllipsisType = ..., images: Any = None) -> dict[str, Any]:
     """`prompt_inputs`, or one line naming the prompt when it cannot be answered as training would have read it.
-    `template`: the training template (`...`: the saved one)."""
+    `template`: the training template (`...`: the saved one). `images`: builds the inputs of a vision-language
+    project's prompt (autotrain.model.vision.prompt_inputs)."""
     from jinja2 import TemplateError
 
+    from autotrain.data.images import has_image_parts
+
+    if (prompt.images or has_image_parts(prompt.value)) and images is None:
+        raise DataError(f"{prompt.where}: this project was trained without images (a text model); give the prompt "
+                        "without images")
     template = (tokenizer.chat_template or None) if template is ... else template
     if isinstance(prompt.value, list) and not template:
         # Training refuses conversational rows without a template: there is no way it would have read this one.
         raise DataError(f"{prompt.where}: a conversation needs a chat template, and this project was trained without "
                         "one (on plain-text prompts); give the prompt as text")
     try:
-        inputs = prompt_inputs(tokenizer, prompt.value, template)
+        inputs = prompt_inputs(tokenizer, prompt.value, template) if images is None else images(prompt)
     except TemplateError as exc:  # raise_exception("Conversation roles must alternate ..."), an undefined name
         raise DataError(f"{prompt.where}: the chat template refuses this prompt: {exc.message or exc}") from None
     length = inputs["input_ids"].shape[1]
@@ -180,19 +204,27 @@ def check_finished(project: Path) -> None:
 
 def generate(params: InferenceParams) -> Iterator[dict[str, str]]:
     from autotrain import quiet
-    from autotrain.model.loading import load_trained, model_max_length
+    from autotrain.model.loading import load_processor, load_trained, model_max_length
     from autotrain.outputs.answers import Decoding, continuation, model_stop_ids
 
     project = Path(params.project_name).expanduser()
     if not project.is_dir():
         raise ParamsError(f"project_name: {project} does not exist")
     check_finished(project)
-    prompts = read_prompts(params.inference_prompts)
+    prompts = read_prompts(params.inference_prompts, params.inference_images)
     quiet.import_quietly("transformers")  # before loading: its loading bars and logs quieted, as in a run
     trust = params.trust_remote_code if params.trust_remote_code is not None else trained_with_remote_code(project)
-    model, tokenizer = load_trained(project, trust)
+    from autotrain.data.images import shown_prompt
+    from autotrain.model import vision
+    from autotrain.outputs.project_folder import trained_with_images
+
+    seeing = trained_with_images(project)  # trained with --image-column: its processor reads the images
+    model, tokenizer = load_trained(project, trust, vision=seeing)
+    processor = load_processor(str(project), trust) if seeing else None
+    images = (lambda p: vision.prompt_inputs(processor, model, p.value, list(p.images), p.where)) if seeing else None
     positions = model_max_length(model.config)
-    inputs = [checked_inputs(tokenizer, p, positions) for p in prompts]  # every prompt checked before answering
+    # every prompt checked before answering
+    inputs = [checked_inputs(tokenizer, p, positions, images=images) for p in prompts]
     decoding = Decoding(params.inference_max_tokens, params.inference_temperature, params.inference_top_p)
     # Stop where the template ends a turn, as well as where the model's own generation config says.
     stop = model_stop_ids(model, tokenizer, tokenizer.chat_template or None)
@@ -200,4 +232,4 @@ def generate(params: InferenceParams) -> Iterator[dict[str, str]]:
         answer = continuation(model, tokenizer, given, decoding, stop)
         # Verbatim (JSON escapes line breaks): stripped, an answer of newlines would print as "".
         value = prompt.value
-        yield {"prompt": value if isinstance(value, str) else json.dumps(value), "answer": answer}
+        yield {"prompt": value if isinstance(value, str) else json.dumps(shown_prompt(value)), "answer": answer}

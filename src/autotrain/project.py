@@ -141,7 +141,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     check_transformers()  # the private transformers members this run reaches (autotrain.private), before any work
     from autotrain.data.prepare import prepare_data
     from autotrain.judge.before_after import BeforeAfter
-    from autotrain.model import loading
+    from autotrain.model import loading, vision
     from autotrain.outputs import final as outputs
     from autotrain.outputs.checkpoints import clear_staging, finish, set_aside_newer
     from autotrain.outputs.plots import plot_training
@@ -154,12 +154,14 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     with model_files.loading(model_path):
         tokenizer = loading.load_tokenizer(model_path, params.trust_remote_code)
         config = loading.load_config(model_path, params.trust_remote_code)
+        processor = vision.processor_for(params, model_path, config)  # --image-column: checked before the data
+    tokenizer = tokenizer if processor is None else processor.tokenizer
     resuming.check_model_config(resume_from, config, params.model)
     loading.check_attention(params, config)
     if method.needs_reference and ref_path is not None:  # before the data stage and any weights
         with model_files.loading(ref_path):
             loading.check_reference_tokenizer(tokenizer, ref_path, params.trust_remote_code)
-    data = prepare_data(params, tokenizer, loading.model_max_length(config), opened=opened)
+    data = prepare_data(params, tokenizer, loading.model_max_length(config), opened=opened, processor=processor)
     from transformers import PrinterCallback, ProgressCallback, set_seed
 
     from autotrain.model.kernels import make_collator
@@ -187,7 +189,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
             settle_run_kernel(params, model, data.train.dataset[0], tokenizer.pad_token_id, args.device)
     # Sample answers and the judge's are the main process's to write; when the weights are sharded (FSDP, ZeRO-3)
     # every process must take part in generate. A resumed run has no untrained model left to ask.
-    asked = BeforeAfter(params, data, tokenizer, model, asks=bool(main or sharded))
+    asked = BeforeAfter(params, data, tokenizer, model, asks=bool(main or sharded), processor=processor)
     # On the training device (Trainer has not moved the model yet).
     before = asked.answer(model, args.device) if resume_from is None else None
     ref_model = None
@@ -224,7 +226,8 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
         train_dataset=data.train.dataset,
         eval_dataset=data.valid.dataset if data.valid is not None else None,
         data_collator=make_collator(params.packing, tokenizer.pad_token_id, params.nll_on_prompt, model=model,
-                                    padding_side=params.padding, ld_alpha=settings.ld_alpha),
+                                    padding_side=params.padding, ld_alpha=settings.ld_alpha) if processor is None else
+        vision.collator(params, processor, model),
         processing_class=tokenizer,
         callbacks=[outputs.MetricsFile(project / outputs.METRICS_FILE), stop, Progress(),
                    *schedule_callbacks(changed)],
@@ -246,8 +249,8 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
         if main:
             asked.write(project, before, after)
         # Signals stay caught through the final save: one that comes now stops the run as during training.
-        saved = stop.received is None and outputs.save_final(trainer, tokenizer, data.template, params, project,
-                                                             lambda: stop.received is not None)
+        saved = stop.received is None and outputs.save_final(trainer, processor or tokenizer, data.template, params,
+                                                             project, lambda: stop.received is not None)
     finally:
         stop.uninstall()
         if params.log == "wandb":

@@ -72,8 +72,7 @@ PREFERENCE_RUN_FIELDS = {
     "sweep_backend", "sweep_n_trials", "sweep_metric", "sweep_direction", "sweep_params", "custom_metrics",
 }
 # The other trainers' fields the issue names: each must be refused with the "not this tool" line.
-OTHER_TRAINERS = {"rl_gamma", "rl_env_module", "use_distillation", "teacher_model", "use_vllm", "vllm_mode", "unsloth",
-                  "image_column"}
+OTHER_TRAINERS = {"rl_gamma", "rl_env_module", "use_distillation", "teacher_model", "use_vllm", "vllm_mode", "unsloth"}
 
 
 def ours(name: str):

@@ -67,9 +67,11 @@ class Loaded:
 
 def load(run: Run) -> Loaded:
     """The run's trained model, as `--inference` loads it (trust_remote_code as the run was trained)."""
+    from autotrain.chat.runs import refuse_images
     from autotrain.inference import trained_with_remote_code
     from autotrain.model.loading import load_trained, model_max_length
 
+    refuse_images(run.folder)  # a run of the list (--projects-dir): refused when chosen, as one line
     trust = trained_with_remote_code(run.folder)
     folder = run.folder
     merged_lora = (folder / ADAPTER_DIR / "adapter_config.json").is_file()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from autotrain.errors import ParamsError
-from autotrain.outputs.project_folder import CARD_FILE, PARAMS_FILE
+from autotrain.outputs.project_folder import CARD_FILE, PARAMS_FILE, trained_with_images
 
 # What the list shows of a run's final metrics, in this order, where it logged them.
 LISTED_METRICS = ("eval_rewards/accuracies", "eval_loss", "train_loss")
@@ -48,7 +48,17 @@ def named_run(project: str) -> Run:
         raise ParamsError(f"project_name: {folder} holds no aitraining run (no {PARAMS_FILE}); name a folder that "
                           "`aitraining llm --train` wrote")
     check_finished(folder)  # an unfinished run is named with its newest checkpoint to resume from
+    refuse_images(folder)
     return Run(folder.resolve().name, folder.resolve())
+
+
+def refuse_images(folder: Path) -> None:
+    """One line for a run trained with images: the page sends text only, and a prompt without its images is not
+    what the run learned to answer."""
+    if trained_with_images(folder):
+        raise ParamsError(f"project_name: {folder} was trained with images (--image-column), and aitraining chat "
+                          "sends text only; ask it with its images through aitraining llm --inference (--inference-"
+                          "images)")
 
 
 def find_runs(root: str) -> tuple[list[Run], int]:

@@ -19,7 +19,7 @@ from autotrain.data.render import Columns, Renderer, pick_template, resolve_colu
 from autotrain.data.sources import Split, load_split
 from autotrain.data.split import Sampled
 from autotrain.data.tokenize import Limits, TokenizedSplit, resolve_block_size, write_tokens
-from autotrain.errors import ParamsError
+from autotrain.errors import DataError, ParamsError
 from autotrain.params import LLMTrainingParams
 
 logger = logging.getLogger("autotrain")
@@ -60,6 +60,10 @@ def open_data(params: LLMTrainingParams, paired: bool = True) -> OpenedData:
     columns = resolve_columns(params, train_raw, paired)
     if valid_raw is not None:
         columns.check(valid_raw)  # the same columns must exist there too
+    for split in (train_raw, valid_raw) if params.image_column else ():
+        if split is not None and params.image_column not in split.columns:
+            raise DataError(f"missing; columns present: {', '.join(split.columns)}", path=split.source,
+                            column=params.image_column)
     return OpenedData(train_raw, valid_raw, columns)
 
 
@@ -86,8 +90,9 @@ def longest_input(params: LLMTrainingParams, positions: int | None) -> int | Non
 
 
 def prepare_data(params: LLMTrainingParams, tokenizer: Any, model_max: int | None, paired: bool = True,
-                 opened: OpenedData | None = None) -> PreparedData:
-    """Tokenize the splits (`opened` by `open_data`, or opened here)."""
+                 opened: OpenedData | None = None, processor: Any = None) -> PreparedData:
+    """Tokenize the splits (`opened` by `open_data`, or opened here); with `processor`, the rows' images too
+    (autotrain.data.vision_tokens, never cached)."""
     opened = opened or open_data(params, paired)
     train_raw, valid_raw, columns = opened.train, opened.valid, opened.columns
     template = pick_template(tokenizer, params.chat_template if params.apply_chat_template else "none")
@@ -100,11 +105,20 @@ def prepare_data(params: LLMTrainingParams, tokenizer: Any, model_max: int | Non
     settings = {"columns": [columns.prompt, columns.chosen, columns.rejected], "chat_template": params.chat_template,
                 "add_eos_token": params.add_eos_token, "shape": [columns.shape, columns.scores, columns.tools],
                 "reasoning_loss": params.reasoning_loss, "ranked_pairs": params.ranked_pairs}
-    cache = TokenCache(tokenizer, template, settings, limits, keep=params.save_processed_data != "none")
+    cache = TokenCache(tokenizer, template, settings, limits,
+                       keep=params.save_processed_data != "none" and processor is None)
 
     def tokenized(split: Split, name: str, extra: dict[str, Any] | None = None) -> TokenizedSplit:
         # called with the Arrow file to write
         build = partial(write_tokens, split, renderer, tokenizer, limits, eos=params.add_eos_token)
+        if processor is not None:
+            from autotrain.data.images import image_root
+            from autotrain.data.vision_tokens import VisionRenderer, write_vision_tokens
+
+            vision = VisionRenderer(tokenizer, template, columns, params.image_column, image_root(split),
+                                    reasoning_loss=params.reasoning_loss, ranked=params.ranked_pairs)
+            vision.shape = renderer.shape
+            build = partial(write_vision_tokens, split, vision, processor, limits)
         return cache.get(split, cache.key(split, name, extra), build)
 
     train = tokenized(train_raw, params.train_split)

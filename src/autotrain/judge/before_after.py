@@ -41,17 +41,32 @@ def finish_command(params: Any) -> str:
     return " ".join(shlex.quote(word) for word in words)
 
 
+def _distinct(prompts: list[list[int]], images: list[list[bytes]] | None) -> list[int]:
+    """The row of each distinct prompt, in order; with `images` (each row's), a prompt is its ids and its images."""
+    keys: Any = map(tuple, prompts)
+    if images is not None:
+        keys = zip(keys, map(tuple, images))
+    first: dict[Any, int] = {}
+    for row, key in enumerate(keys):
+        first.setdefault(key, row)
+    return list(first.values())
+
+
 class BeforeAfter:
     """The prompts to answer before and after training (module docstring). `asks`: this process generates (the
     main one, or every one when the weights are sharded)."""
 
-    def __init__(self, params: Any, data: Any, tokenizer: Any, model: Any, asks: bool):
+    def __init__(self, params: Any, data: Any, tokenizer: Any, model: Any, asks: bool, processor: Any = None):
         from autotrain.data.templates import stop_ids
+        from autotrain.data.vision_tokens import IMAGES_COLUMN
         from autotrain.model.loading import model_max_length
 
         self.params, self.tokenizer, self.template = params, tokenizer, data.template
-        # Distinct prompts: ranked answers and per-turn pairs give several pairs one prompt.
-        valid = [list(p) for p in dict.fromkeys(map(tuple, data.valid.prompt_ids))] if data.valid is not None else []
+        # Distinct prompts: ranked answers and per-turn pairs give several pairs one prompt. A vision-language
+        # prompt is its ids and its images: two rows can ask the same words about two images of one size.
+        prompts = data.valid.prompt_ids if data.valid is not None else []
+        rows = _distinct(prompts, data.valid.dataset[IMAGES_COLUMN] if processor is not None and prompts else None)
+        valid = [list(prompts[row]) for row in rows]
         self.samples = min(params.sample_answers, len(valid)) if asks else 0
         judged: list[list[int]] = []
         if asks and params.judge:
@@ -70,6 +85,12 @@ class BeforeAfter:
             self.ids, self.judged = list(valid[: max(self.samples, len(judged))]), slice(0, len(judged))
         own_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         self.stops = stop_ids(tokenizer, data.template, also=own_eos) if self.ids else None
+        # The images of each sample prompt (--judge is refused with --image-column: its judges read text only).
+        self.extras = None
+        if processor is not None and self.ids:
+            from autotrain.model.vision import sample_inputs
+
+            self.extras = sample_inputs(processor, model, data.valid.dataset, rows[: len(self.ids)])
         if judged:
             logger.info("judge: after training, %d prompts are answered before and after training (%d answers, "
                         "greedy) and judged in both orders by %s: at most %d judge calls", len(judged),
@@ -83,7 +104,7 @@ class BeforeAfter:
         if not self.ids:
             return None
         with loading.whole_on(model, device):  # under ZeRO-3 the full weights gathered
-            return answers.answer(loading.unwrap(model, peft=False), self.tokenizer, self.ids, self.stops)
+            return answers.answer(loading.unwrap(model, peft=False), self.tokenizer, self.ids, self.stops, self.extras)
 
     def _texts(self) -> list[str]:
         from autotrain.outputs.answers import prompt_texts

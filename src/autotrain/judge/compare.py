@@ -87,11 +87,15 @@ def compare_runs(runs: list[Path], settings: Any, output: str | None, again: str
     from autotrain.inference import check_finished
     from autotrain.judge.session import Answers, judge
     from autotrain.outputs.judge_report import SUMMARY_FILE
+    from autotrain.outputs.project_folder import trained_with_images
 
     for run in runs:
         if not run.is_dir():
             raise ParamsError(f"compare: {run} does not exist")
         check_finished(run)
+        if trained_with_images(run):
+            raise ParamsError(f"compare: {run} was trained with images (--image-column); the judges read prompts as "
+                              "text and cannot see them")
     folder = Path(output).expanduser() if output else Path(f"compare-{runs[0].name}-vs-{runs[1].name}")
     if folder.exists() and any(p.name not in _OURS for p in folder.iterdir()):
         raise ParamsError(f"compare_output: {folder} holds other files; name a new folder with --compare-output")

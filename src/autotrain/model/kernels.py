@@ -41,6 +41,7 @@ from autotrain.model.kernel_dtypes import use_one_dtype
 from autotrain.model.layer_masks import layer_windows, per_layer, unpackable_layers, windowed_mask_mod, within_window
 from autotrain.model.loading import unwrap
 from autotrain.private import attention_of
+from autotrain.model.vision_collate import vision_inputs
 
 logger = logging.getLogger("autotrain")
 
@@ -169,6 +170,7 @@ def decoder_inputs(model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, A
         args = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         if "position_ids" in batch:
             args["position_ids"] = batch["position_ids"]
+        args.update(vision_inputs(model, batch, args))  # a vision-language batch's images (and positions)
         return args
     impl = attention_of(unwrap(model).config)
     kernel = KERNELS.get(impl)
@@ -199,6 +201,7 @@ def decoder_inputs(model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, A
         cu = batch["cu_seq_lens"].to(device=segment_ids.device, dtype=torch.int32)
         length = int(batch["max_seq_len"])  # a host int from the collator, not a device read
         args.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=length, max_length_k=length)
+    args.update(vision_inputs(model, batch, args))  # a vision-language batch's images and positions
     return args
 
 

@@ -2,9 +2,10 @@
 
 Models load for training (`load_model`, with LoRA adapters from autotrain.model.lora), as a frozen DPO reference
 (`load_reference`), for inference (`load_trained`; `load_base`: what a full fine-tune started from, for `aitraining
-chat`) and to merge a saved adapter (`merge_saved_adapter`), all through `_from_pretrained`: float32 (mixed
-precision autocasts on top; a merged model is saved as trained), safetensors only (a pickle file can run code when
-it is loaded), and the run's trust_remote_code. The tokenizer and config load first
+chat`) and to merge a saved adapter (`merge_saved_adapter`), all through `_from_pretrained` (a vision-language model,
+with its processor from `load_processor`, through AutoModelForImageTextToText): float32 (mixed precision autocasts on
+top; a merged model is saved as trained), safetensors only (a pickle file can run code when it is loaded), and the
+run's trust_remote_code. The tokenizer and config load first
 and cheaply, so the data can be checked before any weights are read.
 """
 
@@ -20,6 +21,7 @@ import torch
 
 from autotrain.errors import ModelError
 from autotrain.model.lora import add_lora
+from autotrain.model.vision_weights import freeze_vision, lora_targets
 from autotrain.params import LLMTrainingParams
 
 logger = logging.getLogger("autotrain")
@@ -68,6 +70,63 @@ def _report_rebuilt_tokenizer(model: str, tokenizer: Any) -> None:
         )
 
 
+def load_processor(model: str, trust_remote_code: bool) -> Any:
+    """The model's processor (image processor, tokenizer, chat template): one ModelError line when it has none.
+
+    A processor that also holds a video processor (Qwen2-VL's) is loaded without it where torchvision, which every
+    video processor of transformers needs, is not installed: images go through the image processor alone."""
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(model, trust_remote_code=trust_remote_code)
+    except (ImportError, OSError, ValueError, KeyError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not any(word in reason.lower() for word in ("torchvision", "video processor")):
+            raise ModelError(f"image_column: {model} has no processor to read images with ({reason})") from None
+        processor = _without_video(model, trust_remote_code)
+    if getattr(processor, "image_processor", None) is None or getattr(processor, "tokenizer", None) is None:
+        raise ModelError(f"image_column: {model} has no image processor (AutoProcessor gives a "
+                         f"{type(processor).__name__}); --image-column needs a vision-language model's processor")
+    tokenizer = processor.tokenizer
+    if not getattr(tokenizer, "chat_template", None) and getattr(processor, "chat_template", None):
+        tokenizer.chat_template = processor.chat_template  # the template that places the images
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # padding is masked out, as for text models (models.load_tokenizer)
+    return processor
+
+
+# The files of a video processor's settings: an images-only processor saves the source's, so that its folder loads
+# whole (video processor included) where torchvision is installed.
+_VIDEO_FILES = ("video_preprocessor_config.json", "preprocessor_config.json")
+
+
+def _without_video(model: str, trust_remote_code: bool) -> Any:
+    """The model's processor class, less its video processor: a subclass whose attributes leave it out."""
+    import shutil
+
+    from transformers import AutoConfig
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+    from transformers.utils import cached_file
+
+    config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    base = PROCESSOR_MAPPING[type(config)]
+    kept = [name for name in base.get_attributes() if name != "video_processor"]
+
+    def save_pretrained(self: Any, folder: str | Path, *args: Any, **kwargs: Any) -> Any:
+        saved = base.save_pretrained(self, folder, *args, **kwargs)
+        for name in _VIDEO_FILES:
+            source = cached_file(model, name, _raise_exceptions_for_missing_entries=False)
+            if source is not None and not (Path(folder) / name).exists():
+                shutil.copyfile(source, Path(folder) / name)
+        return saved
+
+    images_only = type(base.__name__, (base,), {"get_attributes": classmethod(lambda cls: kept),
+                                                "save_pretrained": save_pretrained, "__module__": base.__module__})
+    # Debug only: --inference prints JSON lines on stdout, where the run's own lines would mix in.
+    logger.debug("%s: loaded without its video processor (torchvision is not installed); images only", base.__name__)
+    return images_only.from_pretrained(model, trust_remote_code=trust_remote_code)
+
+
 def load_config(model: str, trust_remote_code: bool) -> Any:
     from transformers import AutoConfig
 
@@ -75,7 +134,9 @@ def load_config(model: str, trust_remote_code: bool) -> Any:
 
 
 def model_max_length(config: Any) -> int | None:
-    return getattr(config, "max_position_embeddings", None)
+    # A vision-language model keeps it in its language model's config.
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text, "max_position_embeddings", None)
 
 
 def load_model(params: LLMTrainingParams, model: str) -> torch.nn.Module:
@@ -92,8 +153,9 @@ def load_model(params: LLMTrainingParams, model: str) -> torch.nn.Module:
         extra["quantization_config"] = quantization_config(params)
         # Each process holds its quantized copy on its own GPU (bitsandbytes weights cannot be moved after loading).
         extra["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    vision = params.image_column is not None
     try:
-        net = _from_pretrained(model, params.trust_remote_code, **extra)
+        net = _from_pretrained(model, params.trust_remote_code, vision=vision, **extra)
     except (ValueError, ImportError) as exc:
         if params.attention is None:
             raise
@@ -103,13 +165,15 @@ def load_model(params: LLMTrainingParams, model: str) -> torch.nn.Module:
         _use_default_attention(net, params)
     # The KV cache is useless in training and conflicts with gradient checkpointing.
     net.config.use_cache = False
+    if vision:
+        freeze_vision(net, params)
     if params.peft:
         if params.quantization is not None:
             from peft import prepare_model_for_kbit_training
 
             # Casts norms and the head to fp32 for stable training; checkpointing is the Trainer's to enable.
             net = prepare_model_for_kbit_training(net, use_gradient_checkpointing=False)
-        net = add_lora(net, params)
+        net = add_lora(net, params, targets=lora_targets(net, params) if vision else None)
     return net
 
 
@@ -148,7 +212,7 @@ def load_reference(params: LLMTrainingParams, model: str, vocab_size: int, atten
     `attention`: the kernel the trained model runs (after the start-up probe); None: as the params choose."""
     attention = attention or params.attention
     extra = {"attn_implementation": attention} if attention is not None else {}
-    net = _from_pretrained(model, params.trust_remote_code, **extra)
+    net = _from_pretrained(model, params.trust_remote_code, vision=params.image_column is not None, **extra)
     if attention is None:
         _use_default_attention(net, params)
     net.config.use_cache = False
@@ -161,12 +225,12 @@ def load_reference(params: LLMTrainingParams, model: str, vocab_size: int, atten
     return net.requires_grad_(False).eval()
 
 
-def load_trained(project: Path, trust_remote_code: bool = False) -> tuple[Any, Any]:
+def load_trained(project: Path, trust_remote_code: bool = False, vision: bool = False) -> tuple[Any, Any]:
     """A finished run's model, in eval mode, and its tokenizer: the merged model where there is one, else the base
-    model with the adapter."""
+    model with the adapter. `vision`: a vision-language run's (AutoModelForImageTextToText)."""
     if not (project / "config.json").exists() and not (project / "adapter_config.json").exists():
         raise ModelError(f"{project}: no trained model here (no config.json or adapter_config.json)")
-    model = _from_pretrained(project, trust_remote_code)
+    model = _from_pretrained(project, trust_remote_code, vision=vision)
     return model.eval(), load_tokenizer(str(project), trust_remote_code)
 
 
@@ -189,21 +253,33 @@ def load_base(model: str, trust_remote_code: bool) -> Any:
     return _from_pretrained(model, trust_remote_code).eval()
 
 
-def merge_saved_adapter(adapter_dir: Path, trust_remote_code: bool) -> Any:
+def merge_saved_adapter(adapter_dir: Path, trust_remote_code: bool, vision: bool = False) -> Any:
     """The base model (loaded again, on CPU) with the adapter saved in `adapter_dir` merged in."""
-    return _from_pretrained(adapter_dir, trust_remote_code).merge_and_unload()
+    return _from_pretrained(adapter_dir, trust_remote_code, vision=vision).merge_and_unload()
 
 
-def _from_pretrained(name: str | Path, trust_remote_code: bool, **extra: Any) -> torch.nn.Module:
-    """A causal LM in float32 from safetensors; a folder holding only a LoRA adapter loads as its base model with the
-    adapter (peft reads the base model's name from the adapter's config)."""
+def _from_pretrained(name: str | Path, trust_remote_code: bool, vision: bool = False, **extra: Any
+                     ) -> torch.nn.Module:
+    """A causal LM in float32 from safetensors (`vision`: a vision-language model, AutoModelForImageTextToText); a
+    folder holding only a LoRA adapter loads as its base model with the adapter (peft reads the base model's name
+    from the adapter's config)."""
     folder = Path(name).expanduser()
-    if (folder / "adapter_config.json").exists() and not (folder / "config.json").exists():
+    adapter_only = (folder / "adapter_config.json").exists() and not (folder / "config.json").exists()
+    common = {"dtype": torch.float32, "trust_remote_code": trust_remote_code, "use_safetensors": True, **extra}
+    if vision:
+        from transformers import AutoModelForImageTextToText
+
+        if not adapter_only:
+            return AutoModelForImageTextToText.from_pretrained(name, **common)
+        from peft import PeftConfig, PeftModel
+
+        base = PeftConfig.from_pretrained(name).base_model_name_or_path
+        return PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base, **common), name)
+    if adapter_only:
         from peft import AutoPeftModelForCausalLM as loader
     else:
         from transformers import AutoModelForCausalLM as loader
-    extra.setdefault("dtype", torch.float32)
-    return loader.from_pretrained(name, trust_remote_code=trust_remote_code, use_safetensors=True, **extra)
+    return loader.from_pretrained(name, **common)
 
 
 def _use_default_attention(net: torch.nn.Module, params: LLMTrainingParams) -> None:

@@ -20,17 +20,20 @@ logger = logging.getLogger("autotrain")
 DEFAULT_LORA_DROPOUT = 0.05
 
 
-def add_lora(net: torch.nn.Module, params: LLMTrainingParams) -> torch.nn.Module:
-    """LoRA adapters on `params.target_modules`.
+def add_lora(net: torch.nn.Module, params: LLMTrainingParams, targets: str | list[str] | None = None
+             ) -> torch.nn.Module:
+    """LoRA adapters on `params.target_modules` (or on `targets`, the modules peft is to match, when given: a
+    vision-language model's language model, autotrain.model.vision_weights).
 
     On a transformers-5 mixture-of-experts model (Mixtral, Qwen3-MoE, ...) the experts are fused into 3-D parameters,
     and peft's all-linear adapts them, with the router, through lora.ParamWrapper, which cannot apply dropout (the
     input of each expert is not a module input to drop). lora_dropout none then means 0 for the whole adapter (peft
     takes one dropout per adapter); an explicit positive lora_dropout is refused with the two ways out.
     """
-    targets: str | list[str] = params.target_modules
-    if targets != "all-linear":
-        targets = [name.strip() for name in targets.split(",") if name.strip()]
+    if targets is None:
+        targets = params.target_modules
+        if targets != "all-linear":
+            targets = [name.strip() for name in targets.split(",") if name.strip()]
     dropout = params.lora_dropout
     fused = _adapted_parameters(net, params, targets) if dropout != 0 else []
     if fused and dropout is not None:

@@ -30,9 +30,11 @@ class Decoding:
     top_k: int | None = None
 
 
-def answer(model: Any, tokenizer: Any, prompts: list[list[int]], stop_ids: list[int] | None = None) -> list[str]:
+def answer(model: Any, tokenizer: Any, prompts: list[list[int]], stop_ids: list[int] | None = None,
+           extras: list[dict[str, Any]] | None = None) -> list[str]:
     """Greedy answers (up to MAX_NEW_TOKENS) to each tokenized prompt, one at a time (no padding to get wrong);
-    `stop_ids`: the tokens that end an answer under the training template (`data.templates.stop_ids`)."""
+    `stop_ids`: the tokens that end an answer under the training template (`data.templates.stop_ids`); `extras`:
+    each prompt's other inputs (a vision-language prompt's images: autotrain.model.vision.sample_inputs)."""
     import torch
 
     training = model.training
@@ -40,9 +42,10 @@ def answer(model: Any, tokenizer: Any, prompts: list[list[int]], stop_ids: list[
     device = next(model.parameters()).device
     try:
         answers = []
-        for ids in prompts:
+        for number, ids in enumerate(prompts):
             inputs = torch.tensor([ids], device=device)
             given = {"input_ids": inputs, "attention_mask": torch.ones_like(inputs)}
+            given.update({k: v.to(device) for k, v in (extras[number] if extras else {}).items()})
             answers.append(continuation(model, tokenizer, given, stop_ids=stop_ids))
         return answers
     finally:

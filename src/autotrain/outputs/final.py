@@ -91,7 +91,8 @@ def save_model(trainer: Any, tokenizer: Any, template: str | None, params: LLMTr
     """
     accelerator = trainer.accelerator
     model = unwrap(trainer.model, peft=False)
-    stop_at_turn_end(model, tokenizer, template)  # on the base model's config: a merged model keeps it
+    # On the base model's config: a merged model keeps it. (A vision-language run's processor holds the tokenizer.)
+    stop_at_turn_end(model, tokenizer.tokenizer if hasattr(tokenizer, "image_processor") else tokenizer, template)
     sharded = getattr(accelerator, "is_fsdp2", False) or accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
     if sharded:
         trainer.save_model(str(folder / ADAPTER_DIR if params.peft and params.merge_adapter else folder))
@@ -99,7 +100,8 @@ def save_model(trainer: Any, tokenizer: Any, template: str | None, params: LLMTr
         return False
     if params.peft and params.merge_adapter:
         if sharded:
-            merged = merge_saved_adapter(folder / ADAPTER_DIR, params.trust_remote_code)
+            merged = merge_saved_adapter(folder / ADAPTER_DIR, params.trust_remote_code,
+                                         vision=params.image_column is not None)
         else:
             model.save_pretrained(folder / ADAPTER_DIR)
             if stopped():
@@ -221,7 +223,10 @@ def _lost(project: Path, step: int, why: str) -> str:
 
 def save_tokenizer(tokenizer: Any, template: str | None, folder: Path) -> None:
     """The tokenizer with the chat template training used, and none when training used none (raw prompts): a
-    template saved but not trained on would make `--inference`, and any other tool, render prompts differently."""
+    template saved but not trained on would make `--inference`, and any other tool, render prompts differently.
+    A vision-language run passes its processor, saved whole (its image processor too) with that template."""
+    if hasattr(tokenizer, "image_processor"):
+        tokenizer.tokenizer.chat_template = template
     tokenizer.chat_template = template
     tokenizer.save_pretrained(folder)
 
@@ -313,6 +318,9 @@ def write_card(project: Path, params: LLMTrainingParams, base_model: str, data: 
         f"- source: `{params.data_path}` (train split `{params.train_split}`: {_counted(len(data.train), unit)})",
         f"- columns: {data.columns.describe()}",
     ]
+    if params.image_column is not None:
+        lines.append(f"- images: column `{params.image_column}` (the vision encoder "
+                     + ("trained too)" if params.train_vision else "frozen)"))
     if data.valid is not None:
         lines.append(f"- validation split `{params.valid_split}`: {_counted(len(data.valid), unit)}")
     else:

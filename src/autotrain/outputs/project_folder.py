@@ -35,6 +35,8 @@ CARD_FILE = "README.md"  # written last: its presence marks a finished run
 METRICS_FILE = "metrics.jsonl"
 RESUMES_FILE = "resumes.jsonl"  # one line per resume: its step, its checkpoint, what it changed (autotrain.outputs.resuming)
 ADAPTER_DIR = "adapter"
+# What a vision-language run's saved processor leaves (the image processor's config, or the processor's own).
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 PROCESSED_DIR = "processed_data"  # the tokenized splits, with save_processed_data local
 LAUNCH_CONFIG_FILE = "accelerate_config.yaml"
 LAUNCH_LOG_FILE = "train.log"
@@ -53,6 +55,9 @@ _held: set[str] = set()
 def project_dir(params: LLMTrainingParams) -> Path:
     """The run's folder: its project_name, made absolute."""
     return Path(params.project_name).expanduser().resolve()
+def trained_with_images(folder: Path) -> bool:
+    """Whether a saved model folder was trained with images (--image-column: it holds a processor)."""
+    return any((folder / name).is_file() for name in PROCESSOR_FILES)
 
 
 def lock_path(project: Path) -> Path:

@@ -40,9 +40,9 @@ logger = logging.getLogger("autotrain")
 REFUSED, APPLIED = "refused", "applied"
 
 _TRAINED = ("model", "model_ref", "trust_remote_code", "quantization", "peft", "lora_r", "lora_alpha", "lora_dropout",
-            "target_modules")
+            "target_modules", "train_vision")
 _DATA = ("data_path", "train_split", "valid_split", "text_column", "prompt_text_column", "rejected_text_column",
-         "max_samples", "model_max_length", "max_prompt_length", "max_completion_length", "block_size",
+         "image_column", "max_samples", "model_max_length", "max_prompt_length", "max_completion_length", "block_size",
          "add_eos_token", "chat_template", "apply_chat_template", "tools_column", "ranked_pairs")
 _OBJECTIVE = ("trainer", "dpo_beta", "simpo_gamma", "cpo_alpha", "prompt_loss", "response_only_loss",
               "disable_dropout", "reasoning_loss", "loss_type", "loss_weights", "label_smoothing", "ld_alpha",

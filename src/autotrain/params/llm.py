@@ -76,6 +76,11 @@ class LLMTrainingParams(*reversed([section for _, section in SECTIONS])):  # typ
         if {"prompt_loss", "response_only_loss"} <= self.model_fields_set and self.prompt_loss == self.response_only_loss:
             raise ValueError("prompt_loss and response_only_loss say opposite things (response_only_loss is "
                              "aitraining's name for --no-prompt-loss): give one")
+        if self.image_column is not None and (self.chat_template in ("chatml", "zephyr", "none")
+                                              or not self.apply_chat_template):
+            raise ValueError(f"image_column: the images are placed by the model's own chat template (its "
+                             f"processor's), and --chat-template {self.chat_template or 'none'} has no image parts; "
+                             "leave --chat-template out")
         if self.wandb_visualizer and self.log != "wandb":
             raise ValueError("wandb_visualizer shows a W&B run: add --log wandb")
         if self.sweep_params is not None:
@@ -92,6 +97,9 @@ class LLMTrainingParams(*reversed([section for _, section in SECTIONS])):  # typ
             raise ValueError(f"use_sweep optimises {self.sweep_metric} on the validation split: add --valid-split")
         if self.sample_answers and not self.valid_split:
             raise ValueError("sample_answers answers validation prompts: add --valid-split")
+        if self.judge and self.image_column is not None:
+            raise ValueError("judge: the judges read prompts as text, and this run's prompts hold images they cannot "
+                             "see; leave --judge out of a run with --image-column")
         if self.judge and not (self.valid_split or self.judge_prompts):
             raise ValueError("judge compares answers to the validation prompts: add --valid-split, or give the "
                              "prompts as --judge-prompts FILE")

@@ -90,6 +90,8 @@ NEEDS: dict[str, Need] = {
     "sweep_metric": _SWEEP,
     "sweep_direction": _SWEEP,
     "sweep_params": _SWEEP,
+    "train_vision": Need("image_column", lambda p: p.image_column is not None, "vision-language training",
+                         "--image-column COLUMN", {"image_column": "images"}),
     "judge_prompts": _JUDGE,
     "judge_template": _JUDGE,
     "judge_max_prompts": _JUDGE,

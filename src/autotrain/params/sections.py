@@ -80,6 +80,12 @@ class DataParams(Schema):
     rejected_text_column: str | None = Field(
         None, description="Column of the rejected completion. Default: 'rejected' when the data has one."
     )
+    image_column: str | None = Field(
+        None,
+        description="Column of each row's images (paths relative to the data file, bytes or datasets Images): "
+        "trains a vision-language model.",
+    )
+    train_vision: bool = Field(False, description="With --image-column, also train the vision encoder (else frozen).")
     trust_remote_code: bool = Field(False, description="Allow the model's own Python code from its repository.")
     max_samples: int | None = Field(
         None,

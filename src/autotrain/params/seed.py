@@ -34,8 +34,8 @@ DIFFERENT_DEFAULTS: dict[str, tuple[object, str]] = {
 OURS_ONLY: frozenset[str] = frozenset({
     "trust_remote_code", "precompute_ref_logps", "prompt_loss", "disable_dropout", "max_steps", "deepspeed_stage",
     "eval_steps", "sample_answers", "simpo_gamma", "cpo_alpha", "min_lr_rate", "tools_column", "ranked_pairs",
-    "reasoning_loss", "loss_type", "loss_weights", "label_smoothing", "ld_alpha", "discopop_tau", "alphapo_alpha",
-    "judge", "judge_prompts", "judge_template", "judge_max_prompts",
+    "reasoning_loss", "train_vision", "loss_type", "loss_weights", "label_smoothing", "ld_alpha", "discopop_tau",
+    "alphapo_alpha", "judge", "judge_prompts", "judge_template", "judge_max_prompts",
 })
 
 # Each is (what the field is for in aitraining, what to do here instead or "").
@@ -54,7 +54,6 @@ _EVAL = ("enhanced evaluation extras", "evaluation here scores --valid-split; --
 
 # field -> what it belongs to (and what to do here instead, where there is something)
 NOT_THIS_TOOL: dict[str, tuple[str, str]] = {
-    "image_column": ("vision-language preference training (images)", "this tool trains text-only causal LMs"),
     "unsloth": ("unsloth acceleration", "training here runs on transformers and peft"),
     **dict.fromkeys(("auto_convert_dataset", "use_sharegpt_mapping", "sharegpt_mapping_enabled",
                      "suggested_chat_template", "column_mapping", "runtime_mapping", "map_eos_token",
