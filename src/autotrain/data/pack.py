@@ -75,7 +75,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from autotrain.data.batch import Targets, pair_weights, reference_logps, trained
+from autotrain.data.batch import Targets, labels, pair_weights, reference_logps, trained
 
 __all__ = ["PAD_SEGMENT", "PackedCollator", "bucket_width", "dense_mask", "plan_rows", "segment_mask_mod"]
 
@@ -154,6 +154,7 @@ class PackedCollator:
             "num_real_tokens": sum(sizes),
             **reference_logps(features),
             **pair_weights(features),
+            **labels(features),
         }
         if not self.share_prompt:
             # Every run of equal segment ids is one varlen sequence; row-end padding is one too (it attends only
