@@ -80,6 +80,10 @@ class DataParams(Schema):
     rejected_text_column: str | None = Field(
         None, description="Column of the rejected completion. Default: 'rejected' when the data has one."
     )
+    label_column: str | None = Field(
+        None, description="kto's unpaired rows: the column saying whether each completion is desirable (true) or not "
+        "(false). Default: 'label' when the data has one and no rejected column."
+    )
     trust_remote_code: bool = Field(False, description="Allow the model's own Python code from its repository.")
     max_samples: int | None = Field(
         None,
