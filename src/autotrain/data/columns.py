@@ -192,8 +192,8 @@ def _distinct(columns: Columns) -> None:
     """Two roles read from one column would train the prompt as its own answer, or an answer against itself."""
     answer = "chosen answer" if columns.rejected is not None else "completion"
     roles = [("prompt", "--prompt-text-column", columns.prompt), (answer, "--text-column", columns.chosen),
-             ("rejected answer", "--rejected-text-column", columns.rejected), ("tools", "--tools-column", columns.tools),
-             ("label", "--label-column", columns.label)]
+             ("rejected answer", "--rejected-text-column", columns.rejected),
+             ("tools", "--tools-column", columns.tools), ("label", "--label-column", columns.label)]
     for i, (role, flag, name) in enumerate(roles):
         for other_role, other_flag, other_name in roles[i + 1 :]:
             if name is not None and name == other_name:

@@ -115,8 +115,8 @@ class Renderer:
         if kind == RANKED:
             return self._ranked_pairs(row, where)
         if kind == UNPAIRED:
-            rendered = self(row, where)
-            return [rendered if rendered.blank else replace(rendered, label=label_value(row, self.columns.label, where))]
+            answer = self(row, where)
+            return [answer if answer.blank else replace(answer, label=label_value(row, self.columns.label, where))]
         return [self(row, where)]
 
     def __call__(self, row: dict[str, Any], where: object) -> RenderedPair:

@@ -98,7 +98,8 @@ SPECS: dict[str, MethodSpec] = {
                    positive_beta=True, losses=CPO_LOSSES),
         # KTO: a frozen reference like DPO; beta and the class weights its authors' (autotrain.methods.loss_types).
         MethodSpec("kto", paired=True, needs_reference=True, accuracy=None, labelled=True,
-                   help="answers labelled good or bad, a frozen reference; --loss-type", options=("loss_type", "desirable_weight", "undesirable_weight"),
+                   help="answers labelled good or bad, a frozen reference; --loss-type",
+                   options=("loss_type", "desirable_weight", "undesirable_weight"),
                    positive_beta=True, metrics=KTO_METRICS, losses=KTO_LOSSES),
         MethodSpec("sft", paired=False, needs_reference=False, accuracy=None,
                    help="NLL on the completion or text", beta=None, metrics=()),

@@ -178,7 +178,8 @@ class MethodTrainer(Trainer):
             counted = self.accelerator.reduce(counted, reduction="sum")
         return self.method.step_statistic(counted[0], counted[1]).float()
 
-    def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval"):  # noqa: D102
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None,  # noqa: D102
+                 metric_key_prefix: str = "eval") -> dict[str, float]:
         # A method's statistic over the whole split (KTO's KL reference point), whatever the batch and process count.
         if self.method.step_values is not None and not isinstance(eval_dataset, dict):  # a dict: evaluate per split
             with dropout.eval_mode(self.model):
