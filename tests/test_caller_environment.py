@@ -61,3 +61,20 @@ def test_the_environment_is_restored_when_a_run_fails(tmp_path, callers_environm
         assert os.environ["WANDB_API_KEY"] == KEY  # while the run lasts, the trackers have what they need
         raise RuntimeError("a failing step")
     assert changed(callers_environment) == {}
+
+
+def test_runs_after_the_callers_own_wandb_run_still_log(tmp_path, chat_model, monkeypatch, callers_environment):
+    """WANDB_SERVICE is wandb's note of its live service process, not a caller's setting: a run that tears down the
+    caller's wandb (so as to start its own) must not put the dead service's address back afterwards, or the next
+    run's wandb.init fails to connect."""
+    import wandb
+
+    monkeypatch.chdir(tmp_path)
+    data = write_jsonl(tmp_path / "pairs.jsonl", arithmetic_pairs(4))
+    mine = wandb.init()
+    mine.finish()
+    for name in ("first", "second"):
+        params = LLMTrainingParams(model=str(chat_model), data_path=str(data), project_name=str(tmp_path / name),
+                                   log="wandb", max_steps=1, gradient_accumulation=1)
+        AutoTrainProject(params).create()
+        assert list((tmp_path / name / "wandb").glob("offline-run-*"))

@@ -155,7 +155,7 @@ def test_help_is_grouped_one_spelling_per_flag_and_fits_two_screens_per_group():
     shown = [f for line in text.splitlines() if line.startswith("  -") for f in line.split("  ")[1].split(", ")]
     assert "--lora-r N" in shown and "--prompt-loss" in shown
     assert not [f for f in shown if "_" in f or "orpo-prompt-loss" in f]  # accepted, not shown
-    titles = ["Data and model:", "Method:", "Tokens and rows:", "Optimisation:", "LoRA:", "Chat template:", "Evaluation:", "Scale-out:",
+    titles = ["Data and model:", "Method:", "Tokens and rows:", "Optimisation:", "LoRA:", "Chat template:", "Evaluation:", "Judge:", "Scale-out:",
               "Logging and saving:", "Hub:", "Sweep:", "Inference:"]
     lines = text.splitlines()
     starts = [lines.index(title) for title in titles]

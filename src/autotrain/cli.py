@@ -27,9 +27,11 @@ import typing
 from typing import Any, Literal, TypeVar
 
 from autotrain import __version__
+from autotrain.chat.command import add_parser as add_chat_parser
 from autotrain.config_file import ConfigFile, check_relative_paths, load_config
 from autotrain.errors import AutoTrainError, ParamsError, TrainingInterrupted
 from autotrain.inference import InferenceParams
+from autotrain.judge import compare as judge_commands
 from autotrain.params import SECTIONS, LLMTrainingParams, Schema
 from autotrain.params.seed import DIFFERENT_DEFAULTS, not_this_tool, unknown_name_hint
 
@@ -95,8 +97,10 @@ def add_param_flags(parser: Any, schema: type = LLMTrainingParams, skip: frozens
 
 USAGE = """aitraining llm --train [--config FILE] [--FLAG VALUE ...]
        aitraining llm --inference --project-name DIR --inference-prompts TEXT|FILE [...]
+       aitraining llm --compare DIR_A DIR_B --judge SPEC [--judge-prompts FILE]
        aitraining --config FILE [--FLAG VALUE ...]   (short for llm --train --config FILE)
-       aitraining cache list|clear                   (the tokenized-data cache)"""
+       aitraining cache list|clear                   (the tokenized-data cache)
+       aitraining chat [--project-name DIR | --projects-dir DIR] [--port N]   (a local chat page)"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -180,13 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=formatter,
     )
     parser.add_argument("--version", action="version", version=f"aitraining {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="llm|cache")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="llm|cache|chat")
     llm = commands.add_parser("llm", help="Fine-tune a causal language model.", allow_abbrev=False, usage=USAGE,
                               formatter_class=formatter,
                               description="Flags are grouped as the params are (autotrain.params); snake case "
                               "(--lora_r) works too.")
     llm.add_argument("--train", action="store_true", help="Run training.")
     llm.add_argument("--inference", action="store_true", help="Answer prompts with a trained project (JSON lines).")
+    judge_commands.add_flags(llm)
     llm.add_argument("--verbose", action="store_true", help="Show tracebacks and library logs.")
     llm.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                      help="A YAML file of parameters: keys are the flags' names (lora_r: 8 or lora-r: 8; null means "
@@ -203,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("action", choices=("list", "clear"), help="list: its entries, most recently used first, and "
                        "its size and cap (AITRAINING_CACHE_MAX_GB); clear: remove every entry.")
     cache.set_defaults(verbose=False)
+    add_chat_parser(commands, formatter)
     return parser
 
 
@@ -270,12 +276,18 @@ def main(argv: list[str] | None = None) -> int:
             from autotrain.data.cache_store import command
 
             print("\n".join(command(args.action)))
+        if args.command == "chat":
+            from autotrain.chat.command import main as chat
+
+            return chat(args)
         if args.command == "llm":
+            if judge_commands.wanted(args):
+                return judge_commands.command(args, sys.argv[1:] if argv is None else argv)
             if not args.train and not args.inference and vars(args).get("push_to_hub"):
                 return _push(args)
             if args.train == args.inference:
-                parser.error("llm: say what to do: --train, --inference, or --push-to-hub alone (uploads a finished "
-                             "project)")
+                parser.error("llm: say what to do: --train, --inference, --compare DIR_A DIR_B, or --push-to-hub or "
+                             "--judge alone (on a finished project)")
             if args.inference:
                 import json
 

@@ -22,6 +22,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import EllipsisType
 from typing import Any
 
 from pydantic import Field
@@ -130,28 +131,34 @@ def trained_with_remote_code(project: Path) -> bool:
         return False
 
 
-def prompt_inputs(tokenizer: Any, prompt: str | list[dict[str, str]]) -> dict[str, Any]:
-    """The model inputs for one prompt, built as training built its prompt ids: through the saved chat template
-    (which is the training template, or none when training used none), continuing a final assistant message;
-    without a template, the prompt's text with the tokenizer's special tokens (BOS), as training encoded it."""
-    if not tokenizer.chat_template:
+def prompt_inputs(tokenizer: Any, prompt: str | list[dict[str, str]], template: str | None | EllipsisType = ...
+                  ) -> dict[str, Any]:
+    """The model inputs for one prompt, built as training built its prompt ids: through `template` (`...`: the
+    saved chat template, which is the training template, or none when training used none), continuing a final
+    assistant message; without a template, the prompt's text with the tokenizer's special tokens (BOS), as training
+    encoded it."""
+    template = (tokenizer.chat_template or None) if template is ... else template
+    if not template:
         return tokenizer(prompt, return_tensors="pt")
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     continues = messages[-1]["role"] == "assistant"
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=not continues,
+    return tokenizer.apply_chat_template(messages, chat_template=template, add_generation_prompt=not continues,
                                          continue_final_message=continues, return_tensors="pt", return_dict=True)
 
 
-def _inputs(tokenizer: Any, prompt: Prompt, positions: int | None) -> dict[str, Any]:
-    """`prompt_inputs`, or one line naming the prompt when it cannot be answered as training would have read it."""
+def checked_inputs(tokenizer: Any, prompt: Prompt, positions: int | None,
+                   template: str | None | EllipsisType = ...) -> dict[str, Any]:
+    """`prompt_inputs`, or one line naming the prompt when it cannot be answered as training would have read it.
+    `template`: the training template (`...`: the saved one)."""
     from jinja2 import TemplateError
 
-    if isinstance(prompt.value, list) and not tokenizer.chat_template:
+    template = (tokenizer.chat_template or None) if template is ... else template
+    if isinstance(prompt.value, list) and not template:
         # Training refuses conversational rows without a template: there is no way it would have read this one.
         raise DataError(f"{prompt.where}: a conversation needs a chat template, and this project was trained without "
                         "one (on plain-text prompts); give the prompt as text")
     try:
-        inputs = prompt_inputs(tokenizer, prompt.value)
+        inputs = prompt_inputs(tokenizer, prompt.value, template)
     except TemplateError as exc:  # raise_exception("Conversation roles must alternate ..."), an undefined name
         raise DataError(f"{prompt.where}: the chat template refuses this prompt: {exc.message or exc}") from None
     length = inputs["input_ids"].shape[1]
@@ -172,10 +179,8 @@ def check_finished(project: Path) -> None:
 
 
 def generate(params: InferenceParams) -> Iterator[dict[str, str]]:
-    import torch
-
     from autotrain import quiet
-    from autotrain.data.templates import stop_ids
+    from autotrain.answers import Decoding, continuation, model_stop_ids
     from autotrain.models import load_trained, model_max_length
 
     project = Path(params.project_name).expanduser()
@@ -187,26 +192,12 @@ def generate(params: InferenceParams) -> Iterator[dict[str, str]]:
     trust = params.trust_remote_code if params.trust_remote_code is not None else trained_with_remote_code(project)
     model, tokenizer = load_trained(project, trust)
     positions = model_max_length(model.config)
-    inputs = [_inputs(tokenizer, prompt, positions) for prompt in prompts]  # every prompt checked before answering
-    sampling = params.inference_temperature > 0
+    inputs = [checked_inputs(tokenizer, p, positions) for p in prompts]  # every prompt checked before answering
+    decoding = Decoding(params.inference_max_tokens, params.inference_temperature, params.inference_top_p)
     # Stop where the template ends a turn, as well as where the model's own generation config says.
-    own_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    stop = stop_ids(tokenizer, tokenizer.chat_template or None, also=own_eos)
+    stop = model_stop_ids(model, tokenizer, tokenizer.chat_template or None)
     for prompt, given in zip(prompts, inputs):
-        length = given["input_ids"].shape[1]
-        room = params.inference_max_tokens if positions is None else min(params.inference_max_tokens,
-                                                                           positions - length)
-        with torch.no_grad():
-            out = model.generate(
-                **given,
-                max_new_tokens=room,  # past the model's last position there is no embedding to read
-                do_sample=sampling,
-                temperature=params.inference_temperature if sampling else None,
-                top_p=params.inference_top_p if sampling else None,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=stop or None,
-            )
-        answer = tokenizer.decode(out[0, length:], skip_special_tokens=True)
+        answer = continuation(model, tokenizer, given, decoding, stop)
         # Verbatim (JSON escapes line breaks): stripped, an answer of newlines would print as "".
         value = prompt.value
         yield {"prompt": value if isinstance(value, str) else json.dumps(value), "answer": answer}

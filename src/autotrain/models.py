@@ -1,9 +1,10 @@
 """The one place a model or a tokenizer is loaded, and the one way back to the transformers model inside wrappers.
 
 Models load for training (`load_model`, with LoRA adapters from autotrain.lora), as a frozen DPO reference
-(`load_reference`), for inference (`load_trained`) and to merge a saved adapter (`merge_saved_adapter`), all through
-`_from_pretrained`: float32 (mixed precision autocasts on top; a merged model is saved as trained), safetensors only
-(a pickle file can run code when it is loaded), and the run's trust_remote_code. The tokenizer and config load first
+(`load_reference`), for inference (`load_trained`; `load_base`: what a full fine-tune started from, for `aitraining
+chat`) and to merge a saved adapter (`merge_saved_adapter`), all through `_from_pretrained`: float32 (mixed
+precision autocasts on top; a merged model is saved as trained), safetensors only (a pickle file can run code when
+it is loaded), and the run's trust_remote_code. The tokenizer and config load first
 and cheaply, so the data can be checked before any weights are read.
 """
 
@@ -169,6 +170,25 @@ def load_trained(project: Path, trust_remote_code: bool = False) -> tuple[Any, A
     return model.eval(), load_tokenizer(str(project), trust_remote_code)
 
 
+def load_judge(model: str, reward: bool) -> tuple[Any, Any]:
+    """A judge (autotrain.judge) in eval mode, and its tokenizer: a reward model (sequence classification) or a
+    causal LM. Never its own code (a judge is someone else's model, and no flag vouches for it); bf16 on a GPU
+    that has it (a judge only reads, and a 7B one in fp32 takes 28 GB), else fp32."""
+    dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    if reward:
+        from transformers import AutoModelForSequenceClassification
+
+        net = AutoModelForSequenceClassification.from_pretrained(model, dtype=dtype, use_safetensors=True)
+    else:
+        net = _from_pretrained(model, False, dtype=dtype)
+    return net.eval(), load_tokenizer(model, False)
+
+
+def load_base(model: str, trust_remote_code: bool) -> Any:
+    """The model a full fine-tune started from, in eval mode, to answer beside it (`aitraining chat`)."""
+    return _from_pretrained(model, trust_remote_code).eval()
+
+
 def merge_saved_adapter(adapter_dir: Path, trust_remote_code: bool) -> Any:
     """The base model (loaded again, on CPU) with the adapter saved in `adapter_dir` merged in."""
     return _from_pretrained(adapter_dir, trust_remote_code).merge_and_unload()
@@ -182,8 +202,8 @@ def _from_pretrained(name: str | Path, trust_remote_code: bool, **extra: Any) ->
         from peft import AutoPeftModelForCausalLM as loader
     else:
         from transformers import AutoModelForCausalLM as loader
-    return loader.from_pretrained(name, dtype=torch.float32, trust_remote_code=trust_remote_code,
-                                  use_safetensors=True, **extra)
+    extra.setdefault("dtype", torch.float32)
+    return loader.from_pretrained(name, trust_remote_code=trust_remote_code, use_safetensors=True, **extra)
 
 
 def _use_default_attention(net: torch.nn.Module, params: LLMTrainingParams) -> None:

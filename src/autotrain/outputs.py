@@ -33,6 +33,7 @@ from autotrain import answers, disk, resuming
 from autotrain.checkpoints import STAGING, checkpoints, drop_staged, step_of
 from autotrain.errors import DiskFull
 from autotrain.data.tokenize import made_lines
+from autotrain.judge import report as judge_report
 from autotrain.models import merge_saved_adapter, unwrap
 from autotrain.plots import PLOT_FILE
 from autotrain.progress import is_evaluation
@@ -339,6 +340,7 @@ def write_card(project: Path, params: LLMTrainingParams, base_model: str, data: 
     if answered:
         lines += ["", "## Sample answers (validation prompts, greedy)", "", "| prompt | before | after |", "|---|---|---|"]
         lines += [f"| {_cell(s['prompt'])} | {_cell(s['before'])} | {_cell(s['after'])} |" for s in answered]
+    lines += judge_report.card_section(project)
     if (project / PLOT_FILE).exists():
         lines += ["", "## Training curves", "", f"![training curves]({PLOT_FILE})"]
     resumed = resuming.read_records(project)

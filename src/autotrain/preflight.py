@@ -277,6 +277,13 @@ def check_setup(params: LLMTrainingParams) -> None:
         _check_wandb_server()
     if params.push_to_hub:
         check_hub_push(params)
+    if params.judge is not None:  # its files, its model or its server, its prompts: judged only after training
+        from autotrain.judge.before_after import read_judge_prompts
+        from autotrain.judge.spec import check as check_judge
+
+        check_judge(params.judge, params.judge_template, embedded=params.judge == DEFAULT_MODEL)
+        if params.judge_prompts:
+            read_judge_prompts(params.judge_prompts)
 
 
 def wandb_online(params: LLMTrainingParams) -> bool:

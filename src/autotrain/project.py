@@ -109,8 +109,16 @@ def _trial(params: LLMTrainingParams, callbacks: tuple[Any, ...]) -> RunResult:
         return run(params, callbacks=callbacks)
 
 
-# What a run sets for its trackers (`_tracker_environment`), or wandb for itself (WANDB_SERVICE).
+# What a run sets for its trackers (`_tracker_environment`). WANDB_SERVICE is wandb's own note of its live service
+# process: a run tears the caller's down to start its own, so putting the old address back would send the next
+# wandb.init to a dead socket; wandb keeps it.
 _TRACKER_VARIABLES = ("WANDB_", "TENSORBOARD_LOGGING_DIR")
+_WANDBS_OWN = "WANDB_SERVICE"
+
+
+def _tracker_variables() -> dict[str, str]:
+    return {name: value for name, value in os.environ.items()
+            if name.startswith(_TRACKER_VARIABLES) and name != _WANDBS_OWN}
 
 
 @contextlib.contextmanager
@@ -122,14 +130,14 @@ def session(params: LLMTrainingParams) -> Iterator[None]:
     nor WANDB_DIR and WANDB_PROJECT (its own wandb runs would log into this folder)."""
     secrets = [value for value in params.secret_values() if value]
     saved = list(sys.argv)
-    environment = {name: value for name, value in os.environ.items() if name.startswith(_TRACKER_VARIABLES)}
+    environment = _tracker_variables()
     sys.argv[:] = [scrub(arg, secrets) for arg in saved]
     try:
         with owned(preflight.project_dir(params), take=preflight.takes_lock()):
             yield
     finally:
         sys.argv[:] = saved
-        for name in [name for name in os.environ if name.startswith(_TRACKER_VARIABLES)]:
+        for name in _tracker_variables():
             if name not in environment:
                 del os.environ[name]
         os.environ.update(environment)
@@ -143,12 +151,15 @@ def scrub(text: str, secrets: list[str]) -> str:
 
 def process_state(params: LLMTrainingParams) -> Any:
     """accelerate's PartialState, first built here so that the process group gets the run's ddp_timeout (a later
-    TrainingArguments cannot change the state once it exists)."""
+    TrainingArguments cannot change the state once it exists). PartialState does not read ACCELERATE_USE_CPU
+    (AcceleratorState does): without `cpu`, processes launched on CPUs would each build a one-process state, each
+    be "the main process" and write the project's files at once."""
     from datetime import timedelta
 
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
-    return PartialState(timeout=timedelta(seconds=params.ddp_timeout))
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), timeout=timedelta(seconds=params.ddp_timeout))
 
 
 def _tracker_environment(params: LLMTrainingParams, project: Path) -> None:
@@ -204,10 +215,10 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     opened = opened or preflight.check_inputs(params)
     quiet.import_quietly("transformers.integrations.integration_utils")  # the first import of transformers
     preflight.check_device(params)
-    from autotrain import answers, models, outputs
+    from autotrain import models, outputs
     from autotrain.checkpoints import clear_staging, finish, set_aside_newer
     from autotrain.data.prepare import prepare_data
-    from autotrain.data.templates import stop_ids
+    from autotrain.judge.before_after import BeforeAfter
     from autotrain.plots import plot_training
 
     method = methods.spec(params.trainer)
@@ -249,19 +260,11 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
 
         with models.whole_on(model, args.device):
             settle_run_kernel(params, model, data.train.dataset[0], tokenizer.pad_token_id, args.device)
-    # Sample answers are the main process's to write; when the weights are sharded (FSDP, ZeRO-3) every process must
-    # take part in generate. A resumed run has no untrained model left to ask.
-    asked = params.sample_answers and (main or sharded)
-    # Distinct prompts: ranked answers and per-turn pairs give several pairs one prompt.
-    sample_ids = [list(p) for p in dict.fromkeys(map(tuple, data.valid.prompt_ids))][: params.sample_answers] \
-        if asked else []
-    own_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    stops = stop_ids(tokenizer, data.template, also=own_eos) if sample_ids else None
-    before = None
-    if sample_ids and resume_from is None:
-        # On the training device (Trainer has not moved the model yet); under ZeRO-3 the full weights gathered.
-        with models.whole_on(model, args.device):
-            before = answers.answer(model, tokenizer, sample_ids, stops)
+    # Sample answers and the judge's are the main process's to write; when the weights are sharded (FSDP, ZeRO-3)
+    # every process must take part in generate. A resumed run has no untrained model left to ask.
+    asked = BeforeAfter(params, data, tokenizer, model, asks=bool(main or sharded))
+    # On the training device (Trainer has not moved the model yet).
+    before = asked.answer(model, args.device) if resume_from is None else None
     ref_model = None
     if method.needs_reference:
         # With adapters the reference is the same weights with the adapters off; precomputing before the first
@@ -279,6 +282,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
         if resume_from is not None:
             resuming.record(project, resume_from, changed)
         params.save_json(project / PARAMS_FILE)  # first: it marks the folder as this tool's (project_folder)
+        asked.keep(project, before)
         if params.save_processed_data == "local":
             data.save(project / PROCESSED_DIR)
         clear_staging(project)
@@ -313,11 +317,9 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     stop.install()
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        if stop.received is None and sample_ids:
-            with models.whole_on(trainer.model, trainer.args.device):
-                after = answers.answer(models.unwrap(trainer.model, peft=False), tokenizer, sample_ids, stops)
-            if main:
-                answers.write(project, answers.prompt_texts(tokenizer, sample_ids, data.template), before, after)
+        after = asked.answer(trainer.model, trainer.args.device) if stop.received is None else None
+        if main:
+            asked.write(project, before, after)
         # Signals stay caught through the final save: one that comes now stops the run as during training.
         saved = stop.received is None and outputs.save_final(trainer, tokenizer, data.template, params, project,
                                                              lambda: stop.received is not None)
@@ -331,8 +333,10 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     if not saved:
         stopping.save_last_step(trainer)
         raise stopping.interrupted(stop.received, project)
+    stopped = None
     if main:
         finish(project)
+        stopped = asked.judge(project, before, after)  # after the weights are saved; before the card, which shows it
         records = outputs.read_metrics(project)
         plot_training(project, records)
         outputs.write_card(project, params, params.model, data, records)
@@ -341,6 +345,8 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
 
             push_to_hub(project, params)
     trainer.accelerator.wait_for_everyone()  # every process returns a finished project
+    if stopped is not None:
+        raise stopped
     return result_of(params)
 
 

@@ -57,7 +57,9 @@ _HOW = ("max_grad_norm", "mixed_precision", "disable_gradient_checkpointing", "a
 _OUTPUTS = ("eval_strategy", "eval_steps", "sample_answers", "use_enhanced_eval", "eval_metrics", "custom_metrics",
             "log", "logging_steps", "save_total_limit", "save_strategy", "save_steps", "wandb_run_id",
             "wandb_visualizer", "merge_adapter", "push_to_hub", "repo_id", "hub_private", "username", "use_sweep",
-            "sweep_backend", "sweep_n_trials", "sweep_metric", "sweep_direction", "sweep_params")
+            "sweep_backend", "sweep_n_trials", "sweep_metric", "sweep_direction", "sweep_params",
+            # judged after training, from the answers before training kept in the project (autotrain.judge)
+            "judge", "judge_prompts", "judge_template", "judge_max_prompts")
 # Not settings of the training: the folder (the same one by construction), the resume itself, secrets (never saved).
 NOT_COMPARED = ("project_name", "resume_from_checkpoint", "token", "wandb_token")
 

@@ -33,6 +33,7 @@ from transformers import TrainerCallback
 
 from autotrain import atomic, methods, preflight
 from autotrain.errors import ParamsError, did_you_mean
+from autotrain.judge import stats
 from autotrain.params import LLMTrainingParams
 from autotrain.params.sweep import DEFAULT_SPACE, Range, SweepParams, corners, parse_space
 from autotrain.sweep_report import TABLE_FILE, fixed_settings, plot, write_table
@@ -119,11 +120,15 @@ def check_space(params: LLMTrainingParams, ranges: list[Range], base: dict[str, 
         except ParamsError as exc:
             raise ParamsError(f"sweep_params: a trial with {_shown(values)} cannot run: {exc}") from None
         logged = [*_EVAL_LOGS, *(f"eval_{name}" for name in (*methods.spec(trial.trainer).metrics,
-                                                             *requested(trial)))]
+                                                             *requested(trial))),
+                  *(stats.METRICS if trial.judge else ())]  # once, after training (autotrain.judge)
         if params.sweep_metric not in logged:
             hint = did_you_mean(params.sweep_metric, logged, otherwise=f"it logs {', '.join(logged)}")
             raise ParamsError(f"sweep_metric: {params.sweep_metric} is not a metric that the evaluation logs with "
-                              f"--trainer {trial.trainer}; {hint}")
+                              f"--trainer {trial.trainer}{' and --judge' if trial.judge else ''}; {hint}")
+    if params.sweep_metric in stats.HIGHER_IS_BETTER and "sweep_direction" not in params.model_fields_set:
+        raise ParamsError(f"sweep_metric: {params.sweep_metric} is better when higher, and the sweep minimizes by "
+                          "default: add --sweep-direction maximize")
 
 
 def _same_sweep(study: Any, params: LLMTrainingParams) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import SecretStr, model_validator
 
 from autotrain import methods
+from autotrain.params.judge import JudgeParams
 from autotrain.params.method import MethodParams
 from autotrain.params.needs import scheduler_needs, unmet
 from autotrain.params.schema import Schema
@@ -39,6 +40,7 @@ SECTIONS: tuple[tuple[str, type[Schema]], ...] = (
     ("LoRA", LoraParams),
     ("Chat template", TemplateParams),
     ("Evaluation", EvaluationParams),
+    ("Judge", JudgeParams),
     ("Scale-out", ScaleOutParams),
     ("Logging and saving", LoggingParams),
     ("Hub", HubParams),
@@ -90,6 +92,9 @@ class LLMTrainingParams(*reversed([section for _, section in SECTIONS])):  # typ
             raise ValueError(f"use_sweep optimises {self.sweep_metric} on the validation split: add --valid-split")
         if self.sample_answers and not self.valid_split:
             raise ValueError("sample_answers answers validation prompts: add --valid-split")
+        if self.judge and not (self.valid_split or self.judge_prompts):
+            raise ValueError("judge compares answers to the validation prompts: add --valid-split, or give the "
+                             "prompts as --judge-prompts FILE")
         if self.eval_strategy == "steps" and self.eval_steps == -1:
             raise ValueError("eval_strategy 'steps' needs --eval-steps N")
         if self.quantization is not None and not self.peft:

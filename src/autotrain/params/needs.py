@@ -58,6 +58,8 @@ _HUB = Need("push_to_hub", lambda p: p.push_to_hub, "the hub upload", "--push-to
             {"push_to_hub": True, "username": "me"})
 _SWEEP = Need("use_sweep", lambda p: p.use_sweep, "a sweep", "--use-sweep", {"use_sweep": True, "valid_split": "v"})
 _WANDB = Need("log", lambda p: p.log == "wandb", "W&B", "--log wandb", {"log": "wandb"})
+_JUDGE = Need("judge", lambda p: p.judge is not None, "the judged comparison", "--judge SPEC",
+              {"judge": "judge-model", "valid_split": "validation"})
 
 NEEDS: dict[str, Need] = {
     "rejected_text_column": Need("trainer", lambda p: methods.spec(p.trainer).paired,
@@ -91,6 +93,9 @@ NEEDS: dict[str, Need] = {
     "sweep_metric": _SWEEP,
     "sweep_direction": _SWEEP,
     "sweep_params": _SWEEP,
+    "judge_prompts": _JUDGE,
+    "judge_template": _JUDGE,
+    "judge_max_prompts": _JUDGE,
     "min_lr_rate": Need("scheduler", lambda p: p.scheduler in MIN_LR_SCHEDULERS,
                         f"--scheduler {_either(list(MIN_LR_SCHEDULERS))}", None, {"scheduler": MIN_LR_SCHEDULERS[0]}),
 }

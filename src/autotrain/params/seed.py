@@ -35,7 +35,8 @@ OURS_ONLY: frozenset[str] = frozenset({
     "trust_remote_code", "precompute_ref_logps", "prompt_loss", "disable_dropout", "max_steps", "deepspeed_stage",
     "eval_steps", "sample_answers", "simpo_gamma", "cpo_alpha", "min_lr_rate", "tools_column", "ranked_pairs",
     "reasoning_loss", "loss_type", "loss_weights", "label_smoothing", "ld_alpha", "discopop_tau", "alphapo_alpha",
-    "label_column", "desirable_weight", "undesirable_weight",
+    "label_column", "desirable_weight", "undesirable_weight", "judge", "judge_prompts", "judge_template",
+    "judge_max_prompts",
 })
 
 # Each is (what the field is for in aitraining, what to do here instead or "").
@@ -64,7 +65,9 @@ NOT_THIS_TOOL: dict[str, tuple[str, str]] = {
     "post_trial_script": ("a shell command after each sweep trial", "read <project>/sweep.md"),
     **dict.fromkeys(("wandb_sweep", "wandb_sweep_project", "wandb_sweep_entity", "wandb_sweep_id"),
                     ("W&B's own sweep dashboard", "the sweep here is optuna's; each trial logs to W&B with --log wandb")),
-    **dict.fromkeys(("eval_dataset_path", "eval_batch_size", "eval_save_predictions", "eval_benchmark"), _EVAL),
+    **dict.fromkeys(("eval_dataset_path", "eval_batch_size", "eval_save_predictions"), _EVAL),
+    "eval_benchmark": ("benchmark evaluation", "--judge SPEC judges the model's own answers before and after training "
+                       "(README, 'Judged win rates')"),
     "chat_format": ("its own message renderer", "use --chat-template"),
     "token_weights": ("per-role token weights", "the loss weighs completion tokens (the prompt too with --prompt-loss)"),
     **dict.fromkeys(("rl_gamma", "rl_gae_lambda", "rl_kl_coef", "rl_value_loss_coef", "rl_clip_range",
