@@ -307,3 +307,53 @@ def test_a_run_trains_kto_and_its_first_evaluation_is_known(tmp_path, chat_model
     assert ("Method: KTO with beta 0.1 (KTO's default), desirable_weight 2, undesirable_weight 1 (KTO's default)."
             in card)
     assert "4 desirable and 4 undesirable examples" in card and "preference-tuning" in card
+
+
+def test_a_killed_kto_run_resumes_to_the_uninterrupted_run_and_refuses_other_weights(tmp_path, chat_model):
+    """Each step's KL reference point is taken from the step's own micro-batches and each example's KL completion is
+    fixed over the split, so a run killed in step 2 and resumed from step 1 trains what the uninterrupted run trains (weights,
+    losses and KL points); a resume with another class weight would train another objective and is refused."""
+    from safetensors.torch import load_file
+
+    from autotrain.project import AutoTrainProject
+    from autotrain.stop import StopOnSignal
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl",
+                [{"prompt": f"{i}+{i}=", "completion": str(2 * i + i % 2), "label": i % 3 != 0} for i in range(12)])
+
+    def params(project: str, **changes) -> LLMTrainingParams:
+        return LLMTrainingParams(**{**dict(
+            model=str(chat_model), data_path=str(data), project_name=str(tmp_path / project), trainer="kto",
+            peft=True, lora_dropout=0.0, merge_adapter=False, batch_size=2, gradient_accumulation=2, max_steps=2,
+            save_steps=1, logging_steps=1, lr=5e-3, warmup_ratio=0.0, seed=3, desirable_weight=1.3), **changes})
+
+    class Killed(Exception):
+        pass
+
+    def die_at_2(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            raise Killed
+        return original(self, args, state, control, **kwargs)
+
+    AutoTrainProject(params=params("whole")).create()
+    original = StopOnSignal.on_step_end
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(StopOnSignal, "on_step_end", die_at_2)
+        with pytest.raises(Killed):
+            AutoTrainProject(params=params("cut")).create()
+    with pytest.raises(ParamsError, match="desirable_weight 1.3 -> 2.0"):
+        AutoTrainProject(params=params("cut", resume_from_checkpoint="auto", desirable_weight=2.0)).create()
+    AutoTrainProject(params=params("cut", resume_from_checkpoint="auto")).create()
+
+    def steps(project: str) -> list[tuple]:
+        lines = (tmp_path / project / "metrics.jsonl").read_text().splitlines()
+        return [(r["step"], r["loss"], r["kl"]) for r in map(json.loads, lines) if "kl" in r]
+
+    whole, cut = steps("whole"), steps("cut")
+    assert len(whole) == 2 and whole[-1][2] > 0 and cut == whole
+    adapter = "adapter_model.safetensors"
+    expected, actual = load_file(tmp_path / "whole" / adapter), load_file(tmp_path / "cut" / adapter)
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)
