@@ -13,12 +13,11 @@ from typing import Any
 import pytest
 import torch
 from conftest import make_tokenizer, write_jsonl
-from test_trl_loss_types import LORA, base_model, perturbed
+from test_trl_loss_types import LORA, base_model, parity_table, perturbed, reference_of
 
 from autotrain import methods
 from autotrain.data.collate import PaddedCollator
 from autotrain.data.pack import PackedCollator
-from autotrain.forward import sequence_logps
 from autotrain.trainers.clm.params import LLMTrainingParams
 
 BETA, DESIRABLE, UNDESIRABLE = 0.4, 1.3, 0.7  # none of them a default, so a setting lost on the way shows
@@ -36,11 +35,7 @@ TABLE: list[tuple[str, float, float]] = []
 def table():
     yield TABLE
     if TABLE:
-        width = max(len(row[0]) for row in TABLE)
-        lines = [f"{'case':<{width}}  {'TRL 1.16':>14}  {'ours':>14}  relative difference"]
-        lines += [f"{name:<{width}}  {trl:>14.8f}  {ours:>14.8f}  {abs(ours - trl) / max(abs(trl), 1e-12):.2e}"
-                  for name, trl, ours in TABLE]
-        print("\n" + "\n".join(lines))
+        print(parity_table("case", TABLE))
 
 
 @pytest.fixture(scope="module")
@@ -103,12 +98,7 @@ def test_kto_matches_trl(trainers, table, tmp_path, chat_model, monkeypatch, los
         trl_loss = trainer._compute_loss(model, trainer.data_collator(theirs), return_outputs=False).item()
     trl_metrics = {key: values[-1] for key, values in trainer._metrics["eval"].items()}
 
-    def reference(batch: dict) -> torch.Tensor:
-        if mode == "peft":
-            with model.disable_adapter():
-                return sequence_logps(model, batch).sums
-        return sequence_logps(trainer.ref_model, batch).sums
-
+    reference = reference_of(trainer, peft=mode == "peft")
     options = {"loss_type": (loss_type,), "desirable_weight": DESIRABLE, "undesirable_weight": UNDESIRABLE}
     pad = trainer.processing_class.pad_token_id
     for layout, collate in (("padded", PaddedCollator(pad)), ("packed", PackedCollator(pad, token_budget=40))):
@@ -117,8 +107,8 @@ def test_kto_matches_trl(trainers, table, tmp_path, chat_model, monkeypatch, los
             terms = methods.load("kto").terms(model, batch, BETA, reference, **options)
             loss, metrics = terms.loss().item(), {k: v.item() for k, v in terms.batch_metrics().items()}
         name = f"{loss_type}, {mode}, {layout}"
-        TABLE.append((f"{name}: loss", trl_loss, loss))
-        TABLE += [(f"{name}: {key}", trl_metrics[key], metrics[key]) for key in METRICS[:3]]
+        table.append((f"{name}: loss", trl_loss, loss))
+        table.extend((f"{name}: {key}", trl_metrics[key], metrics[key]) for key in METRICS[:3])
         assert loss == pytest.approx(trl_loss, rel=1e-5, abs=1e-7), name
         # A reward is beta times a difference of summed log-probs: compared at 1e-5 of the metrics' scale.
         scale = max(abs(trl_metrics[key]) for key in METRICS)

@@ -124,15 +124,20 @@ def _preference_columns(params: LLMTrainingParams, split: Split, prompt: str | N
     present, rejected = split.columns, params.rejected_text_column
     if rejected is None and "rejected" not in present:
         return _checked(_other_shape(params, split, prompt), split)
-    chosen = params.text_column
-    if chosen == DEFAULT_TEXT_COLUMN and chosen not in present and "chosen" in present:
-        chosen = "chosen"
-        logger.info("text_column is '%s' (the default) and the data has no such column: using 'chosen'",
-                    DEFAULT_TEXT_COLUMN)
+    chosen = _answer_column(params, present, "chosen")
     if rejected is None:
         rejected = "rejected"
         logger.info("rejected_text_column not given: using the data's 'rejected' column")
     return _checked(Columns(prompt, chosen, rejected, tools=_tools(params, present)), split)
+
+
+def _answer_column(params: LLMTrainingParams, present: list[str], fallback: str) -> str:
+    """--text-column, or `fallback` when it was left at its default and the data has no such column (logged)."""
+    if params.text_column == DEFAULT_TEXT_COLUMN and params.text_column not in present and fallback in present:
+        logger.info("text_column is '%s' (the default) and the data has no such column: using '%s'",
+                    DEFAULT_TEXT_COLUMN, fallback)
+        return fallback
+    return params.text_column
 
 
 def _other_shape(params: LLMTrainingParams, split: Split, prompt: str | None) -> Columns:
@@ -165,11 +170,7 @@ def _unpaired(params: LLMTrainingParams, split: Split, prompt: str | None) -> Co
     label = params.label_column or LABEL
     if params.label_column is None:
         logger.info("label_column not given: reading unpaired rows, labelled by the data's '%s' column", LABEL)
-    completion = params.text_column
-    if completion == DEFAULT_TEXT_COLUMN and completion not in present and "completion" in present:
-        completion = "completion"
-        logger.info("text_column is '%s' (the default) and the data has no such column: using 'completion'",
-                    DEFAULT_TEXT_COLUMN)
+    completion = _answer_column(params, present, "completion")
     if prompt is None:
         raise DataError(f"unpaired rows (completion and {label}) need a prompt column (--prompt-text-column); "
                         f"columns present: {', '.join(present)}", path=split.source)
