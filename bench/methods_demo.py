@@ -5,16 +5,20 @@ pairs before and after training. Prints a Markdown table (and writes it to <root
 
     python bench/methods_demo.py                       # orpo, simpo, cpo x 2 lr: ~30 minutes on 2 idle CPU cores
     python bench/methods_demo.py --methods orpo,dpo:ipo,rpo --lrs 2e-4 --max-steps 12
-    make methods-demo METHODS=dpo:ipo,rpo,orpo
+    python bench/methods_demo.py --methods orpo,kto --lrs 6e-4 --max-steps 12
+    make methods-demo METHODS=dpo:ipo,rpo,orpo,kto
 
 A method is `TRAINER[:LOSS[+LOSS...][@WEIGHT[+WEIGHT...]]]`: a --trainer, optionally with its --loss-type(s) and
 --loss-weights (dpo:ipo, dpo:sigmoid+sft@1+0.005, cpo:alphapo); `rpo` is dpo:sigmoid+sft (TRL's equal weights).
 Each runs with its authors' defaults for what it leaves unset (the log, each run's README.md and the table's notes
 say which): ORPO lambda 0.1, SimPO beta 2.0 and gamma 1.0 without an NLL term, CPO beta 0.1 and alpha 1.0, IPO tau
-0.1, DPO beta 0.1. Preference accuracy is each method's own reward comparison: ORPO's log-odds and SimPO's mean
-token log-prob order a pair the same way (the log-odds grow with the mean log-prob), CPO's summed log-prob does not,
-and DPO's family compares the gain over the reference (every pair a tie before the first step, with LoRA). The NLL
-(chosen completion tokens, per token) is the same quantity for every method.
+0.1, DPO beta 0.1, KTO beta 0.1 and both class weights 1. kto reads each bundled pair as two examples (its chosen
+answer desirable, its rejected one not), so a step of 8 takes 4 pairs' answers where the others take 8 pairs; it has
+no preference accuracy (—), and its NLL is over all its answers, the undesirable ones included (not the others'
+quantity): compare its reward margin (the desirable examples' mean reward minus the undesirable ones'). Preference accuracy is each method's own reward comparison:
+ORPO's log-odds and SimPO's mean token log-prob order a pair the same way (the log-odds grow with the mean log-prob),
+CPO's summed log-prob does not, and DPO's family compares the gain over the reference (every pair a tie before the
+first step, with LoRA). The NLL (chosen completion tokens, per token) is the same quantity for every other method.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from autotrain.trainers.clm.params import LLMTrainingParams
 # `make demo`'s settings (Makefile), less the sample answers.
 DEMO = dict(peft=True, valid_split="validation", epochs=1, batch_size=4, gradient_accumulation=2, lora_r=16,
             lora_alpha=32, disable_gradient_checkpointing=True)
-METRICS = (("accuracy", "eval_rewards/accuracies", 3), ("NLL", "eval_nll_loss", 3), ("loss", "eval_loss", 3))
+METRICS = (("accuracy", "eval_rewards/accuracies", 3), ("margin", "eval_rewards/margins", 3),
+           ("NLL", "eval_nll_loss", 3), ("loss", "eval_loss", 3))
 
 
 ALIASES = {"rpo": "dpo:sigmoid+sft"}

@@ -254,3 +254,10 @@ def test_cli_bad_image_is_one_line_exit_2_and_nothing_written(qwen, data):
     assert done.stderr.splitlines() == ["error: data/train.jsonl:1, column 'images', image 1 (gone.png): no such file "
                                         "(data/gone.png)"]
     assert not (folder.parent / "p").exists()
+
+
+def test_kto_with_images_is_refused_with_the_params():
+    """The vision path reads pairs and supervised rows; kto's labelled answers would reach it as something else."""
+    with pytest.raises(ParamsError, match="image_column: --trainer kto trains on labelled single answers"):
+        LLMTrainingParams(image_column="images", trainer="kto")
+    assert LLMTrainingParams(image_column="images", trainer="dpo").image_column == "images"

@@ -93,7 +93,7 @@ def test_a_value_refused_because_of_a_typed_flag_names_its_place_in_the_file():
     assert error_of("--config", path, "--no-peft") == (
         "run.yml:2:9: invalid parameters: lora_r applies to LoRA: add --peft (or leave lora_r out)")
     assert error_of("--config", write("rejected_text_column: worse\n"), "--trainer", "sft") == (
-        "run.yml:1:23: invalid parameters: rejected_text_column applies to --trainer orpo, dpo, simpo or cpo only "
+        "run.yml:1:23: invalid parameters: rejected_text_column applies to --trainer orpo, dpo, simpo, cpo or kto only "
         "(trainer is sft)")
     # The rule's other field in the file, the typed one named first: the file's place is the one to fix.
     assert error_of("--config", write("peft: false\n"), "--lora-r", "8") == (

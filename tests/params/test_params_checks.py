@@ -158,8 +158,10 @@ def test_names_from_transformers_and_trl_get_this_tools_name():
 # both). Written out by hand: the rule's own table must not produce what it is checked against.
 ALONE = [
     (dict(trainer="sft", rejected_text_column="rejected"),
-     "rejected_text_column applies to --trainer orpo, dpo, simpo or cpo only (trainer is sft)"),
-    (dict(trainer="sft", dpo_beta=0.2), "dpo_beta applies to --trainer orpo, dpo, simpo or cpo only (trainer is sft)"),
+     "rejected_text_column applies to --trainer orpo, dpo, simpo, cpo or kto only (trainer is sft)"),
+    (dict(trainer="sft", dpo_beta=0.2),
+     "dpo_beta applies to --trainer orpo, dpo, simpo, cpo or kto only (trainer is sft)"),
+    (dict(trainer="dpo", label_column="ok"), "label_column applies to --trainer kto only (trainer is dpo)"),
     (dict(eval_strategy="steps", eval_steps=5),
      "eval_strategy applies to evaluation: add --valid-split (or leave eval_strategy out)"),
     (dict(valid_split="v", eval_steps=5), "eval_steps applies to --eval-strategy steps only (eval_strategy is epoch)"),

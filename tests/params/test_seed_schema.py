@@ -137,7 +137,7 @@ def test_cli_errors_are_one_line_without_the_synopsis(tmp_path):
         ("--peft", "true"): "error: --peft takes no value ('true' given): write --peft or --no-peft",
         ("--lr", "abc"): "error: argument --lr: invalid float value: 'abc'",
         ("--rl-gamma", "0.9"): "error: rl_gamma is aitraining's reinforcement learning (PPO, GRPO), which this tool "
-                               "does not do; this tool trains ORPO, DPO, SimPO, CPO, SFT",
+                               "does not do; this tool trains ORPO, DPO, SimPO, CPO, KTO, SFT",
         ("--unsloth",): "error: unsloth is aitraining's unsloth acceleration, which this tool does not do; training "
                         "here runs on transformers and peft",
     }

@@ -333,7 +333,7 @@ def test_the_cli_refuses_each_before_the_data_is_read_and_writes_nothing(tmp_pat
         ("", "--eval-steps", "5"): "error: invalid parameters: eval_steps applies to --eval-strategy steps only "
                                    "(eval_strategy is epoch)",
         ("", "--trainer", "sft", "--rejected-text-column", "worse"):
-            "error: invalid parameters: rejected_text_column applies to --trainer orpo, dpo, simpo or cpo only "
+            "error: invalid parameters: rejected_text_column applies to --trainer orpo, dpo, simpo, cpo or kto only "
             "(trainer is sft)",
     }
     write_jsonl(tmp_path / "d.jsonl", arithmetic_pairs(2))

@@ -386,7 +386,10 @@ def test_every_metric_a_method_logs_is_in_its_spec():
     for name in methods.SPECS:
         method = methods.load(name)
         reference = (lambda batch: -torch.ones(2 * len(pairs))) if method.needs_reference else None
-        batch = PaddedCollator(0)(pairs if method.spec.paired else [{**p, "rejected_ids": []} for p in pairs])
+        rows = pairs if method.spec.paired else [{**p, "rejected_ids": []} for p in pairs]
+        if method.spec.labelled:  # kto's examples: a completion, its KL completion and a label
+            rows = [{**p, "label": i == 0} for i, p in enumerate(rows)]
+        batch = PaddedCollator(0)(rows)
         _, metrics = method.step(tiny_model(), batch, 0.1, reference)
         assert set(metrics) == {"nll_loss", *methods.SPECS[name].metrics}, name
 

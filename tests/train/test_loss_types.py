@@ -272,7 +272,7 @@ def test_the_terms_get_every_setting_of_every_loss_type():
      "their authors' label_smoothing differ (sigmoid 0, robust 0.1): give --label-smoothing"),
     (dict(trainer="cpo", loss_type="sigmoid,hinge"), "--trainer cpo takes one loss_type"),
     (dict(trainer="cpo", loss_type="simpo"), "unknown loss_type for --trainer cpo 'simpo'"),
-    (dict(trainer="orpo", loss_type="ipo"), "loss_type applies to --trainer dpo and cpo only (trainer is orpo)"),
+    (dict(trainer="orpo", loss_type="ipo"), "loss_type applies to --trainer dpo, cpo and kto only (trainer is orpo)"),
     (dict(trainer="dpo", loss_type="ipo", label_smoothing=0.1),
      "label_smoothing applies to --trainer dpo --loss-type sigmoid/exo_pair/robust and --trainer cpo --loss-type "
      "sigmoid only (trainer is dpo, loss_type ipo)"),

@@ -11,6 +11,11 @@ Every --loss-type of dpo and cpo (and their combinations, LD-DPO) is checked at 
 shares add up to the whole batch's loss and gradient. TRL's aot and aot_unpaired cannot be: they sort across the
 batch (refused by the params).
 
+kto trains on unpaired labelled examples (full fine-tune, a second copy as its reference, packed): its KL reference
+point is the whole step's, taken before the step (autotrain.train.losses), so it is split-invariant too. Taken per
+micro-batch, as TRL's KTOTrainer takes it, it would not be: the cheap check shows those shares missing the whole
+batch's loss.
+
 The launch also evaluates an odd validation split (7 pairs) in batches that do not divide it: the eval metrics of
 2 processes must equal those of 1 process (the pairs accelerate's `even_batches` repeats are not counted).
 """
@@ -33,7 +38,7 @@ from safetensors.torch import load_file
 from autotrain.project import AutoTrainProject
 from autotrain.trainers.clm.params import LLMTrainingParams
 
-METHODS = ("orpo", "dpo", "simpo", "sft")
+METHODS = ("orpo", "dpo", "simpo", "sft", "kto")
 SPLITS = ((4, 1), (2, 2), (1, 4))  # (batch_size, gradient_accumulation): 4 pairs per optimizer step
 STEPS = 3
 COMMON = dict(logging_steps=1, max_steps=STEPS, lr=2e-3, warmup_ratio=0.0, seed=11,
@@ -44,7 +49,7 @@ COMMON = dict(logging_steps=1, max_steps=STEPS, lr=2e-3, warmup_ratio=0.0, seed=
 # runs as CPO-SimPO (an NLL weight of 0.5): mean log-probs, the margin and a weighted NLL, so CPO's path (summed
 # log-probs, a weighted NLL) is covered too; tests/test_simpo_cpo.py checks both at the step, cheaply.
 PER_METHOD = {"orpo": dict(packing=True), "dpo": dict(peft=True, packing=False), "simpo": dict(cpo_alpha=0.5),
-              "sft": dict(packing=True)}
+              "sft": dict(packing=True), "kto": dict(packing=True, desirable_weight=1.5)}
 # ORPO and SimPO train on ranked answers (2 to 4 per prompt, one tie): weighted pairs. (DPO's LoRA run on them met
 # the Adam effect assert_same_weights describes: one element of 1024 at 1.9e-6, the tensor at 1.0e-5 of its norm.)
 RANKED = {"orpo", "simpo"}
@@ -70,16 +75,32 @@ def ranked_rows(answers: list[int], start: int = 0) -> list[dict]:
     return rows
 
 
-def data_folder(root: Path, ranked: bool = False) -> Path:
-    folder = root / ("ranked" if ranked else "data")
+def unpaired_rows(count: int, start: int = 0) -> list[dict]:
+    """kto's labelled examples of uneven lengths, two desirable to one undesirable."""
+    return [{"prompt": "q" * (1 + (i * 5) % 9), "completion": ("c" if i % 3 else "r") * (1 + (i * 7) % 17),
+             "label": i % 3 != 0} for i in range(start, start + count)]
+
+
+def data_folder(root: Path, ranked: bool = False, unpaired: bool = False) -> Path:
+    folder = root / ("ranked" if ranked else "unpaired" if unpaired else "data")
     folder.mkdir(exist_ok=True)
     if ranked:  # 3 + 2 + 1 + 3 + 2 + 1 = 12 training pairs, 3 + 2 + 1 + 1 = 7 to validate
         write_jsonl(folder / "train.jsonl", ranked_rows([4, 3, 2, 4, 3, 2]))
         write_jsonl(folder / "validation.jsonl", ranked_rows([4, 3, 2, 2], start=50))
+    elif unpaired:
+        write_jsonl(folder / "train.jsonl", unpaired_rows(4 * STEPS))
+        write_jsonl(folder / "validation.jsonl", unpaired_rows(7, start=50))
     else:
         write_jsonl(folder / "train.jsonl", uneven_pairs(4 * STEPS))
         write_jsonl(folder / "validation.jsonl", uneven_pairs(7, start=50))
     return folder
+
+
+def folders_of(root: Path) -> dict[str, Path]:
+    """Each method's data: pairs, ranked answers (orpo, simpo) or labelled examples (kto)."""
+    kinds = {False: data_folder(root), True: data_folder(root, ranked=True)}
+    return {method: data_folder(root, unpaired=True) if method == "kto" else kinds[method in RANKED]
+            for method in METHODS}
 
 
 def params_for(model: Path, data: Path, project: Path, method: str, batch_size: int, accumulation: int,
@@ -89,6 +110,8 @@ def params_for(model: Path, data: Path, project: Path, method: str, batch_size: 
         settings.update(text_column="text", rejected_text_column=None)
     if method == "sft":  # SFT has no rejected column and no beta, and naming either is refused
         del settings["rejected_text_column"], settings["dpo_beta"]
+    if method == "kto":  # unpaired rows: a completion and its label
+        settings.update(text_column="completion", rejected_text_column=None, label_column="label")
     if settings.get("peft"):
         settings["lora_dropout"] = 0.0  # LoRA's own dropout would draw different masks in different splits
     return LLMTrainingParams(model=str(model), data_path=str(data), project_name=str(project), trainer=method,
@@ -128,10 +151,10 @@ def assert_same_weights(actual: dict[str, torch.Tensor], expected: dict[str, tor
 @pytest.fixture(scope="module")
 def split_runs(tmp_path_factory, chat_model) -> dict[tuple[str, int, int], Path]:
     root = tmp_path_factory.mktemp("splits")
-    folders = {False: data_folder(root), True: data_folder(root, ranked=True)}
+    folders = folders_of(root)
     runs = {}
     for method in METHODS:
-        data = folders[method in RANKED]
+        data = folders[method]
         for batch_size, accumulation in SPLITS:
             project = root / f"{method}-{batch_size}x{accumulation}"
             compared = {} if (batch_size, accumulation) == SPLITS[0] else {"valid_split": None}  # evals: 4 x 1 only
@@ -202,13 +225,13 @@ def launched_runs(tmp_path_factory, chat_model) -> dict[str, Path | str]:
     from test_head_check import scaled_model_dir
 
     root = tmp_path_factory.mktemp("launched-splits")
-    folders = {False: data_folder(root), True: data_folder(root, ranked=True)}
-    data = folders[False]
+    folders = folders_of(root)
+    data = folders["sft"]
     configs, projects = [], {}
     for method in METHODS:
         projects[method] = root / f"{method}-2proc"
         config = root / f"{method}.json"
-        params_for(chat_model, folders[method in RANKED], projects[method], method, 2, 1).save_json(config)
+        params_for(chat_model, folders[method], projects[method], method, 2, 1).save_json(config)
         configs.append(str(config))
     scaled = params_for(scaled_model_dir(root / "scaled-model"), data, root / "scaled-2proc", "orpo", 2, 1, peft=True)
     scaled.save_json(root / "scaled.json")
@@ -312,3 +335,53 @@ def test_every_loss_type_is_one_loss_however_the_step_is_split(case, policy_and_
         loss.backward()
         total += loss.item()
     assert_same((torch.tensor(total), {n: p.grad for n, p in model.named_parameters()}), expected)
+
+
+@pytest.mark.parametrize("loss_type", ["kto", "apo_zero_unpaired"])
+def test_kto_is_one_loss_however_the_step_is_split_given_the_steps_kl_point(loss_type, policy_and_reference):
+    """kto's examples are rows of the step's reduction like pairs, each loss at its class's weight, so the shares of
+    micro-batches of 2, 1 and 4 examples give the 7-example batch's loss and gradient once every share reads the
+    step's KL reference point (what the trainer hands them). With each micro-batch's own point, as TRL takes it, the
+    shares miss it: the point sits inside each example's sigmoid, and no sum of shares can undo that."""
+    from test_packing import ODD, assert_same, random_pairs
+
+    from autotrain.params import methods
+    from autotrain.batch.padded import PaddedCollator
+    from autotrain.batch.packed import PackedCollator
+    from autotrain.model.forward import sequence_logps
+    from autotrain.train.methods.base import STEP_STATISTIC
+
+    features = [{**f, "label": i % 3 != 0, **({} if loss_type == "kto" else {"rejected_ids": []})}
+                for i, f in enumerate(random_pairs(ODD, seed=6))]
+    method = methods.load("kto")
+    options = {"loss_type": (loss_type,), "desirable_weight": 1.5, "undesirable_weight": 0.8}
+    ref, model = policy_and_reference  # this way round the batch's KL point is above 0: not clamped away
+    reference = lambda batch: sequence_logps(ref, batch).sums  # noqa: E731
+
+    def shares(step_point: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+        model.zero_grad(set_to_none=True)
+        total = 0.0
+        for a, b in [(0, 2), (2, 3), (3, 7)]:
+            batch = PackedCollator(0, token_budget=30)(features[a:b])
+            if step_point is not None:
+                batch[STEP_STATISTIC] = step_point
+            loss = method.terms(model, batch, 0.5, reference, **options).loss(0, len(features))
+            loss.backward()
+            total += loss.item()
+        return torch.tensor(total), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    model.zero_grad(set_to_none=True)
+    whole_batch = PaddedCollator(0)(features)
+    whole = method.terms(model, whole_batch, 0.5, reference, **options)
+    whole.loss().backward()
+    expected = (whole.loss().detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    values = method.step_values(model, whole_batch, reference, **options)
+    if loss_type == "apo_zero_unpaired":  # no reference point: nothing to hand over
+        assert values is None
+        assert_same(shares(None), expected)
+        return
+    step_point = method.step_statistic(values.sum(), values.numel())
+    assert step_point.item() == pytest.approx(whole.metrics["kl"][0].item()) and step_point.item() > 0
+    assert_same(shares(step_point), expected)
+    own, _ = shares(None)
+    assert abs(own.item() - expected[0].item()) > 1e-3 * abs(expected[0].item())

@@ -8,6 +8,7 @@ off as the reference). TRL is test-only; one trainer per reference mode, its los
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -84,15 +85,32 @@ def base_model(chat_model, seed: int) -> torch.nn.Module:
 LORA = dict(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "up_proj"])
 
 
+def parity_table(first: str, rows: list[tuple[str, float, float]]) -> str:
+    """The note's table: one line per (case, TRL's value, ours) with their relative difference."""
+    width = max(len(first), *(len(row[0]) for row in rows))
+    lines = [f"{first:<{width}}  {'TRL 1.16':>14}  {'ours':>14}  relative difference"]
+    lines += [f"{name:<{width}}  {trl:>14.8f}  {ours:>14.8f}  {abs(ours - trl) / max(abs(trl), 1e-12):.2e}"
+              for name, trl, ours in rows]
+    return "\n" + "\n".join(lines)
+
+
 @pytest.fixture(scope="module")
 def table():
     yield TABLE
     if TABLE:
-        width = max(len(row[0]) for row in TABLE)
-        lines = [f"{'loss type':<{width}}  {'TRL 1.16':>14}  {'ours':>14}  relative difference"]
-        lines += [f"{name:<{width}}  {trl:>14.8f}  {ours:>14.8f}  {abs(ours - trl) / max(abs(trl), 1e-12):.2e}"
-                  for name, _, trl, ours in TABLE]
-        print("\n" + "\n".join(lines))
+        print(parity_table("loss type", [(name, trl, ours) for name, _, trl, ours in TABLE]))
+
+
+def reference_of(trainer: Any, peft: bool) -> Callable[[dict], torch.Tensor]:
+    """Our reference log-probs from TRL's trainer: its policy with the adapters off (peft), else its ref_model."""
+
+    def reference(batch: dict) -> torch.Tensor:
+        if peft:
+            with trainer.model.disable_adapter():
+                return sequence_logps(trainer.model, batch).sums
+        return sequence_logps(trainer.ref_model, batch).sums
+
+    return reference
 
 
 def trl_trainer(trainer_class: type, args: Any, chat_model, peft: bool, **extra: Any) -> Any:
@@ -157,12 +175,7 @@ def test_dpo_loss_types_match_trl(dpo_trainers, table, case, mode):
         trl_loss = trainer._compute_loss(model, trainer.data_collator(features()), return_outputs=False).item()
     trl_metrics = {key: values[-1] for key, values in trainer._metrics["eval"].items()}
 
-    def reference(batch: dict) -> torch.Tensor:
-        if mode == "peft":
-            with model.disable_adapter():
-                return sequence_logps(model, batch).sums
-        return sequence_logps(trainer.ref_model, batch).sums
-
+    reference = reference_of(trainer, peft=mode == "peft")
     options = {"loss_type": loss_type, "loss_weights": weights, "label_smoothing": settings.get("label_smoothing", 0.0),
                "discopop_tau": settings.get("discopop_tau", 0.05)}
     ld = settings.get("ld_alpha")

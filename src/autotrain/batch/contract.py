@@ -16,6 +16,10 @@ tensors, so the loss never needs to know the layout:
   `ref_rejected_logps`): chosen sums then rejected sums, in pair order;
 - `pair_weight` [B], only when the rows carry weights (ranked answers: 1 / the pairs of their prompt), in pair
   order: every reduction counts each pair at its weight (autotrain.train.losses);
+- `desirable` [B] bool, only for kto's labelled examples (autotrain.data.unpaired), in example order: whether each
+  example's completion is desirable. An example is laid out as a pair is, its completion as sequence i (chosen's
+  place) and its mismatched KL completion as sequence B + i (rejected's), so both layouts and the precomputed
+  reference log-probs hold it unchanged;
 - `completion_weight` [K], only with LD-DPO (`ld_alpha`): how much each completion target counts in its sequence's
   summed log-prob, 1 for the first min(|chosen|, |rejected|) completion tokens of each side of a pair and ld_alpha
   past them (Liu et al. 2024, "Length Desensitization in Directed Preference Optimization", arXiv 2409.06411). Every
@@ -113,3 +117,10 @@ def pair_weights(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     if "pair_weight" not in features[0]:
         return {}
     return {"pair_weight": torch.tensor([f["pair_weight"] for f in features], dtype=torch.float32)}
+
+
+def labels(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """kto's labels of these examples, as `desirable` [B], if they carry them."""
+    if "label" not in features[0]:
+        return {}
+    return {"desirable": torch.tensor([bool(f["label"]) for f in features], dtype=torch.bool)}

@@ -75,7 +75,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from autotrain.batch.contract import Targets, pair_weights, reference_logps, trained
+from autotrain.batch.contract import Targets, labels, pair_weights, reference_logps, trained
 
 __all__ = ["PAD_SEGMENT", "PROMPT", "CHOSEN", "REJECTED", "PackedCollator", "bucket_width", "dense_mask", "part_of",
            "plan_rows", "prompt_of", "segment", "segment_mask_mod"]
@@ -173,6 +173,7 @@ class PackedCollator:
             "num_real_tokens": sum(sizes),
             **reference_logps(features),
             **pair_weights(features),
+            **labels(features),
         }
         if not self.share_prompt:
             # Every run of equal segment ids is one varlen sequence; row-end padding is one too (it attends only

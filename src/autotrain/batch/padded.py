@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from autotrain.batch.contract import Targets, pair_weights, paired, reference_logps, trained
+from autotrain.batch.contract import Targets, labels, pair_weights, paired, reference_logps, trained
 
 
 @dataclass(frozen=True)
@@ -75,4 +75,5 @@ class PaddedCollator:
             **({"position_ids": position_ids} if self.padding_side == "left" else {}),
             **reference_logps(features),
             **pair_weights(features),
+            **labels(features),
         }

@@ -12,7 +12,8 @@ The key hashes everything that decides the ids:
   post-processor that adds BOS), and the chat template actually used;
 - the settings: columns, max_prompt_length, max_completion_length, the resolved block size, the chat_template
   choice, the rows' shape (pairs, per-turn pairs, ranked answers; the tools and scores columns), --ranked-pairs and
-  --reasoning-loss.
+  --reasoning-loss; for kto's labelled examples the label column, whether pairs were unpaired, and whether each
+  example carries its KL completion (the loss type's).
 
 The data's part of the key is the hash of its file taken before the rows are read; once they are read, the file is
 checked again (its identity, then its hash: autotrain.data.files). A file rewritten or replaced in between is
@@ -52,7 +53,7 @@ __all__ = ["DATA_FILE", "FORMAT", "META_FILE", "TokenCache", "cache_dir", "token
 logger = logging.getLogger("autotrain")
 
 # Bump when rendering or tokenizing changes the ids produced for the same inputs.
-FORMAT = 3
+FORMAT = 4  # 4: kto's labelled examples (a label column, KL completions)
 # What a cache folder that cannot take an entry raises: read-only, full, over quota, too large, not ours.
 _CANNOT_WRITE = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM,
                            errno.ENOTDIR})
@@ -77,24 +78,12 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 def _code_fingerprint() -> str:
     """The source of the modules that turn rows into ids: an edit to them (in development, or a patched install)
     invalidates the cache even when nobody remembered to bump FORMAT."""
-    from autotrain.data import (
-        columns,
-        expand,
-        files,
-        json_file,
-        messages,
-        render,
-        sources,
-        split,
-        templates,
-        thinking,
-        tokenize,
-        turns,
-    )
+    from autotrain.data import (columns, expand, files, json_file, messages, render, sources, split, templates,
+                                thinking, tokenize, turns, unpaired)
 
     digest = hashlib.sha256()
     for module in (split, files, json_file, sources, templates, columns, messages, expand, thinking, turns, render,
-                   tokenize):
+                   tokenize, unpaired):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()
 

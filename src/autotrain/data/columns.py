@@ -6,13 +6,15 @@ Preference data comes as:
   may carry a `rejected` alternative (autotrain.data.expand);
 - ranked answers: a prompt, a `responses` column and a `scores` (higher is better) or `ranking` (1 is best) column.
 Supervised (SFT) data has one completion, text or messages column and maybe a prompt. Any shape may have a `tools`
-column (`--tools-column`; `tools` when the data has one).
+column (`--tools-column`; `tools` when the data has one). A method that takes labelled answers (kto) also reads
+unpaired rows, TRL's format: a prompt, a completion and a `label` (`--label-column`), true for a desirable answer;
+its pairs and per-turn pairs become one desirable and one undesirable example each (autotrain.data.unpaired).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from autotrain.data.split import Split
 from autotrain.errors import DataError, ParamsError
@@ -20,8 +22,9 @@ from autotrain.params import LLMTrainingParams
 
 logger = logging.getLogger("autotrain")
 
-PAIRS, TURNS, RANKED, SUPERVISED = "pairs", "turns", "ranked", "supervised"
+PAIRS, TURNS, RANKED, SUPERVISED, UNPAIRED = "pairs", "turns", "ranked", "supervised", "unpaired"
 RANKED_ANSWERS, SCORE_COLUMNS = "responses", ("scores", "ranking")
+LABEL = "label"  # TRL's unpaired format: true for a desirable completion
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class Columns:
     kind: str = ""
     scores: str | None = None  # ranked answers: the `scores` or `ranking` column
     tools: str | None = None  # the tool definitions the template writes into the prompt
+    label: str | None = None  # unpaired rows: whether the completion is desirable
+    unpair: bool = False  # the method trains on labelled examples (kto): each pair becomes two
 
     @property
     def shape(self) -> str:
@@ -43,22 +48,32 @@ class Columns:
 
     @property
     def paired(self) -> bool:
-        return self.shape != SUPERVISED
+        """Rows of two answers (a rejected one each), as rendered and tokenized."""
+        return self.shape not in (SUPERVISED, UNPAIRED)
+
+    @property
+    def labelled(self) -> bool:
+        """The tokenized rows are labelled examples (kto), from unpaired rows or from pairs."""
+        return self.shape == UNPAIRED or self.unpair
 
     @property
     def unit(self) -> str:
         """What one training item is, for messages and the model card."""
-        return "pairs" if self.paired else "examples"
+        return "pairs" if self.paired and not self.unpair else "examples"
 
     def check(self, split: Split) -> None:
         present = split.columns
-        for name in (self.prompt, self.chosen, self.rejected, self.scores, self.tools):
+        for name in (self.prompt, self.chosen, self.rejected, self.scores, self.tools, self.label):
             if name is not None and name not in present:
                 raise DataError(f"missing; columns present: {', '.join(present)}", path=split.source, column=name)
 
     def describe(self) -> str:
         """The columns line of the model card."""
         tools = f", tools `{self.tools}`" if self.tools else ""
+        if self.shape == UNPAIRED:
+            return f"prompt `{self.prompt}`, completion `{self.chosen}`, label `{self.label}` (true: desirable){tools}"
+        if self.unpair:
+            tools += " (each pair one desirable and one undesirable example)"
         if self.shape == TURNS:
             return (f"conversations `{self.chosen}` (per-turn pairs: each assistant message carrying a rejected "
                     f"alternative){tools}")
@@ -74,8 +89,9 @@ class Columns:
 DEFAULT_TEXT_COLUMN: str = LLMTrainingParams.model_fields["text_column"].default
 
 
-def resolve_columns(params: LLMTrainingParams, split: Split, paired: bool = True) -> Columns:
-    """Pick the columns, falling back to prompt/chosen/rejected when the user named none, and say so."""
+def resolve_columns(params: LLMTrainingParams, split: Split, paired: bool = True, labelled: bool = False) -> Columns:
+    """Pick the columns, falling back to prompt/chosen/rejected when the user named none, and say so. `labelled`:
+    the method trains on labelled examples (kto), from unpaired rows or from pairs."""
     if not paired:
         return _supervised_columns(params, split)
     present = split.columns
@@ -84,17 +100,44 @@ def resolve_columns(params: LLMTrainingParams, split: Split, paired: bool = True
         prompt = "prompt"
         logger.info("prompt_text_column not given: using the data's 'prompt' column")
     rejected = params.rejected_text_column
+    unpaired = rejected is None and (params.label_column is not None or ("rejected" not in present
+                                                                         and LABEL in present))
+    if labelled and unpaired:
+        return _checked(_unpaired(params, split, prompt), split)
+    if not labelled:
+        return _preference_columns(params, split, prompt)
+    try:
+        columns = _preference_columns(params, split, prompt)
+    except DataError as exc:
+        if "no rejected column" not in str(exc):
+            raise
+        raise DataError(f"{exc}; --trainer {params.trainer} also reads unpaired rows: a prompt, a completion and a "
+                        f"'{LABEL}' column (--label-column)") from None
+    if columns.shape == RANKED:
+        raise DataError(f"ranked answers make pairs in which one answer is chosen in one pair and rejected in another; "
+                        f"--trainer {params.trainer} needs each answer labelled once: give prompt, completion and "
+                        f"{LABEL} rows", path=split.source)
+    return replace(columns, unpair=True)
+
+
+def _preference_columns(params: LLMTrainingParams, split: Split, prompt: str | None) -> Columns:
+    present, rejected = split.columns, params.rejected_text_column
     if rejected is None and "rejected" not in present:
         return _checked(_other_shape(params, split, prompt), split)
-    chosen = params.text_column
-    if chosen == DEFAULT_TEXT_COLUMN and chosen not in present and "chosen" in present:
-        chosen = "chosen"
-        logger.info("text_column is '%s' (the default) and the data has no such column: using 'chosen'",
-                    DEFAULT_TEXT_COLUMN)
+    chosen = _answer_column(params, present, "chosen")
     if rejected is None:
         rejected = "rejected"
         logger.info("rejected_text_column not given: using the data's 'rejected' column")
     return _checked(Columns(prompt, chosen, rejected, tools=_tools(params, present)), split)
+
+
+def _answer_column(params: LLMTrainingParams, present: list[str], fallback: str) -> str:
+    """--text-column, or `fallback` when it was left at its default and the data has no such column (logged)."""
+    if params.text_column == DEFAULT_TEXT_COLUMN and params.text_column not in present and fallback in present:
+        logger.info("text_column is '%s' (the default) and the data has no such column: using '%s'",
+                    DEFAULT_TEXT_COLUMN, fallback)
+        return fallback
+    return params.text_column
 
 
 def _other_shape(params: LLMTrainingParams, split: Split, prompt: str | None) -> Columns:
@@ -121,6 +164,19 @@ def _other_shape(params: LLMTrainingParams, split: Split, prompt: str | None) ->
     return Columns(None, conversation, None, kind=TURNS, tools=tools)
 
 
+def _unpaired(params: LLMTrainingParams, split: Split, prompt: str | None) -> Columns:
+    """TRL's unpaired rows: a prompt, a completion and a label column."""
+    present = split.columns
+    label = params.label_column or LABEL
+    if params.label_column is None:
+        logger.info("label_column not given: reading unpaired rows, labelled by the data's '%s' column", LABEL)
+    completion = _answer_column(params, present, "completion")
+    if prompt is None:
+        raise DataError(f"unpaired rows (completion and {label}) need a prompt column (--prompt-text-column); "
+                        f"columns present: {', '.join(present)}", path=split.source)
+    return Columns(prompt, completion, None, kind=UNPAIRED, tools=_tools(params, present), label=label)
+
+
 def _tools(params: LLMTrainingParams, present: list[str]) -> str | None:
     if params.tools_column is not None:
         return params.tools_column
@@ -137,7 +193,8 @@ def _distinct(columns: Columns) -> None:
     """Two roles read from one column would train the prompt as its own answer, or an answer against itself."""
     answer = "chosen answer" if columns.rejected is not None else "completion"
     roles = [("prompt", "--prompt-text-column", columns.prompt), (answer, "--text-column", columns.chosen),
-             ("rejected answer", "--rejected-text-column", columns.rejected), ("tools", "--tools-column", columns.tools)]
+             ("rejected answer", "--rejected-text-column", columns.rejected),
+             ("tools", "--tools-column", columns.tools), ("label", "--label-column", columns.label)]
     for i, (role, flag, name) in enumerate(roles):
         for other_role, other_flag, other_name in roles[i + 1 :]:
             if name is not None and name == other_name:

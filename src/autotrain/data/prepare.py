@@ -14,11 +14,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from autotrain.params import methods
 from autotrain.data.cache import TokenCache
 from autotrain.data.render import Columns, Renderer, pick_template, resolve_columns
 from autotrain.data.sources import Split, load_split
 from autotrain.data.split import Sampled
 from autotrain.data.tokenize import Limits, TokenizedSplit, resolve_block_size, write_tokens
+from autotrain.data.unpaired import weight_advice
 from autotrain.errors import DataError, ParamsError
 from autotrain.params import LLMTrainingParams
 
@@ -57,7 +59,7 @@ def open_data(params: LLMTrainingParams, paired: bool = True) -> OpenedData:
         train_raw = Sampled.evenly(train_raw, params.max_samples)
         if valid_raw is not None:
             valid_raw = Sampled.first(valid_raw, max(1, params.max_samples // 5))
-    columns = resolve_columns(params, train_raw, paired)
+    columns = resolve_columns(params, train_raw, paired, labelled=methods.spec(params.trainer).labelled)
     if valid_raw is not None:
         columns.check(valid_raw)  # the same columns must exist there too
     for split in (train_raw, valid_raw) if params.image_column else ():
@@ -102,16 +104,21 @@ def prepare_data(params: LLMTrainingParams, tokenizer: Any, model_max: int | Non
         block_size=resolve_block_size(params.block_size, longest_input(params, model_max)),
     )
     renderer = Renderer(tokenizer, template, columns, params.reasoning_loss, params.ranked_pairs)
+    method = params.method_settings()
+    # Labelled examples (kto) carry each one's mismatched KL completion when the loss reads a KL reference point.
+    kl = columns.labelled and method.losses[0].name == "kto"
     settings = {"columns": [columns.prompt, columns.chosen, columns.rejected], "chat_template": params.chat_template,
                 "add_eos_token": params.add_eos_token, "shape": [columns.shape, columns.scores, columns.tools],
                 "reasoning_loss": params.reasoning_loss, "ranked_pairs": params.ranked_pairs}
+    if columns.labelled:
+        settings["examples"] = [columns.label, columns.unpair, kl]
     cache = TokenCache(tokenizer, template, settings, limits,
                        keep=params.save_processed_data != "none" and processor is None)
 
     def tokenized(split: Split, name: str, extra: dict[str, Any] | None = None) -> TokenizedSplit:
         # called with the Arrow file to write
-        build = partial(write_tokens, split, renderer, tokenizer, limits, eos=params.add_eos_token)
-        if processor is not None:
+        build = partial(write_tokens, split, renderer, tokenizer, limits, eos=params.add_eos_token, kl_completions=kl)
+        if processor is not None:  # never labelled: kto with --image-column is refused with the params
             from autotrain.data.images import image_root
             from autotrain.data.vision_tokens import VisionRenderer, write_vision_tokens
 
@@ -122,6 +129,11 @@ def prepare_data(params: LLMTrainingParams, tokenizer: Any, model_max: int | Non
         return cache.get(split, cache.key(split, name, extra), build)
 
     train = tokenized(train_raw, params.train_split)
+    if columns.labelled:
+        advice = weight_advice(train.made["desirable"], train.made["undesirable"],
+                               method.values["desirable_weight"], method.values["undesirable_weight"])
+        if advice:
+            logger.warning("%s: %s", train_raw.source, advice)
     valid = None
     if valid_raw is not None:
         # Validation rows must have the training rows' shape (strings or messages); on a cached train split the

@@ -28,7 +28,8 @@ Preference rows come in these shapes (autotrain.data.columns picks which):
 - conversational: the prompt is a message list, chosen/rejected an assistant message (a list or a string);
 - full conversations: chosen and rejected are whole message lists that share the prompt as a common prefix
   (with or without a prompt column);
-- per-turn pairs and ranked answers: several pairs from one row (autotrain.data.expand), each rendered as above.
+- per-turn pairs and ranked answers: several pairs from one row (autotrain.data.expand), each rendered as above;
+- unpaired (kto): a prompt and one completion, rendered as an SFT prompt and completion, with its `label`.
 
 Messages may call tools and carry reasoning (autotrain.data.messages); a `tools` column is given to the template
 for every text of its row. What a template does not write is refused, never trained silently without it: tool
@@ -40,15 +41,16 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from autotrain.data.columns import RANKED, TURNS, Columns, resolve_columns
+from autotrain.data.columns import RANKED, TURNS, UNPAIRED, Columns, resolve_columns
 from autotrain.data.expand import marked_turns, ranked_pairs, ranked_values
 from autotrain.data.messages import REJECTED_KEY, Messages, checked, checked_value, has_calls, said, tools_value
 from autotrain.data.templates import CHATML_TEMPLATE, NAMED_TEMPLATES, ZEPHYR_TEMPLATE, pick_template, render
 from autotrain.data.thinking import turn_pieces, writes_reasoning
 from autotrain.data.turns import Pieces, as_answer, pieces, split_pair
+from autotrain.data.unpaired import label_value
 from autotrain.errors import DataError
 
 __all__ = ["CHATML_TEMPLATE", "NAMED_TEMPLATES", "ZEPHYR_TEMPLATE", "Columns", "RenderedPair", "Renderer",
@@ -71,6 +73,7 @@ class RenderedPair:
     rejected_pieces: Pieces | None = None
     # Ranked answers: the pairs of one row share a group, and weigh 1 / (their number kept) together. -1: weight 1.
     group: int = -1
+    label: bool | None = None  # unpaired rows: whether the completion (`chosen`) is desirable
 
 
 class Renderer:
@@ -110,6 +113,9 @@ class Renderer:
             return self._turn_pairs(row, where)
         if kind == RANKED:
             return self._ranked_pairs(row, where)
+        if kind == UNPAIRED:
+            answer = self(row, where)
+            return [answer if answer.blank else replace(answer, label=label_value(row, self.columns.label, where))]
         return [self(row, where)]
 
     def __call__(self, row: dict[str, Any], where: object) -> RenderedPair:

@@ -22,6 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from autotrain.data import unpaired
 from autotrain.data.columns import RANKED
 from autotrain.data.render import RenderedPair, Renderer
 from autotrain.data.split import Location, Split
@@ -121,27 +122,33 @@ def resolve_block_size(block_size: int, model_max: int | None) -> int:
 
 
 def tokenize_split(split: Split, renderer: Renderer, tokenizer: Any, limits: Limits, path: Path,
-                   eos: bool = True) -> TokenizedSplit:
+                   eos: bool = True, kl_completions: bool = False) -> TokenizedSplit:
     """`write_tokens` to `path`, then memory-map it."""
-    return TokenizedSplit.open(path, write_tokens(split, renderer, tokenizer, limits, path, eos=eos))
+    return TokenizedSplit.open(path, write_tokens(split, renderer, tokenizer, limits, path, eos=eos,
+                                                  kl_completions=kl_completions))
 
 
 def write_tokens(split: Split, renderer: Renderer, tokenizer: Any, limits: Limits, path: Path,
-                 eos: bool = True) -> TokenCounts:
+                 eos: bool = True, kl_completions: bool = False) -> TokenCounts:
     """Tokenize every row into an Arrow file at `path`; truncate; drop (and count) pairs that cannot train.
-    `eos`: end each completion with EOS where no chat template ends it (aitraining's add_eos_token).
+    `eos`: end each completion with EOS where no chat template ends it (aitraining's add_eos_token). Labelled
+    examples (kto: `renderer.columns.labelled`) are written as autotrain.data.unpaired lays them out, with each one's
+    KL completion when `kl_completions`.
 
     A bad row raises DataError and leaves `path` incomplete: the caller writes it somewhere it can discard.
     """
     if renderer.template is None and eos and tokenizer.eos_token_id is None:
         raise DataError("the tokenizer has no EOS token, needed to end completions without a chat template")
-    paired = renderer.columns.paired
+    paired, labelled = renderer.columns.paired, renderer.columns.labelled
     renderer.made.clear()  # one renderer reads the training split, then the validation split
     weighted = renderer.columns.shape == RANKED
     dropped, truncated, rows = Counter(), Counter(), 0
     tokenize = partial(_tokenize, tokenizer=tokenizer, templated=renderer.templated, paired=paired, limits=limits,
-                       dropped=dropped, truncated=truncated, add_eos=eos, weighted=weighted)
-    with _progress(split) as bar, _ArrowSink(path, supervised=not paired, weighted=weighted) as sink:
+                       dropped=dropped, truncated=truncated, add_eos=eos, weighted=weighted, labelled=labelled)
+    if labelled:  # pairs become two examples each; unpaired rows keep their labels
+        tokenize = lambda batch, done=tokenize: unpaired.examples(done(batch), paired, renderer.made)  # noqa: E731
+    with _progress(split) as bar, _ArrowSink(path, supervised=not paired and not labelled, weighted=weighted,
+                                             labelled=labelled) as sink:
         batch: list[RenderedPair] = []
         for number, row in split.rows(advance=bar.update):
             rows += 1
@@ -156,6 +163,8 @@ def write_tokens(split: Split, renderer: Renderer, tokenizer: Any, limits: Limit
                 sink.add(tokenize(batch))
                 batch = []
         sink.add(tokenize(batch))
+    if kl_completions and sink.rows:
+        unpaired.add_kl_completions(path, split.source)
     counts = TokenCounts(sink.rows, rows, dropped, truncated, renderer.shape, +renderer.made)
     report(split.source, counts)
     return counts
@@ -163,16 +172,18 @@ def write_tokens(split: Split, renderer: Renderer, tokenizer: Any, limits: Limit
 
 def _tokenize(
     batch: list[RenderedPair], tokenizer: Any, templated: bool, paired: bool, limits: Limits, dropped: Counter,
-    truncated: Counter, add_eos: bool = True, weighted: bool = False,
+    truncated: Counter, add_eos: bool = True, weighted: bool = False, labelled: bool = False,
 ) -> list[list]:
     """The kept pairs of a batch as columns of ids: prompt, chosen, rejected, then the masks (1 for a trained token,
     0 for a context turn's): chosen_mask for supervised rows (not `paired`, whose rejected is empty), chosen_mask
     and rejected_mask for pairs (empty where the whole completion is trained); with `weighted`, each pair's weight,
-    1 / (the pairs kept from its row)."""
+    1 / (the pairs kept from its row); `labelled` unpaired rows (not `paired`), each one's label."""
     columns: list[list[list[int]]] = [[], [], [], [], []] if paired else [[], [], [], []]
     groups: list[int] = []
+    labels: list[bool | None] = []
+    extra = weighted or (labelled and not paired)  # one more column: the weights, or the labels
     if not batch:
-        return columns + ([[]] if weighted else [])
+        return columns + ([[]] if extra else [])
     # With a template, the rendered text already holds BOS (if the model uses one) and the turn markers.
     prompts = _encode(tokenizer, [p.prompt for p in batch], special=not templated)
     # Every completion piece in one call (chosen and rejected, or a conversation's turns): one larger batch keeps
@@ -214,9 +225,12 @@ def _tokenize(
         for column, value in zip(columns, values):
             column.append(value)
         groups.append(batch[index].group)
+        labels.append(batch[index].label)
     if weighted:  # after the drops above, so the pairs a prompt keeps always weigh 1 together
         kept = Counter(groups)
         columns.append([1.0 / kept[group] for group in groups])
+    elif labelled and not paired:
+        columns.append(labels)
     return columns
 
 
@@ -228,14 +242,15 @@ class _ArrowSink:
     the file into the process's RSS.
     """
 
-    def __init__(self, path: Path, supervised: bool = False, weighted: bool = False):
+    def __init__(self, path: Path, supervised: bool = False, weighted: bool = False, labelled: bool = False):
         import pyarrow as pa
 
         self.pa, self.path = pa, path
         fields = [(name, pa.list_(pa.int32())) for name in ID_COLUMNS]
         masks = [MASK_COLUMN] if supervised else [MASK_COLUMN, REJECTED_MASK_COLUMN]
         weights = [(WEIGHT_COLUMN, pa.float32())] if weighted else []
-        self.schema = pa.schema(fields + [(name, pa.list_(pa.int8())) for name in masks] + weights)
+        labels = [(unpaired.LABEL_COLUMN, pa.bool_())] if labelled else []
+        self.schema = pa.schema(fields + [(name, pa.list_(pa.int8())) for name in masks] + weights + labels)
         self.pending: list[Any] = []
         self.pending_bytes = 0
         self.rows = 0
@@ -313,6 +328,7 @@ def made_lines(made: Counter) -> list[str]:
         return f"{count} {unit if count != 1 else unit.removesuffix('s')}"
 
     lines = []
+    lines += unpaired.example_lines(made)
     if made["conversations"]:
         lines.append(f"{counted(made['conversations'], 'conversations')} -> {counted(made['pairs'], 'pairs')}, one "
                      "per assistant turn carrying a rejected alternative")

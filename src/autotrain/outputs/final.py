@@ -305,7 +305,8 @@ def write_card(project: Path, params: LLMTrainingParams, base_model: str, data: 
         "---",
         "library_name: transformers",
         f"base_model: {base_model}",
-        f"tags: [aitraining, {params.method}" + (", preference-tuning]" if data.columns.paired else "]"),
+        f"tags: [aitraining, {params.method}" + (", preference-tuning]" if data.columns.paired or data.columns.labelled
+                                                 else "]"),
         "---",
         f"# {Path(params.project_name).name}",
         "",

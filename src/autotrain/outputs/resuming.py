@@ -43,10 +43,10 @@ _TRAINED = ("model", "model_ref", "trust_remote_code", "quantization", "peft", "
             "target_modules", "train_vision")
 _DATA = ("data_path", "train_split", "valid_split", "text_column", "prompt_text_column", "rejected_text_column",
          "image_column", "max_samples", "model_max_length", "max_prompt_length", "max_completion_length", "block_size",
-         "add_eos_token", "chat_template", "apply_chat_template", "tools_column", "ranked_pairs")
+         "add_eos_token", "chat_template", "apply_chat_template", "tools_column", "ranked_pairs", "label_column")
 _OBJECTIVE = ("trainer", "dpo_beta", "simpo_gamma", "cpo_alpha", "prompt_loss", "response_only_loss",
               "disable_dropout", "reasoning_loss", "loss_type", "loss_weights", "label_smoothing", "ld_alpha",
-              "alphapo_alpha", "discopop_tau")
+              "discopop_tau", "alphapo_alpha", "desirable_weight", "undesirable_weight")
 _STATE = ("batch_size", "gradient_accumulation", "seed", "optimizer", "weight_decay", "scheduler",
           "distributed_backend", "deepspeed_stage")
 # The learning-rate schedule's peak and length: applied by setting the rates from the new schedule.

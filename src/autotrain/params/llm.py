@@ -97,6 +97,10 @@ class LLMTrainingParams(*reversed([section for _, section in SECTIONS])):  # typ
             raise ValueError(f"use_sweep optimises {self.sweep_metric} on the validation split: add --valid-split")
         if self.sample_answers and not self.valid_split:
             raise ValueError("sample_answers answers validation prompts: add --valid-split")
+        if self.image_column is not None and methods.spec(self.trainer).labelled:
+            raise ValueError(f"image_column: --trainer {self.trainer} trains on labelled single answers, which the "
+                             "vision-language path does not read (it takes pairs and supervised rows); train kto on "
+                             "text, or dpo on image pairs")
         if self.judge and self.image_column is not None:
             raise ValueError("judge: the judges read prompts as text, and this run's prompts hold images they cannot "
                              "see; leave --judge out of a run with --image-column")

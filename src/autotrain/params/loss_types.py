@@ -1,4 +1,4 @@
-"""The --loss-type menu of `dpo` and `cpo` (TRL's `loss_type` names), torch-free: each loss's name, its title as
+"""The --loss-type menu of `dpo`, `cpo` and `kto` (TRL's `loss_type` names), torch-free: each loss's name, its title as
 papers write it, when to choose it, and its authors' values for the settings it reads.
 
 The formulas are autotrain.train.pair_losses' (pure tensor functions, one per loss); this table is what the params, the
@@ -8,7 +8,8 @@ the authors' (the paper's, as TRL's paper index reproduces it), or, where the pa
 
 Settings a loss reads, by the keyword the method's terms take (the params field in brackets):
   beta (--dpo-beta), label_smoothing (--label-smoothing), discopop_tau (--discopop-tau), gamma (--simpo-gamma),
-  alphapo_alpha (--alphapo-alpha), alpha (--cpo-alpha: the NLL weight of cpo).
+  alphapo_alpha (--alphapo-alpha), alpha (--cpo-alpha: the NLL weight of cpo), desirable_weight and
+  undesirable_weight (--desirable-weight, --undesirable-weight: kto's class weights).
 `ld_alpha` (--ld-alpha, LD-DPO) is not a loss's: it reweighs the log-probs every dpo loss reads (the collators'
 `completion_weight`), so it applies to any dpo loss type.
 
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
-__all__ = ["CPO_LOSSES", "DPO_LOSSES", "LossType", "NOT_OFFERED"]
+__all__ = ["CPO_LOSSES", "DPO_LOSSES", "KTO_LOSSES", "LossType", "NOT_OFFERED"]
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,20 @@ CPO_LOSSES: Mapping[str, LossType] = _table(
              "curbs the likelihood displacement of the chosen answers",
              {"beta": 2.5, "gamma": 0.1, "alphapo_alpha": 0.25, "alpha": 0.0},
              accuracy="chosen mean token log-prob > rejected"),
+)
+
+# KTO's menu: unpaired examples, each desirable or not, against a frozen reference; lambda_D and lambda_U weigh the two
+# classes. The authors' values are their code's (HALOs, config/loss/kto.yaml: beta 0.1, both weights 1); the paper
+# advises lambda_D n_D / (lambda_U n_U) in [1, 4/3] for classes of unequal size (its eq. 8, TRL's warning).
+_KTO_WEIGHTS = {"desirable_weight": 1.0, "undesirable_weight": 1.0}
+KTO_LOSSES: Mapping[str, LossType] = _table(
+    LossType("kto", "KTO", "Ethayarajh et al. 2024, arXiv 2402.01306 (defaults: the authors' HALOs code)",
+             "answers rated one at a time (thumbs up or down) rather than in pairs, or classes of unequal size: "
+             "each answer's log-ratio against a KL reference point z0", {"beta": 0.1, **_KTO_WEIGHTS}),
+    LossType("apo_zero_unpaired", "unpaired APO-zero", "D'Oosterlinck et al. 2024, arXiv 2408.06266",
+             "unpaired answers, desirable ones better than the model's own: raises their likelihood, lowers the "
+             "others', no KL reference point (one forward less per example)", {"beta": 0.1, **_KTO_WEIGHTS},
+             trl_defaults=tuple(_KTO_WEIGHTS)),
 )
 
 NOT_OFFERED: Mapping[str, str] = MappingProxyType(dict.fromkeys(

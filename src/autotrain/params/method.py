@@ -16,7 +16,8 @@ TRAINER_NAMES: tuple[str, ...] = methods.NAMES
 # The settings a method's terms take, by keyword, and the params field that gives each.
 SETTING_FIELDS: dict[str, str] = {"beta": "dpo_beta", "gamma": "simpo_gamma", "alpha": "cpo_alpha",
                                   "label_smoothing": "label_smoothing", "discopop_tau": "discopop_tau",
-                                  "alphapo_alpha": "alphapo_alpha"}
+                                  "alphapo_alpha": "alphapo_alpha", "desirable_weight": "desirable_weight",
+                                  "undesirable_weight": "undesirable_weight"}
 _MENUS = {name: spec.losses for name, spec in methods.SPECS.items() if spec.losses}
 
 
@@ -42,7 +43,7 @@ class MethodParams(Schema):
     loss_type: tuple[str, ...] | None = Field(
         None,
         description="TRL's loss_type (" + "; ".join(map(_menu_help, _MENUS)) + "); dpo sums several (sigmoid,sft: "
-        "RPO). none: sigmoid.",
+        "RPO); none: the first.",
     )
     loss_weights: tuple[float, ...] | None = Field(
         None, description="One weight > 0 per --loss-type; none: 1 each."
@@ -62,6 +63,8 @@ class MethodParams(Schema):
     alphapo_alpha: float | None = Field(
         None, description="AlphaPO's reward shape; none: 0.25, the paper's."
     )
+    desirable_weight: float | None = Field(None, gt=0, description="kto: a desirable example's weight (none: 1).")
+    undesirable_weight: float | None = Field(None, gt=0, description="kto: an undesirable one's (none: 1).")
     simpo_gamma: float | None = Field(
         None,
         ge=0,
@@ -76,13 +79,12 @@ class MethodParams(Schema):
     )
     model_ref: str | None = Field(
         None,
-        description="DPO reference model (a folder or hub id). Default: the base model itself; with --peft, the same "
-        "weights with the adapters disabled, so no second copy is loaded.",
+        description="Reference model of dpo and kto (folder or hub id). Default: the base model; with --peft, its "
+        "weights with the adapters off.",
     )
     precompute_ref_logps: bool = Field(
         False,
-        description="DPO: compute the reference log-probs once per dataset before training (one pass, then no "
-        "reference forward per step).",
+        description="dpo, kto: the reference log-probs computed once per dataset before training, not per step.",
     )
     prompt_loss: bool = Field(
         False,
@@ -96,9 +98,8 @@ class MethodParams(Schema):
     )
     disable_dropout: bool = Field(
         True,
-        description="Turn off the model's dropout (its nn.Dropout modules and attention-dropout probabilities) in the "
-        "model being trained and in every DPO reference, as TRL does by default: the loss is then a function of the "
-        "weights alone, the same packed or padded. LoRA's own dropout is --lora-dropout, kept as given.",
+        description="Turn off dropout (modules, attention) in the model and its reference, as TRL does: the loss is "
+        "then a function of the weights alone, packed or padded. LoRA's: --lora-dropout.",
     )
 
     @field_validator("trainer")
@@ -129,8 +130,9 @@ class MethodParams(Schema):
         if spec.losses is None:
             for name in ("loss_type", "loss_weights"):
                 if getattr(self, name) is not None:
-                    raise ValueError(f"{name} applies to --trainer {' and '.join(_MENUS)} only (trainer is "
-                                     f"{self.trainer})")
+                    menus = list(_MENUS)
+                    raise ValueError(f"{name} applies to --trainer {', '.join(menus[:-1])} and {menus[-1]} only "
+                                     f"(trainer is {self.trainer})")
             return (), ()
         names = self.loss_type or (next(iter(spec.losses)),)
         for name in names:

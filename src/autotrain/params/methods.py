@@ -5,6 +5,8 @@ terms, built on autotrain.model.forward.sequence_logps and a pure loss of autotr
 and says, without importing it (so without torch), what the rest of the tool needs to know early:
 
 - `paired`: its rows need a rejected completion (the data stage opens preference columns);
+- `labelled`: its rows may instead be single answers labelled desirable or not (`prompt`, `completion`, `label`:
+  TRL's unpaired format), and its pairs become one desirable and one undesirable example each (kto);
 - `needs_reference`: it compares against a frozen reference model (the run loads one, and --model-ref and
   --precompute-ref-logps apply to it only);
 - `accuracy`: what its logged `rewards/accuracies` counts, as the run summary and the model card say it (None: the
@@ -16,7 +18,7 @@ and says, without importing it (so without torch), what the rest of the tool nee
   `beta` (--dpo-beta; None: the method has none), and in `options` the others its terms take: `gamma` (SimPO's
   margin, default `gamma_per_beta` x beta) and `alpha` (the NLL weight, default `alpha`); `title` is its name as
   papers write it, `nll_title` its name once alpha > 0 adds an NLL term it has not by default (CPO-SimPO);
-- `losses`: its --loss-type menu (autotrain.params.loss_types), where it has one (dpo, cpo): each loss's own
+- `losses`: its --loss-type menu (autotrain.params.loss_types), where it has one (dpo, cpo, kto): each loss's own
   settings and their authors' values, which then take the place of the spec's.
 
 The params' list of --trainer choices is `NAMES`; the trainer and the project look a method up here, by the name the
@@ -30,13 +32,18 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from autotrain.params.loss_types import CPO_LOSSES, DPO_LOSSES, LossType
+from autotrain.params.loss_types import CPO_LOSSES, DPO_LOSSES, KTO_LOSSES, LossType
 
-__all__ = ["ALIASES", "NAMES", "PAIR_METRICS", "SPECS", "MethodSpec", "canonical", "load", "spec"]
+__all__ = ["ALIASES", "KTO_METRICS", "NAMES", "PAIR_METRICS", "SPECS", "MethodSpec", "canonical", "load", "spec"]
 
 # What every preference method logs (autotrain.train.methods.base.reward_metrics), under TRL's names.
 PAIR_METRICS: tuple[str, ...] = ("rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen",
                                  "logps/rejected", "rewards/accuracies", "rewards/ties")
+
+# What KTO logs, as TRL's KTOTrainer: the KL reference point, and each class's mean reward and log-prob (rewards/chosen
+# over the desirable examples, rewards/rejected over the undesirable ones, rewards/margins their difference).
+KTO_METRICS: tuple[str, ...] = ("kl", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen",
+                                "logps/rejected")
 
 
 IMPLEMENTATIONS = "autotrain.train.methods"  # one module per method, named as the method
@@ -62,6 +69,7 @@ class MethodSpec:
     positive_beta: bool = False
     metrics: tuple[str, ...] = PAIR_METRICS
     losses: Mapping[str, LossType] | None = None  # its --loss-type menu; the first is the default
+    labelled: bool = False  # also reads unpaired rows (prompt, completion, label); its pairs become two examples
 
     @property
     def module(self) -> str:
@@ -92,6 +100,11 @@ SPECS: dict[str, MethodSpec] = {
                    help="+ NLL, no reference model; --loss-type",
                    beta=0.1, options=("alpha", "loss_type", "label_smoothing", "gamma", "alphapo_alpha"), alpha=1.0,
                    positive_beta=True, losses=CPO_LOSSES),
+        # KTO: a frozen reference like DPO; beta and the class weights its authors' (autotrain.params.loss_types).
+        MethodSpec("kto", paired=True, needs_reference=True, accuracy=None, labelled=True,
+                   help="answers labelled good or bad, a frozen reference; --loss-type",
+                   options=("loss_type", "desirable_weight", "undesirable_weight"),
+                   positive_beta=True, metrics=KTO_METRICS, losses=KTO_LOSSES),
         MethodSpec("sft", paired=False, needs_reference=False, accuracy=None,
                    help="NLL on the completion or text", beta=None, metrics=()),
     )

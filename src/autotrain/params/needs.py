@@ -48,6 +48,7 @@ def _either(names: list[str]) -> str:
 
 _PAIRED = _either([spec.name for spec in methods.SPECS.values() if spec.paired])
 _WITH_BETA = _either([spec.name for spec in methods.SPECS.values() if spec.beta is not None])
+_LABELLED = _either([spec.name for spec in methods.SPECS.values() if spec.labelled])
 
 
 MIN_LR_SCHEDULERS = ("cosine_with_min_lr", "cosine_warmup_with_min_lr")
@@ -63,6 +64,8 @@ _JUDGE = Need("judge", lambda p: p.judge is not None, "the judged comparison", "
 NEEDS: dict[str, Need] = {
     "rejected_text_column": Need("trainer", lambda p: methods.spec(p.trainer).paired,
                                  f"--trainer {_PAIRED}", None, {"trainer": "orpo"}),
+    "label_column": Need("trainer", lambda p: methods.spec(p.trainer).labelled, f"--trainer {_LABELLED}", None,
+                         {"trainer": "kto"}),
     "dpo_beta": Need("trainer", lambda p: methods.spec(p.trainer).beta is not None,
                      f"--trainer {_WITH_BETA}", None, {"trainer": "orpo"}),
     "eval_strategy": _EVALUATION,

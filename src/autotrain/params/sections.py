@@ -86,6 +86,10 @@ class DataParams(Schema):
         "trains a vision-language model.",
     )
     train_vision: bool = Field(False, description="With --image-column, also train the vision encoder (else frozen).")
+    label_column: str | None = Field(
+        None, description="kto's unpaired rows: the column saying whether each completion is desirable (true) or not "
+        "(false). Default: 'label' when the data has one and no rejected column."
+    )
     trust_remote_code: bool = Field(False, description="Allow the model's own Python code from its repository.")
     max_samples: int | None = Field(
         None,

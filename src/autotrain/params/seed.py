@@ -35,7 +35,8 @@ OURS_ONLY: frozenset[str] = frozenset({
     "trust_remote_code", "precompute_ref_logps", "prompt_loss", "disable_dropout", "max_steps", "deepspeed_stage",
     "eval_steps", "sample_answers", "simpo_gamma", "cpo_alpha", "min_lr_rate", "tools_column", "ranked_pairs",
     "reasoning_loss", "train_vision", "loss_type", "loss_weights", "label_smoothing", "ld_alpha", "discopop_tau",
-    "alphapo_alpha", "judge", "judge_prompts", "judge_template", "judge_max_prompts",
+    "alphapo_alpha", "label_column", "desirable_weight", "undesirable_weight", "judge", "judge_prompts",
+    "judge_template", "judge_max_prompts",
 })
 
 # Each is (what the field is for in aitraining, what to do here instead or "").

@@ -21,12 +21,22 @@ A step's loss is defined over all of the step's pairs, on every process, never p
     SimPO: as CPO on mean instead of summed log-probs, with a margin gamma: -log sigma(beta * (c - r) - gamma);
            alpha = 0 is SimPO itself, alpha > 0 CPO-SimPO
     SFT:   L = (sum of NLL over the step's NLL tokens) / N_tokens
+    KTO:   L = (sum over examples of lambda_y * l(example; z0)) / N_examples (autotrain.train.pair_losses.kto_loss), where
+           z0 = kl_baseline over the whole step: max(0, mean over the step's examples of log pi(y'|x) - log ref(y'|x))
+           on each example's mismatched completion y', without gradient
 
 N_tokens counts the step's NLL targets (`in_nll`: the chosen completion tokens, and the chosen side's prompt tokens
 with prompt_loss; SFT: the trained completion tokens) and N_pairs its units: pairs (SFT: examples; a method on
 unpaired rows counts its examples, each a row of PairTerms), both summed over
 the step's micro-batches and over all processes. So the NLL is a token mean over the whole step, never a mean of
 per-micro-batch means, and batch 4 x accumulation 1, 2 x 2, 1 x 4 and 2 processes x 2 x 1 train on one gradient.
+
+KTO's z0 enters every example's loss inside a sigmoid, so no sum of micro-batch shares could reduce a per-micro-batch
+z0 to the step's: TRL's KTOTrainer takes it per micro-batch (the mean over the micro-batch, then over the processes),
+so its objective changes with the accumulation. Here z0 is the step's (the paper's batch estimate, over the batch
+the optimizer steps on): the trainer takes it in a no-grad pass over the step's micro-batches before the first one
+(summed over the processes) and hands it to each; a step of one micro-batch on one process reads its own, which is
+the same number (TRL's). An evaluation takes z0 over its whole split the same way.
 
 Weighted pairs (`PairTerms.weight`, `pair_counts`): the pairs made from one prompt's ranked answers each weigh
 1 / (their number), so that each prompt counts once. Every sum above is then a weighted sum (a pair's NLL and its
@@ -40,7 +50,8 @@ the share is the micro-batch's own loss (one micro-batch, one process). A term t
 (`PairTerms.batch_term`, e.g. an MoE router's auxiliary loss) is averaged over the step's micro-batches (over all
 processes). Metrics reduce the same way
 (`reduce_columns`): nll_loss is a token mean, every other metric a mean over pairs, over a logging window or a whole
-evaluation split.
+evaluation split; a metric of a subset of the rows (KTO's rewards/chosen: its desirable examples) a mean over that
+subset (`Subsets`).
 """
 
 from __future__ import annotations
@@ -54,8 +65,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["CpoOutput", "OrpoOutput", "PairTerms", "compute_dtype", "cpo_loss", "log1mexp", "orpo_loss",
-           "pair_counts", "reduce_columns", "simpo_loss", "step_loss"]
+__all__ = ["CpoOutput", "OrpoOutput", "PairTerms", "Subsets", "compute_dtype", "cpo_loss", "kl_baseline", "log1mexp",
+           "orpo_loss", "pair_counts", "reduce_columns", "simpo_loss", "step_loss"]
 
 _LN2 = math.log(2.0)
 
@@ -258,13 +269,50 @@ def step_loss(nll_sum: Tensor, pair_loss_sum: Tensor, num_tokens: Tensor | float
     return loss
 
 
-def reduce_columns(sums: Mapping[str, Tensor | float], nll_weight: float) -> dict[str, Tensor | float]:
+def kl_baseline(kl_sum: Tensor, count: Tensor | float) -> Tensor:
+    """KTO's reference point z0 (Ethayarajh et al. 2024, eq. 6's batch estimate) from `kl_sum`, the sum of
+    log pi(y'|x) - log ref(y'|x) (summed completion log-probs) over `count` mismatched (prompt, completion) pairs:
+    their mean, clamped at 0 as a KL estimate is (TRL's `.clamp(min=0)`), without gradient. Which pairs it is taken
+    over (a step, an evaluation split) is the module docstring's."""
+    return (kl_sum.detach() / _at_least_one(count)).clamp(min=0)
+
+
+@dataclass(frozen=True)
+class Subsets:
+    """Metrics that are means over a subset of the rows, as TRL's KTOTrainer reports rewards/chosen over its desirable
+    examples only: `counts` maps such a metric to the column that counts its subset (1 for a row in it, 0 else; the
+    metric's own column is 0 outside it), `differences` a metric to the two means it is the difference of
+    (rewards/margins). A subset with no row where the metrics are reduced leaves its metrics out (TRL logs none)."""
+
+    counts: Mapping[str, str] = field(default_factory=dict)
+    differences: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+
+
+def reduce_columns(sums: Mapping[str, Tensor | float], nll_weight: float, subsets: Subsets | None = None
+                   ) -> dict[str, Tensor | float]:
     """Metrics from column sums (each PairTerms column summed over any set of pairs): `loss` (step_loss over those
-    pairs), `nll_loss` (the token mean of their NLL) and every other column's mean over the pairs. Tensors or floats."""
+    pairs), `nll_loss` (the token mean of their NLL) and every other column's mean over the pairs, or over its subset
+    (`subsets`; the counting columns themselves are not reported). Tensors or floats (a tensor mean over an empty
+    subset is NaN, a float one left out)."""
     pairs = sums[PAIRS]
     nll_loss = sums[NLL] / _at_least_one(sums[NLL_TOKENS])
     metrics = {"loss": step_loss(sums[NLL], sums[PAIR_LOSS], sums[NLL_TOKENS], pairs, nll_weight), "nll_loss": nll_loss}
-    metrics.update({name: value / _at_least_one(pairs) for name, value in sums.items() if name not in _OWN_COLUMNS})
+    subsets = subsets or Subsets()
+    skipped = {*_OWN_COLUMNS, *subsets.counts.values()}
+    for name, value in sums.items():
+        if name in skipped:
+            continue
+        if name not in subsets.counts:
+            metrics[name] = value / _at_least_one(pairs)
+            continue
+        count = sums[subsets.counts[name]]
+        if isinstance(count, Tensor):
+            metrics[name] = torch.where(count > 0, value / count.clamp(min=1), math.nan)
+        elif count > 0:
+            metrics[name] = value / count
+    for name, (first, second) in subsets.differences.items():
+        if first in metrics and second in metrics:
+            metrics[name] = metrics[first] - metrics[second]
     return metrics
 
 
@@ -302,6 +350,7 @@ class PairTerms:
     batch_term: Tensor | None = None
     # [B] each pair's weight in every reduction (ranked answers: 1 / the pairs of its prompt); None: 1 each.
     weight: Tensor | None = None
+    subsets: Subsets | None = None  # metrics that are means over a subset of the rows (KTO's), see Subsets
 
     def _weighted(self, value: Tensor) -> Tensor:
         return value if self.weight is None else value * self.weight.to(value.dtype)
@@ -330,6 +379,7 @@ class PairTerms:
 
     def batch_metrics(self) -> dict[str, Tensor]:
         """This micro-batch's metrics on its own (TRL's names): nll_loss and the means over its pairs."""
-        metrics = reduce_columns({name: value.sum() for name, value in self.columns().items()}, self.nll_weight)
+        metrics = reduce_columns({name: value.sum() for name, value in self.columns().items()}, self.nll_weight,
+                                 self.subsets)
         del metrics["loss"]
         return metrics

@@ -1,7 +1,8 @@
-"""The --loss-type menus of DPO and CPO (TRL's `loss_type` names) as pure functions of per-pair log-probs.
+"""The --loss-type menus of DPO, CPO and KTO (TRL's `loss_type` names) as pure functions of per-pair log-probs.
 
 One function per loss, each from its paper's equation, each returning the [B] per-pair losses (mean over pairs is
-the loss of a batch; how a step of several micro-batches reduces them is autotrain.train.losses'). Conventions:
+the loss of a batch; how a step of several micro-batches reduces them is autotrain.train.losses'); KTO's are per example
+(`kto_loss`, at the end). Conventions:
 
   * `margin` [B]: the DPO margin (log pi(c) - log ref(c)) - (log pi(r) - log ref(r)) on SUMMED completion log-probs
     (prompt excluded), or CPO's log pi(c) - log pi(r); `chosen` / `rejected` [B]: the two log-ratios alone.
@@ -30,8 +31,8 @@ from torch import Tensor
 from autotrain.train.losses import CpoOutput, compute_dtype
 
 __all__ = ["CPO_MEAN_LOGPS", "DpoOutput", "alphapo_reward", "apo_down_loss", "apo_zero_loss", "bco_pair_loss",
-           "cpo_menu_loss", "discopop_loss", "dpo_loss", "exo_pair_loss", "hinge_loss", "ipo_loss", "nca_pair_loss",
-           "robust_loss", "sigmoid_loss", "sppo_hard_loss"]
+           "KTO_LOSS_TYPES", "cpo_menu_loss", "discopop_loss", "dpo_loss", "exo_pair_loss", "hinge_loss", "ipo_loss",
+           "kto_loss", "nca_pair_loss", "robust_loss", "sigmoid_loss", "sppo_hard_loss"]
 
 
 def sigmoid_loss(margin: Tensor, beta: float, label_smoothing: float = 0.0) -> Tensor:
@@ -234,3 +235,36 @@ def cpo_menu_loss(loss_type: str, chosen_logps: Tensor, rejected_logps: Tensor, 
     loss = pair_losses.mean() + alpha * nll if alpha else pair_losses.mean()
     return CpoOutput(loss=loss, pair_losses=pair_losses, nll=nll, margin=beta * difference - gamma,
                      chosen_rewards=(beta * chosen).detach(), rejected_rewards=(beta * rejected).detach())
+
+
+KTO_LOSS_TYPES = ("kto", "apo_zero_unpaired")
+
+
+def kto_loss(logratios: Tensor, desirable: Tensor, kl: Tensor | float, beta: float, desirable_weight: float = 1.0,
+             undesirable_weight: float = 1.0, loss_type: str = "kto") -> Tensor:
+    """[B] per-example losses of KTO or unpaired APO-zero, each times its class's weight, as TRL's KTOTrainer.
+
+    `logratios` [B]: r = log pi(y|x) - log ref(y|x), SUMMED over the completion's tokens (prompt excluded);
+    `desirable` [B]: the label (True: a desirable answer); `kl`: KTO's reference point z0, a scalar without gradient
+    (autotrain.train.losses.kl_baseline; read by kto only). With lambda_D, lambda_U the two weights:
+      kto (Ethayarajh et al. 2024, eq. 7, the value v subtracted from lambda_y):
+          desirable  lambda_D * (1 - sigma(beta (r - z0))),   undesirable  lambda_U * (1 - sigma(beta (z0 - r)))
+      apo_zero_unpaired (D'Oosterlinck et al. 2024, eq. 7 with each answer on its own):
+          desirable  lambda_D * (1 - sigma(beta r)),          undesirable  lambda_U * sigma(beta r)
+    A batch's loss is the plain mean of these over its examples (TRL's `losses.nanmean()`): the weights scale each
+    example, they do not normalise a class. Computed in float32 (float64 inputs stay float64).
+    """
+    if logratios.dim() != 1 or logratios.shape != desirable.shape or logratios.numel() == 0:
+        raise ValueError(f"kto_loss needs logratios and desirable of one shape [B], B >= 1, got "
+                         f"{tuple(logratios.shape)} and {tuple(desirable.shape)}")
+    dtype = compute_dtype(logratios)
+    r = logratios.to(dtype)
+    good = desirable.to(device=r.device, dtype=torch.bool)
+    if loss_type == "kto":
+        z0 = torch.as_tensor(kl, dtype=dtype, device=r.device).detach()
+        losses = torch.where(good, 1 - torch.sigmoid(beta * (r - z0)), 1 - torch.sigmoid(beta * (z0 - r)))
+    elif loss_type == "apo_zero_unpaired":
+        losses = torch.where(good, 1 - torch.sigmoid(beta * r), torch.sigmoid(beta * r))
+    else:
+        raise ValueError(f"kto_loss has no loss type {loss_type!r}; known: {', '.join(KTO_LOSS_TYPES)}")
+    return losses * torch.full_like(r, undesirable_weight).masked_fill(good, desirable_weight)

@@ -2,9 +2,10 @@
 
 transformers owns the loop, the optimizer, the schedule, checkpoints and mixed precision. This module owns only
 what it lacks: the step-wide reduction of a method's per-pair terms (the method is autotrain.params.methods', looked up by
-the name it is given; how the terms reduce is autotrain.train.losses'), the frozen reference a method may need, metrics
-that stay on the device until a logging step reads them, the non-finite guard and checkpoint staging. The loop's
-own checks live in autotrain.train.trainer_api, guards and head_check.
+the name it is given; how the terms reduce is autotrain.train.losses'), a statistic of the whole step a method's loss
+may read (KTO's KL reference point), the frozen reference a method may need, metrics that stay on the device until a
+logging step reads them, the non-finite guard and checkpoint staging. The loop's own checks live in
+autotrain.train.trainer_api, guards and head_check.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from autotrain.outputs.project_folder import PARAMS_FILE
 from autotrain.params import methods
 from autotrain.train import guards, head_check, trainer_api
 from autotrain.train.losses import PAIRS, PairTerms, pair_counts, reduce_columns
+from autotrain.train.methods.base import STEP_STATISTIC
 
 
 class MethodTrainer(Trainer):
@@ -66,7 +68,8 @@ class MethodTrainer(Trainer):
         self.add_callback(head_check.HeadCheck(self, sequence_logps))
         # Per-pair column sums of the training micro-batches since the last log; on the device until a log reads them.
         self._window: dict[str, torch.Tensor] = {}
-        self._nll_weight = 1.0
+        self._nll_weight, self._subsets = 1.0, None
+        self._eval_statistic: torch.Tensor | None = None  # the method's statistic over the split being evaluated
         self._eval_columns: list[str] = []
         self._loss_finite: torch.Tensor | None = None  # device flag over this step's micro-batches
         self._scaling_checked = False
@@ -137,7 +140,56 @@ class MethodTrainer(Trainer):
                               fill(len(batches))])
         if self.accelerator.num_processes > 1:
             counts = self.accelerator.reduce(counts, reduction="sum")
+        # A statistic of the whole step (KTO's KL reference point), before its first micro-batch; a step of one
+        # micro-batch on one process takes it over that batch, in its own forward.
+        if self.method.step_values is not None and (len(batches) > 1 or self.accelerator.num_processes > 1):
+            self.model.train()  # as the micro-batches will run (dropout, where it is on)
+            statistic = self._statistic(batches, keep_reference=True)
+            for batch in batches if statistic is not None else ():
+                batch[STEP_STATISTIC] = statistic
         return batches, counts.float() if weighted else counts
+
+    def _statistic(self, batches: Any, keep_reference: bool = False, gather: bool = False) -> torch.Tensor | None:
+        """The method's statistic (autotrain.train.methods.base.Method.step_values) over these batches, all processes' summed,
+        without gradient; None for a method (or loss type) without one. `keep_reference`: each batch keeps the
+        reference log-probs computed here (the step's weights do not change before its micro-batches run); `gather`:
+        every process gathers the values (an evaluation, whose repeated last examples gather_for_metrics drops)."""
+        values_of = self.method.step_values
+        if values_of is None:
+            return None
+        model, total, count = self.model, torch.zeros((), dtype=torch.float64, device=self.args.device), 0
+        with torch.no_grad(), self.compute_loss_context_manager():
+            for batch in batches:
+                inputs = self._prepare_inputs(batch)
+                kept: dict[str, torch.Tensor] = {}
+
+                def reference(b: dict[str, Any]) -> torch.Tensor:
+                    kept["ref_logps"] = self.reference_sums(model, b)
+                    return kept["ref_logps"]
+
+                values = values_of(model, inputs, reference if self.method.needs_reference else None, **self.options)
+                if values is None:
+                    return None
+                if keep_reference and kept:
+                    batch["ref_logps"] = kept["ref_logps"]
+                if gather:
+                    values = self.accelerator.gather_for_metrics(values)
+                total, count = total + values.double().sum(), count + values.numel()
+        counted = torch.stack([total, torch.full((), count, dtype=torch.float64, device=total.device)])
+        if self.accelerator.num_processes > 1 and not gather:
+            counted = self.accelerator.reduce(counted, reduction="sum")
+        return self.method.step_statistic(counted[0], counted[1]).float()
+
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None,  # noqa: D102
+                 metric_key_prefix: str = "eval") -> dict[str, float]:
+        # A method's statistic over the whole split (KTO's KL reference point), whatever the batch and process count.
+        if self.method.step_values is not None and not isinstance(eval_dataset, dict):  # a dict: evaluate per split
+            with dropout.eval_mode(self.model):
+                self._eval_statistic = self._statistic(self.get_eval_dataloader(eval_dataset), gather=True)
+        try:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        finally:
+            self._eval_statistic = None
 
     def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: D102
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -165,8 +217,10 @@ class MethodTrainer(Trainer):
 
     def _terms(self, model: torch.nn.Module, inputs: dict[str, Any]) -> PairTerms:
         reference = (lambda batch: self.reference_sums(model, batch)) if self.method.needs_reference else None
+        if self._eval_statistic is not None and not model.training:
+            inputs = {**inputs, STEP_STATISTIC: self._eval_statistic}
         terms = self.method.pair_terms(model, inputs, self.beta, reference, **self.options)
-        self._nll_weight = terms.nll_weight
+        self._nll_weight, self._subsets = terms.nll_weight, terms.subsets
         return terms
 
     def _add_to_window(self, terms: PairTerms, inputs: dict[str, Any]) -> None:
@@ -261,7 +315,8 @@ class MethodTrainer(Trainer):
     def _eval_metrics(self, prediction: EvalPrediction) -> dict[str, float]:
         sums = np.asarray(prediction.predictions, dtype=np.float64).reshape(-1, len(self._eval_columns)).sum(axis=0)
         return {name: float(value)
-                for name, value in reduce_columns(dict(zip(self._eval_columns, sums.tolist())), self._nll_weight).items()}
+                for name, value in reduce_columns(dict(zip(self._eval_columns, sums.tolist())), self._nll_weight,
+                                                  self._subsets).items()}
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:  # noqa: D102
         if self._window and not is_evaluation(logs):
@@ -274,7 +329,7 @@ class MethodTrainer(Trainer):
             if self.accelerator.num_processes > 1:
                 totals = self.accelerator.reduce(totals, reduction="sum")
             totals = totals.tolist()
-            metrics = reduce_columns(dict(zip(names, totals[:-1])), self._nll_weight)
+            metrics = reduce_columns(dict(zip(names, totals[:-1])), self._nll_weight, self._subsets)
             del metrics["loss"]  # Trainer logs the loss itself: the mean of the window's step losses
             logs.update({name: round(value, 6) for name, value in metrics.items()})
             self._window = {}

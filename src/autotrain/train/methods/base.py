@@ -12,11 +12,14 @@ from autotrain.model.forward import SequenceLogps
 from autotrain.params.methods import MethodSpec
 from autotrain.train.losses import PairTerms
 
-__all__ = ["Method", "Metrics", "ReferenceSums", "pair_nll", "reward_metrics"]
+__all__ = ["STEP_STATISTIC", "Method", "Metrics", "ReferenceSums", "pair_nll", "reward_metrics"]
 
 # batch -> [2B] summed completion log-probs of the frozen reference model, no grad (chosen sums, then rejected)
 ReferenceSums = Callable[[dict[str, Any]], torch.Tensor]
 Metrics = dict[str, torch.Tensor]
+# The batch key under which the trainer hands a method its statistic of the whole step or evaluation split (KTO's KL
+# reference point); a batch without it takes the statistic over itself.
+STEP_STATISTIC = "step_statistic"
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,13 @@ class Method:
 
     spec: MethodSpec
     terms: Callable[..., PairTerms]
+    # A no-grad statistic that every example's loss reads and that is defined over the whole optimizer step (or
+    # evaluation split), not over a micro-batch (KTO's KL reference point, autotrain.train.losses): `step_values(model, batch,
+    # reference, **options)` gives a batch's [B] values (None: these options read no statistic) and
+    # `step_statistic(sum, count)` the statistic from their sum and count over the step, which the trainer hands to
+    # each batch as STEP_STATISTIC.
+    step_values: Callable[..., torch.Tensor | None] | None = None
+    step_statistic: Callable[[torch.Tensor, Any], torch.Tensor] | None = None
 
     @property
     def needs_reference(self) -> bool:
