@@ -78,3 +78,5 @@ def test_runs_after_the_callers_own_wandb_run_still_log(tmp_path, chat_model, mo
                                    log="wandb", max_steps=1, gradient_accumulation=1)
         AutoTrainProject(params).create()
         assert list((tmp_path / name / "wandb").glob("offline-run-*"))
+
+

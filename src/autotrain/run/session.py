@@ -76,6 +76,9 @@ def tracker_environment(params: LLMTrainingParams, project: Path) -> None:
         # starts its own, in this project's folder.
         wandb.finish()
         wandb.teardown()
+        # The service process wandb named in the environment is gone with the teardown (or was never this
+        # process's: an address a caller saved and put back); this run starts its own.
+        os.environ.pop(_WANDBS_OWN, None)
         if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
             os.environ["WANDB_MODE"] = "offline"
             logger.info("wandb: no WANDB_API_KEY, logging offline under %s/wandb (sync later with `wandb sync`)", project)
