@@ -199,9 +199,10 @@ class LoraParams(Schema):
         None,
         ge=0,
         lt=1,
-        description="Dropout on the LoRA path; none means 0.05, or 0 on mixture-of-experts models whose fused expert "
-        "weights get adapters (peft applies no dropout to those). Not affected by --disable-dropout; 0 matches TRL, "
-        "which zeroes it.",
+        description="Dropout on the LoRA path. None follows --disable-dropout: 0 while the model's dropout is off (the "
+        "default; TRL zeroes LoRA's dropout too, so aitraining's ORPO and DPO runs trained with none), aitraining's "
+        "0.05 with --no-disable-dropout (0 on mixture-of-experts models whose fused expert weights get adapters: peft "
+        "applies no dropout to those). A value given is used as it is.",
     )
     target_modules: str = Field(
         "all-linear", description="Modules that get adapters: 'all-linear' or comma-separated names."
