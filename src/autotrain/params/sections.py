@@ -161,7 +161,11 @@ class OptimisationParams(Schema):
     lr: float = Field(3e-5, gt=0, description="Peak learning rate.")
     gradient_accumulation: int = Field(4, ge=1, description="Micro-batches per optimizer step.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of steps spent warming up the learning rate.")
-    optimizer: str = Field("adamw_torch", description="Optimizer name, as transformers' `optim` takes it.")
+    optimizer: str = Field(
+        "adamw_torch_fused",
+        description="Optimizer name, as transformers' `optim` takes it. The default is AdamW in torch's fused kernel "
+        "(transformers' own default); adamw_torch is the same update tensor by tensor.",
+    )
     scheduler: str = Field("linear", description="Learning-rate schedule, as transformers' `lr_scheduler_type`.")
     weight_decay: float = Field(0.0, ge=0, description="Weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")

@@ -26,6 +26,8 @@ DIFFERENT_DEFAULTS: dict[str, tuple[object, str]] = {
     "log": ("wandb", "no tracker unless asked: a run should not need an account or write to one"),
     "dpo_beta": (0.1, "none means the method's own default: 0.1 for ORPO, DPO and CPO (aitraining's value), 2.0 for "
                  "SimPO, as its authors use it"),
+    "optimizer": ("adamw_torch", "the same AdamW in torch's fused kernel, transformers' (and TRL's) default: one pass "
+                  "over the weights; the CPU full fine-tune's optimizer step took 0.15 s instead of 0.57 s"),
     "lora_dropout": (0.05, "none means 0 while --disable-dropout is on (the default): aitraining passes 0.05 to peft, "
                      "but TRL's ORPOTrainer and DPOTrainer then zero every dropout, LoRA's included, so its preference "
                      "runs trained with none; 0.05 with --no-disable-dropout"),
