@@ -329,3 +329,25 @@ def test_the_default_optimizer_is_adamw_in_one_fused_pass(tmp_path):
     args = training_arguments(LLMTrainingParams(project_name=str(tmp_path / "p"), optimizer="adamw_torch"),
                               tmp_path / "p", 8, False)
     assert not Trainer.get_optimizer_cls_and_kwargs(args)[1].get("fused")
+
+
+def test_torch_compile_compiles_the_decoder_layers_for_training_only():
+    """--torch-compile: each decoder layer runs through torch.compile while training lasts and eagerly again after
+    (generate's KV-cache shapes would compile anew). Not run compiled here: compiling even a 2-layer model costs
+    about a minute of CPU, and that the compiled layers compute what the eager ones do is torch's promise; what it
+    bought on SmolLM2 is in BENCHMARKS.md."""
+    from test_packing import tiny_model
+
+    from autotrain.models import compiled_layers
+
+    model = tiny_model(lora=True)
+    layers = model.get_base_model().get_decoder().layers
+    with compiled_layers(model, True):
+        assert all(layer._compiled_call_impl is not None for layer in layers)
+    assert all(layer._compiled_call_impl is None for layer in layers)
+    with compiled_layers(model, False):
+        assert all(layer._compiled_call_impl is None for layer in layers)
+    model.get_base_model().get_decoder().layers = torch.nn.ModuleList()
+    with pytest.raises(ModelError, match="^torch_compile: LlamaForCausalLM keeps no list of decoder layers"):
+        with compiled_layers(model, True):
+            pass

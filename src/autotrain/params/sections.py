@@ -176,6 +176,10 @@ class OptimisationParams(Schema):
     disable_gradient_checkpointing: bool = Field(
         False, description="Turn off gradient checkpointing (faster, more memory)."
     )
+    torch_compile: bool = Field(
+        False, description="Compile each decoder layer with torch.compile for training: later steps run faster, the "
+        "compilation costs about half a minute first (pays on long runs only)."
+    )
     auto_find_batch_size: bool = Field(
         False,
         description="On a CUDA out-of-memory error, halve --batch-size and start again (accelerate's "

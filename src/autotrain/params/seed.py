@@ -37,7 +37,7 @@ DIFFERENT_DEFAULTS: dict[str, tuple[object, str]] = {
 # this list against aitraining's field list).
 OURS_ONLY: frozenset[str] = frozenset({
     "trust_remote_code", "precompute_ref_logps", "prompt_loss", "disable_dropout", "max_steps", "deepspeed_stage",
-    "eval_steps", "sample_answers", "simpo_gamma", "cpo_alpha",
+    "eval_steps", "sample_answers", "simpo_gamma", "cpo_alpha", "torch_compile",
 })
 
 # Each is (what the field is for in aitraining, what to do here instead or "").
