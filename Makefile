@@ -5,10 +5,12 @@ BIN := $(VENV)/bin
 LOCK := requirements.lock
 LOCK_VENV := .venv-lock
 # Every optional extra whose packages the suite or a benchmark imports.
-LOCK_EXTRAS := test,sweep,bench
+LOCK_EXTRAS := test,sweep,bench,chat
 DEMO_PROJECT ?= demo-orpo
+# `make demo DEMO_JUDGE=SPEC` also judges the validation answers before and after training (README, "Judged win rates").
+DEMO_JUDGE ?=
 
-.PHONY: install lock test demo methods-demo clean
+.PHONY: install lock browser test demo methods-demo clean
 
 install: $(VENV)/.installed
 
@@ -40,20 +42,28 @@ lock:
 	mv $(LOCK).new $(LOCK)
 	rm -rf $(LOCK_VENV)
 
+# The chat page's browser test drives Debian's Chromium with its driver, installed here when missing (CI runs as root
+# with Debian's packages); where they cannot be installed, that test skips and says why.
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || \
+		{ apt-get update -q && apt-get install -y -q chromium chromium-driver; } || \
+		echo "chromium and chromium-driver could not be installed: the chat page's browser test will skip"
+
 # One worker per core: most tests are single-threaded Python around tiny models.
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q -n auto
 
 demo: install
 	rm -rf $(DEMO_PROJECT)
 	$(BIN)/aitraining llm --train --project-name $(DEMO_PROJECT) --peft --valid-split validation \
 		--lr 2e-4 --epochs 1 --batch-size 4 --gradient-accumulation 2 --lora-r 16 --lora-alpha 32 \
-		--disable-gradient-checkpointing --sample-answers 3
+		--disable-gradient-checkpointing --sample-answers 3 $(if $(DEMO_JUDGE),--judge $(DEMO_JUDGE))
 
 # ORPO, SimPO and CPO, make demo's settings, two learning rates each: a before/after table (~30 min on 2 CPU cores).
+# Any subset: make methods-demo METHODS=dpo:ipo,rpo,orpo (bench/methods_demo.py says the syntax).
 methods-demo: install
 	rm -rf methods-demo
-	$(BIN)/python bench/methods_demo.py --root methods-demo
+	$(BIN)/python bench/methods_demo.py --root methods-demo $(if $(METHODS),--methods $(METHODS))
 
 clean:
 	rm -rf $(VENV) $(LOCK_VENV) $(LOCK).new $(DEMO_PROJECT) methods-demo .pytest_cache

@@ -7,7 +7,7 @@ raises, so every line prints even when an early one fails:
   this tool casts them itself (autotrain's kernel functions), this line says what the bare torch does;
 - the private transformers.Trainer members this tool overrides (autotrain.trainers.clm.checks checks them at start);
 - a bitsandbytes NF4 round trip on CUDA;
-- the project's imports.
+- the project's imports, and those of every later stage's script.
 """
 
 from __future__ import annotations
@@ -88,7 +88,9 @@ def bnb() -> str:
 
 
 def project_imports() -> str:
-    mods = ["autotrain.trainers.clm.trainer", "autotrain.project", "datasets", "trl.experimental.orpo", "orpo_bench"]
+    # Every later stage's script, so that a dry run on CPU finds one that no longer imports against the project.
+    mods = ["autotrain.trainers.clm.trainer", "autotrain.trainers.clm.kernel_probe", "autotrain.project", "datasets",
+            "trl.experimental.orpo", "orpo_bench", "gpu_correctness", "kernel_probe_cost", "gpu_checks"]
     for m in mods:
         importlib.import_module(m)
     return "ok: " + ", ".join(mods)

@@ -63,8 +63,53 @@ def test_load_config_reads_snake_and_kebab_keys_and_knows_where_each_value_is():
     assert config.places == {"lora_r": "run.yml:2:9", "model": "run.yml:3:10"}
 
 
-def test_empty_file_sets_nothing():
-    assert train("--config", write("# nothing yet\n")).model_fields_set == set()
+@pytest.mark.parametrize("text", ["", "# nothing yet\n", "\n\n"])
+def test_an_empty_file_is_refused_rather_than_training_the_sample_pairs(text):
+    assert error_of("--config", write(text)) == ("run.yml: the file sets no parameter (it is empty or only comments); "
+                                                 "write one `name: value` per line, e.g. `lr: 1e-4`")
+
+
+def test_the_merge_key_takes_the_anchored_values_under_the_files_own():
+    text = ("x-common: &common\n  lr: 2e-4\n  peft: true\n  lora_r: 8\n"  # x- keys only hold anchors
+            "x-more: &more\n  lora_r: 2\n  epochs: 3\n"
+            "<<: [*common, *more]\n"  # the first mapping wins where both have a key, as YAML says
+            "lora_r: 4\n")  # and the file's own key wins over both
+    params = train("--config", write(text))
+    assert (params.lr, params.peft, params.lora_r, params.epochs) == (2e-4, True, 4, 3)
+    assert params.model_fields_set == {"lr", "peft", "lora_r", "epochs"}
+    assert train("--config", write("<<: {lr: 1e-4}\n")).lr == 1e-4
+    # A bad merged value is reported where it is written, in the anchored mapping.
+    assert error_of("--config", write("x-base: &b\n  lr: fast\n<<: *b\n")).startswith(
+        "run.yml:2:7: invalid parameters: lr: ")
+    assert error_of("--config", write("<<: 5\n")) == (
+        "run.yml:1:5: invalid YAML: expected a mapping or list of mappings for merging, but found scalar (while "
+        "constructing a mapping from line 1, column 1)")
+    assert error_of("--config", write("<<: {lr: 1e-4}\nlr: 2e-4\nlr: 3e-4\n")) == (
+        "run.yml:3:1: duplicate key 'lr' (lr is already set on line 2)")
+
+
+def test_a_value_refused_because_of_a_typed_flag_names_its_place_in_the_file():
+    path = write("lr: 1e-4\nlora_r: 8\n")
+    assert error_of("--config", path, "--no-peft") == (
+        "run.yml:2:9: invalid parameters: lora_r applies to LoRA: add --peft (or leave lora_r out)")
+    assert error_of("--config", write("rejected_text_column: worse\n"), "--trainer", "sft") == (
+        "run.yml:1:23: invalid parameters: rejected_text_column applies to --trainer orpo, dpo, simpo or cpo only "
+        "(trainer is sft)")
+    # The rule's other field in the file, the typed one named first: the file's place is the one to fix.
+    assert error_of("--config", write("peft: false\n"), "--lora-r", "8") == (
+        "run.yml:1:7: invalid parameters: lora_r applies to LoRA: add --peft (or leave lora_r out)")
+
+
+def test_a_relative_path_in_the_file_is_read_from_the_current_folder_and_the_error_says_so(tmp_path):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "pairs.jsonl").write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    write("data_path: pairs.jsonl\n", "configs/run.yml")
+    assert error_of("--config", "configs/run.yml") == (
+        f"configs/run.yml:1:12: data_path 'pairs.jsonl' is read from the current folder ({tmp_path}), which has no "
+        f"such file; the config file's folder has one: write configs/pairs.jsonl (a relative path in a config file "
+        "is relative to the current folder, as on the command line)")
+    assert train("--config", write("data_path: configs/pairs.jsonl\n", "configs/ok.yml")).data_path == (
+        "configs/pairs.jsonl")
 
 
 def test_token_may_be_in_the_file():
@@ -122,7 +167,8 @@ def test_inference_config_reads_inference_fields_only():
     params = inference_params_from_args(args)
     assert (params.project_name, params.inference_prompts, params.inference_max_tokens) == ("out", "hello", 9)
     args = build_parser().parse_args(["llm", "--inference", "--config", write("lora_r: 8\n")])
-    with pytest.raises(ParamsError, match=r"^run\.yml:1:1: unknown key 'lora_r'"):
+    with pytest.raises(ParamsError, match=r"^run\.yml:1:1: 'lora_r' is a training setting, which --inference does "
+                                          "not take"):
         inference_params_from_args(args)
 
 

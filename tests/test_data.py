@@ -207,13 +207,16 @@ def test_columns_default_to_prompt_chosen_rejected(pairs_file):
 def test_prepared_splits_are_memory_mapped_arrow(pairs_file):
     data = prepare_data(LLMTrainingParams(data_path=str(pairs_file)), make_tokenizer(False), 512)
     dataset = data.train.dataset
-    assert dataset.column_names == ["prompt_ids", "chosen_ids", "rejected_ids"]
+    # The masks are empty: single-turn answers are trained whole (multi-turn ones: test_preference_turns).
+    assert dataset.column_names == ["prompt_ids", "chosen_ids", "rejected_ids", "chosen_mask", "rejected_mask"]
     assert dataset.cache_files and dataset.cache_files[0]["filename"].endswith(".arrow")
     first = arithmetic_pairs(1)[0]
     assert dataset[0] == {
         "prompt_ids": [BOS, *char_ids(first["prompt"])],
         "chosen_ids": [*char_ids(first["chosen"]), EOS],
         "rejected_ids": [*char_ids(first["rejected"]), EOS],
+        "chosen_mask": [],
+        "rejected_mask": [],
     }
 
 

@@ -242,7 +242,8 @@ def test_cached_ids_are_the_tokenized_ids(tmp_path):
     for _ in range(2):  # a miss, then a hit
         data = prepare(path, make_tokenizer(False))
         assert data.train.dataset[0] == {"prompt_ids": [BOS, *char_ids("2+2=")], "chosen_ids": [*char_ids("4"), EOS],
-                                         "rejected_ids": [*char_ids("5"), EOS]}
+                                         "rejected_ids": [*char_ids("5"), EOS], "chosen_mask": [],
+                                         "rejected_mask": []}  # empty: every answer token trains
 
 
 # --- Progress -----------------------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 
 import json
-import os
 import shlex
 import signal
 import subprocess
@@ -125,6 +124,35 @@ def test_signal_saves_prints_resume_and_exits(tmp_path, chat_model, reference, n
     assert stopped.returncode == code, stopped.stderr[-2000:]
     assert (project / "checkpoint-3" / "trainer_state.json").exists()
     assert not (project / "README.md").exists() and not (project / "adapter_model.safetensors").exists()
+    resume_line = [line for line in stopped.stderr.splitlines() if line.startswith("resume: aitraining ")]
+    assert resume_line and resume_line[0].endswith("--resume-from-checkpoint auto")
+    resumed = run_child(shlex.split(resume_line[0])[2:])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same_run(project, expected)
+
+
+# SIGTERM once the final save has begun (after training and the last step's checkpointing).
+TERM_AT_FINAL_SAVE = """
+import os, signal
+from autotrain import outputs
+_orig = outputs.save_model
+def save_model(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return _orig(*args, **kwargs)
+outputs.save_model = save_model
+"""
+
+
+def test_sigterm_during_the_final_save_stops_like_one_during_training(tmp_path, chat_model, reference):
+    data, expected = reference
+    project = tmp_path / "run"
+    # Checkpoints every 5 of 12 steps: the last one is of step 10, so the stop must save step 12's itself.
+    stopped = run_child(cli_args(chat_model, data, project, save_steps=5), TERM_AT_FINAL_SAVE)
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    assert "Traceback" not in stopped.stderr
+    assert f"stopped: stopped by SIGTERM after saving {project / 'checkpoint-12'}" in stopped.stderr
+    assert not (project / "README.md").exists() and not (project / "adapter_model.safetensors").exists()
+    assert not (project / ".staging" / "final").exists()  # the abandoned final save
     resume_line = [line for line in stopped.stderr.splitlines() if line.startswith("resume: aitraining ")]
     assert resume_line and resume_line[0].endswith("--resume-from-checkpoint auto")
     resumed = run_child(shlex.split(resume_line[0])[2:])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import arithmetic_pairs, make_model_dir, make_tokenizer, write_jsonl
+from conftest import arithmetic_pairs, make_tokenizer, write_jsonl
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from autotrain.errors import ModelError

@@ -661,6 +661,29 @@ def test_training_module_under_torchrun(tmp_path, chat_model, plain_env):
     assert done.stdout.count("outputs: ") == 1  # only rank 0 prints the summary
 
 
+MAIN_PROCESS = """
+import os
+from autotrain.params import LLMTrainingParams
+from autotrain.project import process_state
+print(f"rank {os.environ['RANK']} main {process_state(LLMTrainingParams()).is_main_process}", flush=True)
+"""
+
+
+def test_one_main_process_among_cpu_processes(tmp_path, plain_env):
+    """The state a run asks first (project.process_state) decides which process writes the project's files: on
+    CPUs (ACCELERATE_USE_CPU, as autotrain.launch and the training module set it) exactly one process is the main
+    one. Before, each of the two built a one-process state and both wrote, so one could remove the final save's
+    staging folder while the other wrote into it."""
+    script = tmp_path / "main_process.py"
+    script.write_text(MAIN_PROCESS)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "ACCELERATE_USE_CPU": "true"})
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    said = sorted(line for line in done.stdout.splitlines() if line.startswith("rank "))
+    assert said == ["rank 0 main True", "rank 1 main False"]
+
+
 def test_training_module_reports_a_bad_config_file(tmp_path, plain_env):
     """`python -m autotrain.trainers.clm` alone: a one-line error and exit code 2, like `aitraining`."""
     done = subprocess.run([sys.executable, "-m", "autotrain.trainers.clm", "--training_config",

@@ -18,7 +18,7 @@ from test_packing import ODD, assert_same, random_pairs, tiny_model
 
 from autotrain.data.collate import PaddedCollator
 from autotrain.data.pack import PackedCollator
-from autotrain.losses import dpo_loss
+from autotrain.pair_losses import dpo_loss
 from autotrain.project import AutoTrainProject
 from autotrain.trainers.clm.params import LLMTrainingParams
 from autotrain.methods.dpo import dpo_step

@@ -49,6 +49,8 @@ CASES = {
     "hub offline": (["--model", MISSING], {"HF_HUB_OFFLINE": "1"}),
     "hub": (["--model", MISSING], {"HF_HUB_OFFLINE": ""}),
     "hub data": (["--data-path", "nobody-aitraining/no-such-data"], {"HF_HUB_OFFLINE": ""}),  # the last flag wins
+    # HOME that nothing can be created in (a file: not even root can make folders under it)
+    "home unwritable": (["--peft", "--save-steps", "1"], {"HOME": "A FILE"}),
 }
 
 
@@ -65,6 +67,9 @@ def runs(tmp_path_factory, chat_model) -> dict[str, tuple[Path, subprocess.Compl
             flags = ["--model", str(chat_model), *flags]
         cmd = [sys.executable, "-m", "autotrain", "llm", "--train", "--data-path", "pairs.jsonl", "--project-name",
                "p", *SHORT, *flags]
+        if env.get("HOME") == "A FILE":
+            (folder / "home").write_text("not a folder\n")
+            env = {**env, "HOME": str(folder / "home")}
         environment = {**os.environ, "AITRAINING_CACHE": str(folder / "cache"), **env}
         environment.pop("WANDB_API_KEY", None)
         started[name] = (folder, subprocess.Popen(cmd, cwd=folder, env=environment, stdout=subprocess.PIPE,
@@ -113,6 +118,43 @@ def test_only_our_lines_each_once_and_nothing_left_behind(runs):
     resolved = json.loads((project / "adapter" / "adapter_config.json").read_text())["lora_dropout"]
     assert resolved == 0.0 and f"dropout={resolved}," in card  # the dropout trained with, not the flag's None
     assert not list(project.glob("checkpoint-*/README.md"))
+
+
+def test_an_unwritable_home_leaves_the_output_quiet(runs):
+    """matplotlib, imported for the training curves, logs that it cannot make its cache under HOME and builds a font
+    cache: its lines are the libraries' and wait for --verbose."""
+    folder, done = runs["home unwritable"]
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr == ""
+    strangers = [line for line in done.stdout.splitlines() if not any(re.match(p, line) for p in OUR_LINES)]
+    assert strangers == []
+    assert (folder / "p" / "plots" / "training.png").exists()  # matplotlib ran
+
+
+def test_a_reader_that_goes_away_neither_stops_the_run_nor_prints_a_traceback(tmp_path, chat_model):
+    """`aitraining llm --train ... | head -2`: once the reader has gone, the run goes on with its output discarded
+    and finishes (README.md) with exit 0; `--inference ... | head -1` stops answering and exits 0. Nothing on stderr:
+    no "--- Logging error ---", no BrokenPipeError."""
+    write_jsonl(tmp_path / "pairs.jsonl", arithmetic_pairs(8))
+    (tmp_path / "prompts.txt").write_text("1+1=\n2+2=\n3+3=\n")
+    env = {**os.environ, "AITRAINING_CACHE": str(tmp_path / "cache")}
+    train = [sys.executable, "-m", "autotrain", "llm", "--train", "--model", str(chat_model), "--data-path",
+             "pairs.jsonl", "--project-name", "p", *SHORT, "--max-steps", "4"]
+    infer = [sys.executable, "-m", "autotrain", "llm", "--inference", "--project-name", "p", "--inference-prompts",
+             "prompts.txt", "--inference-max-tokens", "2"]
+    for command, lines in ((train, 2), (infer, 1)):
+        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        try:
+            read = [process.stdout.readline() for _ in range(lines)]
+            process.stdout.close()  # what head does once it has its lines
+            err = process.stderr.read()
+            process.wait(timeout=600)
+        finally:
+            process.kill()
+        assert all(read), read
+        assert (process.returncode, err) == (0, ""), err[-3000:]
+        assert (tmp_path / "p" / "README.md").exists()  # finished: the plain rerun is not blocked by a half folder
 
 
 def test_verbose_brings_the_libraries_output_back(runs):

@@ -112,7 +112,8 @@ def test_save_strategy_and_save_steps(tmp_path):
     steps = args_of(tmp_path, save_strategy="steps", save_steps=7)
     assert (steps.save_strategy.value, steps.save_steps) == ("steps", 7)
     assert args_of(tmp_path, save_steps=3).save_strategy.value == "steps"  # --save-steps alone, as before
-    assert args_of(tmp_path, save_strategy="epoch", save_steps=3).save_strategy.value == "epoch"
+    with pytest.raises(ParamsError, match=r"save_steps applies to --save-strategy steps only \(save_strategy is epoch\)"):
+        args_of(tmp_path, save_strategy="epoch", save_steps=3)  # would save each epoch, ignoring save_steps
 
 
 def test_auto_find_batch_size_and_ddp_timeout_reach_the_trainer(tmp_path):
@@ -132,7 +133,7 @@ def test_ddp_timeout_reaches_the_process_group(monkeypatch):
     seen = {}
     monkeypatch.setattr(accelerate, "PartialState", lambda **kwargs: seen.update(kwargs) or "state")
     assert process_state(LLMTrainingParams(ddp_timeout=90)) == "state"
-    assert seen == {"timeout": timedelta(seconds=90)}
+    assert seen["timeout"] == timedelta(seconds=90)
 
 
 def test_auto_find_batch_size_halves_the_batch_on_out_of_memory(tmp_path, chat_model, monkeypatch):
@@ -222,7 +223,7 @@ def test_wandb_token_and_run_id_go_to_the_environment_only(tmp_path, monkeypatch
 def test_repo_id_and_hub_private_reach_the_hub(tmp_path, monkeypatch):
     import huggingface_hub
 
-    from autotrain import outputs
+    from autotrain import hub
 
     calls = []
 
@@ -238,10 +239,10 @@ def test_repo_id_and_hub_private_reach_the_hub(tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     params = LLMTrainingParams(push_to_hub=True, repo_id="my-org/my-model", hub_private=False, token="t")
-    assert outputs.push_to_hub(tmp_path, params) == "my-org/my-model"
+    assert hub.push_to_hub(tmp_path, params) == "my-org/my-model"
     assert calls == [("token", "t"), ("create", "my-org/my-model", False), ("upload", "my-org/my-model")]
     calls.clear()
-    outputs.push_to_hub(tmp_path, LLMTrainingParams(push_to_hub=True, username="me", project_name="x/run"))
+    hub.push_to_hub(tmp_path, LLMTrainingParams(push_to_hub=True, username="me", project_name="x/run"))
     assert calls[1] == ("create", "me/run", True)  # aitraining's default: private
 
 
@@ -301,7 +302,7 @@ def test_enhanced_eval_text_metrics_are_refused_with_the_reason():
         LLMTrainingParams(use_enhanced_eval=True, eval_metrics="perplexity,bleu")
     with pytest.raises(ParamsError, match=r"custom_metrics: must be a JSON array of metric names"):
         LLMTrainingParams(custom_metrics='{"a": 1}')
-    assert LLMTrainingParams(custom_metrics='["perplexity"]').custom_metrics == '["perplexity"]'
+    assert LLMTrainingParams(custom_metrics='["perplexity"]', valid_split="v").custom_metrics == '["perplexity"]'
 
 
 def test_the_resume_line_leaves_out_the_wandb_token_too():

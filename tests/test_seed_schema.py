@@ -16,6 +16,7 @@ from autotrain.cli import build_parser, params_from_args
 from autotrain.errors import ParamsError
 from autotrain.inference import InferenceParams
 from autotrain.params import LORA_FIELDS
+from autotrain.params.needs import NEEDS
 from autotrain.trainers.clm.params import LLMTrainingParams
 
 SEED_FIELDS = {
@@ -94,8 +95,9 @@ def test_every_seed_field_is_ours_with_its_default_or_refused_by_name(name):
             assert ours(name) != seed_default, f"{name}: listed as different, but the defaults agree"
         else:
             assert ours(name) == seed_default, name
-            lora = {"peft": True} if name in LORA_FIELDS else {}  # LoRA fields are refused without peft
-            LLMTrainingParams(**lora, **({name: seed_default} if seed_default is not None else {}))
+            # LoRA fields are refused without peft, and every field that needs another without it
+            context = {"peft": True} if name in LORA_FIELDS else NEEDS[name].enabling if name in NEEDS else {}
+            LLMTrainingParams(**context, **({name: seed_default} if seed_default is not None else {}))
         return
     message = refused_line(name, seed_default if seed_default is not None else "x")
     assert name in message and "which this tool does not do" in message, message
@@ -111,7 +113,7 @@ def test_the_preference_run_fields_are_fields_and_the_other_trainers_are_refused
 
 def test_the_seed_fields_are_accepted_under_flags_and_config_keys(tmp_path):
     """The YAML hints the issue found pointing the wrong way are gone: these keys are fields now."""
-    (tmp_path / "run.yml").write_text("wandb_token: abc\nmodel_max_length: 512\nsave_strategy: steps\n"
+    (tmp_path / "run.yml").write_text("log: wandb\nwandb_token: abc\nmodel_max_length: 512\nsave_strategy: steps\n"
                                       "padding: left\nmax_samples: 5\n")
     params = params_from_args(build_parser().parse_args(["llm", "--train", "--config", str(tmp_path / "run.yml")]))
     assert (params.wandb_token.get_secret_value(), params.model_max_length, params.save_strategy, params.padding,
@@ -153,7 +155,7 @@ def test_help_is_grouped_one_spelling_per_flag_and_fits_two_screens_per_group():
     shown = [f for line in text.splitlines() if line.startswith("  -") for f in line.split("  ")[1].split(", ")]
     assert "--lora-r N" in shown and "--prompt-loss" in shown
     assert not [f for f in shown if "_" in f or "orpo-prompt-loss" in f]  # accepted, not shown
-    titles = ["Data and model:", "Method:", "Tokens and rows:", "Optimisation:", "LoRA:", "Chat template:", "Evaluation:", "Scale-out:",
+    titles = ["Data and model:", "Method:", "Tokens and rows:", "Optimisation:", "LoRA:", "Chat template:", "Evaluation:", "Judge:", "Scale-out:",
               "Logging and saving:", "Hub:", "Sweep:", "Inference:"]
     lines = text.splitlines()
     starts = [lines.index(title) for title in titles]

@@ -1,10 +1,15 @@
 """One optimizer step, one gradient, however the step is split into micro-batches and processes.
 
-For orpo, dpo, simpo (as CPO-SimPO) and sft, on pairs of very uneven lengths: batch 4 x accumulation 1, 2 x 2 and 1 x 4 in this process,
+For orpo, dpo, simpo (as CPO-SimPO) and sft, on pairs of very uneven lengths (orpo and simpo on ranked answers, whose
+pairs weigh 1 / the pairs of their prompt): batch 4 x accumulation 1, 2 x 2 and 1 x 4 in this process,
 and 2 processes x 2 x 1 (one torchrun launch of 2 gloo processes running every method), log the same loss and
 grad_norm at every step and end with the same weights, within 1e-5. Before the fix every method's loss was a
 per-micro-batch mean divided by the accumulation steps, so the NLL of ORPO and SFT weighted the tokens of a short
 micro-batch more than those of a long one.
+
+Every --loss-type of dpo and cpo (and their combinations, LD-DPO) is checked at the step, cheaply: micro-batch
+shares add up to the whole batch's loss and gradient. TRL's aot and aot_unpaired cannot be: they sort across the
+batch (refused by the params).
 
 The launch also evaluates an odd validation split (7 pairs) in batches that do not divide it: the eval metrics of
 2 processes must equal those of 1 process (the pairs accelerate's `even_batches` repeats are not counted).
@@ -40,6 +45,9 @@ COMMON = dict(logging_steps=1, max_steps=STEPS, lr=2e-3, warmup_ratio=0.0, seed=
 # log-probs, a weighted NLL) is covered too; tests/test_simpo_cpo.py checks both at the step, cheaply.
 PER_METHOD = {"orpo": dict(packing=True), "dpo": dict(peft=True, packing=False), "simpo": dict(cpo_alpha=0.5),
               "sft": dict(packing=True)}
+# ORPO and SimPO train on ranked answers (2 to 4 per prompt, one tie): weighted pairs. (DPO's LoRA run on them met
+# the Adam effect assert_same_weights describes: one element of 1024 at 1.9e-6, the tensor at 1.0e-5 of its norm.)
+RANKED = {"orpo", "simpo"}
 
 
 def uneven_pairs(count: int, start: int = 0) -> list[dict]:
@@ -51,17 +59,36 @@ def uneven_pairs(count: int, start: int = 0) -> list[dict]:
     return rows
 
 
-def data_folder(root: Path) -> Path:
-    folder = root / "data"
+def ranked_rows(answers: list[int], start: int = 0) -> list[dict]:
+    """One prompt per entry of `answers`, with that many answers of uneven lengths and distinct scores, plus one
+    more that ties the best: the best against each other answer makes answers - 1 pairs, the tie none."""
+    rows = []
+    for i, count in enumerate(answers, start):
+        responses = [chr(ord("a") + k) * (1 + (i * 7 + k * 5) % 13) for k in range(count)]
+        rows.append({"prompt": "q" * (1 + (i * 5) % 9), "responses": [*responses, "t" * (1 + i % 4)],
+                     "scores": [*range(count, 0, -1), count]})
+    return rows
+
+
+def data_folder(root: Path, ranked: bool = False) -> Path:
+    folder = root / ("ranked" if ranked else "data")
     folder.mkdir(exist_ok=True)
-    write_jsonl(folder / "train.jsonl", uneven_pairs(4 * STEPS))
-    write_jsonl(folder / "validation.jsonl", uneven_pairs(7, start=50))
+    if ranked:  # 3 + 2 + 1 + 3 + 2 + 1 = 12 training pairs, 3 + 2 + 1 + 1 = 7 to validate
+        write_jsonl(folder / "train.jsonl", ranked_rows([4, 3, 2, 4, 3, 2]))
+        write_jsonl(folder / "validation.jsonl", ranked_rows([4, 3, 2, 2], start=50))
+    else:
+        write_jsonl(folder / "train.jsonl", uneven_pairs(4 * STEPS))
+        write_jsonl(folder / "validation.jsonl", uneven_pairs(7, start=50))
     return folder
 
 
 def params_for(model: Path, data: Path, project: Path, method: str, batch_size: int, accumulation: int,
                **extra) -> LLMTrainingParams:
     settings = {**COMMON, **PER_METHOD[method], **extra}
+    if method in RANKED:  # no rejected column: the responses and their scores
+        settings.update(text_column="text", rejected_text_column=None)
+    if method == "sft":  # SFT has no rejected column and no beta, and naming either is refused
+        del settings["rejected_text_column"], settings["dpo_beta"]
     if settings.get("peft"):
         settings["lora_dropout"] = 0.0  # LoRA's own dropout would draw different masks in different splits
     return LLMTrainingParams(model=str(model), data_path=str(data), project_name=str(project), trainer=method,
@@ -101,9 +128,10 @@ def assert_same_weights(actual: dict[str, torch.Tensor], expected: dict[str, tor
 @pytest.fixture(scope="module")
 def split_runs(tmp_path_factory, chat_model) -> dict[tuple[str, int, int], Path]:
     root = tmp_path_factory.mktemp("splits")
-    data = data_folder(root)
+    folders = {False: data_folder(root), True: data_folder(root, ranked=True)}
     runs = {}
     for method in METHODS:
+        data = folders[method in RANKED]
         for batch_size, accumulation in SPLITS:
             project = root / f"{method}-{batch_size}x{accumulation}"
             compared = {} if (batch_size, accumulation) == SPLITS[0] else {"valid_split": None}  # evals: 4 x 1 only
@@ -173,12 +201,13 @@ def launched_runs(tmp_path_factory, chat_model) -> dict[str, Path | str]:
     from test_head_check import scaled_model_dir
 
     root = tmp_path_factory.mktemp("launched-splits")
-    data = data_folder(root)
+    folders = {False: data_folder(root), True: data_folder(root, ranked=True)}
+    data = folders[False]
     configs, projects = [], {}
     for method in METHODS:
         projects[method] = root / f"{method}-2proc"
         config = root / f"{method}.json"
-        params_for(chat_model, data, projects[method], method, 2, 1).save_json(config)
+        params_for(chat_model, folders[method in RANKED], projects[method], method, 2, 1).save_json(config)
         configs.append(str(config))
     scaled = params_for(scaled_model_dir(root / "scaled-model"), data, root / "scaled-2proc", "orpo", 2, 1, peft=True)
     scaled.save_json(root / "scaled.json")
@@ -221,3 +250,64 @@ def test_dpo_starts_with_every_pair_a_tie(split_runs):
     first = evals(split_runs["dpo", 4, 1])[0]
     assert first["step"] == 0
     assert first["eval_rewards/ties"] == 1.0 and first["eval_rewards/accuracies"] == 0.0
+
+
+# --- every loss type of dpo and cpo, at the step -------------------------------------------------------------------
+# name -> (trainer, options of its terms). Each is a per-pair loss (plus the NLL's token mean for sft), so its step
+# reduces as any other method's: the shares of micro-batches of 2, 1 and 4 pairs give the 7-pair batch's loss and
+# gradient. Not here: TRL's aot and aot_unpaired, which sort across the batch (refused, autotrain.methods.loss_types).
+MENU = {
+    # robust at e 0.02: its two terms cancel less than at the authors' 0.1, which on this batch's margins leaves a
+    # loss near 0 whose float32 rounding (packed against padded) is 1e-5 of itself
+    **{f"dpo {name}": ("dpo", {"loss_type": (name,), "label_smoothing": {"exo_pair": 0.1, "robust": 0.02}.get(name, 0.0),
+                               "discopop_tau": 0.05})
+       for name in ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "apo_zero",
+                    "apo_down", "discopop", "sigmoid_norm")},
+    "dpo cDPO": ("dpo", {"loss_type": ("sigmoid",), "label_smoothing": 0.2}),
+    "dpo sigmoid,bco_pair,sft": ("dpo", {"loss_type": ("sigmoid", "bco_pair", "sft"), "loss_weights": (0.8, 0.2, 1.0)}),
+    "dpo ipo, LD-DPO": ("dpo", {"loss_type": ("ipo",), "ld_alpha": 0.3}),
+    **{f"cpo {name}": ("cpo", {"loss_type": (name,), "alpha": 0.5}) for name in ("hinge", "ipo")},
+    "cpo sigmoid, label smoothing": ("cpo", {"loss_type": ("sigmoid",), "alpha": 1.0, "label_smoothing": 0.1}),
+    "cpo alphapo": ("cpo", {"loss_type": ("alphapo",), "alpha": 0.0, "gamma": 0.1, "alphapo_alpha": 0.25}),
+}
+
+
+@pytest.fixture(scope="module")
+def policy_and_reference():
+    from test_packing import tiny_model
+
+    return tiny_model(seed=2), tiny_model(seed=4)
+
+
+@pytest.mark.parametrize("case", list(MENU))
+def test_every_loss_type_is_one_loss_however_the_step_is_split(case, policy_and_reference):
+    from test_packing import ODD, assert_same, random_pairs
+
+    from autotrain import methods
+    from autotrain.data.collate import PaddedCollator
+    from autotrain.data.pack import PackedCollator
+    from autotrain.forward import sequence_logps
+
+    trainer, options = MENU[case]
+    options = dict(options)
+    ld = options.pop("ld_alpha", None)
+    # DiscoPOP at its authors' beta: at 0.5 this batch's margins reach exp(10) in its exponential term, whose float32
+    # gradient then differs packed and padded at 5e-5
+    beta = 0.05 if "discopop" in case else 0.5
+    features = random_pairs(ODD, seed=6)
+    terms = methods.load(trainer).terms
+    model, ref = policy_and_reference
+    model.zero_grad(set_to_none=True)
+    reference = (lambda batch: sequence_logps(ref, batch).sums) if trainer == "dpo" else None
+
+    whole = terms(model, PaddedCollator(0, ld_alpha=ld)(features), beta, reference, **options).loss()
+    whole.backward()
+    expected = (whole.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    model.zero_grad(set_to_none=True)
+    parts = [PackedCollator(0, token_budget=30, ld_alpha=ld)(features[a:b]) for a, b in [(0, 2), (2, 3), (3, 7)]]
+    tokens, total = sum(int(b["in_nll"].sum()) for b in parts), 0.0
+    for batch in parts:
+        loss = terms(model, batch, beta, reference, **options).loss(tokens, len(features))
+        loss.backward()
+        total += loss.item()
+    assert_same((torch.tensor(total), {n: p.grad for n, p in model.named_parameters()}), expected)

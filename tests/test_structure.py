@@ -129,3 +129,9 @@ def test_one_closest_name_helper():
     imported = lambda node: isinstance(node, ast.Import | ast.ImportFrom) and "difflib" in (  # noqa: E731
         [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module])
     assert places(imported) == {"autotrain.errors"}
+
+
+def test_one_generate_call():
+    """The sample answers, --inference and `aitraining chat` answer through answers.continuation: one place decides
+    the decoding settings, the stop tokens and the room left in the model's positions."""
+    assert places(lambda node: calls_attribute(node, "generate")) == {"autotrain.answers"}

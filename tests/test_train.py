@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -249,6 +248,9 @@ def test_push_to_hub_uploads_with_the_token_but_not_checkpoints(tmp_path, chat_m
         def __init__(self, token=None):
             calls["token"] = token
 
+        def whoami(self):  # asked before training: the hub answers and the token may write
+            return {"name": "me", "auth": {"accessToken": {"role": "write"}}}
+
         def create_repo(self, repo_id, **kwargs):
             calls["repo"] = repo_id
 
@@ -256,6 +258,7 @@ def test_push_to_hub_uploads_with_the_token_but_not_checkpoints(tmp_path, chat_m
             calls["ignore"] = ignore_patterns
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     train(tmp_path, chat_model, name="hubbed", push_to_hub=True, username="me", token="hf_abc", max_steps=1)
     assert calls["token"] == "hf_abc" and calls["repo"] == "me/hubbed"
     assert "checkpoint-*" in calls["ignore"]

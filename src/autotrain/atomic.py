@@ -8,7 +8,10 @@ cache entries (autotrain.data.cache) and the converted default model (autotrain.
   system, so the rename is atomic), named `<prefix><label>-<pid>-<host tag><random>`, which says whose it is;
 - `publish(staged, final)` flushes it and gives it its final name (see there for an existing `final`);
 - `remove_stale_temps(root, prefix, max_age_s)` removes what killed processes left: this host's temps whose process
-  is gone, and any host's older than `max_age_s` (a shared file system has other hosts' processes too).
+  is gone, and any host's older than `max_age_s` (a shared file system has other hosts' processes too);
+- `discard(folder, prefix)` removes a published folder the same way round: renamed to a temp name, then deleted;
+- `replace_entries(staged, folder, old, prefix)` puts a set of files that shares its folder with others in place of
+  another set (no single rename can): old ones aside, new ones in, one rename each.
 
 Standard library only: the data stage and the project-folder checks use it before torch is imported.
 """
@@ -48,11 +51,23 @@ def _host_tag() -> str:
     return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
+def _temp_name(root: Path, prefix: str, label: str) -> Path:
+    return root / f"{prefix}{label}-{os.getpid()}-{_host_tag()}{uuid.uuid4().hex[:8]}"
+
+
 def new_temp(root: Path, prefix: str, label: str) -> Path:
     """A new empty folder `<root>/<prefix><label>-<pid>-<host tag><random>` to write a folder into before `publish`."""
-    temp = root / f"{prefix}{label}-{os.getpid()}-{_host_tag()}{uuid.uuid4().hex[:8]}"
+    temp = _temp_name(root, prefix, label)
     temp.mkdir()
     return temp
+
+
+def discard(folder: Path, prefix: str) -> None:
+    """Remove a published folder: renamed to a `new_temp`-style name first, so that no reader ever finds half of it
+    under its name, and a crash during the removal leaves a temp for `remove_stale_temps`."""
+    aside = _temp_name(folder.parent, prefix, "discarded")
+    os.rename(folder, aside)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def remove_stale_temps(root: Path, prefix: str, max_age_s: float) -> None:
@@ -113,6 +128,24 @@ def publish(staged: Path, final: Path, *, replace_via: Path | None = None) -> bo
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return True
+
+
+def replace_entries(staged: Path, folder: Path, old: set[str], prefix: str) -> None:
+    """Flush the fully written folder `staged`, then make its entries `folder`'s in place of the entries named
+    `old`: the old ones are moved aside into a temp folder, the new ones moved in, one rename each, and the old ones
+    deleted. For a set of files that shares its folder with others (one rename cannot swap them): a crash in
+    between leaves part of the new set or part of the old one, never a mix of both; `staged` is emptied."""
+    fsync_tree(staged)
+    aside = new_temp(folder, prefix, "replaced")
+    try:
+        for name in sorted(old):
+            if os.path.lexists(folder / name):
+                os.rename(folder / name, aside / name)
+        for path in sorted(staged.iterdir()):
+            os.rename(path, folder / path.name)
+        fsync_path(folder)
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 _AT_FDCWD = -100

@@ -8,6 +8,8 @@
   call is missing (another OS, a file system without it) the old copy is first moved to
   `.staging/replaced-checkpoint-N`; a crash before the new copy takes its name leaves it there, and `clear_staging`
   puts it back.
+- A save that fails to write (a full disk) removes its staged copy and stops the run with one line
+  (`failed_save`): the previous checkpoint is untouched, and nothing half written keeps the disk full.
 - Resuming from a checkpoint while newer ones exist abandons those: `set_aside_newer` moves them to
   `<project>/superseded/` before the first save, so rotation (which keeps the newest steps) can never delete the
   resumed checkpoint or the resumed run's own saves in their favour, and `auto` resumes the resumed branch.
@@ -21,8 +23,9 @@ import os
 import shutil
 from pathlib import Path
 
-from autotrain import atomic
+from autotrain import atomic, disk
 from autotrain.atomic import fsync_path
+from autotrain.errors import DiskFull
 
 STAGING = ".staging"
 SUPERSEDED = "superseded"
@@ -49,6 +52,31 @@ def clear_staging(project: Path) -> None:
             os.rename(left, final)
     fsync_path(project)
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def drop_staged(project: Path, name: str) -> None:
+    """Remove a staged save, and the staging folder with it when nothing else is staged."""
+    shutil.rmtree(project / STAGING / name, ignore_errors=True)
+    try:
+        (project / STAGING).rmdir()
+    except OSError:
+        pass  # not empty, or gone
+
+
+def failed_save(project: Path, name: str, exc: BaseException) -> DiskFull | None:
+    """After checkpoint `name` failed to save: its staged copy removed; the one-line error when the failure was a
+    write that did not reach the disk (a full disk, a quota), else None (the caller re-raises)."""
+    drop_staged(project, name)
+    reason = disk.write_failure(exc)
+    if reason is None:
+        return None
+    kept = checkpoints(project)
+    after = (f"; {kept[-1].name} is intact. Free space, then resume with the same command plus "
+             f"--resume-from-checkpoint auto (the steps after {step_of(kept[-1])} run again)" if kept else
+             "; no earlier checkpoint exists. Free space, then run the same command plus --resume-from-checkpoint "
+             "auto (it starts over)")
+    return DiskFull(f"writing {name} into {project} failed ({reason}; {disk.size(disk.free_bytes(project))} free "
+                    f"there): its partial copy was removed{after}")
 
 
 def step_of(path: Path) -> int | None:

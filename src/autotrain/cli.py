@@ -8,7 +8,7 @@ Boolean fields take `--flag` / `--no-flag`. Optional fields take `none` to mean 
 YAML's own types; flags typed on the command line override it. With `--inference` the file holds inference fields
 (`project_name`, `inference_*`). `aitraining --config run.yml [flags]`, with no command, means
 `aitraining llm --train --config run.yml [flags]`. An unknown or duplicate key, a YAML syntax error or a bad value
-is reported as `run.yml:LINE:COLUMN: ...`.
+(also one refused because of a typed flag) is reported as `run.yml:LINE:COLUMN: ...`.
 
 A user error (bad params, data or model) prints one line and exits 2; `--verbose` shows the traceback and the
 libraries' own logs, warnings and loading bars (quiet otherwise: autotrain.quiet). The hub token is best given as
@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import types
 import typing
 from typing import Any, Literal, TypeVar
 
 from autotrain import __version__
-from autotrain.config_file import ConfigFile, load_config
+from autotrain.chat.command import add_parser as add_chat_parser
+from autotrain.config_file import ConfigFile, check_relative_paths, load_config
 from autotrain.errors import AutoTrainError, ParamsError, TrainingInterrupted
 from autotrain.inference import InferenceParams
+from autotrain.judge import compare as judge_commands
 from autotrain.params import SECTIONS, LLMTrainingParams, Schema
 from autotrain.params.seed import DIFFERENT_DEFAULTS, not_this_tool, unknown_name_hint
 
@@ -94,7 +97,10 @@ def add_param_flags(parser: Any, schema: type = LLMTrainingParams, skip: frozens
 
 USAGE = """aitraining llm --train [--config FILE] [--FLAG VALUE ...]
        aitraining llm --inference --project-name DIR --inference-prompts TEXT|FILE [...]
-       aitraining --config FILE [--FLAG VALUE ...]   (short for llm --train --config FILE)"""
+       aitraining llm --compare DIR_A DIR_B --judge SPEC [--judge-prompts FILE]
+       aitraining --config FILE [--FLAG VALUE ...]   (short for llm --train --config FILE)
+       aitraining cache list|clear                   (the tokenized-data cache)
+       aitraining chat [--project-name DIR | --projects-dir DIR] [--port N]   (a local chat page)"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -178,13 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=formatter,
     )
     parser.add_argument("--version", action="version", version=f"aitraining {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="llm")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="llm|cache|chat")
     llm = commands.add_parser("llm", help="Fine-tune a causal language model.", allow_abbrev=False, usage=USAGE,
                               formatter_class=formatter,
                               description="Flags are grouped as the params are (autotrain.params); snake case "
                               "(--lora_r) works too.")
     llm.add_argument("--train", action="store_true", help="Run training.")
     llm.add_argument("--inference", action="store_true", help="Answer prompts with a trained project (JSON lines).")
+    judge_commands.add_flags(llm)
     llm.add_argument("--verbose", action="store_true", help="Show tracebacks and library logs.")
     llm.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                      help="A YAML file of parameters: keys are the flags' names (lora_r: 8 or lora-r: 8; null means "
@@ -196,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
         add_param_flags(group, fields=list(section.model_fields))
     add_param_flags(llm.add_argument_group("Inference", "With --inference: the trained project answers prompts."),
                     InferenceParams, skip=frozenset(LLMTrainingParams.model_fields))
+    cache = commands.add_parser("cache", help="List or clear the tokenized-data cache (autotrain.data.cache_store).",
+                                formatter_class=formatter, usage="aitraining cache list|clear")
+    cache.add_argument("action", choices=("list", "clear"), help="list: its entries, most recently used first, and "
+                       "its size and cap (AITRAINING_CACHE_MAX_GB); clear: remove every entry.")
+    cache.set_defaults(verbose=False)
+    add_chat_parser(commands, formatter)
     return parser
 
 
@@ -207,11 +220,11 @@ def inference_params_from_args(args: argparse.Namespace) -> InferenceParams:
     return _build(InferenceParams, args)
 
 
-# What a flag of the other command is called, and what to do instead, by the schema being built.
+# What a flag (or config-file key) of the other command is called, and what to do instead, by the schema built.
 _OTHER_COMMAND: dict[type[Schema], tuple[type[Schema], str]] = {
-    LLMTrainingParams: (InferenceParams, "is an inference flag; use it with --inference, not --train"),
-    InferenceParams: (LLMTrainingParams, "is a training flag; --inference takes --project-name and the "
-                      "--inference-* flags"),
+    LLMTrainingParams: (InferenceParams, "is an inference setting; use it with --inference, not --train"),
+    InferenceParams: (LLMTrainingParams, "is a training setting, which --inference does not take; it takes "
+                      "project_name, trust_remote_code and the inference_* settings"),
 }
 
 
@@ -220,42 +233,71 @@ def _build(schema: type[SchemaT], args: argparse.Namespace) -> SchemaT:
     values were chosen. An invalid value that came from the file is reported at its place in the file."""
     from pydantic import ValidationError
 
-    other, advice = _OTHER_COMMAND[schema]
-    stray = sorted(k for k in vars(args) if k in other.model_fields and k not in schema.model_fields)
+    other = _OTHER_COMMAND[schema]
+    stray = sorted(k for k in vars(args) if k in other[0].model_fields and k not in schema.model_fields)
     if stray:
-        raise ParamsError(f"--{stray[0].replace('_', '-')} {advice}")
+        raise ParamsError(f"--{stray[0].replace('_', '-')} {other[1]}")
     flags = {k: v for k, v in vars(args).items() if k in schema.model_fields}
-    config = load_config(args.config, schema) if "config" in args else ConfigFile("", {}, {})
+    config = load_config(args.config, schema, other) if "config" in args else ConfigFile("", {}, {})
     from_file = {k: v for k, v in config.values.items() if k not in flags}
     try:
-        return schema(**from_file, **flags)
+        params = schema(**from_file, **flags)
     except ParamsError as exc:
-        # Schema.__init__ raises ParamsError while handling pydantic's ValidationError, which names the fields.
+        # Schema.__init__ raises ParamsError while handling pydantic's ValidationError, which names the fields; a
+        # rule across fields names them in its message (`lora_r applies to LoRA: add --peft`).
         cause = exc.__context__
-        failed = [e["loc"][0] for e in cause.errors() if e["loc"]] if isinstance(cause, ValidationError) else []
+        failed = []
+        for error in cause.errors() if isinstance(cause, ValidationError) else []:
+            failed += [error["loc"][0]] if error["loc"] else _named_fields(str(exc), schema)
         place = next((config.places[f] for f in failed if f in from_file), None)
         if place is None:
             raise
         raise ParamsError(f"{place}: {exc}") from None
+    check_relative_paths(config, from_file)
+    return params
+
+
+def _named_fields(message: str, schema: type[Schema]) -> list[str]:
+    """The fields a rule's message names, as fields or flags, in order."""
+    words = re.findall(r"[a-z][a-z0-9_-]*", message.removeprefix("invalid parameters: "))
+    return [w.replace("-", "_") for w in words if w.replace("-", "_") in schema.model_fields]
 
 
 def main(argv: list[str] | None = None) -> int:
+    from autotrain import quiet
+
     parser = build_parser()
     args = parser.parse_args(_with_command(sys.argv[1:] if argv is None else argv))
+    # `| head`: a run goes on with its output discarded, as the README says, rather than die halfway.
+    quiet.survive_closed_output()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # stderr: errors only
     try:
+        if args.command == "cache":
+            from autotrain.data.cache_store import command
+
+            print("\n".join(command(args.action)))
+        if args.command == "chat":
+            from autotrain.chat.command import main as chat
+
+            return chat(args)
         if args.command == "llm":
+            if judge_commands.wanted(args):
+                return judge_commands.command(args, sys.argv[1:] if argv is None else argv)
+            if not args.train and not args.inference and vars(args).get("push_to_hub"):
+                return _push(args)
             if args.train == args.inference:
-                parser.error("llm: say what to do: --train or --inference")
+                parser.error("llm: say what to do: --train, --inference, --compare DIR_A DIR_B, or --push-to-hub or "
+                             "--judge alone (on a finished project)")
             if args.inference:
                 import json
 
-                from autotrain import quiet
                 from autotrain.inference import generate
 
                 with quiet.libraries(args.verbose):
                     for answer in generate(inference_params_from_args(args)):
                         print(json.dumps(answer, ensure_ascii=False), flush=True)
+                        if quiet.reader_gone():  # `| head -1`: nobody reads the next answers
+                            break
                 return 0
             from autotrain.project import AutoTrainProject
 
@@ -280,6 +322,34 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+# What `--push-to-hub` without --train takes: the finished project, and where and how to upload it.
+_PUSH_FIELDS = ("project_name", "push_to_hub", "repo_id", "username", "hub_private", "token")
+
+
+def _push(args: argparse.Namespace) -> int:
+    """`aitraining llm --push-to-hub --project-name DIR [--repo-id R | --username U]`: upload a finished run (one
+    trained without --push-to-hub, or whose upload failed). Where to, when not given: as the run was told."""
+    from autotrain import quiet
+    from autotrain.hub import check_finished, hub_settings, push_finished
+    from autotrain.preflight import project_dir
+
+    typed = {k: v for k, v in vars(args).items() if k in LLMTrainingParams.model_fields or k == "config"}
+    stray = [k for k in typed if k not in _PUSH_FIELDS]
+    if stray:
+        raise ParamsError(f"--{stray[0].replace('_', '-')} is a training flag; --push-to-hub without --train uploads a "
+                          "finished project and takes --project-name, --repo-id, --username, --hub-private and --token")
+    if "project_name" not in typed:
+        raise ParamsError("--push-to-hub without --train uploads a finished project: add --project-name DIR")
+    project = project_dir(LLMTrainingParams(project_name=typed["project_name"]))
+    check_finished(project)
+    told = {} if "repo_id" in typed or "username" in typed else hub_settings(project)
+    params = LLMTrainingParams(**{**told, **typed})
+    with quiet.libraries(args.verbose):
+        repo = push_finished(params)
+    print(f"pushed: {repo}")
+    return 0
 
 
 def _with_command(argv: list[str]) -> list[str]:

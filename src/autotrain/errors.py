@@ -43,6 +43,16 @@ class TrainingError(AutoTrainError):
     exit_code = 1
 
 
+class PushError(AutoTrainError):
+    """The upload to the hub failed after the run finished; the message says how to push the finished run."""
+
+    exit_code = 1
+
+
+class DiskFull(AutoTrainError):
+    """The disk could not hold what the run had to write; the message says what was kept and what was lost."""
+
+
 class TrainingInterrupted(AutoTrainError):
     """SIGINT or SIGTERM stopped training after a checkpoint was saved; exit code 130 or 143 as a shell expects."""
 

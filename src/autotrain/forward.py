@@ -27,7 +27,7 @@ __all__ = ["SequenceLogps", "sequence_logps"]
 class SequenceLogps:
     """Completion log-probs of a batch's 2B sequences (chosen i is row i, rejected i is row B + i)."""
 
-    sums: torch.Tensor  # [2B] sum of completion-token log-probs per sequence (DPO's log pi(y|x))
+    sums: torch.Tensor  # [2B] sum of completion-token log-probs per sequence (DPO's log pi(y|x); LD-DPO-weighted)
     counts: torch.Tensor  # [2B] completion tokens per sequence (0 for the absent rejected side of SFT)
     nll: torch.Tensor  # scalar: mean NLL over the batch's `in_nll` targets
     pairs: int
@@ -100,7 +100,9 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, Any], own_logits: in
     n = 2 * batch["num_pairs"]
     keep = batch["in_completion"]
     # Dropped entries add an exact 0 to their segment's sum and count (torch.where, not a product: 0 * -inf is NaN).
-    sums = segment_sum(torch.where(keep, logps, 0.0), batch["target_seq"], n)
+    # LD-DPO's weights (autotrain.data.batch) scale the completion targets past the pair's shared length.
+    weight = batch.get("completion_weight")
+    sums = segment_sum(torch.where(keep, logps if weight is None else logps * weight, 0.0), batch["target_seq"], n)
     counts = segment_sum(keep.to(logps.dtype), batch["target_seq"], n)
     nll = -_masked_mean(logps, batch["in_nll"])
     nll_sums = -segment_sum(torch.where(batch["in_nll"], logps, 0.0), batch["target_seq"], n)

@@ -33,10 +33,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from autotrain import launch_config, preflight
+from autotrain import launch_config, preflight, resuming
 from autotrain.errors import AutoTrainError, TrainingInterrupted
 from autotrain.params import LLMTrainingParams
-from autotrain.project_folder import LAUNCH_CONFIG_FILE, LAUNCH_LOG_FILE, PARAMS_FILE, resume_point
+from autotrain.project_folder import LAUNCH_CONFIG_FILE, LAUNCH_LOG_FILE, PARAMS_FILE
 
 logger = logging.getLogger("autotrain")
 
@@ -66,7 +66,7 @@ def launch(params: LLMTrainingParams) -> None:
     project = preflight.project_dir(params)
     preflight.check_launch(params)
     preflight.check_device(params)
-    resume_point(project, params.resume_from_checkpoint)  # fails before anything is written
+    resuming.checked_resume(params)  # fails before anything is written
     count = preflight.num_processes(params)
     project.mkdir(parents=True, exist_ok=True)
     params_file, config_file, log_file = project / PARAMS_FILE, project / LAUNCH_CONFIG_FILE, project / LAUNCH_LOG_FILE

@@ -1,8 +1,9 @@
 """Preference losses as pure functions of per-sequence log-probs: ORPO (Hong, Lee & Thorne 2024, "ORPO: Monolithic
-Preference Optimization without Reference Model", arXiv 2403.07691) and sigmoid DPO (Rafailov et al. 2023, "Direct
-Preference Optimization: Your Language Model is Secretly a Reward Model", arXiv 2305.18290), and the reference-free
-pair: CPO (Xu et al. 2024, "Contrastive Preference Optimization", arXiv 2401.08417) and SimPO (Meng, Xia & Chen 2024,
-"SimPO: Simple Preference Optimization with a Reference-Free Reward", arXiv 2405.14734), with CPO-SimPO between them.
+Preference Optimization without Reference Model", arXiv 2403.07691) and the reference-free pair: CPO (Xu et al. 2024,
+"Contrastive Preference Optimization", arXiv 2401.08417) and SimPO (Meng, Xia & Chen 2024, "SimPO: Simple Preference
+Optimization with a Reference-Free Reward", arXiv 2405.14734), with CPO-SimPO between them; and how every method's
+per-pair terms reduce over an optimizer step. DPO (Rafailov et al. 2023, arXiv 2305.18290) with each of its loss
+types, and CPO's other loss types, are autotrain.pair_losses' (built on this module's CpoOutput).
 
 This module imports nothing but torch: the caller computes the log-probs (see autotrain.logprobs), this module
 turns them into the loss and its named parts.
@@ -12,16 +13,25 @@ Reductions: one optimizer step, one loss, however the step is split
 A step's loss is defined over all of the step's pairs, on every process, never per micro-batch:
 
     ORPO:  L = (sum of NLL over the step's NLL tokens) / N_tokens  +  beta * (sum over pairs of -log sigma(log-odds)) / N_pairs
-    DPO:   L = (sum over pairs of -log sigma(beta * margin)) / N_pairs
-    CPO:   L = alpha * (sum of NLL over the step's NLL tokens) / N_tokens  +  (sum over pairs of -log sigma(beta * (c - r))) / N_pairs
+    DPO:   L = (sum over pairs of l(pair)) / N_pairs  [+ w_sft * (sum of NLL over the step's NLL tokens) / N_tokens]
+           l is the weighted sum of the run's loss types (-log sigma(beta * margin) for sigmoid), w_sft the weight of
+           its sft loss type (RPO); any dpo loss type is per pair, so the step reduces it the same way
+    CPO:   L = alpha * (sum of NLL over the step's NLL tokens) / N_tokens  +  (sum over pairs of l(pair)) / N_pairs,
+           l = -log sigma(beta * (c - r)) for its sigmoid loss type, or its hinge, ipo or alphapo one
     SimPO: as CPO on mean instead of summed log-probs, with a margin gamma: -log sigma(beta * (c - r) - gamma);
            alpha = 0 is SimPO itself, alpha > 0 CPO-SimPO
     SFT:   L = (sum of NLL over the step's NLL tokens) / N_tokens
 
 N_tokens counts the step's NLL targets (`in_nll`: the chosen completion tokens, and the chosen side's prompt tokens
-with prompt_loss; SFT: the trained completion tokens) and N_pairs its pairs (SFT: its examples), both summed over
+with prompt_loss; SFT: the trained completion tokens) and N_pairs its units: pairs (SFT: examples; a method on
+unpaired rows counts its examples, each a row of PairTerms), both summed over
 the step's micro-batches and over all processes. So the NLL is a token mean over the whole step, never a mean of
 per-micro-batch means, and batch 4 x accumulation 1, 2 x 2, 1 x 4 and 2 processes x 2 x 1 train on one gradient.
+
+Weighted pairs (`PairTerms.weight`, `pair_counts`): the pairs made from one prompt's ranked answers each weigh
+1 / (their number), so that each prompt counts once. Every sum above is then a weighted sum (a pair's NLL and its
+NLL tokens, its preference term and every metric, each times its weight) and N_pairs the sum of the weights, the
+same under every split of the step; without weights every pair weighs 1.
 
 `PairTerms` holds one micro-batch's per-pair sums; `PairTerms.loss(N_tokens, N_pairs)` is that micro-batch's share
 (its sums over the step's counts), and the shares of a step add up to L. Data-parallel wrappers (DDP, FSDP,
@@ -38,13 +48,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["CpoOutput", "DpoOutput", "OrpoOutput", "PairTerms", "cpo_loss", "dpo_loss", "log1mexp", "orpo_loss",
-           "reduce_columns", "simpo_loss", "step_loss"]
+__all__ = ["CpoOutput", "OrpoOutput", "PairTerms", "compute_dtype", "cpo_loss", "log1mexp", "orpo_loss",
+           "pair_counts", "reduce_columns", "simpo_loss", "step_loss"]
 
 _LN2 = math.log(2.0)
 
@@ -93,7 +104,7 @@ class OrpoOutput:
     rejected_rewards: Tensor  # [B]: beta * rejected_logps, detached ("rewards/rejected")
 
 
-def _compute_dtype(*tensors: Tensor) -> torch.dtype:
+def compute_dtype(*tensors: Tensor) -> torch.dtype:
     dtype = torch.float32
     for t in tensors:
         dtype = torch.promote_types(dtype, t.dtype)
@@ -135,7 +146,7 @@ def orpo_loss(chosen_logps: Tensor, rejected_logps: Tensor, nll: Tensor, beta: f
         raise ValueError("orpo_loss needs at least one preference pair, got B = 0")
     if nll.dim() != 0:
         raise ValueError(f"orpo_loss needs nll as a scalar (0-dim) tensor, got shape {tuple(nll.shape)}")
-    dtype = _compute_dtype(chosen_logps, rejected_logps, nll)
+    dtype = compute_dtype(chosen_logps, rejected_logps, nll)
     chosen = chosen_logps.to(dtype)
     rejected = rejected_logps.to(dtype)
     nll = nll.to(dtype)
@@ -155,43 +166,6 @@ def orpo_loss(chosen_logps: Tensor, rejected_logps: Tensor, nll: Tensor, beta: f
         log_odds_ratio=log_odds_ratio,
         chosen_rewards=(beta * chosen).detach(),
         rejected_rewards=(beta * rejected).detach(),
-    )
-
-
-@dataclass(frozen=True)
-class DpoOutput:
-    """DPO's loss and its parts: `loss` is a graph-attached scalar, the rewards are detached [B] tensors."""
-
-    loss: Tensor  # scalar: mean over pairs of -log sigmoid(beta * margin)
-    pair_losses: Tensor  # [B]: -log sigmoid(beta * margin), attached (loss is their mean)
-    margin: Tensor  # [B]: (log pi(c) - log ref(c)) - (log pi(r) - log ref(r)), attached
-    chosen_rewards: Tensor  # [B]: beta * (log pi(c) - log ref(c)), detached ("rewards/chosen")
-    rejected_rewards: Tensor  # [B]: beta * (log pi(r) - log ref(r)), detached ("rewards/rejected")
-
-
-def dpo_loss(chosen_logps: Tensor, rejected_logps: Tensor, ref_chosen_logps: Tensor, ref_rejected_logps: Tensor,
-             beta: float) -> DpoOutput:
-    """Sigmoid DPO: L = mean over pairs of -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))).
-
-    All four inputs are [B]: the SUM (not the mean) of a completion's token log-probs, under the policy (pi) and
-    the frozen reference (ref), prompt tokens excluded; log sigmoid is evaluated stably for any margin. Computed in
-    float32 (float64 inputs stay float64). The reference log-probs carry no gradient (they are detached here).
-    beta = 0 gives the constant log 2 and no gradient.
-    """
-    shapes = {tuple(t.shape) for t in (chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)}
-    if len(shapes) != 1 or chosen_logps.dim() != 1 or chosen_logps.numel() == 0:
-        raise ValueError(f"dpo_loss needs four log-prob tensors of one shape [B], B >= 1, got {sorted(shapes)}")
-    dtype = _compute_dtype(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
-    chosen_gain = chosen_logps.to(dtype) - ref_chosen_logps.detach().to(dtype)
-    rejected_gain = rejected_logps.to(dtype) - ref_rejected_logps.detach().to(dtype)
-    margin = chosen_gain - rejected_gain
-    pair_losses = -F.logsigmoid(beta * margin)
-    return DpoOutput(
-        loss=pair_losses.mean(),
-        pair_losses=pair_losses,
-        margin=margin,
-        chosen_rewards=(beta * chosen_gain).detach(),
-        rejected_rewards=(beta * rejected_gain).detach(),
     )
 
 
@@ -229,7 +203,7 @@ def cpo_loss(chosen_logps: Tensor, rejected_logps: Tensor, nll: Tensor, beta: fl
                          f"{tuple(chosen_logps.shape)} and {tuple(rejected_logps.shape)}")
     if nll.dim() != 0:
         raise ValueError(f"cpo_loss needs nll as a scalar (0-dim) tensor, got shape {tuple(nll.shape)}")
-    dtype = _compute_dtype(chosen_logps, rejected_logps, nll)
+    dtype = compute_dtype(chosen_logps, rejected_logps, nll)
     chosen, rejected, nll = chosen_logps.to(dtype), rejected_logps.to(dtype), nll.to(dtype)
     margin = beta * (chosen - rejected) - gamma
     pair_losses = -F.logsigmoid(margin)
@@ -258,7 +232,7 @@ def simpo_loss(chosen_sums: Tensor, rejected_sums: Tensor, chosen_counts: Tensor
     shapes = {tuple(t.shape) for t in (chosen_sums, rejected_sums, chosen_counts, rejected_counts)}
     if len(shapes) != 1:
         raise ValueError(f"simpo_loss needs four tensors of one shape [B], got {sorted(shapes)}")
-    dtype = _compute_dtype(chosen_sums, rejected_sums)
+    dtype = compute_dtype(chosen_sums, rejected_sums)
     chosen = chosen_sums.to(dtype) / chosen_counts.to(dtype).clamp(min=1)
     rejected = rejected_sums.to(dtype) / rejected_counts.to(dtype).clamp(min=1)
     return cpo_loss(chosen, rejected, nll, beta, alpha, gamma)
@@ -294,6 +268,18 @@ def reduce_columns(sums: Mapping[str, Tensor | float], nll_weight: float) -> dic
     return metrics
 
 
+def pair_counts(batch: Mapping[str, Any]) -> tuple[Tensor, Tensor | int]:
+    """(NLL targets, pairs) of one micro-batch (the batch contract of autotrain.data.batch), as the step's reduction
+    counts them: with a `pair_weight` [B], each pair and each of its NLL targets at its weight, in float64 (float32
+    on MPS, which has no float64); without, the target count (a device sum) and the pair count (a host int)."""
+    weight = batch.get("pair_weight")
+    if weight is None:
+        return batch["in_nll"].sum(), batch["num_pairs"]
+    weight = weight.to(torch.float32 if weight.device.type == "mps" else torch.float64)
+    per_target = weight[batch["target_seq"] % batch["num_pairs"]]  # NLL targets are chosen's: pair i, sequence i
+    return torch.where(batch["in_nll"], per_target, 0.0).sum(), weight.sum()
+
+
 def _at_least_one(count: Tensor | float) -> Tensor | float:
     return count.clamp(min=1) if isinstance(count, Tensor) else max(count, 1)
 
@@ -314,16 +300,22 @@ class PairTerms:
     # A scalar term defined per micro-batch, weight included (e.g. an MoE router's auxiliary loss), which the step
     # averages over its micro-batches; not part of the per-pair evaluation reduction.
     batch_term: Tensor | None = None
+    # [B] each pair's weight in every reduction (ranked answers: 1 / the pairs of its prompt); None: 1 each.
+    weight: Tensor | None = None
+
+    def _weighted(self, value: Tensor) -> Tensor:
+        return value if self.weight is None else value * self.weight.to(value.dtype)
 
     def loss(self, num_tokens: Tensor | float | None = None, num_pairs: Tensor | float | None = None,
              num_batches: Tensor | float | None = None) -> Tensor:
         """This micro-batch's share of the loss of a step with `num_tokens` NLL targets, `num_pairs` pairs and
         `num_batches` micro-batches; by default the micro-batch alone (its own loss)."""
+        own_pairs = self.pair_loss.shape[0] if self.weight is None else self.weight.sum()
         loss = step_loss(
-            self.nll.sum(),
-            self.pair_loss.sum(),
-            self.nll_tokens.sum() if num_tokens is None else num_tokens,
-            self.pair_loss.shape[0] if num_pairs is None else num_pairs,
+            self._weighted(self.nll).sum(),
+            self._weighted(self.pair_loss).sum(),
+            self._weighted(self.nll_tokens).sum() if num_tokens is None else num_tokens,
+            own_pairs if num_pairs is None else num_pairs,
             self.nll_weight,
         )
         if self.batch_term is not None:
@@ -334,7 +326,7 @@ class PairTerms:
         """Every per-pair value, detached, by name: what an evaluation gathers and a logging window sums."""
         own = {NLL: self.nll, NLL_TOKENS: self.nll_tokens, PAIR_LOSS: self.pair_loss,
                PAIRS: torch.ones_like(self.nll_tokens)}
-        return {name: value.detach().float() for name, value in {**own, **self.metrics}.items()}
+        return {name: self._weighted(value.detach().float()) for name, value in {**own, **self.metrics}.items()}
 
     def batch_metrics(self) -> dict[str, Tensor]:
         """This micro-batch's metrics on its own (TRL's names): nll_loss and the means over its pairs."""

@@ -1,9 +1,10 @@
 """The one place a model or a tokenizer is loaded, and the one way back to the transformers model inside wrappers.
 
 Models load for training (`load_model`, with LoRA adapters from autotrain.lora), as a frozen DPO reference
-(`load_reference`), for inference (`load_trained`) and to merge a saved adapter (`merge_saved_adapter`), all through
-`_from_pretrained`: float32 (mixed precision autocasts on top; a merged model is saved as trained), safetensors only
-(a pickle file can run code when it is loaded), and the run's trust_remote_code. The tokenizer and config load first
+(`load_reference`), for inference (`load_trained`; `load_base`: what a full fine-tune started from, for `aitraining
+chat`) and to merge a saved adapter (`merge_saved_adapter`), all through `_from_pretrained`: float32 (mixed
+precision autocasts on top; a merged model is saved as trained), safetensors only (a pickle file can run code when
+it is loaded), and the run's trust_remote_code. The tokenizer and config load first
 and cheaply, so the data can be checked before any weights are read.
 """
 
@@ -80,11 +81,13 @@ def model_max_length(config: Any) -> int | None:
 def load_model(params: LLMTrainingParams, model: str) -> torch.nn.Module:
     """The base model, with LoRA adapters when `peft` is set.
 
-    On CUDA with packing, attention runs through flex_attention, which skips the masked blocks of a packed row
-    (SDPA with an explicit mask computes them all); elsewhere transformers picks its default (SDPA). With
-    `quantization`, the frozen base weights load in 4 or 8 bits through bitsandbytes (QLoRA).
+    Attention runs through the kernel the user chose, else `default_attention`'s when the model's class supports
+    it (flex_attention on CUDA with packing: it skips the masked blocks of a packed row, which SDPA with an explicit
+    mask computes), else transformers' default (SDPA); the start-up probe (autotrain.trainers.clm.kernel_probe)
+    checks a GPU-only kernel before training. With `quantization`, the frozen base weights load in 4 or 8 bits
+    through bitsandbytes (QLoRA).
     """
-    extra: dict[str, Any] = _attention(params)
+    extra: dict[str, Any] = {"attn_implementation": params.attention} if params.attention is not None else {}
     if params.quantization is not None:
         extra["quantization_config"] = quantization_config(params)
         # Each process holds its quantized copy on its own GPU (bitsandbytes weights cannot be moved after loading).
@@ -96,6 +99,8 @@ def load_model(params: LLMTrainingParams, model: str) -> torch.nn.Module:
             raise
         # transformers refuses a kernel the model or the machine cannot run (flash_attn missing, no CUDA ...).
         raise ModelError(f"attn_implementation {params.attention}: {str(exc).split('. ')[0]}") from None
+    if params.attention is None:
+        _use_default_attention(net, params)
     # The KV cache is useless in training and conflicts with gradient checkpointing.
     net.config.use_cache = False
     if params.peft:
@@ -108,9 +113,44 @@ def load_model(params: LLMTrainingParams, model: str) -> torch.nn.Module:
     return net
 
 
-def load_reference(params: LLMTrainingParams, model: str, vocab_size: int) -> torch.nn.Module:
-    """A frozen reference model for DPO (never quantized, never given adapters); its vocabulary must match."""
-    net = _from_pretrained(model, params.trust_remote_code, **_attention(params))
+def check_reference_tokenizer(tokenizer: Any, reference: str, trust_remote_code: bool) -> None:
+    """Refuse a reference model whose tokenizer is not the policy's, before any weights load: the reference scores
+    the policy's token ids, so each id must be the same token for both. The vocabularies are compared token by
+    token (special and added tokens included), not by size: Llama-2's and Mistral's both have 32,000 rows and
+    share few ids. A reference folder without a tokenizer cannot be compared; only its size is then checked."""
+    try:
+        theirs = load_tokenizer(reference, trust_remote_code)
+    except (OSError, ValueError) as exc:  # weights only, no tokenizer files
+        logger.warning("model_ref %s: no tokenizer to compare with the policy's (%s); only its vocabulary size is "
+                       "checked", reference, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return
+    ours, other = tokenizer.get_vocab(), theirs.get_vocab()
+    if ours == other:
+        return
+    by_id, other_by_id = {i: t for t, i in ours.items()}, {i: t for t, i in other.items()}
+    differs = next((i for i in sorted(set(by_id) | set(other_by_id)) if by_id.get(i) != other_by_id.get(i)), None)
+    if differs is not None:
+        what = (f"token id {differs} is {_shown_token(by_id.get(differs))} in the policy's tokenizer and "
+                f"{_shown_token(other_by_id.get(differs))} in the reference's")
+    else:  # the same ids, one token spelt two ways for one id
+        what = f"the policy's tokenizer has {len(ours)} tokens and the reference's {len(other)}"
+    raise ModelError(f"model_ref: {reference} has another tokenizer than the model being trained: {what}; the "
+                     "reference scores the policy's token ids, so it must share the tokenizer")
+
+
+def _shown_token(token: str | None) -> str:
+    return "absent" if token is None else repr(token)
+
+
+def load_reference(params: LLMTrainingParams, model: str, vocab_size: int, attention: str | None = None
+                   ) -> torch.nn.Module:
+    """A frozen reference model for DPO (never quantized, never given adapters); its vocabulary must match.
+    `attention`: the kernel the trained model runs (after the start-up probe); None: as the params choose."""
+    attention = attention or params.attention
+    extra = {"attn_implementation": attention} if attention is not None else {}
+    net = _from_pretrained(model, params.trust_remote_code, **extra)
+    if attention is None:
+        _use_default_attention(net, params)
     net.config.use_cache = False
     size = net.get_output_embeddings().weight.shape[0]
     if size != vocab_size:
@@ -130,6 +170,25 @@ def load_trained(project: Path, trust_remote_code: bool = False) -> tuple[Any, A
     return model.eval(), load_tokenizer(str(project), trust_remote_code)
 
 
+def load_judge(model: str, reward: bool) -> tuple[Any, Any]:
+    """A judge (autotrain.judge) in eval mode, and its tokenizer: a reward model (sequence classification) or a
+    causal LM. Never its own code (a judge is someone else's model, and no flag vouches for it); bf16 on a GPU
+    that has it (a judge only reads, and a 7B one in fp32 takes 28 GB), else fp32."""
+    dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    if reward:
+        from transformers import AutoModelForSequenceClassification
+
+        net = AutoModelForSequenceClassification.from_pretrained(model, dtype=dtype, use_safetensors=True)
+    else:
+        net = _from_pretrained(model, False, dtype=dtype)
+    return net.eval(), load_tokenizer(model, False)
+
+
+def load_base(model: str, trust_remote_code: bool) -> Any:
+    """The model a full fine-tune started from, in eval mode, to answer beside it (`aitraining chat`)."""
+    return _from_pretrained(model, trust_remote_code).eval()
+
+
 def merge_saved_adapter(adapter_dir: Path, trust_remote_code: bool) -> Any:
     """The base model (loaded again, on CPU) with the adapter saved in `adapter_dir` merged in."""
     return _from_pretrained(adapter_dir, trust_remote_code).merge_and_unload()
@@ -143,15 +202,27 @@ def _from_pretrained(name: str | Path, trust_remote_code: bool, **extra: Any) ->
         from peft import AutoPeftModelForCausalLM as loader
     else:
         from transformers import AutoModelForCausalLM as loader
-    return loader.from_pretrained(name, dtype=torch.float32, trust_remote_code=trust_remote_code,
-                                  use_safetensors=True, **extra)
+    extra.setdefault("dtype", torch.float32)
+    return loader.from_pretrained(name, trust_remote_code=trust_remote_code, use_safetensors=True, **extra)
 
 
-def _attention(params: LLMTrainingParams) -> dict[str, Any]:
-    if params.attention is not None:  # the user's choice wins (check_attention refused what the model cannot run)
-        return {"attn_implementation": params.attention}
-    # flex_attention skips a packed row's masked blocks on CUDA; elsewhere transformers' default (SDPA) is used.
-    return {"attn_implementation": "flex_attention"} if torch.cuda.is_available() and params.packing else {}
+def _use_default_attention(net: torch.nn.Module, params: LLMTrainingParams) -> None:
+    """Switch a model loaded with transformers' default kernel to `default_attention`'s, when its class supports it
+    (a class without flex_attention keeps SDPA rather than failing to load)."""
+    chosen = default_attention(params)
+    if chosen is not None and getattr(type(net), _KERNEL_FLAGS[chosen], False):
+        net.set_attn_implementation(chosen)
+
+
+def default_attention(params: LLMTrainingParams) -> str | None:
+    """The kernel a run gets when --attn-implementation is not given: flex_attention on CUDA with packing (it skips
+    a packed row's masked blocks), else None (transformers' default, SDPA).
+
+    The one place this default is decided. The start-up probe (autotrain.trainers.clm.kernel_probe) checks it on
+    the first training pair and falls back to SDPA when it fails; tests replace this function to take the CUDA
+    decision on a CPU machine.
+    """
+    return "flex_attention" if torch.cuda.is_available() and params.packing else None
 
 
 # The attention kernels transformers offers, and the model-class flag that says a model can use each.

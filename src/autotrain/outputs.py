@@ -7,6 +7,11 @@ Layout:
   base model plus the adapter, not the merged weights);
 - tokenizer files with the chat template used in training; training_params.json; metrics.jsonl; README.md.
 
+The final save is written into `.staging/final` and moved to the top only once complete (`save_final`): a full disk
+or a second signal never leaves half-written weights beside the run's other files. The free space is checked before
+training (`check_room`, from the parameter count) and again before the save; a failed write says in one line what
+was lost and what was kept.
+
 metrics.jsonl is strict JSON (RFC 8259), one object per line: a non-finite value (NaN, +-inf, which Python's json
 would write as the non-JSON tokens NaN and Infinity) is written as null, so jq, JavaScript and pandas read it.
 """
@@ -17,12 +22,18 @@ import json
 import logging
 import math
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
-from autotrain import answers, methods
+from autotrain import answers, disk, resuming
+from autotrain.checkpoints import STAGING, checkpoints, drop_staged, step_of
+from autotrain.errors import DiskFull
+from autotrain.data.tokenize import made_lines
+from autotrain.judge import report as judge_report
 from autotrain.models import merge_saved_adapter, unwrap
 from autotrain.plots import PLOT_FILE
 from autotrain.progress import is_evaluation
@@ -68,42 +79,144 @@ def read_metrics(project: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def save_model(trainer: Any, tokenizer: Any, template: str | None, params: LLMTrainingParams, project: Path) -> None:
-    """Save weights and tokenizer in the layout above; every process calls it, the main process writes.
+def save_model(trainer: Any, tokenizer: Any, template: str | None, params: LLMTrainingParams, folder: Path,
+               stopped: Callable[[], bool] = lambda: False) -> bool:
+    """Save weights and tokenizer into `folder` in the layout above; every process calls it, the main process writes.
 
     Under FSDP or DeepSpeed the weights are sharded across processes: Trainer.save_model gathers them (a collective
     step, hence every process), and a merged model is rebuilt from the base weights and the saved adapter. Otherwise
-    each process holds the whole model and the main process saves (and merges) it directly.
+    each process holds the whole model and the main process saves (and merges) it directly: the merge changes the
+    weights in memory, so it is skipped when `stopped()` says a signal came (the run then saves a checkpoint). Returns
+    whether the weights in memory were merged.
     """
     accelerator = trainer.accelerator
     model = unwrap(trainer.model, peft=False)
     stop_at_turn_end(model, tokenizer, template)  # on the base model's config: a merged model keeps it
     sharded = getattr(accelerator, "is_fsdp2", False) or accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
     if sharded:
-        trainer.save_model(str(project / ADAPTER_DIR if params.peft and params.merge_adapter else project))
+        trainer.save_model(str(folder / ADAPTER_DIR if params.peft and params.merge_adapter else folder))
     if not accelerator.is_main_process:
-        return
+        return False
     if params.peft and params.merge_adapter:
         if sharded:
-            merged = merge_saved_adapter(project / ADAPTER_DIR, params.trust_remote_code)
+            merged = merge_saved_adapter(folder / ADAPTER_DIR, params.trust_remote_code)
         else:
-            model.save_pretrained(project / ADAPTER_DIR)
+            model.save_pretrained(folder / ADAPTER_DIR)
+            if stopped():
+                return False
             merged = model.merge_and_unload()
-        save_tokenizer(tokenizer, template, project / ADAPTER_DIR)
+        save_tokenizer(tokenizer, template, folder / ADAPTER_DIR)
         merged.config.use_cache = True
-        merged.save_pretrained(project)
+        merged.save_pretrained(folder)
     elif not sharded:
         if not params.peft:
             model.config.use_cache = True
-        model.save_pretrained(project)
-    save_tokenizer(tokenizer, template, project)
+        model.save_pretrained(folder)
+    save_tokenizer(tokenizer, template, folder)
     if params.peft:
         # peft writes its template card (39 "[More Information Needed]"). At the top it would also mark the run as
         # finished before it is (README.md is written last, by write_card); in adapter/ a short true card replaces it.
         if params.merge_adapter:
-            write_adapter_card(project / ADAPTER_DIR, params)
+            write_adapter_card(folder / ADAPTER_DIR, params)
         else:
-            (project / CARD_FILE).unlink(missing_ok=True)
+            (folder / CARD_FILE).unlink(missing_ok=True)
+    return params.peft and params.merge_adapter and not sharded
+
+
+def final_size(model: Any, params: LLMTrainingParams) -> int:
+    """About how many bytes the final save writes: the weights as saved (a tied tensor once), the adapter alone with
+    LoRA, and both with merge_adapter (the merged model at the top, the adapter in adapter/)."""
+    seen: set[tuple[int, int]] = set()
+    base = adapter = 0
+    for name, tensor in unwrap(model, peft=False).state_dict().items():
+        key = (tensor.data_ptr(), tensor.numel())
+        if key in seen and key[0] != 0:
+            continue
+        seen.add(key)
+        size = tensor.numel() * tensor.element_size()
+        if "lora_" in name:
+            adapter += size
+        else:
+            base += size
+    if not params.peft:
+        return base
+    return base + adapter if params.merge_adapter else adapter
+
+
+_FINAL = "final"  # the final save's folder under .staging/
+# Besides the weights, the final save writes the tokenizer, the configs, the card and the plots.
+_OTHER_FILES = 16_000_000
+
+
+def check_room(project: Path, model: Any, params: LLMTrainingParams) -> None:
+    """Before training: a disk that cannot hold the final model is reported now, not after the training is done."""
+    weights, free = final_size(model, params), disk.free_bytes(project)
+    need = int(weights * 1.05) + _OTHER_FILES
+    if free < need:
+        raise DiskFull(f"project_name: not enough free space for the final model in {project}: about "
+                       f"{disk.size(need)} needed ({disk.size(weights)} of weights, up to {disk.size(_OTHER_FILES)} "
+                       f"of tokenizer, configs and card), {disk.size(free)} free (checked before training; nothing "
+                       "was written); free space, or choose a --project-name on another disk")
+
+
+def save_final(trainer: Any, tokenizer: Any, template: str | None, params: LLMTrainingParams, project: Path,
+               stopped: Callable[[], bool]) -> bool:
+    """Save the final model into `.staging/final`, then move it to the top of `project`; return False, with nothing
+    moved, when `stopped()` says a signal came meanwhile (the caller stops as it does during training, with a
+    checkpoint of the last step). Once the adapter is merged into the weights in memory no such checkpoint can be
+    saved: a signal after that point, with no checkpoint of the last step on disk, lets the save finish instead.
+
+    A failed write (a full disk) removes the staged copy and raises DiskFull naming what was lost and what was kept:
+    the newest checkpoint and the records stay as they were."""
+    staged, name = project / STAGING / _FINAL, _FINAL
+    main = trainer.accelerator.is_main_process
+    free = disk.free_bytes(project)
+    if main:
+        shutil.rmtree(staged, ignore_errors=True)
+        need = final_size(trainer.model, params)
+        if free < need:
+            raise DiskFull(_lost(project, trainer.state.global_step,
+                                 f"about {disk.size(need)} needed, {disk.size(free)} free"))
+    try:
+        merged = save_model(trainer, tokenizer, template, params, staged, stopped)
+    except Exception as exc:
+        drop_staged(project, name)
+        reason = disk.write_failure(exc)
+        if reason is None:
+            raise
+        raise DiskFull(_lost(project, trainer.state.global_step,
+                             f"{reason}; {disk.size(disk.free_bytes(project))} free there")) from None
+    if stopped():
+        kept = checkpoints(project)
+        if not merged or (kept and step_of(kept[-1]) == trainer.state.global_step):
+            drop_staged(project, name)
+            return False
+        logger.warning("a signal came while the merged model was written: the weights in memory are merged, so no "
+                       "checkpoint of the last step can be saved; the save is finished instead, and the run with it")
+    if main:
+        for entry in sorted(staged.iterdir()):
+            target = project / entry.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(entry, target)
+        drop_staged(project, name)
+    return True
+
+
+def _lost(project: Path, step: int, why: str) -> str:
+    """The one line for a final save that failed: what is lost, what is kept, how to go on."""
+    kept = checkpoints(project)
+    newest = kept[-1] if kept else None
+    if newest is not None and step_of(newest) == step:
+        lost, then = f"nothing of the training ({newest.name} holds its last step)", "resume"
+    elif newest is not None:
+        lost, then = f"the steps after {newest.name} (step {step_of(newest)} of {step})", "resume"
+    else:
+        lost, then = f"all {step} steps of training (no checkpoint was saved)", "start over"
+    kept_names = ", ".join(([newest.name] if newest else []) + [METRICS_FILE, PARAMS_FILE])
+    return (f"writing the final model into {project} failed ({why}); nothing half-written was left. Lost: {lost}; "
+            f"kept: {kept_names}. Free space, then run the same command plus --resume-from-checkpoint auto (it will "
+            f"{then})")
 
 
 def save_tokenizer(tokenizer: Any, template: str | None, folder: Path) -> None:
@@ -187,7 +300,7 @@ def write_card(project: Path, params: LLMTrainingParams, base_model: str, data: 
         "---",
         "library_name: transformers",
         f"base_model: {base_model}",
-        f"tags: [aitraining, {params.method}" + (", preference-tuning]" if data.columns.rejected else "]"),
+        f"tags: [aitraining, {params.method}" + (", preference-tuning]" if data.columns.paired else "]"),
         "---",
         f"# {Path(params.project_name).name}",
         "",
@@ -198,10 +311,7 @@ def write_card(project: Path, params: LLMTrainingParams, base_model: str, data: 
         "",
         "## Data",
         f"- source: `{params.data_path}` (train split `{params.train_split}`: {_counted(len(data.train), unit)})",
-        f"- columns: prompt `{data.columns.prompt}`, chosen `{data.columns.chosen}`, "
-        f"rejected `{data.columns.rejected}`"
-        if data.columns.rejected
-        else f"- columns: prompt `{data.columns.prompt}` (not under the loss), completion `{data.columns.chosen}`",
+        f"- columns: {data.columns.describe()}",
     ]
     if data.valid is not None:
         lines.append(f"- validation split `{params.valid_split}`: {_counted(len(data.valid), unit)}")
@@ -210,6 +320,7 @@ def write_card(project: Path, params: LLMTrainingParams, base_model: str, data: 
     for split_name, split in (("train", data.train), ("validation", data.valid)):
         if split is None:
             continue
+        lines += [f"- {split_name}: {line}" for line in made_lines(split.made)]
         for reason, count in split.dropped.items():
             lines.append(f"- {split_name}: {_counted(count, unit)} dropped ({reason})")
         for reason, count in split.truncated.items():
@@ -221,15 +332,19 @@ def write_card(project: Path, params: LLMTrainingParams, base_model: str, data: 
         for key in ("eval_rewards/accuracies", "eval_loss", "eval_nll_loss", "eval_rewards/margins"):
             if isinstance(before.get(key), int | float) and isinstance(after.get(key), int | float):
                 lines.append(f"| {key.removeprefix('eval_')} | {before[key]:.4f} | {after[key]:.4f} |")
-        accuracy = methods.spec(params.trainer).accuracy
+        accuracy = params.method_settings().accuracy
         if accuracy is not None and "eval_rewards/accuracies" in before:
             lines += ["", f"rewards/accuracies: the share of validation pairs where {accuracy}."]
     answered = answers.read(project)
     if answered:
         lines += ["", "## Sample answers (validation prompts, greedy)", "", "| prompt | before | after |", "|---|---|---|"]
         lines += [f"| {_cell(s['prompt'])} | {_cell(s['before'])} | {_cell(s['after'])} |" for s in answered]
+    lines += judge_report.card_section(project)
     if (project / PLOT_FILE).exists():
         lines += ["", "## Training curves", "", f"![training curves]({PLOT_FILE})"]
+    resumed = resuming.read_records(project)
+    if resumed:
+        lines += ["", "## Resumed", ""] + [f"- {resuming.describe(entry)}" for entry in resumed]
     lines += ["", "## Final metrics", "", "| metric | value |", "|---|---|"]
     lines += [f"| {key} | {value:.6g} |" for key, value in sorted(final.items()) if key not in ("step",)]
     lines += ["", "## Parameters", "", "```json", json.dumps(params.public_dict(), indent=2), "```", ""]
@@ -247,20 +362,3 @@ def _cell(text: str | None) -> str:
     if text is None:
         return "—"
     return answers.flat(text).replace("|", "\\|") or "(empty)"
-
-
-def push_to_hub(project: Path, params: LLMTrainingParams) -> str:
-    """Upload the project folder (not checkpoints or tracker logs); the token is passed, never stored."""
-    from huggingface_hub import HfApi
-
-    token = params.token.get_secret_value() if params.token else None
-    api = HfApi(token=token)
-    repo_id = params.hub_repo
-    api.create_repo(repo_id, private=params.hub_private, exist_ok=True)
-    api.upload_folder(
-        folder_path=str(project),
-        repo_id=repo_id,
-        ignore_patterns=["checkpoint-*", "checkpoint-*/**", "runs/**", "wandb/**", "*.log"],
-    )
-    logger.info("pushed to the hub as %s", repo_id)
-    return repo_id

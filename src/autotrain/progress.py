@@ -30,11 +30,13 @@ LOSS = "loss"
 ACCURACY = "rewards/accuracies"
 TOKENS = "num_tokens"
 EVAL_PREFIX = "eval_"
+JUDGE_PREFIX = "eval_judge_"  # the judged comparison's record (autotrain.judge), written once after training
 
 
 def is_evaluation(logs: dict[str, Any]) -> bool:
-    """An evaluation's log (or metrics.jsonl record) rather than a training one: Trainer prefixes its keys with eval_."""
-    return any(key.startswith(EVAL_PREFIX) for key in logs)
+    """An evaluation's log (or metrics.jsonl record) rather than a training one: Trainer prefixes its keys with eval_.
+    The judged comparison's record is not an evaluation of the validation split: it has no loss to compare."""
+    return any(key.startswith(EVAL_PREFIX) and not key.startswith(JUDGE_PREFIX) for key in logs)
 
 
 def format_duration(seconds: float) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import sys
 from collections.abc import Iterator
@@ -17,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autotrain import methods, preflight
+from autotrain import methods, preflight, resuming
 from autotrain.errors import ParamsError
 from autotrain.params import LLMTrainingParams
 from autotrain.project_folder import owned, resume_point
+from autotrain.trainers.clm.arguments import training_arguments
 
 logger = logging.getLogger("autotrain")
 
@@ -89,9 +89,11 @@ class AutoTrainProject:
         if params.use_sweep:  # trials in <project>/trials/, the best one's model in <project>/ (autotrain.sweep)
             from autotrain.sweep import run_sweep
 
+            preflight.check_setup(params)  # packages and servers, before the sweep's folder is made
+
             return run_sweep(params, _trial, result_of, self.verbose)
         with quiet.libraries(self.verbose), session(params):
-            resume_point(preflight.project_dir(params), params.resume_from_checkpoint)  # before the data is read
+            resuming.checked_resume(params)  # the folder, the checkpoint and what a resume may change: before the data
             opened = preflight.check_inputs(params)
             if preflight.needs_launch(params):
                 # Several processes: accelerate starts them; each runs `python -m autotrain.trainers.clm`.
@@ -107,19 +109,38 @@ def _trial(params: LLMTrainingParams, callbacks: tuple[Any, ...]) -> RunResult:
         return run(params, callbacks=callbacks)
 
 
+# What a run sets for its trackers (`_tracker_environment`). WANDB_SERVICE is wandb's own note of its live service
+# process: a run tears the caller's down to start its own, so putting the old address back would send the next
+# wandb.init to a dead socket; wandb keeps it.
+_TRACKER_VARIABLES = ("WANDB_", "TENSORBOARD_LOGGING_DIR")
+_WANDBS_OWN = "WANDB_SERVICE"
+
+
+def _tracker_variables() -> dict[str, str]:
+    return {name: value for name, value in os.environ.items()
+            if name.startswith(_TRACKER_VARIABLES) and name != _WANDBS_OWN}
+
+
 @contextlib.contextmanager
 def session(params: LLMTrainingParams) -> Iterator[None]:
     """What a run holds while it lasts: the project folder's lock (in the process that owns the run:
     preflight.takes_lock), and a `sys.argv` without secrets, since trackers record it (wandb keeps the command line
-    in its run files, and an online run uploads them). The argv is restored afterwards."""
+    in its run files, and an online run uploads them). The argv, and the trackers' environment, are the caller's
+    again afterwards, also on an error: a Python caller must not keep the W&B key (later subprocesses inherit it)
+    nor WANDB_DIR and WANDB_PROJECT (its own wandb runs would log into this folder)."""
     secrets = [value for value in params.secret_values() if value]
     saved = list(sys.argv)
+    environment = _tracker_variables()
     sys.argv[:] = [scrub(arg, secrets) for arg in saved]
     try:
         with owned(preflight.project_dir(params), take=preflight.takes_lock()):
             yield
     finally:
         sys.argv[:] = saved
+        for name in _tracker_variables():
+            if name not in environment:
+                del os.environ[name]
+        os.environ.update(environment)
 
 
 def scrub(text: str, secrets: list[str]) -> str:
@@ -128,69 +149,17 @@ def scrub(text: str, secrets: list[str]) -> str:
     return text
 
 
-def training_arguments(params: LLMTrainingParams, project: Path, train_pairs: int, has_valid: bool) -> Any:
-    """Map the params onto transformers' TrainingArguments: each field that the loop owns goes here."""
-    from transformers import TrainingArguments
-
-    steps_per_epoch = math.ceil(math.ceil(train_pairs / params.batch_size) / params.gradient_accumulation)
-    total = params.max_steps if params.max_steps > 0 else steps_per_epoch * params.epochs
-    logging_steps = params.logging_steps if params.logging_steps > 0 else max(1, min(25, total // 20))
-    report_to = [] if params.log == "none" else [params.log]
-    return TrainingArguments(
-        output_dir=str(project),
-        num_train_epochs=params.epochs,
-        max_steps=params.max_steps,
-        per_device_train_batch_size=params.batch_size,
-        per_device_eval_batch_size=params.batch_size,
-        learning_rate=params.lr,
-        gradient_accumulation_steps=params.gradient_accumulation,
-        warmup_steps=params.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
-        optim=params.optimizer,
-        lr_scheduler_type=params.scheduler,
-        weight_decay=params.weight_decay,
-        max_grad_norm=params.max_grad_norm,
-        seed=params.seed,
-        data_seed=params.seed,
-        bf16=params.mixed_precision == "bf16",
-        fp16=params.mixed_precision == "fp16",
-        # transformers refuses bf16 without a GPU unless told to train on the CPU (under bf16 autocast).
-        use_cpu=preflight.bf16_on_cpu(params),
-        **_checkpointing_args(TrainingArguments, not params.disable_gradient_checkpointing),
-        logging_strategy="steps",
-        logging_steps=logging_steps,
-        eval_strategy=params.eval_strategy if has_valid else "no",
-        eval_steps=params.eval_steps if params.eval_strategy == "steps" else None,
-        eval_on_start=has_valid,
-        save_strategy=params.save_every,
-        save_steps=params.save_steps if params.save_steps > 0 else 500,
-        auto_find_batch_size=params.auto_find_batch_size,  # halves the batch on OOM (accelerate)
-        ddp_timeout=params.ddp_timeout,
-        logging_nan_inf_filter=False,  # a NaN must show, not be replaced by an average (and it costs a sync)
-        save_total_limit=params.save_total_limit,
-        report_to=report_to,
-        run_name=Path(params.project_name).name,
-        remove_unused_columns=False,  # the collator reads prompt_ids/chosen_ids/rejected_ids
-        dataloader_pin_memory=False,
-        disable_tqdm=True,  # autotrain.progress.Progress shows step/total, loss, tokens/s and ETA instead
-    )
-
-
-def _checkpointing_args(arguments_class: Any, enabled: bool) -> dict[str, Any]:
-    """transformers 5.x renamed gradient_checkpointing to activation_checkpointing; use whichever exists."""
-    fields = arguments_class.__dataclass_fields__
-    name = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
-    # Non-reentrant checkpointing needs no input grads, so it works with frozen embeddings under LoRA.
-    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False}}
-
-
 def process_state(params: LLMTrainingParams) -> Any:
     """accelerate's PartialState, first built here so that the process group gets the run's ddp_timeout (a later
-    TrainingArguments cannot change the state once it exists)."""
+    TrainingArguments cannot change the state once it exists). PartialState does not read ACCELERATE_USE_CPU
+    (AcceleratorState does): without `cpu`, processes launched on CPUs would each build a one-process state, each
+    be "the main process" and write the project's files at once."""
     from datetime import timedelta
 
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
-    return PartialState(timeout=timedelta(seconds=params.ddp_timeout))
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), timeout=timedelta(seconds=params.ddp_timeout))
 
 
 def _tracker_environment(params: LLMTrainingParams, project: Path) -> None:
@@ -240,17 +209,16 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     from autotrain.project_folder import PARAMS_FILE, PROCESSED_DIR
 
     project = preflight.project_dir(params)
-    resume = params.resume_from_checkpoint
-    resume_from = resume_point(project, "auto" if folder_checked and resume is None else resume)
+    resume_from = resuming.checked_resume(params, folder_checked)
     # The data's files, splits and columns are checked before torch and transformers are imported (seconds) and
     # before the model is touched (the default model's one-time conversion takes ~40 s).
     opened = opened or preflight.check_inputs(params)
     quiet.import_quietly("transformers.integrations.integration_utils")  # the first import of transformers
     preflight.check_device(params)
-    from autotrain import answers, models, outputs
+    from autotrain import models, outputs
     from autotrain.checkpoints import clear_staging, finish, set_aside_newer
     from autotrain.data.prepare import prepare_data
-    from autotrain.data.templates import stop_ids
+    from autotrain.judge.before_after import BeforeAfter
     from autotrain.plots import plot_training
 
     method = methods.spec(params.trainer)
@@ -261,13 +229,18 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     with model_files.loading(model_path):
         tokenizer = models.load_tokenizer(model_path, params.trust_remote_code)
         config = models.load_config(model_path, params.trust_remote_code)
+    resuming.check_model_config(resume_from, config, params.model)
     models.check_attention(params, config)
+    if method.needs_reference and ref_path is not None:  # before the data stage and any weights
+        with model_files.loading(ref_path):
+            models.check_reference_tokenizer(tokenizer, ref_path, params.trust_remote_code)
     data = prepare_data(params, tokenizer, models.model_max_length(config), opened=opened)
     from transformers import PrinterCallback, ProgressCallback, set_seed
 
     from autotrain.data.kernels import make_collator
     from autotrain.progress import Progress
     from autotrain import stop as stopping
+    from autotrain.trainers.clm.resume import check_weights, schedule_callbacks
     from autotrain.trainers.clm.trainer import MethodTrainer
 
     main = process_state(params).is_main_process  # with several processes, only the first writes the project's files
@@ -278,18 +251,20 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     with model_files.loading(model_path):
         model = models.load_model(params, model_path)
     quiet.settle()  # peft and accelerate are imported by now
-    # Sample answers are the main process's to write; when the weights are sharded (FSDP, ZeRO-3) every process must
-    # take part in generate. A resumed run has no untrained model left to ask.
+    check_weights(model, resume_from, params.peft, params.model)
     sharded = preflight.sharded_weights()
-    asked = params.sample_answers and (main or sharded)
-    sample_ids = data.valid.prompt_ids[: params.sample_answers] if asked else []
-    own_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    stops = stop_ids(tokenizer, data.template, also=own_eos) if sample_ids else None
-    before = None
-    if sample_ids and resume_from is None:
-        # On the training device (Trainer has not moved the model yet); under ZeRO-3 the full weights gathered.
+    if main and not sharded:
+        outputs.check_room(project, model, params)  # a run that could not save its model is not started
+    if not sharded:  # a GPU-only kernel is checked before anything uses it; a sharded model cannot run whole here
+        from autotrain.trainers.clm.kernel_probe import settle_run_kernel
+
         with models.whole_on(model, args.device):
-            before = answers.answer(model, tokenizer, sample_ids, stops)
+            settle_run_kernel(params, model, data.train.dataset[0], tokenizer.pad_token_id, args.device)
+    # Sample answers and the judge's are the main process's to write; when the weights are sharded (FSDP, ZeRO-3)
+    # every process must take part in generate. A resumed run has no untrained model left to ask.
+    asked = BeforeAfter(params, data, tokenizer, model, asks=bool(main or sharded))
+    # On the training device (Trainer has not moved the model yet).
+    before = asked.answer(model, args.device) if resume_from is None else None
     ref_model = None
     if method.needs_reference:
         # With adapters the reference is the same weights with the adapters off; precomputing before the first
@@ -298,10 +273,16 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
         if ref_path is not None or not (params.peft or fresh):
             vocab = model.get_output_embeddings().weight.shape[0]
             with model_files.loading(ref_path or model_path):
-                ref_model = models.load_reference(params, ref_path or model_path, vocab)
+                ref_model = models.load_reference(params, ref_path or model_path, vocab,
+                                                  attention=models.unwrap(model).config._attn_implementation)
+    changed = resuming.changed_since(resume_from, params)
     project.mkdir(parents=True, exist_ok=True)
     if main:
+        resuming.keep_records_until(project, _checkpoint_step(resume_from))
+        if resume_from is not None:
+            resuming.record(project, resume_from, changed)
         params.save_json(project / PARAMS_FILE)  # first: it marks the folder as this tool's (project_folder)
+        asked.keep(project, before)
         if params.save_processed_data == "local":
             data.save(project / PROCESSED_DIR)
         clear_staging(project)
@@ -318,12 +299,13 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
         train_dataset=data.train.dataset,
         eval_dataset=data.valid.dataset if data.valid is not None else None,
         data_collator=make_collator(params.packing, tokenizer.pad_token_id, params.nll_on_prompt, model=model,
-                                    padding_side=params.padding),
+                                    padding_side=params.padding, ld_alpha=settings.ld_alpha),
         processing_class=tokenizer,
-        callbacks=[outputs.MetricsFile(project / outputs.METRICS_FILE), stop, Progress()],
+        callbacks=[outputs.MetricsFile(project / outputs.METRICS_FILE), stop, Progress(),
+                   *schedule_callbacks(changed)],
         method=params.trainer,
         beta=settings.beta,
-        options={"gamma": settings.gamma, "alpha": settings.alpha},
+        options=settings.options,
         ref_model=ref_model,
         precompute_ref=params.precompute_ref_logps,
         disable_dropout=params.disable_dropout,
@@ -336,28 +318,36 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     try:
         with models.compiled_layers(model, params.torch_compile):
             trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        after = asked.answer(trainer.model, trainer.args.device) if stop.received is None else None
+        if main:
+            asked.write(project, before, after)
+        # Signals stay caught through the final save: one that comes now stops the run as during training.
+        saved = stop.received is None and outputs.save_final(trainer, tokenizer, data.template, params, project,
+                                                             lambda: stop.received is not None)
     finally:
         stop.uninstall()
         if params.log == "wandb":
             import wandb
 
             wandb.finish()
-    if stop.received is not None:
+            wandb.teardown()  # its settings (this run's folder and project) must not outlive the run
+    if not saved:
+        stopping.save_last_step(trainer)
         raise stopping.interrupted(stop.received, project)
-    if sample_ids:
-        with models.whole_on(trainer.model, trainer.args.device):
-            after = answers.answer(models.unwrap(trainer.model, peft=False), tokenizer, sample_ids, stops)
-        if main:
-            answers.write(project, answers.prompt_texts(tokenizer, sample_ids, data.template), before, after)
-    outputs.save_model(trainer, tokenizer, data.template, params, project)
+    stopped = None
     if main:
         finish(project)
+        stopped = asked.judge(project, before, after)  # after the weights are saved; before the card, which shows it
         records = outputs.read_metrics(project)
         plot_training(project, records)
         outputs.write_card(project, params, params.model, data, records)
         if params.push_to_hub:
-            outputs.push_to_hub(project, params)
+            from autotrain.hub import push_to_hub
+
+            push_to_hub(project, params)
     trainer.accelerator.wait_for_everyone()  # every process returns a finished project
+    if stopped is not None:
+        raise stopped
     return result_of(params)
 
 
@@ -372,4 +362,4 @@ def result_of(params: LLMTrainingParams) -> RunResult:
         adapter_dir = project / outputs.ADAPTER_DIR if params.merge_adapter else project
     hub_repo = params.hub_repo if params.push_to_hub else None
     return RunResult(project, outputs.final_metrics(records), adapter_dir, hub_repo, outputs.before_after(records),
-                     tuple(answers.read(project)), methods.spec(params.trainer).accuracy)
+                     tuple(answers.read(project)), params.method_settings().accuracy)

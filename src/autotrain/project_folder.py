@@ -29,6 +29,7 @@ from autotrain.errors import ParamsError
 PARAMS_FILE = "training_params.json"  # written first: its presence marks a folder as this tool's
 CARD_FILE = "README.md"  # written last: its presence marks a finished run
 METRICS_FILE = "metrics.jsonl"
+RESUMES_FILE = "resumes.jsonl"  # one line per resume: its step, its checkpoint, what it changed (autotrain.resuming)
 ADAPTER_DIR = "adapter"
 PROCESSED_DIR = "processed_data"  # the tokenized splits, with save_processed_data local
 LAUNCH_CONFIG_FILE = "accelerate_config.yaml"
@@ -220,3 +221,16 @@ def resume_point(project: Path, resume: str | None) -> Path | None:
     if resume == "latest" and not found:
         raise ParamsError(f"resume_from_checkpoint: latest, but {project} holds no checkpoint")
     return found[-1] if found else None
+
+
+def unfinished(project: Path) -> str | None:
+    """Why `project` holds no finished run, or None when it does: the model card is written last, after the weights
+    and the tokenizer, so without it the model may be half written or missing."""
+    if (project / CARD_FILE).is_file():
+        return None
+    from autotrain.checkpoints import checkpoints
+
+    found = checkpoints(project) if project.is_dir() else []
+    then = (f"its newest checkpoint is {found[-1].name}: finish the run with its training command and "
+            "--resume-from-checkpoint auto" if found else "it saved no checkpoint; train it again")
+    return f"{project} holds an unfinished run (it stopped before its final save, which ends with {CARD_FILE}); {then}"

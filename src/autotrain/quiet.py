@@ -7,7 +7,12 @@
 - FutureWarning, UserWarning and DeprecationWarning are not shown (`warnings.catch_warnings`, undone on exit);
 - the libraries' progress bars are off (loading weights, writing shards, downloads); the run's own progress stays;
 - wandb prints nothing of its own (WANDB_SILENT), and `import_quietly` swallows what a module prints when it is
-  imported (transformers prints `[INFO] Running in WANDB offline mode` whenever WANDB_MODE=offline is set).
+  imported (transformers prints `[INFO] Running in WANDB offline mode` whenever WANDB_MODE=offline is set);
+- matplotlib's logger is quieted before it is imported: it logs at import (an unwritable HOME, its font cache).
+
+`survive_closed_output()` (the CLI's and a launched process's first step) is apart from the rest: when the reader
+of stdout or stderr goes away (`aitraining llm --train ... | head -2`), the run goes on with that output discarded,
+instead of dying of BrokenPipeError halfway, and `reader_gone()` tells `--inference` to stop answering.
 
 Nothing here imports a library (torch and transformers take seconds, and a data error must not wait for them):
 libraries already imported are quieted on entry, and the run calls `settle()` after it imports more. On exit each
@@ -27,6 +32,9 @@ import warnings
 from collections.abc import Iterator
 
 LOGGERS = ("datasets", "peft", "accelerate", "huggingface_hub", "wandb", "httpx", "torch", "tensorboard")
+# Quieted before they are imported, since they log while being imported (matplotlib: that it cannot make its cache
+# under an unwritable HOME, that it built a font cache).
+EARLY_LOGGERS = ("matplotlib",)
 _ENVIRONMENT = {
     "TRANSFORMERS_VERBOSITY": "error",  # read when transformers configures its logger, at import
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
@@ -55,8 +63,8 @@ class _Quiet:
 
     def settle(self) -> None:
         known = logging.Logger.manager.loggerDict
-        for name in LOGGERS:
-            if name in known and name not in self.levels:
+        for name in LOGGERS + EARLY_LOGGERS:
+            if (name in known or name in EARLY_LOGGERS) and name not in self.levels:
                 logger = logging.getLogger(name)
                 self.levels[name] = logger.level
                 logger.setLevel(logging.ERROR)
@@ -131,3 +139,51 @@ def import_quietly(module: str) -> None:
         with contextlib.redirect_stdout(io.StringIO()):
             importlib.import_module(module)
     settle()
+
+
+class _Discarding:
+    """A text stream whose writes go on, discarded, once its reader has gone (EPIPE). The file descriptor is pointed
+    at /dev/null then, so the interpreter's last flush at exit, and processes started later, find it writable."""
+
+    def __init__(self, stream: object) -> None:
+        self._stream = stream
+        self.gone = False
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._discard()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._discard()
+
+    def _discard(self) -> None:
+        self.gone = True
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self._stream.fileno())
+            os.close(null)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
+
+
+def survive_closed_output() -> None:
+    """Make sys.stdout and sys.stderr outlive their reader (see the module's docstring). Before logging is set up,
+    so that its handlers write to these."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, _Discarding):
+            setattr(sys, name, _Discarding(stream))
+
+
+def reader_gone() -> bool:
+    """Whether stdout's reader has gone (nothing written there is read any more)."""
+    return isinstance(sys.stdout, _Discarding) and sys.stdout.gone

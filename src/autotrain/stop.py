@@ -1,6 +1,8 @@
 """A clean stop on SIGINT/SIGTERM: save a checkpoint at the end of the current optimizer step, then stop.
 
-The first signal asks the loop to save and stop at the next step boundary (`StopOnSignal`); a second one falls back
+The first signal asks the loop to save and stop at the next step boundary (`StopOnSignal`); one that comes after the
+last step (the final evaluation, the sample answers, the final save) abandons the final save and saves a checkpoint
+of the last step instead (`save_last_step`), so that every stop can be resumed. A second signal falls back
 to the default behaviour (exit at once), so a run that hangs can still be stopped. The run then raises
 `interrupted(...)`: the error naming what was saved and how to resume, with the shell's exit code (130, 143). A
 launched run's parent raises the same error for its children (autotrain.launch).
@@ -15,7 +17,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from autotrain.checkpoints import checkpoints
+from autotrain.checkpoints import checkpoints, step_of
 from autotrain.errors import TrainingInterrupted
 
 
@@ -45,6 +47,15 @@ class StopOnSignal(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         return control
+
+
+def save_last_step(trainer: Any) -> None:
+    """A signal after the last step's boundary (during the last evaluation, the sample answers or the final save)
+    stops the run as one during training does: with a checkpoint of the step it reached, saved now unless the newest
+    checkpoint is of that step, so that the printed resume only has the final save left to do."""
+    saved = checkpoints(Path(trainer.args.output_dir))
+    if not saved or step_of(saved[-1]) != trainer.state.global_step:
+        trainer.save_checkpoint()
 
 
 def interrupted(number: int, project: Path) -> TrainingInterrupted:

@@ -2,18 +2,27 @@
 
 - Each trial is a full run in `<project>/trials/NNN/` (NNN is optuna's trial number), with the swept fields
   (autotrain.params.sweep) set over the user's other parameters.
+- Before trial 000 the whole space is checked (autotrain.params.sweep.corners): a trial is built for every choice
+  and both ends of every range, through the params' own checks, and the metric must be one that each of them
+  logs. A space that cannot run fails there, with nothing written.
 - Each evaluation reports `sweep_metric` to optuna; its MedianPruner stops a trial whose metric is worse than the
   median of the earlier trials at the same step (after two finished trials, and not on the untrained model's
   step-0 evaluation). A pruned trial keeps its folder and counts as finished.
 - `<project>/sweep.db` is optuna's storage (SQLite). A sweep that was killed is started again with the same command:
   its finished trials stay; a trial that was running when it died is marked failed and its parameters are tried
-  again first (the sweep holds the project's lock, so a running trial in the storage is a dead one).
-- When `sweep_n_trials` trials are finished: `<project>/sweep.md` (a table of every trial), `<project>/sweep.png`
-  (the metric against each swept parameter) and, in `<project>/` itself, the best trial's model and outputs.
+  again first (the sweep holds the project's lock, so a running trial in the storage is a dead one). Once a trial
+  has finished, the sweep is fixed: its space, metric and direction and every setting it does not sweep
+  (autotrain.sweep_report.fixed_settings) must match, or the run is refused naming what changed; only
+  `sweep_n_trials` may change (a finished sweep run again with more trials goes on).
+- When `sweep_n_trials` trials are finished: `<project>/sweep.md` (a table of every trial, then the fixed
+  settings), `<project>/sweep.png` (the metric against each swept parameter) and, in `<project>/` itself, the best
+  trial's model and outputs, in place of an earlier best's, whole (`_publish`).
 """
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import logging
 import shutil
 from collections.abc import Callable
@@ -22,17 +31,23 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from autotrain import preflight
-from autotrain.errors import ParamsError
+from autotrain import atomic, methods, preflight
+from autotrain.errors import ParamsError, did_you_mean
+from autotrain.judge import stats
 from autotrain.params import LLMTrainingParams
-from autotrain.params.sweep import Range, SweepParams, parse_space
+from autotrain.params.sweep import DEFAULT_SPACE, Range, SweepParams, corners, parse_space
+from autotrain.sweep_report import TABLE_FILE, fixed_settings, plot, write_table
 
 logger = logging.getLogger("autotrain")
 
-STORAGE_FILE, TABLE_FILE, PLOT_FILE, TRIALS_DIR = "sweep.db", "sweep.md", "sweep.png", "trials"
+STORAGE_FILE, TRIALS_DIR = "sweep.db", "trials"
 _STUDY = "sweep"
-# Not copied from the best trial into the project: its checkpoints and tracker logs stay in its own folder.
-_NOT_COPIED = ("checkpoint-*", "runs", "wandb", ".*.lock")
+# Not copied from the best trial into the project: its checkpoints, tracker logs and hidden files (its lock) stay
+# in its own folder.
+_NOT_COPIED = ("checkpoint-*", "runs", "wandb", ".*")
+_TEMP_PREFIX = ".sweep-"
+# What every evaluation logs besides the method's own metrics (the loss, the NLL, transformers' timings).
+_EVAL_LOGS = ("eval_loss", "eval_nll_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
 
 
 def run_sweep(params: LLMTrainingParams, train: Callable[..., Any], result_of: Callable[[LLMTrainingParams], Any],
@@ -56,6 +71,7 @@ def run_sweep(params: LLMTrainingParams, train: Callable[..., Any], result_of: C
             if name not in SweepParams.model_fields and name not in ("project_name", "resume_from_checkpoint")}
     if params.push_to_hub:
         raise ParamsError("use_sweep: push_to_hub is not done for a sweep; push the best model after it")
+    check_space(params, ranges, base)
     with quiet.libraries(verbose), owned(project):
         project.mkdir(parents=True, exist_ok=True)
         study, storage = open_study(project, params)
@@ -90,15 +106,58 @@ def _check_folder(project: Path) -> None:
                           "(or the folder of the sweep to resume)")
 
 
+def check_space(params: LLMTrainingParams, ranges: list[Range], base: dict[str, Any]) -> None:
+    """Build the trials the space can draw (each choice, both ends of each range) through the params' own checks,
+    and check that each logs the metric: before trial 000, so a bad space costs no training and leaves no folder."""
+    from autotrain.eval_metrics import requested
+
+    folder = preflight.project_dir(params) / TRIALS_DIR / "000"
+    for values in corners(ranges):
+        try:
+            trial = LLMTrainingParams(**{**base, **values, "project_name": str(folder)})
+            if preflight.needs_launch(trial):
+                raise ParamsError("use_sweep runs its trials in this process: one GPU, no --distributed-backend")
+        except ParamsError as exc:
+            raise ParamsError(f"sweep_params: a trial with {_shown(values)} cannot run: {exc}") from None
+        logged = [*_EVAL_LOGS, *(f"eval_{name}" for name in (*methods.spec(trial.trainer).metrics,
+                                                             *requested(trial))),
+                  *(stats.METRICS if trial.judge else ())]  # once, after training (autotrain.judge)
+        if params.sweep_metric not in logged:
+            hint = did_you_mean(params.sweep_metric, logged, otherwise=f"it logs {', '.join(logged)}")
+            raise ParamsError(f"sweep_metric: {params.sweep_metric} is not a metric that the evaluation logs with "
+                              f"--trainer {trial.trainer}{' and --judge' if trial.judge else ''}; {hint}")
+    if params.sweep_metric in stats.HIGHER_IS_BETTER and "sweep_direction" not in params.model_fields_set:
+        raise ParamsError(f"sweep_metric: {params.sweep_metric} is better when higher, and the sweep minimizes by "
+                          "default: add --sweep-direction maximize")
+
+
 def _same_sweep(study: Any, params: LLMTrainingParams) -> None:
-    """A resumed sweep must be the same search: its space, metric and direction."""
-    settings = {"space": params.sweep_params, "metric": params.sweep_metric, "direction": params.sweep_direction}
-    saved = study.user_attrs.get("settings")
-    if saved is None:
+    """A resumed sweep must be the same search: the space and the direction always (optuna's storage holds them),
+    and once a trial has finished, the metric and every setting it does not sweep too. Before that (trial 000
+    failed, or was stopped), a command corrected in those goes on with the corrected settings."""
+    settings = {"space": params.sweep_params, "metric": params.sweep_metric, "direction": params.sweep_direction,
+                "fixed": fixed_settings(params, parse_space(params.sweep_params))}
+    saved, finished = study.user_attrs.get("settings"), _finished(study)
+    if saved is not None:
+        compared = ("space", "direction", "metric") if finished else ("space", "direction")
+        changed = [f"{k} {saved[k]!r} -> {settings[k]!r}" for k in compared
+                   if _comparable(k, saved[k]) != _comparable(k, settings[k])]
+        if finished:
+            before, now = saved.get("fixed", settings["fixed"]), settings["fixed"]  # not recorded before
+            changed += [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in sorted({*before, *now})
+                        if before.get(k) != now.get(k)]
+        if changed:
+            may = "--sweep-n-trials" if finished else "--sweep-n-trials, --sweep-metric and the settings not swept"
+            raise ParamsError(f"project_name: the sweep in {preflight.project_dir(params)} ran its trials with other "
+                              f"settings ({', '.join(changed)}); run it with those (only {may} may change), or use "
+                              "a new folder")
+    if saved != settings:
         study.set_user_attr("settings", settings)
-    elif saved != settings:
-        changed = ", ".join(f"{k} {saved[k]!r} -> {settings[k]!r}" for k in settings if saved[k] != settings[k])
-        raise ParamsError(f"project_name: the sweep in this folder searched differently ({changed}); use a new folder")
+
+
+def _comparable(setting: str, value: Any) -> Any:
+    # The same space however it is spaced or ordered (JSON typed as a flag, or a YAML mapping).
+    return json.loads(value if value is not None else DEFAULT_SPACE) if setting == "space" else value
 
 
 def _retry_dead_trials(study: Any, storage: Any) -> None:
@@ -192,9 +251,9 @@ def _conclude(study: Any, params: LLMTrainingParams, ranges: list[Range], projec
         raise ParamsError(f"use_sweep: every trial was pruned or failed; no best trial (see {project / TABLE_FILE})")
     best = study.best_trial
     best_folder = project / TRIALS_DIR / f"{best.number:03d}"
-    _write_table(study, params, ranges, project, best.number)
-    _plot(study, params, ranges, project)
-    shutil.copytree(best_folder, project, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*_NOT_COPIED))
+    write_table(study, params, ranges, project, best.number)
+    plot(study, params, ranges, project)
+    _publish(best_folder, project)
     logger.info("sweep: best trial %03d (%s = %.4g, %s); its model is in %s", best.number, params.sweep_metric,
                 best.value, _shown(best.params), project)
     logger.info("%s", (project / TABLE_FILE).read_text().rstrip())
@@ -207,53 +266,18 @@ def _conclude(study: Any, params: LLMTrainingParams, ranges: list[Range], projec
                    adapter_dir=None if adapter is None else project / adapter.relative_to(best_folder))
 
 
-def _rows(study: Any, metric: str) -> list[tuple[Any, float | None]]:
-    """Each finished or failed trial with its metric: the final value, or a pruned trial's last reported one."""
-    rows = []
-    for trial in study.get_trials(deepcopy=False):
-        value = trial.value
-        if value is None and trial.intermediate_values:
-            value = trial.intermediate_values[max(trial.intermediate_values)]
-        rows.append((trial, value))
-    return rows
-
-
-def _write_table(study: Any, params: LLMTrainingParams, ranges: list[Range], project: Path, best: int) -> None:
-    names = [r.name for r in ranges]
-    lines = [f"# Sweep: {params.sweep_metric} ({params.sweep_direction})", "",
-             "| trial | state | " + " | ".join([params.sweep_metric, *names]) + " |",
-             "|---" * (3 + len(names)) + "|"]
-    for trial, value in _rows(study, params.sweep_metric):
-        state = trial.state.name.lower() + (" (best)" if trial.number == best else "")
-        cells = [f"{trial.number:03d}", state, "" if value is None else f"{value:.6g}"]
-        cells += [_cell(trial.params.get(n)) for n in names]
-        lines.append("| " + " | ".join(cells) + " |")
-    (project / TABLE_FILE).write_text("\n".join(lines) + "\n")
-
-
-def _cell(value: Any) -> str:
-    return "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _plot(study: Any, params: LLMTrainingParams, ranges: list[Range], project: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.trial import TrialState
-
-    rows = [(t, v) for t, v in _rows(study, params.sweep_metric) if v is not None]
-    figure, axes = plt.subplots(1, len(ranges), figsize=(4 * len(ranges), 3.2), constrained_layout=True,
-                                squeeze=False)
-    for axis, r in zip(axes[0], ranges):
-        for state, marker, label in ((TrialState.COMPLETE, "o", "finished"), (TrialState.PRUNED, "x", "pruned")):
-            points = [(t.params[r.name], v) for t, v in rows if t.state == state and r.name in t.params]
-            if points:
-                axis.plot(*zip(*points), marker, linestyle="none", label=label)
-        if r.kind == "log":
-            axis.set_xscale("log")
-        axis.set_xlabel(r.name)
-        axis.set_ylabel(params.sweep_metric)
-        axis.legend()
-    figure.savefig(project / PLOT_FILE, dpi=100)
-    plt.close(figure)
+def _publish(best: Path, project: Path) -> None:
+    """Put the best trial's outputs in the project's top folder in place of an earlier best's, whole: nothing of
+    that one stays beside them (an adapter_config.json beside merged weights would be loaded with them). What an
+    earlier publish left is every top-level name that a trial folder holds too. The new outputs are copied into a
+    temp folder of the project, then swapped in (autotrain.atomic.replace_entries): a crash leaves one trial's
+    outputs or part of them, never two trials' mixed, and running the sweep's command again publishes again."""
+    atomic.remove_stale_temps(project, _TEMP_PREFIX, 0)  # the sweep holds the project's lock: any is a dead one's
+    staged = atomic.new_temp(project, _TEMP_PREFIX, "best")
+    try:
+        shutil.copytree(best, staged, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*_NOT_COPIED))
+        outputs = {p.name for trial in (project / TRIALS_DIR).iterdir() if trial.is_dir() for p in trial.iterdir()
+                   if not any(fnmatch.fnmatch(p.name, pattern) for pattern in _NOT_COPIED)}
+        atomic.replace_entries(staged, project, outputs, _TEMP_PREFIX)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)

@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _cpu_without_cuda()
     rank = global_rank()
+    quiet.survive_closed_output()  # under torchrun or slurm, `| head` must not stop a process of the run either
     _configure_logging(rank)
     try:
         with quiet.libraries(args.verbose):

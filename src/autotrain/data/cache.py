@@ -11,17 +11,27 @@ The key hashes everything that decides the ids:
 - the tokenizer: its full serialization (vocabulary, merges, normalizer, added and special tokens, the
   post-processor that adds BOS), and the chat template actually used;
 - the settings: columns, max_prompt_length, max_completion_length, the resolved block size, the chat_template
-  choice.
+  choice, the rows' shape (pairs, per-turn pairs, ranked answers; the tools and scores columns), --ranked-pairs and
+  --reasoning-loss.
+
+The data's part of the key is the hash of its file taken before the rows are read; once they are read, the file is
+checked again (its identity, then its hash: autotrain.data.files). A file rewritten or replaced in between is
+refused with one line and nothing is kept: an entry holds the ids of exactly the bytes its key names.
 
 An entry appears only by renaming a finished temp folder (autotrain.atomic), so a killed run never leaves a half
-entry that looks valid; a bad row raises before anything is renamed.
+entry that looks valid; a bad row raises before anything is renamed. A cache that cannot be written (read-only,
+full, over quota, not ours) costs only the caching: one line says so, the split is tokenized into a private temp
+folder instead, and no temp or partial entry stays. The size cap, its eviction and `aitraining cache list|clear`:
+autotrain.data.cache_store.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from collections import Counter
@@ -31,23 +41,23 @@ from pathlib import Path
 from typing import Any
 
 from autotrain import atomic
+from autotrain.data import cache_store
+from autotrain.data.cache_store import DATA_FILE, META_FILE, STALE_TEMP_S, TEMP_PREFIX, cache_dir
 from autotrain.data.sources import Split
 from autotrain.data.tokenize import Limits, TokenCounts, TokenizedSplit, report
+from autotrain.errors import DataError
+
+__all__ = ["DATA_FILE", "FORMAT", "META_FILE", "TokenCache", "cache_dir", "tokenizer_fingerprint"]
 
 logger = logging.getLogger("autotrain")
 
 # Bump when rendering or tokenizing changes the ids produced for the same inputs.
-FORMAT = 2
-DATA_FILE, META_FILE = "data.arrow", "meta.json"
-_TEMP_PREFIX = ".tmp-"
-# A temp folder this old belongs to a killed run on some host (tokenizing takes minutes, not hours).
-_STALE_TEMP_S = 6 * 3600
-
-
-def cache_dir() -> Path:
-    from autotrain.defaults import cache_root
-
-    return cache_root() / "tokenized"
+FORMAT = 3
+# What a cache folder that cannot take an entry raises: read-only, full, over quota, too large, not ours.
+_CANNOT_WRITE = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM,
+                           errno.ENOTDIR})
+# Of those, what the private temp folder raises when it has no room either.
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -67,10 +77,12 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 def _code_fingerprint() -> str:
     """The source of the modules that turn rows into ids: an edit to them (in development, or a patched install)
     invalidates the cache even when nobody remembered to bump FORMAT."""
-    from autotrain.data import files, json_file, render, sources, split, templates, tokenize
+    from autotrain.data import (columns, expand, files, json_file, messages, render, sources, split, templates,
+                                thinking, tokenize, turns)
 
     digest = hashlib.sha256()
-    for module in (split, files, json_file, sources, templates, render, tokenize):
+    for module in (split, files, json_file, sources, templates, columns, messages, expand, thinking, turns, render,
+                   tokenize):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()
 
@@ -102,52 +114,92 @@ class TokenCache:
 
     def get(self, split: Split, key: str, build: Callable[[Path], TokenCounts]) -> TokenizedSplit:
         """The cached entry for `key`; else `build(path)` writes the ids to `path`, published under `key` when it
-        succeeds."""
-        root = cache_dir()
+        succeeds and `split` did not change while it was read."""
         if not self.keep:
-            return _uncached(build)
+            return _uncached(split, build)
+        root = cache_dir()
         final = root / key
         hit = _open(final, key)
         if hit is not None:
+            cache_store.mark_used(final)
             logger.info("%s: tokenized data from the cache (%s)", split.source, final)
             report(split.source, hit[1])
             return hit[0]
+        limit = cache_store.max_bytes()  # a bad cap is refused before minutes of tokenizing
         try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:  # a read-only home: tokenize into a private temp folder, uncached
-            logger.warning("cannot create the cache folder %s (%s); the tokenized data will not be kept", root, exc)
-            return _uncached(build)
-        atomic.remove_stale_temps(root, _TEMP_PREFIX, _STALE_TEMP_S)
-        temp = atomic.new_temp(root, _TEMP_PREFIX, key)
+            published = _build_entry(split, root, key, build)
+        except OSError as exc:
+            if exc.errno not in _CANNOT_WRITE:
+                raise
+            logger.info("%s: the tokenized data is not kept in the cache: cannot write to %s (%s)", split.source,
+                        root, os.strerror(exc.errno))
+            return _uncached(split, build)
         try:
-            _write_meta(temp, key, build(temp / DATA_FILE))
-            # An entry there already was unreadable (checked above): replaced. One another run published
-            # meanwhile is as good as this one.
-            atomic.publish(temp, final, replace_via=temp.with_name(temp.name + "-replaced"))
-        finally:
-            shutil.rmtree(temp, ignore_errors=True)
-        published = _open(final, key)
-        if published is None:
-            raise OSError(f"{final}: the tokenized data just written cannot be read back")
-        return published[0]
+            cache_store.evict(root, limit, keep=final)
+        except OSError:  # the cache stays over its cap until the next run that writes an entry
+            pass
+        return published
 
 
-def _uncached(build: Callable[[Path], TokenCounts]) -> TokenizedSplit:
+def _build_entry(split: Split, root: Path, key: str, build: Callable[[Path], TokenCounts]) -> TokenizedSplit:
+    """Tokenize into a temp folder of the cache and publish it as `root / key`; the temp goes in any case."""
+    final = root / key
+    root.mkdir(parents=True, exist_ok=True)
+    atomic.remove_stale_temps(root, TEMP_PREFIX, STALE_TEMP_S)
+    temp = atomic.new_temp(root, TEMP_PREFIX, key)
+    try:
+        counts = build(temp / DATA_FILE)
+        _check_unchanged(split)
+        _write_meta(temp, key, counts, split.source)
+        # An entry there already was unreadable (checked by the caller): replaced. One another run published
+        # meanwhile is as good as this one.
+        atomic.publish(temp, final, replace_via=temp.with_name(temp.name + "-replaced"))
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    published = _open(final, key)
+    if published is None:
+        raise OSError(f"{final}: the tokenized data just written cannot be read back")
+    return published[0]
+
+
+def _check_unchanged(split: Split) -> None:
+    if split.changed_since_fingerprint():
+        raise DataError("the file changed while it was read (rewritten or replaced after this run hashed it), so the "
+                        "rows tokenized may be another version's or a mix of two; nothing was kept: run again once "
+                        "the file is complete", path=split.source)
+
+
+def _uncached(split: Split, build: Callable[[Path], TokenCounts]) -> TokenizedSplit:
+    """Tokenize into a private temp folder (save_processed_data none, or a cache that cannot be written)."""
     import tempfile
 
-    path = Path(tempfile.mkdtemp(prefix="aitraining-tokens-")) / DATA_FILE
-    return TokenizedSplit.open(path, build(path))
+    folder: Path | None = None
+    try:
+        folder = Path(tempfile.mkdtemp(prefix="aitraining-tokens-"))
+        counts = build(folder / DATA_FILE)
+        _check_unchanged(split)
+    except BaseException as exc:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in _NO_ROOM:
+            raise DataError(f"cannot write the tokenized data to {tempfile.gettempdir()} ({os.strerror(exc.errno)}): "
+                            "free space there, or set TMPDIR to a folder with room") from None
+        raise
+    return TokenizedSplit.open(folder / DATA_FILE, counts)
 
 
-def _write_meta(folder: Path, key: str, counts: TokenCounts) -> None:
+def _write_meta(folder: Path, key: str, counts: TokenCounts, source: str) -> None:
     meta = {
         "format": FORMAT,
         "key": key,
         "bytes": (folder / DATA_FILE).stat().st_size,
-        "counts": {**asdict(counts), "dropped": dict(counts.dropped), "truncated": dict(counts.truncated)},
+        "counts": {**asdict(counts), "dropped": dict(counts.dropped), "truncated": dict(counts.truncated),
+                   "made": dict(counts.made)},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "source": source,  # what `aitraining cache list` names
     }
     (folder / META_FILE).write_text(json.dumps(meta, indent=2))  # flushed to disk by atomic.publish
+    cache_store.mark_used(folder)
 
 
 def _open(folder: Path, key: str) -> tuple[TokenizedSplit, TokenCounts] | None:
@@ -158,9 +210,8 @@ def _open(folder: Path, key: str) -> tuple[TokenizedSplit, TokenCounts] | None:
         if meta.get("format") != FORMAT or meta.get("key") != key or data.stat().st_size != meta["bytes"]:
             return None
         fields = meta["counts"]
-        counts = TokenCounts(
-            **{**fields, "dropped": Counter(fields["dropped"]), "truncated": Counter(fields["truncated"])}
-        )
+        counts = TokenCounts(**{**fields, "dropped": Counter(fields["dropped"]),
+                                "truncated": Counter(fields["truncated"]), "made": Counter(fields["made"])})
         return TokenizedSplit.open(data, counts), counts
     except (OSError, ValueError, KeyError, TypeError):
         return None

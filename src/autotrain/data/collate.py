@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from autotrain.data.batch import Targets, paired, reference_logps, trained
+from autotrain.data.batch import Targets, pair_weights, paired, reference_logps, trained
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class PaddedCollator:
     # "left" (aitraining's padding) puts the padding before each row; the rows then carry position_ids counted from
     # their first real token, so every token sits at the position it has in the right-padded layout.
     padding_side: str = "right"
+    ld_alpha: float | None = None  # LD-DPO: the batch's `completion_weight` (autotrain.data.batch)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         pairs = len(features)
@@ -62,17 +63,16 @@ class PaddedCollator:
             # With an empty prompt nothing predicts a completion's first token.
             first = max(prompt_len, 1)
             hidden = list(range(base + first - 1, base + len(ids) - 1))
-            if chosen:  # a conversation's context turns are read, not trained (chosen_mask)
-                hidden, predicted = trained(hidden, ids[prompt_len:], first - prompt_len, features[seq])
-            else:
-                predicted = ids[first:]
+            # A conversation's context turns are read, not trained (chosen_mask, rejected_mask).
+            hidden, predicted = trained(hidden, ids[prompt_len:], first - prompt_len, features[seq % pairs], chosen)
             targets.add(hidden, predicted, seq, completion=True, nll=chosen)
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
-            **targets.tensors(),
+            **targets.tensors(self.ld_alpha, pairs),
             "num_pairs": pairs,
             "num_real_tokens": sum(len(r) for r in rows),
             **({"position_ids": position_ids} if self.padding_side == "left" else {}),
             **reference_logps(features),
+            **pair_weights(features),
         }

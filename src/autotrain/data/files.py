@@ -83,6 +83,13 @@ def duplicate_key(key: str, path: str, line: int) -> DataError:
     return DataError(message, path=path, line=line)
 
 
+def _identity(path: Path) -> tuple[int, ...]:
+    """What changes when a file is rewritten in place or replaced: device, inode, size, modification and change
+    times (in nanoseconds)."""
+    info = path.stat()
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
+
+
 class FileSplit(Split):
     progress_unit = "B"  # bytes of the file as stored (compressed bytes for a compressed file)
 
@@ -90,19 +97,36 @@ class FileSplit(Split):
         super().__init__(str(path))
         self.path, self.compression = path, compression
         self._fingerprint: str | None = None
+        self._identity: tuple[int, ...] = ()
 
     def progress_total(self) -> int:
         return self.path.stat().st_size
 
     def fingerprint(self) -> str:
-        if self._fingerprint is None:  # a streamed hash: a large file is never held in memory
-            fmt, compression = file_kind(self.path)
-            digest = hashlib.sha256((fmt + compression).encode() + b"\0")
-            with self.path.open("rb") as handle:
-                while chunk := handle.read(_CHUNK):
-                    digest.update(chunk)
-            self._fingerprint = f"file:{digest.hexdigest()}"
+        if self._fingerprint is None:
+            # The file's identity first: any write during or after the hash changes its ctime at least.
+            self._identity = _identity(self.path)
+            self._fingerprint = self._hash()
         return self._fingerprint
+
+    def changed_since_fingerprint(self) -> bool:
+        # The identity catches a rename over the file and any write; the second hash, a write within the file
+        # system's timestamp resolution (a fraction of the cost of the tokenizing it guards).
+        if self._fingerprint is None:
+            return False
+        try:
+            return _identity(self.path) != self._identity or self._hash() != self._fingerprint
+        except OSError:  # deleted or unreadable now: not what was hashed
+            return True
+
+    def _hash(self) -> str:
+        """A streamed hash: a large file is never held in memory."""
+        fmt, compression = file_kind(self.path)
+        digest = hashlib.sha256((fmt + compression).encode() + b"\0")
+        with self.path.open("rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                digest.update(chunk)
+        return f"file:{digest.hexdigest()}"
 
     def _reader(self, raw: IO[bytes]) -> IO[bytes]:
         """The file's content as a binary stream: `raw` itself, or a decompressor reading from it."""

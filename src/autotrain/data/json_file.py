@@ -25,6 +25,9 @@ class JsonSplit(FileSplit):
     large data belongs in a .jsonl file.
     """
 
+    items: tuple[type, ...] = (dict,)  # what a list may hold (row objects), and how an error names it
+    items_named = "a JSON object"
+
     def __init__(self, path: Path, compression: str = ""):
         super().__init__(path, compression)
         self._table_rows: int | None = None  # set while reading a column-oriented file: rows are named by index
@@ -62,8 +65,9 @@ class JsonSplit(FileSplit):
             line += text.count("\n", counted, pos)
             counted = start = pos
             item, pos = self._decode(text, pos, line)
-            if not isinstance(item, dict):
-                raise DataError(f"expected a JSON object, got {type(item).__name__}", path=self.source, line=line)
+            if not isinstance(item, self.items):
+                raise DataError(f"expected {self.items_named}, got {type(item).__name__}", path=self.source,
+                                line=line)
             advance(int((pos - start) * self._scale))
             yield line, item
             pos = _WHITESPACE.match(text, pos).end()

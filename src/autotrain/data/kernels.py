@@ -110,6 +110,7 @@ def make_collator(
     model: torch.nn.Module | None = None,
     token_budget: int | None = None,
     padding_side: str = "right",
+    ld_alpha: float | None = None,
 ) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
     """The collator for this model: packed where its attention takes a packed mask, padded otherwise.
 
@@ -118,20 +119,24 @@ def make_collator(
     DENSE_TOKEN_BUDGET for sdpa, EAGER_TOKEN_BUDGET for eager, the whole batch in one row for flex and varlen.
     Without a model the packed layout for sdpa is assumed; `decoder_inputs` refuses a batch the model's kernel cannot
     run. A model that cannot take a packed mask gets PaddedFallback, whose first batch says why and what it costs.
-    `padding_side` is the padded layout's (packed rows have no padding to place).
+    `padding_side` is the padded layout's (packed rows have no padding to place); `ld_alpha` gives every batch
+    LD-DPO's `completion_weight` (autotrain.data.batch).
     """
     use_one_dtype()  # q, k and v in one dtype at every kernel under autocast (autotrain.data.kernel_dtypes)
     if not packing:
-        return PaddedCollator(pad_id=pad_id, prompt_loss=prompt_loss, padding_side=padding_side)
+        return PaddedCollator(pad_id=pad_id, prompt_loss=prompt_loss, padding_side=padding_side, ld_alpha=ld_alpha)
     kernel, why = packing_kernel(model) if model is not None else ("dense", "no model given")
     if kernel is None:
-        return PaddedFallback(pad_id=pad_id, prompt_loss=prompt_loss, padding_side=padding_side, reason=why)
+        return PaddedFallback(pad_id=pad_id, prompt_loss=prompt_loss, padding_side=padding_side, ld_alpha=ld_alpha,
+                              reason=why)
     if kernel == "varlen":
-        return PackedCollator(pad_id, prompt_loss, token_budget, share_prompt=False)
+        return PackedCollator(pad_id, prompt_loss, token_budget, share_prompt=False, ld_alpha=ld_alpha)
     if kernel == "flex":
-        return PackedCollator(pad_id, prompt_loss, token_budget, pad_to_multiple_of=_FLEX_BLOCK, bucketed=True)
+        return PackedCollator(pad_id, prompt_loss, token_budget, pad_to_multiple_of=_FLEX_BLOCK, bucketed=True,
+                              ld_alpha=ld_alpha)
     default = EAGER_TOKEN_BUDGET if kernel == "additive" else DENSE_TOKEN_BUDGET
-    return PackedCollator(pad_id, prompt_loss, token_budget if token_budget is not None else default)
+    return PackedCollator(pad_id, prompt_loss, token_budget if token_budget is not None else default,
+                          ld_alpha=ld_alpha)
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from autotrain.data.batch import Targets, reference_logps, trained
+from autotrain.data.batch import Targets, pair_weights, reference_logps, trained
 
 __all__ = ["PAD_SEGMENT", "PackedCollator", "bucket_width", "dense_mask", "plan_rows", "segment_mask_mod"]
 
@@ -120,6 +120,7 @@ class PackedCollator:
     share_prompt: bool = True
     pad_to_multiple_of: int = 1
     bucketed: bool = False
+    ld_alpha: float | None = None  # LD-DPO: the batch's `completion_weight` (autotrain.data.batch)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         pairs = len(features)
@@ -148,10 +149,11 @@ class PackedCollator:
             "input_ids": torch.tensor(ids, dtype=torch.long),
             "position_ids": torch.tensor(pos, dtype=torch.long),
             "segment_ids": torch.tensor(seg, dtype=torch.long),
-            **targets.tensors(),
+            **targets.tensors(self.ld_alpha, pairs),
             "num_pairs": pairs,
             "num_real_tokens": sum(sizes),
             **reference_logps(features),
+            **pair_weights(features),
         }
         if not self.share_prompt:
             # Every run of equal segment ids is one varlen sequence; row-end padding is one too (it attends only
@@ -187,7 +189,7 @@ class PackedCollator:
             return
         # Rejected's first token reads the prompt's last hidden state, its others the rejected tokens before them.
         hidden = ([] if p == 0 else [base + p - 1]) + list(range(base + p + c, base + p + c + len(rejected) - 1))
-        targets.add(hidden, rejected[skip:], pairs + pair, completion=True, nll=False)
+        targets.add(*trained(hidden, rejected, skip, f, chosen=False), pairs + pair, completion=True, nll=False)
 
     def _place_separate(
         self, f: dict[str, Any], pair: int, pairs: int, k: int, base: int,
@@ -206,10 +208,7 @@ class PackedCollator:
                 targets.add(list(range(start, start + p - 1)), prompt[1:], seq, completion=False, nll=True)
             first = max(p, 1)
             hidden = list(range(start + first - 1, start + len(tokens) - 1))
-            if chosen:
-                hidden, predicted = trained(hidden, tokens[p:], first - p, f)
-            else:
-                predicted = tokens[first:]
+            hidden, predicted = trained(hidden, tokens[p:], first - p, f, chosen)
             targets.add(hidden, predicted, seq, True, chosen)
             start += len(tokens)
 

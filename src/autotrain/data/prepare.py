@@ -19,6 +19,7 @@ from autotrain.data.render import Columns, Renderer, pick_template, resolve_colu
 from autotrain.data.sources import Split, load_split
 from autotrain.data.split import Sampled
 from autotrain.data.tokenize import Limits, TokenizedSplit, resolve_block_size, write_tokens
+from autotrain.errors import ParamsError
 from autotrain.params import LLMTrainingParams
 
 logger = logging.getLogger("autotrain")
@@ -62,22 +63,43 @@ def open_data(params: LLMTrainingParams, paired: bool = True) -> OpenedData:
     return OpenedData(train_raw, valid_raw, columns)
 
 
+DEFAULT_MODEL_MAX: int = LLMTrainingParams.model_fields["model_max_length"].default
+
+
+def longest_input(params: LLMTrainingParams, positions: int | None) -> int | None:
+    """The longest input a block may hold: `model_max_length`, within the model's `positions`
+    (max_position_embeddings; None when its config has none). Past its last position a model has nothing to read
+    (GPT-2's learned positions fail with an IndexError), so a larger value is refused, naming both.
+
+    2048, the field's default (aitraining's), means the model's own maximum, recognised by value as the column
+    defaults are: typed or read back from training_params.json (where every field counts as given), it is the
+    same run.
+    """
+    asked = params.model_max_length
+    if asked == DEFAULT_MODEL_MAX:
+        return positions
+    if positions is not None and asked > positions:
+        raise ParamsError(f"model_max_length: {asked} is more than the {positions} positions the model has (its "
+                          f"config's max_position_embeddings), the longest input it can read; give at most "
+                          f"{positions}, or leave it out to use the model's own")
+    return asked
+
+
 def prepare_data(params: LLMTrainingParams, tokenizer: Any, model_max: int | None, paired: bool = True,
                  opened: OpenedData | None = None) -> PreparedData:
     """Tokenize the splits (`opened` by `open_data`, or opened here)."""
     opened = opened or open_data(params, paired)
     train_raw, valid_raw, columns = opened.train, opened.valid, opened.columns
     template = pick_template(tokenizer, params.chat_template if params.apply_chat_template else "none")
-    if "model_max_length" in params.model_fields_set or params.model_max_length != 2048:
-        model_max = params.model_max_length  # aitraining: 2048 means "the model's own", any other value wins
     limits = Limits(
         max_prompt_length=params.max_prompt_length,
         max_completion_length=params.max_completion_length,
-        block_size=resolve_block_size(params.block_size, model_max),
+        block_size=resolve_block_size(params.block_size, longest_input(params, model_max)),
     )
-    renderer = Renderer(tokenizer, template, columns)
+    renderer = Renderer(tokenizer, template, columns, params.reasoning_loss, params.ranked_pairs)
     settings = {"columns": [columns.prompt, columns.chosen, columns.rejected], "chat_template": params.chat_template,
-                "add_eos_token": params.add_eos_token}
+                "add_eos_token": params.add_eos_token, "shape": [columns.shape, columns.scores, columns.tools],
+                "reasoning_loss": params.reasoning_loss, "ranked_pairs": params.ranked_pairs}
     cache = TokenCache(tokenizer, template, settings, limits, keep=params.save_processed_data != "none")
 
     def tokenized(split: Split, name: str, extra: dict[str, Any] | None = None) -> TokenizedSplit:

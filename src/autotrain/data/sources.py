@@ -44,9 +44,21 @@ def load_split(data_path: str, split: str, *, is_train: bool) -> Split:
         return open_file(path)
     if path.is_dir():
         return _load_folder(path, split)
+    if path.exists():  # neither a file nor a folder; a FIFO (or <(...)) must not be opened: that waits for a writer
+        raise DataError(f"a {_kind(path)}, not a file: the data is read more than once (checked, then tokenized), "
+                        "which a pipe cannot give; write it to a file and pass that", path=data_path)
     if _looks_local(data_path):
         raise DataError("no such file or folder", path=data_path)
     return _load_hub(data_path, split)
+
+
+def _kind(path: Path) -> str:
+    import stat
+
+    mode = path.stat().st_mode
+    if stat.S_ISFIFO(mode):
+        return "named pipe (FIFO)"
+    return "socket" if stat.S_ISSOCK(mode) else "device"
 
 
 def _looks_local(data_path: str) -> bool:

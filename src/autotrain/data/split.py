@@ -72,6 +72,11 @@ class Split:
         """Identifies the content: equal fingerprints mean equal rows (the tokenized-data cache's key)."""
         raise NotImplementedError
 
+    def changed_since_fingerprint(self) -> bool:
+        """Whether the content may differ now from what `fingerprint()` described (a file rewritten meanwhile):
+        rows read in between may not be the ones the fingerprint names. Sources held in memory never change."""
+        return False
+
     @property
     def columns(self) -> list[str]:
         if self._columns is None:
@@ -140,3 +145,6 @@ class Sampled(Split):
 
     def fingerprint(self) -> str:
         return hashlib.sha256(f"{self.inner.fingerprint()}|{self._label}".encode()).hexdigest()
+
+    def changed_since_fingerprint(self) -> bool:
+        return self.inner.changed_since_fingerprint()

@@ -79,12 +79,13 @@ def _one_token(tokenizer: Any, text: str) -> bool:
     return len(tokenizer.tokenize(text)) == 1
 
 
-def render(tokenizer: Any, template: str, messages: list[dict[str, str]], generation: bool,
-           continue_final: bool = False) -> str:
-    """`messages` through `template` as text: with the generation prompt, or continuing the final message."""
+def render(tokenizer: Any, template: str, messages: list[dict[str, Any]], generation: bool,
+           continue_final: bool = False, tools: list[dict] | None = None) -> str:
+    """`messages` through `template` as text: with the generation prompt, or continuing the final message; `tools`:
+    the tool definitions the template writes into the prompt."""
     return tokenizer.apply_chat_template(
         messages, chat_template=template, tokenize=False, add_generation_prompt=generation,
-        continue_final_message=continue_final,
+        continue_final_message=continue_final, tools=tools,
     )
 
 

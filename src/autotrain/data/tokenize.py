@@ -18,9 +18,11 @@ import logging
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from autotrain.data.columns import RANKED
 from autotrain.data.render import RenderedPair, Renderer
 from autotrain.data.split import Location, Split
 from autotrain.errors import DataError
@@ -28,7 +30,12 @@ from autotrain.errors import DataError
 logger = logging.getLogger("autotrain")
 
 ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
-MASK_COLUMN = "chosen_mask"  # supervised data only: which completion tokens are trained
+# Which completion tokens are trained (1) and which are a context turn's (0). Supervised data has a chosen_mask for
+# every row; preference data has both, empty for a completion that is trained whole (the common case costs nothing).
+MASK_COLUMN, REJECTED_MASK_COLUMN = "chosen_mask", "rejected_mask"
+# Ranked answers only: each pair's weight, 1 / (the pairs kept from its prompt), so each prompt counts once in the
+# reduction (autotrain.losses); absent, every pair weighs 1.
+WEIGHT_COLUMN = "pair_weight"
 # Pairs per tokenizer call: larger batches are no faster (measured), and the encoder holds ~80 bytes per token
 # of a batch until the call returns, so this bounds peak memory.
 BATCH_PAIRS = 256
@@ -53,6 +60,9 @@ class TokenCounts:
     dropped: Counter = field(default_factory=Counter)  # reason -> pairs dropped
     truncated: Counter = field(default_factory=Counter)  # what -> pairs cut
     shape: str | None = None  # "text" or "messages", as the renderer saw the rows
+    # What rows became, besides plain pairs: conversations and ranked prompts read, pairs made from them, tied
+    # answers skipped, rows that gave no pair (Renderer.made).
+    made: Counter = field(default_factory=Counter)
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,7 @@ class TokenizedSplit:
     truncated: Counter = field(default_factory=Counter)  # what -> pairs cut
     rows: int = 0  # rows read, kept and dropped
     shape: str | None = None  # "text" or "messages", as the renderer saw the rows
+    made: Counter = field(default_factory=Counter)  # TokenCounts.made
 
     @classmethod
     def open(cls, path: Path, counts: TokenCounts) -> TokenizedSplit:
@@ -72,7 +83,7 @@ class TokenizedSplit:
         dataset = Dataset.from_file(str(path))
         if len(dataset) != counts.pairs:
             raise ValueError(f"{path}: {len(dataset)} pairs, expected {counts.pairs}")
-        return cls(dataset, counts.dropped, counts.truncated, counts.rows, counts.shape)
+        return cls(dataset, counts.dropped, counts.truncated, counts.rows, counts.shape, counts.made)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -124,72 +135,88 @@ def write_tokens(split: Split, renderer: Renderer, tokenizer: Any, limits: Limit
     """
     if renderer.template is None and eos and tokenizer.eos_token_id is None:
         raise DataError("the tokenizer has no EOS token, needed to end completions without a chat template")
-    paired = renderer.columns.rejected is not None
+    paired = renderer.columns.paired
+    renderer.made.clear()  # one renderer reads the training split, then the validation split
+    weighted = renderer.columns.shape == RANKED
     dropped, truncated, rows = Counter(), Counter(), 0
-    with _progress(split) as bar, _ArrowSink(path, supervised=not paired) as sink:
+    tokenize = partial(_tokenize, tokenizer=tokenizer, templated=renderer.templated, paired=paired, limits=limits,
+                       dropped=dropped, truncated=truncated, add_eos=eos, weighted=weighted)
+    with _progress(split) as bar, _ArrowSink(path, supervised=not paired, weighted=weighted) as sink:
         batch: list[RenderedPair] = []
         for number, row in split.rows(advance=bar.update):
             rows += 1
-            pair = renderer(row, Location(split, number))
-            if pair.blank:
-                dropped["completion only whitespace"] += 1
-                continue
-            if paired and pair.chosen == pair.rejected:
-                dropped["chosen == rejected"] += 1
-                continue
-            batch.append(pair)
-            if len(batch) == BATCH_PAIRS:
-                sink.add(_tokenize(batch, tokenizer, renderer.templated, paired, limits, dropped, truncated,
-                                   eos))
+            for pair in renderer.pairs(row, Location(split, number)):
+                if pair.blank:
+                    dropped["completion only whitespace"] += 1
+                elif paired and pair.chosen == pair.rejected:
+                    dropped["chosen == rejected"] += 1
+                else:
+                    batch.append(pair)
+            if len(batch) >= BATCH_PAIRS:  # between rows: the pairs of one row are weighed together
+                sink.add(tokenize(batch))
                 batch = []
-        sink.add(_tokenize(batch, tokenizer, renderer.templated, paired, limits, dropped, truncated, eos))
-    counts = TokenCounts(sink.rows, rows, dropped, truncated, renderer.shape)
+        sink.add(tokenize(batch))
+    counts = TokenCounts(sink.rows, rows, dropped, truncated, renderer.shape, +renderer.made)
     report(split.source, counts)
     return counts
 
 
 def _tokenize(
     batch: list[RenderedPair], tokenizer: Any, templated: bool, paired: bool, limits: Limits, dropped: Counter,
-    truncated: Counter, add_eos: bool = True,
-) -> list[list[list[int]]]:
-    """The kept pairs of a batch as columns of ids: prompt, chosen, rejected; supervised rows (not `paired`) have an
-    empty rejected and a fourth column, chosen_mask (1 for a trained token, 0 for a context turn's)."""
-    columns: list[list[list[int]]] = [[], [], []] if paired else [[], [], [], []]
+    truncated: Counter, add_eos: bool = True, weighted: bool = False,
+) -> list[list]:
+    """The kept pairs of a batch as columns of ids: prompt, chosen, rejected, then the masks (1 for a trained token,
+    0 for a context turn's): chosen_mask for supervised rows (not `paired`, whose rejected is empty), chosen_mask
+    and rejected_mask for pairs (empty where the whole completion is trained); with `weighted`, each pair's weight,
+    1 / (the pairs kept from its row)."""
+    columns: list[list[list[int]]] = [[], [], [], [], []] if paired else [[], [], [], []]
+    groups: list[int] = []
     if not batch:
-        return columns
+        return columns + ([[]] if weighted else [])
     # With a template, the rendered text already holds BOS (if the model uses one) and the turn markers.
     prompts = _encode(tokenizer, [p.prompt for p in batch], special=not templated)
     # Every completion piece in one call (chosen and rejected, or a conversation's turns): one larger batch keeps
     # the tokenizer's threads busier. Pieces are tokenized apart, as prompt and completion are.
-    pieces = [p.chosen_pieces or ((p.chosen, True),) for p in batch]
-    texts = [text for row in pieces for text, _ in row] + ([p.rejected for p in batch] if paired else [])
+    sides = [[p.chosen_pieces or ((p.chosen, True),) for p in batch]]
+    if paired:
+        sides.append([p.rejected_pieces or ((p.rejected, True),) for p in batch])
+    texts = [text for side in sides for row in side for text, _ in row]
     encoded = iter(_encode(tokenizer, texts, special=False))
     eos = [] if templated or not add_eos else [tokenizer.eos_token_id]
-    chosen_rows: list[tuple[list[int], list[int]]] = []
-    for row in pieces:
-        ids: list[int] = []
-        mask: list[int] = []
-        for _, trained in row:
-            piece = next(encoded)
-            ids += piece
-            mask += [int(trained)] * len(piece)
-        chosen_rows.append((ids + eos, mask + [1] * len(eos)))
+    completions: list[list[tuple[list[int], list[int]]]] = []
+    for side in sides:
+        completions.append([])
+        for row in side:
+            ids: list[int] = []
+            mask: list[int] = []
+            for _, trained in row:
+                piece = next(encoded)
+                ids += piece
+                mask += [int(trained)] * len(piece)
+            completions[-1].append((ids + eos, mask + [1] * len(eos)))
     for index, prompt in enumerate(prompts):
-        chosen, mask = chosen_rows[index]
-        rejected = next(encoded) + eos if paired else []
+        (chosen, mask), (rejected, rejected_mask) = completions[0][index], (
+            completions[1][index] if paired else ([], []))
         prompt, chosen, rejected = _truncate(prompt, chosen, rejected, limits, truncated)
-        mask = mask[: len(chosen)]
+        mask, rejected_mask = mask[: len(chosen)], rejected_mask[: len(rejected)]
         if not chosen or (paired and not rejected):
             dropped["completion empty after truncation"] += 1
             continue
         if paired and chosen == rejected:  # different texts, cut to the same ids: no preference left to learn
             dropped["chosen == rejected after truncation"] += 1
             continue
-        if not any(mask):
+        if not any(mask) or (paired and not any(rejected_mask)):
             dropped["no trained token left after truncation"] += 1
             continue
-        for column, values in zip(columns, (prompt, chosen, rejected, mask)):
-            column.append(values)
+        values = [prompt, chosen, rejected, mask]
+        if paired:  # an all-trained mask is stored empty
+            values = [prompt, chosen, rejected, [] if all(mask) else mask, [] if all(rejected_mask) else rejected_mask]
+        for column, value in zip(columns, values):
+            column.append(value)
+        groups.append(batch[index].group)
+    if weighted:  # after the drops above, so the pairs a prompt keeps always weigh 1 together
+        kept = Counter(groups)
+        columns.append([1.0 / kept[group] for group in groups])
     return columns
 
 
@@ -201,12 +228,14 @@ class _ArrowSink:
     the file into the process's RSS.
     """
 
-    def __init__(self, path: Path, supervised: bool = False):
+    def __init__(self, path: Path, supervised: bool = False, weighted: bool = False):
         import pyarrow as pa
 
         self.pa, self.path = pa, path
         fields = [(name, pa.list_(pa.int32())) for name in ID_COLUMNS]
-        self.schema = pa.schema(fields + ([(MASK_COLUMN, pa.list_(pa.int8()))] if supervised else []))
+        masks = [MASK_COLUMN] if supervised else [MASK_COLUMN, REJECTED_MASK_COLUMN]
+        weights = [(WEIGHT_COLUMN, pa.float32())] if weighted else []
+        self.schema = pa.schema(fields + [(name, pa.list_(pa.int8())) for name in masks] + weights)
         self.pending: list[Any] = []
         self.pending_bytes = 0
         self.rows = 0
@@ -216,7 +245,7 @@ class _ArrowSink:
         self.writer = self.pa.ipc.new_stream(self.file, self.schema)
         return self
 
-    def add(self, columns: list[list[list[int]]]) -> None:
+    def add(self, columns: list[list]) -> None:
         if not columns[0]:
             return
         arrays = [self.pa.array(c, type=field.type) for c, field in zip(columns, self.schema)]
@@ -268,11 +297,37 @@ def _truncate(
 def report(source: str, out: TokenCounts) -> None:
     """Log what was cut and dropped (also on a cache hit, so every run says it); no pair left is an error."""
     if out.rows and not out.pairs:
-        raise DataError(f"every pair was dropped ({dict(out.dropped)}); nothing left to train on", path=source)
+        why = {**out.dropped, **{k: v for k, v in out.made.items() if "without" in k or "skipped" in k}}
+        raise DataError(f"every pair was dropped ({why}); nothing left to train on", path=source)
+    for line in made_lines(out.made):
+        logger.info("%s: %s", source, line)
     for reason, count in out.truncated.items():
         logger.info("%s: %d of %d pairs truncated (%s)", source, count, out.rows, reason)
     for reason, count in out.dropped.items():
         logger.warning("%s: dropped %d of %d pairs (%s)", source, count, out.rows, reason)
+
+
+def made_lines(made: Counter) -> list[str]:
+    """What rows of several pairs became, in words (the log and the model card)."""
+    def counted(count: int, unit: str) -> str:
+        return f"{count} {unit if count != 1 else unit.removesuffix('s')}"
+
+    lines = []
+    if made["conversations"]:
+        lines.append(f"{counted(made['conversations'], 'conversations')} -> {counted(made['pairs'], 'pairs')}, one "
+                     "per assistant turn carrying a rejected alternative")
+        if made["conversations without a marked turn"]:
+            lines.append(f"{counted(made['conversations without a marked turn'], 'conversations')} without a "
+                         "marked turn gave no pair")
+    if made["prompts"]:
+        lines.append(f"{counted(made['prompts'], 'prompts')} with ranked answers -> {counted(made['pairs'], 'pairs')}, "
+                     "weighted so that each prompt counts once")
+        if made["tied pairs skipped"]:
+            lines.append(f"{counted(made['tied pairs skipped'], 'pairs')} of tied answers skipped")
+        if made["prompts without an untied pair"]:
+            lines.append(f"{counted(made['prompts without an untied pair'], 'prompts')} whose answers all tie gave "
+                         "no pair")
+    return lines
 
 
 def _progress(split: Split) -> Any:

@@ -10,10 +10,14 @@ and says, without importing it (so without torch), what the rest of the tool nee
 - `accuracy`: what its logged `rewards/accuracies` counts, as the run summary and the model card say it (None: the
   method logs no accuracy);
 - `help`: its part of the --trainer help;
+- `metrics`: what it logs besides loss and nll_loss (each evaluation's, with the `eval_` prefix), so that a sweep's
+  metric is checked before any trial (a test runs each method and compares);
 - its settings, each taking its authors' value when left unset (autotrain.params' MethodParams.method_settings):
   `beta` (--dpo-beta; None: the method has none), and in `options` the others its terms take: `gamma` (SimPO's
   margin, default `gamma_per_beta` x beta) and `alpha` (the NLL weight, default `alpha`); `title` is its name as
-  papers write it, `nll_title` its name once alpha > 0 adds an NLL term it has not by default (CPO-SimPO).
+  papers write it, `nll_title` its name once alpha > 0 adds an NLL term it has not by default (CPO-SimPO);
+- `losses`: its --loss-type menu (autotrain.methods.loss_types), where it has one (dpo, cpo): each loss's own
+  settings and their authors' values, which then take the place of the spec's.
 
 The params' list of --trainer choices is `NAMES`; the trainer and the project look a method up here, by the name the
 user gave, and never name one themselves. Adding a method: write methods/<name>.py (its terms and `METHOD`), its pure
@@ -24,9 +28,15 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
-__all__ = ["ALIASES", "NAMES", "SPECS", "MethodSpec", "canonical", "load", "spec"]
+from autotrain.methods.loss_types import CPO_LOSSES, DPO_LOSSES, LossType
+
+__all__ = ["ALIASES", "NAMES", "PAIR_METRICS", "SPECS", "MethodSpec", "canonical", "load", "spec"]
+
+# What every preference method logs (autotrain.methods.base.reward_metrics), under TRL's names.
+PAIR_METRICS: tuple[str, ...] = ("rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen",
+                                 "logps/rejected", "rewards/accuracies", "rewards/ties")
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,8 @@ class MethodSpec:
     # beta scales the reward inside the sigmoid: at 0 every pair's loss is log 2 and no gradient flows (ORPO's lambda
     # at 0 is plain SFT, which is a choice)
     positive_beta: bool = False
+    metrics: tuple[str, ...] = PAIR_METRICS
+    losses: Mapping[str, LossType] | None = None  # its --loss-type menu; the first is the default
 
     @property
     def module(self) -> str:
@@ -57,10 +69,12 @@ SPECS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in (
         MethodSpec("orpo", paired=True, needs_reference=False,
-                   accuracy="chosen log-odds > rejected", help="SFT + odds-ratio term, no reference model"),
+                   accuracy="chosen log-odds > rejected", help="SFT + odds-ratio term, no reference model",
+                   metrics=("log_odds_ratio", "log_odds_chosen", *PAIR_METRICS)),
         MethodSpec("dpo", paired=True, needs_reference=True,
                    accuracy="chosen gained more log-probability over the reference than rejected",
-                   help="sigmoid DPO against a frozen reference", positive_beta=True),
+                   help="a frozen reference; --loss-type", options=("loss_type", "loss_weights", "label_smoothing", "discopop_tau"),
+                   positive_beta=True, losses=DPO_LOSSES),
         # SimPO: the SimPO paper's beta 2.0-2.5 and gamma / beta about 0.5 (gamma follows a chosen beta), no NLL term.
         MethodSpec("simpo", paired=True, needs_reference=False, title="SimPO",
                    accuracy="chosen mean token log-prob > rejected",
@@ -71,10 +85,11 @@ SPECS: dict[str, MethodSpec] = {
         # CPO: beta 0.1 and NLL weight 1.0, as the CPO paper and TRL's CPOConfig.
         MethodSpec("cpo", paired=True, needs_reference=False,
                    accuracy="chosen summed log-prob > rejected",
-                   help="sigmoid preference term on summed log-probs + NLL, no reference model",
-                   beta=0.1, options=("alpha",), alpha=1.0, positive_beta=True),
+                   help="+ NLL, no reference model; --loss-type",
+                   beta=0.1, options=("alpha", "loss_type", "label_smoothing", "gamma", "alphapo_alpha"), alpha=1.0,
+                   positive_beta=True, losses=CPO_LOSSES),
         MethodSpec("sft", paired=False, needs_reference=False, accuracy=None,
-                   help="NLL on the completion or text", beta=None),
+                   help="NLL on the completion or text", beta=None, metrics=()),
     )
 }
 # Other accepted names: `default` is the parent tool's name for sft.

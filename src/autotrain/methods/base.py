@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -36,10 +37,17 @@ class Method:
     def needs_reference(self) -> bool:
         return self.spec.needs_reference
 
+    def pair_terms(self, model: torch.nn.Module, batch: dict[str, Any], beta: float,
+                   reference: ReferenceSums | None = None, **options: float) -> PairTerms:
+        """`terms`, with the batch's pair weights (`pair_weight`: ranked answers) for the reduction to honour."""
+        terms = self.terms(model, batch, beta, reference, **options)
+        weight = batch.get("pair_weight")
+        return terms if weight is None else dataclasses.replace(terms, weight=weight.to(terms.nll.device))
+
     def step(self, model: torch.nn.Module, batch: dict[str, Any], beta: float, reference: ReferenceSums | None = None,
              **options: float) -> tuple[torch.Tensor, Metrics]:
         """One batch on its own (one micro-batch, one process): its loss and its metrics (TRL's names)."""
-        terms = self.terms(model, batch, beta, reference, **options)
+        terms = self.pair_terms(model, batch, beta, reference, **options)
         return terms.loss(), terms.batch_metrics()
 
 

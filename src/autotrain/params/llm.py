@@ -14,7 +14,9 @@ from typing import Any
 from pydantic import SecretStr, model_validator
 
 from autotrain import methods
+from autotrain.params.judge import JudgeParams
 from autotrain.params.method import MethodParams
+from autotrain.params.needs import scheduler_needs, unmet
 from autotrain.params.schema import Schema
 from autotrain.params.sections import (
     DataParams,
@@ -38,14 +40,20 @@ SECTIONS: tuple[tuple[str, type[Schema]], ...] = (
     ("LoRA", LoraParams),
     ("Chat template", TemplateParams),
     ("Evaluation", EvaluationParams),
+    ("Judge", JudgeParams),
     ("Scale-out", ScaleOutParams),
     ("Logging and saving", LoggingParams),
     ("Hub", HubParams),
     ("Sweep", SweepParams),
 )
 
-# Fields that change what the loss is: trials that differ in them have losses on different scales.
-LOSS_SHAPING: frozenset[str] = frozenset({"dpo_beta", "simpo_gamma", "cpo_alpha", "prompt_loss", "response_only_loss"})
+# Fields that change what the loss is: trials that differ in them have losses on different scales (the method
+# itself most of all: DPO starts at ln 2, ORPO's NLL term alone is several times that).
+LOSS_SHAPING: frozenset[str] = frozenset({"trainer", "dpo_beta", "simpo_gamma", "cpo_alpha", "prompt_loss",
+                                          "response_only_loss", "loss_type", "loss_weights", "label_smoothing",
+                                          "ld_alpha", "discopop_tau", "alphapo_alpha"})
+# The key of training_params.json that lists the chosen fields (LLMTrainingParams.save_json); not a field.
+CHOSEN_KEY = "_chosen"
 # Fields whose values are secrets: never written to disk, never logged.
 SECRET_FIELDS: frozenset[str] = frozenset({"token", "wandb_token"})
 # Fields that only mean something with `peft` (LoRA); given without it they would be ignored, so they are refused.
@@ -84,6 +92,9 @@ class LLMTrainingParams(*reversed([section for _, section in SECTIONS])):  # typ
             raise ValueError(f"use_sweep optimises {self.sweep_metric} on the validation split: add --valid-split")
         if self.sample_answers and not self.valid_split:
             raise ValueError("sample_answers answers validation prompts: add --valid-split")
+        if self.judge and not (self.valid_split or self.judge_prompts):
+            raise ValueError("judge compares answers to the validation prompts: add --valid-split, or give the "
+                             "prompts as --judge-prompts FILE")
         if self.eval_strategy == "steps" and self.eval_steps == -1:
             raise ValueError("eval_strategy 'steps' needs --eval-steps N")
         if self.quantization is not None and not self.peft:
@@ -92,6 +103,9 @@ class LLMTrainingParams(*reversed([section for _, section in SECTIONS])):  # typ
             given = [name for name in LORA_FIELDS if name in self.model_fields_set]
             if given:
                 raise ValueError(f"{given[0]} applies to LoRA: add --peft (or leave {given[0]} out)")
+        why_not = scheduler_needs(self) or unmet(self)
+        if why_not:
+            raise ValueError(why_not)
         uses_reference = self.model_ref is not None or self.precompute_ref_logps
         if uses_reference and not methods.spec(self.trainer).needs_reference:
             field = "model_ref" if self.model_ref is not None else "precompute_ref_logps"
@@ -142,7 +156,10 @@ class LLMTrainingParams(*reversed([section for _, section in SECTIONS])):  # typ
         return self.model_dump(mode="json", exclude=set(SECRET_FIELDS))
 
     def save_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.public_dict(), indent=2) + "\n")
+        """training_params.json: every field's value (secrets left out), and under CHOSEN_KEY the fields that were
+        chosen, so that `LLMTrainingParams(**json.load(...))` gives these params back (see `_saved_file`)."""
+        saved = {**self.public_dict(), CHOSEN_KEY: sorted(self.model_fields_set - SECRET_FIELDS)}
+        Path(path).write_text(json.dumps(saved, indent=2) + "\n")
 
     @classmethod
     def load_json(cls, path: str | Path) -> LLMTrainingParams:
@@ -150,16 +167,39 @@ class LLMTrainingParams(*reversed([section for _, section in SECTIONS])):  # typ
 
     @classmethod
     def from_saved(cls, values: dict[str, Any]) -> LLMTrainingParams:
-        """The params of a saved dict (training_params.json holds every field): a value equal to its field's default
-        counts as not chosen, so the loaded params know what was chosen as the saved ones did (the data's columns are
-        guessed only when not chosen; LoRA fields are refused without peft only when chosen)."""
-        chosen = {}
-        names = cls.accepted_names()
-        for name, value in values.items():
-            info = cls.model_fields.get(names.get(name, ""))
-            if info is None or info.is_required() or value != _json_default(info.default):
-                chosen[name] = value  # unknown names stay, to be refused by name
-        return cls(**chosen)
+        """The params of a saved dict. A file written before CHOSEN_KEY existed holds every field and no list of the
+        chosen ones: there a value equal to its field's default counts as not chosen."""
+        if CHOSEN_KEY in values:
+            return cls(**values)
+        return cls(**_without_defaults(cls, values, chosen=()))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _saved_file(cls, data: Any) -> Any:
+        """A dict that save_json wrote: the fields not listed as chosen hold their defaults and are left out, so the
+        loaded params know what was chosen as the saved ones did (the data's columns are guessed only when not
+        chosen; a field that needs another is refused only when chosen). A value edited in the file since, no longer
+        the default, counts as chosen."""
+        if not isinstance(data, dict) or CHOSEN_KEY not in data:
+            return data
+        data = dict(data)
+        chosen = data.pop(CHOSEN_KEY)
+        if not isinstance(chosen, list) or not all(isinstance(name, str) for name in chosen):
+            raise ValueError(f"{CHOSEN_KEY} (what a saved training_params.json chose) must be a list of field names")
+        return _without_defaults(cls, data, chosen)
+
+
+def _without_defaults(cls: type[Schema], values: dict[str, Any], chosen: Any) -> dict[str, Any]:
+    """`values` less those of fields not in `chosen` that equal their field's default (unknown names stay, to be
+    refused by name)."""
+    names = cls.accepted_names()
+    kept = {}
+    for name, value in values.items():
+        field = names.get(name, "")
+        info = cls.model_fields.get(field)
+        if info is None or field in chosen or info.is_required() or value != _json_default(info.default):
+            kept[name] = value
+    return kept
 
 
 def _json_default(default: Any) -> Any:

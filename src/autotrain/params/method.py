@@ -1,16 +1,27 @@
-"""The Method section of the params: which loss, its settings (beta, gamma, alpha: each method's authors' value when
-left unset), its reference model, and what its NLL covers."""
+"""The Method section of the params: which loss, its settings (beta, gamma, alpha, the --loss-type and its own
+settings: each method's or loss's authors' value when left unset), its reference model, and what its NLL covers."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from autotrain import methods
+from autotrain.methods.loss_types import NOT_OFFERED, LossType
 from autotrain.params.schema import Schema, one_of
 
 TRAINER_NAMES: tuple[str, ...] = methods.NAMES
+# The settings a method's terms take, by keyword, and the params field that gives each.
+SETTING_FIELDS: dict[str, str] = {"beta": "dpo_beta", "gamma": "simpo_gamma", "alpha": "cpo_alpha",
+                                  "label_smoothing": "label_smoothing", "discopop_tau": "discopop_tau",
+                                  "alphapo_alpha": "alphapo_alpha"}
+_MENUS = {name: spec.losses for name, spec in methods.SPECS.items() if spec.losses}
+
+
+def _menu_help(name: str) -> str:
+    return f"{name}: " + ", ".join(_MENUS[name])
 
 
 class MethodParams(Schema):
@@ -25,22 +36,43 @@ class MethodParams(Schema):
     dpo_beta: float | None = Field(
         None,
         ge=0,
-        description="ORPO's lambda (weight of the odds-ratio term), or the beta of DPO, CPO and SimPO (the scale of "
-        "the reward inside the sigmoid). none: the method's own default ("
-        + ", ".join(f"{spec.name} {spec.beta:g}" for spec in methods.SPECS.values() if spec.beta is not None) + ").",
+        description="ORPO's lambda, or the beta of the other methods (IPO's tau). none: the method's own (" + ", ".join(f"{spec.name} {spec.beta:g}" for spec in methods.SPECS.values()
+                                         if spec.beta is not None) + "), or its --loss-type's.",
+    )
+    loss_type: tuple[str, ...] | None = Field(
+        None,
+        description="TRL's loss_type (" + "; ".join(map(_menu_help, _MENUS)) + "); dpo sums several (sigmoid,sft: "
+        "RPO). none: sigmoid.",
+    )
+    loss_weights: tuple[float, ...] | None = Field(
+        None, description="One weight > 0 per --loss-type; none: 1 each."
+    )
+    label_smoothing: float | None = Field(
+        None,
+        ge=0,
+        lt=0.5,
+        description="Probability that a label is flipped: robust (none: 0.1), exo_pair (none: 0.001), sigmoid (cDPO; "
+        "none: 0).",
+    )
+    ld_alpha: float | None = Field(
+        None, ge=0, le=1, description="LD-DPO (dpo): the weight of completion tokens past the pair's shorter answer. "
+        "none: off."
+    )
+    discopop_tau: float | None = Field(None, gt=0, description="DiscoPOP's temperature. none: 0.05, the paper's.")
+    alphapo_alpha: float | None = Field(
+        None, description="AlphaPO's reward shape; none: 0.25, the paper's."
     )
     simpo_gamma: float | None = Field(
         None,
         ge=0,
-        description="SimPO's target reward margin gamma (--trainer simpo only). none: "
-        f"{methods.SPECS['simpo'].gamma_per_beta:g} x beta, the SimPO paper's gamma / beta.",
+        description=f"Target reward margin of simpo (none: {methods.SPECS['simpo'].gamma_per_beta:g} x beta, the "
+        "paper's) and AlphaPO (none: 0.1).",
     )
     cpo_alpha: float | None = Field(
         None,
         ge=0,
-        description=f"Weight of the NLL term of cpo (none: {methods.SPECS['cpo'].alpha:g}, as the CPO paper and TRL) "
-        f"and simpo (none: {methods.SPECS['simpo'].alpha:g}, SimPO itself; > 0 is CPO-SimPO). --trainer cpo and simpo "
-        "only.",
+        description=f"NLL weight of cpo (none: {methods.SPECS['cpo'].alpha:g}, as the paper and TRL; alphapo 0) and "
+        f"simpo (none: {methods.SPECS['simpo'].alpha:g}; > 0 is CPO-SimPO).",
     )
     model_ref: str | None = Field(
         None,
@@ -76,29 +108,106 @@ class MethodParams(Schema):
         # Papers and TRL write SimPO, CPO, ORPO: the name in any case is the method.
         return one_of(value.lower() if value.lower() in TRAINER_NAMES else value, TRAINER_NAMES, "trainer")
 
+    @field_validator("loss_type", "loss_weights", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        # The command line gives one string, "sigmoid,sft"; a config file may give a list.
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",")) if value.strip() else ()
+        return value
+
     @model_validator(mode="after")
     def _method_fields(self) -> MethodParams:
         if self.dpo_beta == 0 and methods.spec(self.trainer).positive_beta:
             raise ValueError(f"dpo_beta 0 leaves {self.trainer} with no gradient (every pair's loss is log 2): give a "
                              "beta > 0, or leave it out for the method's default")
-        own = methods.spec(self.trainer).options
-        for name, option in (("simpo_gamma", "gamma"), ("cpo_alpha", "alpha")):
-            if getattr(self, name) is not None and option not in own:
-                users = [spec.name for spec in methods.SPECS.values() if option in spec.options]
-                raise ValueError(f"{name} applies to --trainer {' and '.join(users)} only (trainer is {self.trainer})")
+        self.method_settings()  # every rule below, once at construction
         return self
 
-    def method_settings(self) -> MethodSettings:
-        """beta, gamma and alpha of this run's method: the values given, else its authors' (autotrain.methods)."""
+    def _losses(self) -> tuple[tuple[LossType, ...], tuple[float, ...]]:
+        """The run's loss types (none for a method without a menu) and their weights, checked."""
         spec = methods.spec(self.trainer)
-        given = {"beta": self.dpo_beta, "gamma": self.simpo_gamma, "alpha": self.cpo_alpha}
-        beta = given["beta"] if given["beta"] is not None else spec.beta or 0.0
-        values = {"beta": beta, "gamma": spec.gamma_per_beta * beta, "alpha": spec.alpha}
-        shown = (("beta",) if spec.beta is not None else ()) + spec.options
-        values.update({name: given[name] for name in shown if given[name] is not None})
-        return MethodSettings(spec.name, values["beta"], values["gamma"] if "gamma" in shown else 0.0,
-                              values["alpha"] if "alpha" in shown else 0.0, shown,
-                              tuple(name for name in shown if given[name] is None))
+        if spec.losses is None:
+            for name in ("loss_type", "loss_weights"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} applies to --trainer {' and '.join(_MENUS)} only (trainer is "
+                                     f"{self.trainer})")
+            return (), ()
+        names = self.loss_type or (next(iter(spec.losses)),)
+        for name in names:
+            if name in NOT_OFFERED and name not in spec.losses:
+                raise ValueError(f"loss_type {name} is not offered: it {NOT_OFFERED[name]}")
+            one_of(name, tuple(spec.losses), f"loss_type for --trainer {spec.name}")
+        if len(set(names)) < len(names):
+            raise ValueError(f"loss_type {','.join(names)} names a loss twice: give each once, weighted with "
+                             "--loss-weights")
+        if spec.name != "dpo" and len(names) > 1:
+            raise ValueError(f"--trainer {spec.name} takes one loss_type (got {','.join(names)}); several are "
+                             "--trainer dpo's")
+        if names == ("sft",):
+            raise ValueError("loss_type sft alone is --trainer sft (no reference model needed); combine it with a "
+                             "preference loss (sigmoid,sft is RPO)")
+        weights = self.loss_weights if self.loss_weights is not None else (1.0,) * len(names)
+        if len(weights) != len(names):
+            raise ValueError(f"loss_weights gives {len(weights)} weight(s) for {len(names)} loss type(s) "
+                             f"({','.join(names)}): one each")
+        if any(not weight > 0 for weight in weights):
+            raise ValueError("loss_weights must all be > 0 (leave a loss out of --loss-type instead of weighing it 0)")
+        return tuple(spec.losses[name] for name in names), tuple(float(weight) for weight in weights)
+
+    def method_settings(self) -> MethodSettings:
+        """This run's method, loss types, and settings: the values given, else its authors' (autotrain.methods)."""
+        spec = methods.spec(self.trainer)
+        losses, weights = self._losses()
+        if self.ld_alpha is not None and spec.name != "dpo":
+            raise ValueError(f"ld_alpha applies to --trainer dpo only (trainer is {self.trainer})")
+        # The settings this run reads, each with its default(s): its loss types' where it has a menu, else the
+        # method's own (gamma: None, a ratio of beta).
+        defaults: dict[str, list[tuple[float | None, str]]] = {}
+        for loss in losses:
+            for name, value in loss.defaults.items():
+                defaults.setdefault(name, []).append((value, loss.name))
+        if not losses:
+            if spec.beta is not None:
+                defaults["beta"] = [(spec.beta, spec.name)]
+            for name in spec.options:
+                defaults[name] = [(spec.alpha if name == "alpha" else None, spec.name)]
+        given = {name: getattr(self, field) for name, field in SETTING_FIELDS.items()}
+        for name, value in given.items():
+            # a beta given to a method without one (sft) is autotrain.params.needs' to refuse
+            if value is not None and name not in defaults and name != "beta":
+                raise ValueError(f"{SETTING_FIELDS[name]} {_not_read(name, spec.name, losses)}")
+        values: dict[str, float] = {}
+        defaulted = ["loss_weights"] if len(losses) > 1 and self.loss_weights is None else []
+        for name, candidates in defaults.items():
+            if given[name] is not None:
+                values[name] = float(given[name])
+                continue
+            if len({value for value, _ in candidates}) > 1:
+                listed = ", ".join(f"{loss} {value:g}" for value, loss in candidates)
+                flag = SETTING_FIELDS[name].replace("_", "-")
+                raise ValueError(f"loss_type {','.join(loss.name for loss in losses)}: their authors' "
+                                 f"{SETTING_FIELDS[name]} differ ({listed}): give --{flag}")
+            value = candidates[0][0]
+            values[name] = spec.gamma_per_beta * values["beta"] if value is None else value
+            defaulted.append(name)
+        if any(loss.name == "exo_pair" for loss in losses) and values["label_smoothing"] == 0:
+            raise ValueError("label_smoothing 0 is log(0) in exo_pair (EXO's epsilon): give a value > 0 "
+                             "(the paper's 0.001 when left out)")
+        return MethodSettings(spec.name, losses, weights, values, tuple(defaulted), self.ld_alpha)
+
+
+def _not_read(name: str, trainer: str, losses: tuple[LossType, ...]) -> str:
+    """Why a given setting is refused: the methods and loss types that read it."""
+    users = []
+    for spec in methods.SPECS.values():
+        readers = [loss.name for loss in (spec.losses or {}).values() if name in loss.defaults]
+        if spec.losses and readers and len(readers) < len(spec.losses):
+            users.append(f"--trainer {spec.name} --loss-type {'/'.join(readers)}")
+        elif readers or (not spec.losses and name in spec.options):
+            users.append(f"--trainer {spec.name}")
+    chosen = f", loss_type {','.join(loss.name for loss in losses)}" if losses else ""
+    return f"applies to {' and '.join(users)} only (trainer is {trainer}{chosen})"
 
 
 @dataclass(frozen=True)
@@ -106,29 +215,79 @@ class MethodSettings:
     """The method's resolved settings, which of them it has, and which are its authors' defaults, not given."""
 
     method: str
-    beta: float
-    gamma: float  # SimPO's margin; 0 for every other method
-    alpha: float  # the NLL weight of CPO and SimPO (CPO-SimPO when > 0); 0 for every other method
-    shown: tuple[str, ...]  # the settings the method has, of beta, gamma, alpha
+    losses: tuple[LossType, ...]  # its --loss-type(s); empty for a method without a menu
+    weights: tuple[float, ...]  # one per loss
+    values: dict[str, float]  # every setting the run reads (beta, gamma, alpha, label_smoothing, ...) -> its value
     defaulted: tuple[str, ...]  # those left unset, taken from autotrain.methods
+    ld_alpha: float | None = None
+
+    @property
+    def beta(self) -> float:
+        return self.values.get("beta", 0.0)
+
+    @property
+    def gamma(self) -> float:  # SimPO's and AlphaPO's margin; 0 for every other method
+        return self.values.get("gamma", 0.0)
+
+    @property
+    def alpha(self) -> float:  # the NLL weight of CPO and SimPO (CPO-SimPO when > 0); 0 for every other method
+        return self.values.get("alpha", 0.0)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """What the method's terms take besides beta, by keyword (the trainer passes those in the spec's options)."""
+        found: dict[str, Any] = dict(self.values)
+        if self.losses:
+            found.update(loss_type=tuple(loss.name for loss in self.losses), loss_weights=self.weights)
+        return {name: value for name, value in found.items() if name in methods.spec(self.method).options}
 
     @property
     def title(self) -> str:
-        """The method's name as papers write it; SimPO with an NLL term is CPO-SimPO."""
+        """The method's name as papers write it: SimPO with an NLL term is CPO-SimPO, DPO with label smoothing cDPO,
+        sigmoid,sft RPO, a --loss-type its own (IPO, rDPO, AlphaPO ...)."""
         spec = methods.spec(self.method)
-        if spec.nll_title and self.alpha > 0:
-            return spec.nll_title
-        return spec.title or spec.name.upper()
+        if not self.losses:
+            return spec.nll_title if spec.nll_title and self.alpha > 0 else spec.title or spec.name.upper()
+        names = tuple(loss.name for loss in self.losses)
+        if names == ("sigmoid", "sft"):
+            return "RPO"
+        titles = [loss.title for loss in self.losses]
+        if self.values.get("label_smoothing") and names[0] == "sigmoid":
+            titles[0] = "cDPO" if self.method == "dpo" else "conservative CPO"
+        return " + ".join(titles)
+
+    @property
+    def accuracy(self) -> str | None:
+        """What rewards/accuracies counts for this run (the summary's and the card's words)."""
+        spec = methods.spec(self.method)
+        return next((loss.accuracy for loss in self.losses if loss.accuracy), spec.accuracy)
 
     def describe(self) -> str:
         """One line for the log and the card: 'SimPO with beta 2 (SimPO's default), gamma 1 (0.5 x beta, SimPO's
-        default), alpha 0 (SimPO's default)'."""
+        default), alpha 0 (SimPO's default)'; 'rDPO with beta 0.01 (rDPO's default), label_smoothing 0.1 (...)'."""
         spec = methods.spec(self.method)
         parts = []
-        for name in self.shown:
-            text = f"{name} {getattr(self, name):g}"
+        if len(self.losses) > 1:
+            parts.append("loss " + " + ".join(f"{weight:g} x {loss.name}" for loss, weight in
+                                              zip(self.losses, self.weights))
+                         + (" (equal weights, TRL's default)" if "loss_weights" in self.defaulted else ""))
+        for name, value in self.values.items():
+            if not value and any(name in loss.switches for loss in self.losses):
+                continue
+            text = f"{name} {value:g}"
             if name in self.defaulted:
-                ratio = f"{spec.gamma_per_beta:g} x beta, " if name == "gamma" else ""
-                text += f" ({ratio}{spec.title or spec.name.upper()}'s default)"
+                text += f" ({self._whose(name, spec)})"
             parts.append(text)
+        if self.ld_alpha is not None:
+            parts.append(f"ld_alpha {self.ld_alpha:g} (LD-DPO)")
         return f"{self.title} with " + ", ".join(parts) if parts else self.title
+
+    def _whose(self, name: str, spec: methods.MethodSpec) -> str:
+        readers = [loss for loss in self.losses if name in loss.defaults]
+        if not readers:
+            ratio = f"{spec.gamma_per_beta:g} x beta, " if name == "gamma" else ""
+            return f"{ratio}{spec.title or spec.name.upper()}'s default"
+        loss = readers[0]
+        if name in loss.trl_defaults:
+            return f"TRL's default; the {loss.title} paper gives none"
+        return f"{loss.title}'s default"

@@ -7,11 +7,15 @@ params, the CLI flags (autotrain.cli) and the config-file keys (autotrain.config
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, ValidationError, model_validator
 
 from autotrain.errors import ParamsError, did_you_mean
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 class Schema(BaseModel):
@@ -27,6 +31,23 @@ class Schema(BaseModel):
             super().__init__(**data)
         except ValidationError as exc:
             raise ParamsError(_one_line(exc, type(self))) from None
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy; with `update`, built again through validation (pydantic's own copy takes the new values
+        unchecked, so `lr="abc"`, NaN or `lora_r=0` would reach the trainer). The copy's chosen fields are this
+        object's and the updated ones; an earlier name of a field updates that field."""
+        if not update:
+            return super().model_copy(deep=deep)
+        names = self.accepted_names()
+        values = {name: getattr(self, name) for name in self.model_fields_set}
+        values.update({names.get(name, name): value for name, value in update.items()})
+        return type(self)(**values)
+
+    def copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False, **kwargs: Any) -> Self:
+        """pydantic's deprecated copy: the same as model_copy (its include/exclude are not taken)."""
+        if kwargs:
+            raise TypeError(f"copy() takes update and deep only (got {', '.join(kwargs)}); use model_copy")
+        return self.model_copy(update=update, deep=deep)
 
     @classmethod
     def names_of(cls, field: str) -> list[str]:

@@ -90,13 +90,15 @@ class DataParams(Schema):
     model_max_length: int = Field(
         2048,
         ge=2,
-        description="The model's longest input; 2048 (the default) means the model config's own maximum. "
-        "--block-size is capped at it.",
+        description="The model's longest input; 2048 (the default) means the model config's own maximum "
+        "(max_position_embeddings), and a value above that maximum is refused. --block-size is capped at it.",
     )
     attn_implementation: str | None = Field(
         None,
         description="Attention kernel: eager, sdpa, flex_attention, flash_attention_2/3. Your choice is used as given "
-        "or refused with the reason. Default: flex_attention on CUDA with packing, else transformers' choice.",
+        "or refused with the reason (flex_attention and flash-attn need CUDA; a start-up check that fails stops the "
+        "run). Default: flex_attention on CUDA with packing where the model has it (SDPA if the start-up check on "
+        "the first training pair fails), else transformers' choice.",
     )
     use_flash_attention_2: bool = Field(False, description="Same as --attn-implementation flash_attention_2.")
     save_processed_data: str = Field(
@@ -150,6 +152,11 @@ class LayoutParams(Schema):
         description="Without a chat template, end each completion with the EOS token (with one, the template's "
         "end-of-turn token ends it).",
     )
+    ranked_pairs: Literal["best", "all"] = Field(
+        "best", description="Ranked answers ('responses' with 'scores' or 'ranking') become pairs: best (the best "
+        "answer against each other one) or all (every two answers that do not tie). Each prompt's pairs are weighted "
+        "so that the prompt counts once.",
+    )
 
 
 class OptimisationParams(Schema):
@@ -169,7 +176,14 @@ class OptimisationParams(Schema):
     scheduler: str = Field("linear", description="Learning-rate schedule, as transformers' `lr_scheduler_type`.")
     weight_decay: float = Field(0.0, ge=0, description="Weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
-    seed: int = Field(42, description="Seed of initialisation, dropout and data order.")
+    seed: int = Field(42, description="Seed of initialisation, dropout and data order (0 to 4294967295).")
+    min_lr_rate: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="The learning rate's floor as a fraction of --lr, where --scheduler cosine_with_min_lr or "
+        "cosine_warmup_with_min_lr decays it to (transformers' min_lr_rate); they need it.",
+    )
     mixed_precision: Literal["fp16", "bf16"] | None = Field(
         None, description="Mixed precision on a GPU: fp16 or bf16; none trains in fp32."
     )
@@ -195,6 +209,14 @@ class OptimisationParams(Schema):
     @classmethod
     def _known_scheduler(cls, value: str) -> str:
         return one_of(value, SCHEDULERS, "scheduler")
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, value: int) -> int:
+        # transformers' set_seed seeds numpy too, which takes 0 .. 2**32 - 1 and fails only when training starts.
+        if not 0 <= value < 2**32:
+            raise ValueError(f"must be between 0 and {2**32 - 1} (the seeds numpy takes); got {value}")
+        return value
 
 
 class LoraParams(Schema):
@@ -228,6 +250,15 @@ class TemplateParams(Schema):
     )
     apply_chat_template: bool = Field(
         True, description="Render rows with the chat template; --no-apply-chat-template is --chat-template none."
+    )
+    tools_column: str | None = Field(
+        None, description="Column of the tool definitions (a list of JSON-schema functions, or that list as JSON "
+        "text) the chat template writes into each prompt of the row. Default: 'tools' when the data has one.",
+    )
+    reasoning_loss: Literal["include", "exclude"] = Field(
+        "include", description="An answer's reasoning (reasoning_content / thinking, as the template writes it): "
+        "include trains it with the answer (in the preference log-probs and the NLL); exclude makes it context, read "
+        "but not trained. Empty think blocks are never trained.",
     )
 
 

@@ -25,19 +25,22 @@ DIFFERENT_DEFAULTS: dict[str, tuple[object, str]] = {
     "packing": (None, "packing shares each prompt and keeps the loss the same; models that cannot take it pad"),
     "log": ("wandb", "no tracker unless asked: a run should not need an account or write to one"),
     "dpo_beta": (0.1, "none means the method's own default: 0.1 for ORPO, DPO and CPO (aitraining's value), 2.0 for "
-                 "SimPO, as its authors use it"),
+                 "SimPO, as its authors use it; a --loss-type its authors' (0.01 for robust, 2.5 for alphapo, ...)"),
     "optimizer": ("adamw_torch", "the same AdamW in torch's fused kernel, transformers' (and TRL's) default: one pass "
                   "over the weights; the CPU full fine-tune's optimizer step took 0.15 s instead of 0.57 s"),
     "lora_dropout": (0.05, "none means 0 while --disable-dropout is on (the default): aitraining passes 0.05 to peft, "
                      "but TRL's ORPOTrainer and DPOTrainer then zero every dropout, LoRA's included, so its preference "
-                     "runs trained with none; 0.05 with --no-disable-dropout"),
+                     "runs trained with none; 0.05 with --no-disable-dropout, except 0 for fused MoE expert weights, "
+                     "which peft cannot drop out"),
 }
 
 # Our fields that aitraining's LLMTrainingParams does not have (the migration table leaves them out; a test checks
 # this list against aitraining's field list).
 OURS_ONLY: frozenset[str] = frozenset({
     "trust_remote_code", "precompute_ref_logps", "prompt_loss", "disable_dropout", "max_steps", "deepspeed_stage",
-    "eval_steps", "sample_answers", "simpo_gamma", "cpo_alpha", "torch_compile",
+    "eval_steps", "sample_answers", "simpo_gamma", "cpo_alpha", "min_lr_rate", "tools_column", "ranked_pairs",
+    "reasoning_loss", "loss_type", "loss_weights", "label_smoothing", "ld_alpha", "discopop_tau", "alphapo_alpha",
+    "judge", "judge_prompts", "judge_template", "judge_max_prompts", "torch_compile",
 })
 
 # Each is (what the field is for in aitraining, what to do here instead or "").
@@ -66,7 +69,9 @@ NOT_THIS_TOOL: dict[str, tuple[str, str]] = {
     "post_trial_script": ("a shell command after each sweep trial", "read <project>/sweep.md"),
     **dict.fromkeys(("wandb_sweep", "wandb_sweep_project", "wandb_sweep_entity", "wandb_sweep_id"),
                     ("W&B's own sweep dashboard", "the sweep here is optuna's; each trial logs to W&B with --log wandb")),
-    **dict.fromkeys(("eval_dataset_path", "eval_batch_size", "eval_save_predictions", "eval_benchmark"), _EVAL),
+    **dict.fromkeys(("eval_dataset_path", "eval_batch_size", "eval_save_predictions"), _EVAL),
+    "eval_benchmark": ("benchmark evaluation", "--judge SPEC judges the model's own answers before and after training "
+                       "(README, 'Judged win rates')"),
     "chat_format": ("its own message renderer", "use --chat-template"),
     "token_weights": ("per-role token weights", "the loss weighs completion tokens (the prompt too with --prompt-loss)"),
     **dict.fromkeys(("rl_gamma", "rl_gae_lambda", "rl_kl_coef", "rl_value_loss_coef", "rl_clip_range",

@@ -10,6 +10,7 @@ own checks live in autotrain.trainers.clm.checks.
 from __future__ import annotations
 
 import os
+import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,10 @@ from transformers import EvalPrediction, Trainer
 from autotrain import checkpoints, dropout, methods
 from autotrain.errors import TrainingError
 from autotrain.forward import sequence_logps
-from autotrain.losses import PAIRS, PairTerms, reduce_columns
+from autotrain.losses import PAIRS, PairTerms, pair_counts, reduce_columns
 from autotrain.models import unwrap, whole_on
 from autotrain.progress import is_evaluation
+from autotrain.project_folder import PARAMS_FILE
 from autotrain.trainers.clm import checks
 
 
@@ -121,14 +123,19 @@ class MethodTrainer(Trainer):
         batches, _ = super().get_batch_samples(epoch_iterator, num_batches, *args, **kwargs)
         if not batches:
             return batches, None
-        # [NLL tokens, pairs, micro-batches] of the whole step on every process. No host sync: the token count is a
-        # device sum, and the host ints enter through torch.full (a kernel argument, not a copy to the device).
-        tokens = sum(batch["in_nll"].sum() for batch in batches).to(device=self.args.device, dtype=torch.int64)
-        fill = lambda value: torch.full((), value, dtype=torch.int64, device=tokens.device)  # noqa: E731
-        counts = torch.stack([tokens, fill(sum(batch["num_pairs"] for batch in batches)), fill(len(batches))])
+        # [NLL tokens, pairs, micro-batches] of the whole step on every process, each pair at its weight where the
+        # data weighs pairs (autotrain.losses.pair_counts). No host sync: the counts are device sums, and host ints
+        # enter through torch.full (a kernel argument, not a copy to the device).
+        counted = [pair_counts(batch) for batch in batches]
+        weighted = "pair_weight" in batches[0]
+        dtype = (torch.float32 if self.args.device.type == "mps" else torch.float64) if weighted else torch.int64
+        fill = lambda value: torch.full((), value, dtype=dtype, device=self.args.device)  # noqa: E731
+        on_device = lambda value: value.to(self.args.device, dtype) if torch.is_tensor(value) else fill(value)  # noqa: E731
+        counts = torch.stack([on_device(sum(t for t, _ in counted)), on_device(sum(p for _, p in counted)),
+                              fill(len(batches))])
         if self.accelerator.num_processes > 1:
             counts = self.accelerator.reduce(counts, reduction="sum")
-        return batches, counts
+        return batches, counts.float() if weighted else counts
 
     def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: D102
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -156,7 +163,7 @@ class MethodTrainer(Trainer):
 
     def _terms(self, model: torch.nn.Module, inputs: dict[str, Any]) -> PairTerms:
         reference = (lambda batch: self.reference_sums(model, batch)) if self.method.needs_reference else None
-        terms = self.method.terms(model, inputs, self.beta, reference, **self.options)
+        terms = self.method.pair_terms(model, inputs, self.beta, reference, **self.options)
         self._nll_weight = terms.nll_weight
         return terms
 
@@ -202,19 +209,31 @@ class MethodTrainer(Trainer):
     def _save_checkpoint(self, model, trial):
         root = Path(super()._get_output_dir(trial))
         name = f"{checkpoints.CHECKPOINT_PREFIX}{self.state.global_step}"
+        staged = root / checkpoints.STAGING / name
         self._staging = True
         try:
             super()._save_checkpoint(model, trial)
+            if self.args.should_save and (root / PARAMS_FILE).is_file():
+                # The settings it was trained with travel with it: a resume is checked against them (resuming).
+                shutil.copyfile(root / PARAMS_FILE, staged / PARAMS_FILE)
+        except Exception as exc:
+            failure = checkpoints.failed_save(root, name, exc)
+            if failure is None:
+                raise
+            raise failure from None
         finally:
             self._staging = False
         # Every process writes its own RNG state into the staged folder: publish it only once all have.
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            staged = root / checkpoints.STAGING / name
             # peft's template model card (39 "[More Information Needed]") says nothing about this checkpoint.
             (staged / "README.md").unlink(missing_ok=True)
             checkpoints.publish(staged, root / name)
             checkpoints.rotate(root, self.args.save_total_limit)
+
+    def save_checkpoint(self) -> None:
+        """A checkpoint of the current step, outside the loop's own saving (a run stopped after its last step)."""
+        self._save_checkpoint(self.model, trial=None)
 
     def _issue_warnings_after_load(self, load_result):
         # A checkpoint of a model with tied embeddings holds one copy of the tied weight; the other name is reported
