@@ -98,8 +98,7 @@ class MethodParams(Schema):
         True,
         description="Turn off the model's dropout (its nn.Dropout modules and attention-dropout probabilities) in the "
         "model being trained and in every DPO reference, as TRL does by default: the loss is then a function of the "
-        "weights alone, the same packed or padded. LoRA's own dropout, unless --lora-dropout gives it, follows: 0 while "
-        "this is on (TRL's disable_dropout zeroes it too), 0.05 when off.",
+        "weights alone, the same packed or padded. An unset --lora-dropout follows it (0 while on, as in TRL).",
     )
 
     @field_validator("trainer")
