@@ -53,11 +53,11 @@ import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 WORKLOADS = {
-    "lora": dict(pairs=64, peft=True, lora_r=16, lora_alpha=32, epochs=1),
+    "lora": dict(pairs=64, peft=True, lora_r=16, lora_alpha=32, epochs=1, merge_adapter=False),
     "full": dict(pairs=8, peft=False, epochs=6),
 }
 COMMON = dict(chat_template="none", lr=2e-4, batch_size=4, gradient_accumulation=2,
-              disable_gradient_checkpointing=True, log="none", save_strategy="no", merge_adapter=False)
+              disable_gradient_checkpointing=True, log="none", save_strategy="no")
 
 
 @dataclass
