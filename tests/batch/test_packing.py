@@ -201,6 +201,24 @@ def test_chosen_tokens_reach_neither_their_rejected_nor_another_pair():
     assert (new[seq == 0][1:] - old[seq == 0][1:]).abs().min() > 1e-4
 
 
+@pytest.mark.parametrize("packing", [True, False])
+def test_the_lm_head_computes_the_targets_rows_only(packing):
+    """The model's own forward runs its head on no position (logits_to_keep an empty index): on one position per row
+    (logits_to_keep=1) it multiplied a non-contiguous [rows, 1, H] slice, which torch's matmul does as a batched
+    product with the [V, H] weight expanded per row, reading the whole weight once per row (8 rows padded)."""
+    model = tiny_model()
+    features = random_pairs(ODD)
+    batch = make_collator(packing, 0, prompt_loss=True, model=model)(features)
+    rows = []
+    handle = model.get_output_embeddings().register_forward_hook(
+        lambda module, args, output: rows.append(args[0].reshape(-1, args[0].shape[-1]).shape[0]))
+    try:
+        loss, _ = orpo_step(model, batch, 0.5)
+    finally:
+        handle.remove()
+    assert sum(rows) == len(batch["target_ids"])
+
+
 def test_packing_runs_no_host_sync_in_forward_and_backward():
     model = tiny_model()
     batch = PackedCollator(pad_id=0, token_budget=40)(random_pairs(ODD))

@@ -95,6 +95,41 @@ def test_lora_dropout_is_the_users_knob():
     assert others and set(others) == {0.0}
 
 
+def _lora_dropouts(net: torch.nn.Module) -> set[float]:
+    # peft puts an nn.Identity in place of a zero dropout
+    return {getattr(m, "p", 0.0) for name, m in net.named_modules() if name.split(".")[-2:-1] == ["lora_dropout"]}
+
+
+def test_lora_dropout_by_default_is_what_trl_trains_with(gpt2_dir):
+    """aitraining passes lora_dropout 0.05 to peft, but TRL's ORPOTrainer (and DPOTrainer), which it runs, then sets
+    every nn.Dropout to 0 (disable_dropout, on by default), LoRA's included: its preference runs train without LoRA
+    dropout. So does a run here unless --lora-dropout is given, or --no-disable-dropout brings aitraining's 0.05."""
+    from transformers import AutoModelForCausalLM
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+    from peft import LoraConfig
+
+    from autotrain.model.loading import load_model
+
+    # What TRL does with aitraining's LoraConfig (its train_clm_orpo passes peft_config=LoraConfig(lora_dropout=0.05)).
+    rows = [{"prompt": "a", "chosen": "b", "rejected": "c"}]
+    from datasets import Dataset
+
+    trl = ORPOTrainer(model=AutoModelForCausalLM.from_pretrained(gpt2_dir),
+                      args=ORPOConfig(output_dir=str(gpt2_dir / "trl"), report_to=[], use_cpu=True, max_length=16),
+                      train_dataset=Dataset.from_list(rows), processing_class=make_tokenizer(chat=True),
+                      peft_config=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.05, target_modules=["c_attn"]))
+    assert _lora_dropouts(trl.model) == {0.0}
+
+    def ours(**settings: object) -> set[float]:
+        params = LLMTrainingParams(model=str(gpt2_dir), peft=True, target_modules="c_attn", **settings)
+        return _lora_dropouts(load_model(params, str(gpt2_dir)))
+
+    assert ours() == {0.0}
+    assert ours(disable_dropout=False) == {0.05}  # aitraining's value where nothing zeroes it
+    assert ours(lora_dropout=0.05) == {0.05}  # given: kept, --disable-dropout or not
+    assert ours(lora_dropout=0.2, disable_dropout=False) == {0.2}
+
+
 def pair_rows(count: int) -> list[dict]:
     return [{"prompt": "q" * (1 + i % 4) + "?", "chosen": "c" * (2 + i % 5), "rejected": "r" * (1 + (i * 3) % 7)}
             for i in range(count)]

@@ -306,6 +306,30 @@ def test_multimodal_gemma3_packs_with_a_mask_per_layer_type():
     assert ours == pytest.approx(padded, rel=1e-5)
 
 
+def test_gemma4_with_kv_sharing_layers_trains_and_passes_the_head_check(tmp_path):
+    """Gemma 4's last layers can reuse earlier layers' keys and values (num_kv_shared_layers, as its small models
+    do); given an int logits_to_keep, its decoder then computes those layers for the kept positions only, and the
+    chunked head found one position where it needs every target's: an IndexError. Either layout and the start-up head
+    check must see every position."""
+    from test_head_check import build_trainer, head_check
+
+    config = tiny_config("gemma4_text", num_hidden_layers=4, num_kv_shared_layers=2,
+                         layer_types=["sliding_attention", "full_attention"] * 2)
+    model = perturbed_model(config).train()
+    features = pair_features()
+    padded = PaddedCollator(EOS, prompt_loss=True)(features)
+    with torch.no_grad():
+        logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits.float()
+    logps = logits.log_softmax(-1).flatten(0, 1)[padded["hidden_index"], padded["target_ids"]]
+    expected = torch.zeros(6).index_add(0, padded["target_seq"], torch.where(padded["in_completion"], logps, 0.0))
+    from autotrain.model.forward import sequence_logps
+
+    for batch in (padded, make_collator(True, EOS, prompt_loss=True, model=model)(features)):
+        with torch.no_grad():
+            torch.testing.assert_close(sequence_logps(model, batch).sums, expected, rtol=1e-5, atol=1e-4)
+    assert head_check(build_trainer(tmp_path, model, packing=True)) < 1e-4
+
+
 def _adapter_dropouts(net: torch.nn.Module) -> set[float]:
     return {m.p for name, m in net.named_modules() if "lora_dropout" in name and isinstance(m, torch.nn.Dropout)}
 
@@ -346,7 +370,8 @@ def test_lora_on_a_dense_model_keeps_the_default_dropout(chat_model):
     from autotrain.model.loading import load_model
     from autotrain.trainers.clm.params import LLMTrainingParams
 
-    net = load_model(LLMTrainingParams(model=str(chat_model), peft=True), str(chat_model))
+    # With the model's dropout on, none means aitraining's 0.05 (with it off, 0: test_dropout.py).
+    net = load_model(LLMTrainingParams(model=str(chat_model), peft=True, disable_dropout=False), str(chat_model))
     assert _adapter_dropouts(net) == {0.05}
 
 

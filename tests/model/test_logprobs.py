@@ -156,15 +156,16 @@ def test_peft_lora_head(chunk):
 
 
 def test_peft_lora_dropout_mask_is_the_same_in_the_recomputation():
-    # One chunk draws the same dropout mask as the naive pass from the same seed; if the backward recomputation
-    # drew a fresh mask, its gradients would disagree with the naive ones.
+    # Chunks of 10 (recomputed in backward) draw the same dropout masks as the naive formula run on the same chunks
+    # in turn from the same seed; if the backward recomputation drew fresh masks, the gradients would disagree.
     model, head, lora_params = lora_head(dropout=0.5)
     model.train()
     _, hidden, targets, upstream = make_case()
     torch.manual_seed(123)
-    chunked = grads(lambda h, m, t: token_logps(h, m, t, chunk_size=N), head, hidden, targets, upstream, lora_params)
+    chunked = grads(lambda h, m, t: token_logps(h, m, t, chunk_size=10), head, hidden, targets, upstream, lora_params)
     torch.manual_seed(123)
-    naive = grads(naive_logps, head, hidden, targets, upstream, lora_params)
+    by_chunk = lambda h, m, t: torch.cat([naive_logps(h[i : i + 10], m, t[i : i + 10]) for i in range(0, N, 10)])  # noqa: E731
+    naive = grads(by_chunk, head, hidden, targets, upstream, lora_params)
     model.eval()
     no_dropout = naive_logps(hidden, head, targets)
     assert (chunked[0] - no_dropout).abs().max() > 1e-3  # dropout is active
@@ -220,6 +221,24 @@ def test_backward_recomputes_each_chunk_once_and_no_grad_skips_checkpointing():
         assert calls == [10, 10, 10, 7] and not out.requires_grad
     finally:
         handle.remove()
+
+
+def test_targets_within_one_chunk_run_the_head_once_and_keep_only_its_logits():
+    """Targets that fit one chunk keep their logits for backward instead of recomputing them: the recomputation
+    would materialise the same [N, V] chunk at the start of backward anyway, so the peak is the same, and the head's
+    matmul runs twice (forward, backward) instead of three times."""
+    head, hidden, targets, upstream = make_case()
+    calls = []
+    handle = head.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    try:
+        hidden.requires_grad_()
+        kept, out = saved_bytes(lambda: token_logps(hidden, head, targets, chunk_size=N))
+        (out.double() * upstream).sum().backward()
+        assert calls == [N]  # backward did not run the head again
+    finally:
+        handle.remove()
+    # What autograd keeps: the head's input and weight (the Linear's own), the [N, V] logits, N log-sum-exps, N targets.
+    assert kept <= (N * H + V * H + V) * 4 + N * V * 4 + N * (4 + 8) + 64
 
 
 def test_rejects_bad_shapes():

@@ -62,7 +62,7 @@ SEED_FIELDS = {
 }
 
 # Where our default differs on purpose (each said in --help and in the README's migration table).
-DIFFERENT_ON_PURPOSE = {"model", "data_path", "trainer", "packing", "log", "lora_dropout",
+DIFFERENT_ON_PURPOSE = {"model", "data_path", "trainer", "packing", "log", "lora_dropout", "optimizer",
                         "dpo_beta"}  # none: the method's own beta (0.1 for orpo, as aitraining; SimPO its authors' 2.0)
 # The fields the issue lists as used by preference runs and refused before: each must now be a field.
 PREFERENCE_RUN_FIELDS = {

@@ -12,8 +12,9 @@ A model's dropout comes in three forms in transformers 5, and all three are zero
   Persimmon; Falcon's `self.config.hidden_dropout`). The model's own config is left as it is (it is saved with the
   model): each layer that holds the config gets a copy of it, as loaded, with every dropout probability at 0.
 
-LoRA's dropout (peft's `lora_dropout` modules) is not the model's: it is the user's own knob (`--lora-dropout`) and is
-kept as given. Set it to 0 as well to match TRL, whose disable_dropout also zeroes it.
+LoRA's dropout (peft's `lora_dropout` modules) is not the model's and is left alone here: a `--lora-dropout` the user
+gives is kept as given. Left unset, it is already 0 while disable_dropout is on (autotrain.model.lora), as TRL's
+disable_dropout zeroes it too.
 
 This module imports only torch (and transformers' PreTrainedModel, to leave models' own configs alone).
 """

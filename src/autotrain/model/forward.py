@@ -45,14 +45,18 @@ class SequenceLogps:
         return values[: self.pairs], values[self.pairs :]
 
 
-def sequence_logps(model: torch.nn.Module, batch: dict[str, Any]) -> SequenceLogps:
+def sequence_logps(model: torch.nn.Module, batch: dict[str, Any], own_logits: int = 0) -> SequenceLogps:
     """Run the model body once and the LM head only at the batch's targets (the batch contract: autotrain.batch.contract).
 
     Takes a padded or a packed batch (autotrain.batch.packed); autotrain.model.kernels turns the latter's segment ids into
     the mask the model's attention kernel takes. The call goes through the outermost module, so a DDP, FSDP or
     DeepSpeed wrapper sees a normal forward (gradient sync, parameter gathering); a forward hook on the decoder
-    takes its hidden states and runs the chunked head inside that forward, while the model's own head runs on one
-    position per row only (`logits_to_keep=1`). No step here reads a device value back to the host: targets are
+    takes its hidden states and runs the chunked head inside that forward, while the model's own head runs on no
+    position (`logits_to_keep` an empty index; `own_logits` > 0 keeps that many last positions per row, for a check
+    to compare with). An int 1 would cost a [rows, 1, H] by [H, V] product that torch runs as a batched matmul with
+    the weight expanded per row (the slice is not contiguous), reading the whole head once per row; and given an
+    int, Gemma 4 computes its KV-sharing layers for the kept positions only. No step here reads a device value back
+    to the host: targets are
     selected by index and masked by `torch.where`, never by boolean indexing (a `nonzero`, hence a sync, on CUDA).
     A mixture-of-experts model whose config sets `output_router_logits` also gives its router logits, from which
     `router_loss` is computed over the batch's real tokens in either layout (autotrain.model.moe).
@@ -80,7 +84,10 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, Any]) -> SequenceLog
         handles.append(decoder.register_forward_pre_hook(moe.ask_for_router_logits, with_kwargs=True))
         extra["output_router_logits"] = False
     try:
-        model(**decoder_inputs(inner, batch), use_cache=False, logits_to_keep=1, **extra)
+        # The last `own_logits` positions as an index tensor, never an int (see above); none by default.
+        width = batch["input_ids"].shape[-1]
+        keep = torch.arange(width - own_logits, width, device=batch["input_ids"].device)
+        model(**decoder_inputs(inner, batch), use_cache=False, logits_to_keep=keep, **extra)
     finally:
         for handle in handles:
             handle.remove()

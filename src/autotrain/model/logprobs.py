@@ -3,19 +3,44 @@
 A preference batch needs log p(target) only at its target positions, and one float32 logit row costs vocab * 4
 bytes (600 KB for a 150k vocabulary), so a full [tokens, vocab] logits tensor, plus the softmax that autograd
 keeps for backward, is often the largest allocation of a step. `token_logps` runs the LM head only on the
-positions it is given, a chunk at a time, and under activation checkpointing: the backward pass recomputes each
-chunk's logits instead of keeping them, so peak head memory is about chunk_size x vocab, independent of N.
+positions it is given, a chunk at a time, and, past one chunk, under activation checkpointing: the backward pass
+recomputes each chunk's logits instead of keeping them, so peak head memory is about chunk_size x vocab, independent
+of N.
 
 This module imports nothing but torch.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 __all__ = ["segment_mean", "segment_sum", "token_logps"]
+
+
+class _TargetLogp(torch.autograd.Function):
+    """logits [n, V], targets [n] -> logits[i, targets[i]] - logsumexp(logits[i]), computed by the same two ops as
+    the plain expression (so the same values), with a backward in one [n, V] pass: g * (onehot(target) - softmax).
+    Autograd's own backward of the expression builds a zero [n, V] tensor for the gather's gradient, scatters into it
+    and adds it to the log-sum-exp's: two more full passes over the logits."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, targets: Tensor) -> Tensor:
+        picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        lse = torch.logsumexp(logits, dim=-1)
+        ctx.save_for_backward(logits, targets, lse)
+        return picked - lse
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        logits, targets, lse = ctx.saved_tensors
+        grad_logits = (logits - lse.unsqueeze(-1)).exp_().mul_(-grad.unsqueeze(-1))
+        return grad_logits.scatter_add_(-1, targets.unsqueeze(-1), grad.unsqueeze(-1)), None
 
 
 def _chunk_logps(
@@ -28,8 +53,7 @@ def _chunk_logps(
         logits = logits * logit_scale
     if softcap is not None:  # Gemma 2's final-logit soft-capping
         logits = torch.tanh(logits / softcap) * softcap
-    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
+    return _TargetLogp.apply(logits, targets)
 
 
 def token_logps(
@@ -50,11 +74,15 @@ def token_logps(
     by `logit_scale` if given (Cohere), then soft-capped as tanh(logits / softcap) * softcap if `softcap` is
     given (Gemma 2); log p = logits[target] - logsumexp(logits).
 
-    The head runs on at most `chunk_size` rows at a time. When grad is enabled each chunk runs under
-    non-reentrant activation checkpointing: only the chunk's inputs are kept, and backward recomputes its logits
-    (one extra head matmul per chunk, the usual checkpointing trade). Checkpointing restores the RNG and autocast
-    state, so a LoRA dropout mask or an autocast dtype is the same in the recomputation. Targets must lie in
-    [0, V); no ignore index is handled here (select the positions beforehand). N = 0 gives an empty tensor.
+    The head runs on at most `chunk_size` rows at a time. N <= chunk_size (a CPU micro-batch, most single GPU
+    batches of short pairs) runs as one chunk whose [N, V] logits autograd keeps for backward: recomputing them would
+    materialise the same chunk at the start of backward, when every activation is still held, so keeping it costs no
+    peak memory and saves a third of the head's matmuls. A larger N runs in chunks under non-reentrant activation
+    checkpointing: only each chunk's inputs are kept, and backward recomputes its logits (one extra head matmul per
+    chunk, the usual checkpointing trade), so the head's memory stays about chunk_size x V whatever N. Checkpointing
+    restores the RNG and autocast state, so a LoRA dropout mask or an autocast dtype is the same in the
+    recomputation. Targets must lie in [0, V); no ignore index is handled here (select the positions beforehand).
+    N = 0 gives an empty tensor.
     """
     if hidden.dim() != 2:
         raise ValueError(f"token_logps needs hidden as [N, H], got shape {tuple(hidden.shape)}")
@@ -67,7 +95,7 @@ def token_logps(
         raise ValueError(f"token_logps needs chunk_size >= 1, got {chunk_size}")
     targets = targets.long()
     n = hidden.shape[0]
-    if n == 0:  # nothing to checkpoint; still runs the head so the result stays in the autograd graph
+    if n <= chunk_size:  # one chunk (or none: the head still runs, so the result stays in the autograd graph)
         return _chunk_logps(hidden, targets, head, softcap, logit_scale)
     out = []
     for start in range(0, n, chunk_size):

@@ -16,8 +16,12 @@ from autotrain.params import LLMTrainingParams
 
 logger = logging.getLogger("autotrain")
 
-# LoRA dropout when lora_dropout is none (its default).
-DEFAULT_LORA_DROPOUT = 0.05
+# LoRA dropout when lora_dropout is none (its default) and disable_dropout is off: aitraining's value. With
+# disable_dropout on (the default) none means 0, as in every preference run of aitraining: TRL's ORPOTrainer and
+# DPOTrainer wrap the model with aitraining's LoraConfig(lora_dropout=0.05) and then set every nn.Dropout to 0
+# (disable_dropout, on by default), LoRA's included. A dropout would also cost time: on the 2-core CPU, 0.05 made
+# the newcomer's LoRA step about a fifth slower (BENCHMARKS.md).
+SEED_LORA_DROPOUT = 0.05
 
 
 def add_lora(net: torch.nn.Module, params: LLMTrainingParams, targets: str | list[str] | None = None
@@ -25,7 +29,8 @@ def add_lora(net: torch.nn.Module, params: LLMTrainingParams, targets: str | lis
     """LoRA adapters on `params.target_modules` (or on `targets`, the modules peft is to match, when given: a
     vision-language model's language model, autotrain.model.vision_weights).
 
-    On a transformers-5 mixture-of-experts model (Mixtral, Qwen3-MoE, ...) the experts are fused into 3-D parameters,
+    lora_dropout none follows disable_dropout: 0 when the model's dropout is off (TRL's disable_dropout zeroes LoRA's
+    too), SEED_LORA_DROPOUT otherwise; a given value is used as it is. On a transformers-5 mixture-of-experts model (Mixtral, Qwen3-MoE, ...) the experts are fused into 3-D parameters,
     and peft's all-linear adapts them, with the router, through lora.ParamWrapper, which cannot apply dropout (the
     input of each expert is not a module input to drop). lora_dropout none then means 0 for the whole adapter (peft
     takes one dropout per adapter); an explicit positive lora_dropout is refused with the two ways out.
@@ -43,8 +48,8 @@ def add_lora(net: torch.nn.Module, params: LLMTrainingParams, targets: str | lis
             "--lora-dropout 0, or --target-modules naming linear layers only (e.g. q_proj,k_proj,v_proj,o_proj)"
         )
     if dropout is None:
-        dropout = 0.0 if fused else DEFAULT_LORA_DROPOUT
-        if fused:
+        dropout = 0.0 if fused or params.disable_dropout else SEED_LORA_DROPOUT
+        if fused and not params.disable_dropout:
             logger.info(f"LoRA dropout 0: {type(net).__name__}'s mixture-of-experts weights ({', '.join(fused)}) "
                         "get adapters as parameters, and peft applies no dropout to those")
     try:

@@ -99,7 +99,7 @@ class MethodParams(Schema):
     disable_dropout: bool = Field(
         True,
         description="Turn off dropout (modules, attention) in the model and its reference, as TRL does: the loss is "
-        "then a function of the weights alone, packed or padded. LoRA's: --lora-dropout.",
+        "then a function of the weights alone, packed or padded. An unset --lora-dropout follows it (0 while on).",
     )
 
     @field_validator("trainer")

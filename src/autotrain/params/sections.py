@@ -178,7 +178,11 @@ class OptimisationParams(Schema):
     lr: float = Field(3e-5, gt=0, description="Peak learning rate.")
     gradient_accumulation: int = Field(4, ge=1, description="Micro-batches per optimizer step.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of steps spent warming up the learning rate.")
-    optimizer: str = Field("adamw_torch", description="Optimizer name, as transformers' `optim` takes it.")
+    optimizer: str = Field(
+        "adamw_torch_fused",
+        description="Optimizer name, as transformers' `optim` takes it. The default is AdamW in torch's fused kernel "
+        "(transformers' own default); adamw_torch is the same update tensor by tensor.",
+    )
     scheduler: str = Field("linear", description="Learning-rate schedule, as transformers' `lr_scheduler_type`.")
     weight_decay: float = Field(0.0, ge=0, description="Weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
@@ -195,6 +199,10 @@ class OptimisationParams(Schema):
     )
     disable_gradient_checkpointing: bool = Field(
         False, description="Turn off gradient checkpointing (faster, more memory)."
+    )
+    torch_compile: bool = Field(
+        False, description="Compile each decoder layer with torch.compile for training: later steps run faster, the "
+        "compilation costs about half a minute first (pays on long runs only)."
     )
     auto_find_batch_size: bool = Field(
         False,
@@ -231,9 +239,10 @@ class LoraParams(Schema):
         None,
         ge=0,
         lt=1,
-        description="Dropout on the LoRA path; none means 0.05, or 0 on mixture-of-experts models whose fused expert "
-        "weights get adapters (peft applies no dropout to those). Not affected by --disable-dropout; 0 matches TRL, "
-        "which zeroes it.",
+        description="Dropout on the LoRA path. None follows --disable-dropout: 0 while the model's dropout is off (the "
+        "default; TRL zeroes LoRA's dropout too, so aitraining's ORPO and DPO runs trained with none), aitraining's "
+        "0.05 with --no-disable-dropout (0 on mixture-of-experts models whose fused expert weights get adapters: peft "
+        "applies no dropout to those). A value given is used as it is.",
     )
     target_modules: str = Field(
         "all-linear", description="Modules that get adapters: 'all-linear' or comma-separated names."

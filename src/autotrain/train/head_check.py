@@ -45,14 +45,14 @@ class HeadSpec(NamedTuple):
     eps: float
 
 
-def check_head(model: torch.nn.Module, row: list[int], sequence_logps: Callable[[torch.nn.Module, dict], Any],
+def check_head(model: torch.nn.Module, row: list[int], sequence_logps: Callable[..., Any],
                device: torch.device, spec: HeadSpec, gather: Callable[[torch.Tensor], torch.Tensor]) -> float:
     """Compare the chunked head's log-probs at the last position of one row with a log-softmax of the logits the
     model's own forward returns there; raise ModelError past head_tolerance, return the gap otherwise.
 
     One forward, in eval mode and without grad: `sequence_logps` (the training code path) runs the row, with targets
     at its last position only, each a sequence of its own (so its per-sequence sums are per-token log-probs), while
-    the model's forward, asked for the last position's logits (`logits_to_keep=1`), returns them with whatever
+    the model's forward, asked for the last position's logits (`own_logits=1`), returns them with whatever
     transform it applies (a scale, a soft cap): both come from bitwise the same hidden state. The targets are the
     row's own tokens and ids spread over the vocabulary. `gather` collects every process's gap, so all processes
     take the same decision and none is left waiting in a collective.
@@ -69,7 +69,7 @@ def check_head(model: torch.nn.Module, row: list[int], sequence_logps: Callable[
     handle = model.register_forward_hook(lambda module, args, output: returned.append(output.logits[0, -1]))
     try:
         with torch.no_grad(), eval_mode(model):
-            ours = sequence_logps(model, batch).sums[:k].float()
+            ours = sequence_logps(model, batch, own_logits=1).sums[:k].float()
     finally:
         handle.remove()
     own = returned[-1].float()
@@ -95,7 +95,7 @@ class HeadCheck(TrainerCallback):
     """check_head on the first training pair when training begins: after the model is wrapped for its processes (the
     check runs through the wrapper, on every process), before any evaluation or optimizer step."""
 
-    def __init__(self, trainer: Any, sequence_logps: Callable[[torch.nn.Module, dict], Any]):
+    def __init__(self, trainer: Any, sequence_logps: Callable[..., Any]):
         self.trainer, self.sequence_logps = trainer, sequence_logps
         self.seconds: float | None = None  # what the check cost, once it ran
 
