@@ -1,6 +1,6 @@
 """The models `aitraining chat` answers with, and one answer streamed token by token.
 
-One run is loaded at a time, as `--inference` loads it (`models.load_trained`): prompts are rendered with the
+One run is loaded at a time, as `--inference` loads it (`autotrain.model.loading.load_trained`): prompts are rendered with the
 chat template saved in the run (the training template) and answers stop at its turn end (`answers.model_stop_ids`),
 through `answers.continuation`, the generate call `--inference` and the sample answers use. Its starting point:
 
