@@ -9,6 +9,8 @@ transformers.Trainer's own (the loop overrides a few) are autotrain.train.traine
   and calls from its forward; the packed layout computes it here with its own mask (autotrain.model.moe).
 - `AttentionInterface` is public; its `register` of a wrapper over a kernel already registered (autotrain.model
   .kernel_dtypes) relies on the registry being global and a view of it reading what was registered.
+- `nn.Module._compiled_call_impl`: the slot torch's `nn.Module.compile` fills; emptied, the module runs eagerly again
+  (torch has no public way back; --torch-compile compiles the decoder layers for training only).
 - `argparse.ArgumentParser._actions` and `argparse._SubParsersAction`: every flag the command line knows, for the
   closest-name hint of an unknown flag (argparse offers no public list).
 
@@ -40,6 +42,14 @@ def set_attention(config: Any, name: str) -> None:
 def load_balancing_loss(model: Any) -> Callable[..., Any] | None:
     """The family's own router loss function, as its forward calls it, or None where its module defines none."""
     return getattr(sys.modules[type(model).__module__], "load_balancing_loss_func", None)
+
+
+def uncompile(module: Any) -> None:
+    """Undo `module.compile()`: the module's forward runs eagerly again."""
+    if not hasattr(module, "_compiled_call_impl"):
+        raise RuntimeError("torch.nn.Module has no _compiled_call_impl: this torch undoes compile() differently; "
+                           "leave --torch-compile off, or install a torch between 2.4 and 2.13")
+    module._compiled_call_impl = None
 
 
 def parser_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:

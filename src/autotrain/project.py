@@ -244,7 +244,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     trainer.callback_handler.callbacks[:0] = [*eval_extras(params), *callbacks]
     stop.install()
     try:
-        with loading.compiled_layers(model, params.torch_compile):
+        with compiled_layers(model, params.torch_compile):
             trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         after = asked.answer(trainer.model, trainer.args.device) if stop.received is None else None
         if main:

@@ -104,9 +104,9 @@ def test_lora_dropout_by_default_is_what_trl_trains_with(gpt2_dir):
     """aitraining passes lora_dropout 0.05 to peft, but TRL's ORPOTrainer (and DPOTrainer), which it runs, then sets
     every nn.Dropout to 0 (disable_dropout, on by default), LoRA's included: its preference runs train without LoRA
     dropout. So does a run here unless --lora-dropout is given, or --no-disable-dropout brings aitraining's 0.05."""
+    from peft import LoraConfig
     from transformers import AutoModelForCausalLM
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
-    from peft import LoraConfig
 
     from autotrain.model.loading import load_model
 

@@ -249,10 +249,10 @@ def test_packed_equals_padded_with_the_kl_completion_in_the_row():
     completion) gives the padded layout's loss, metrics and gradient."""
     from test_packing import ODD, assert_same, random_pairs, tiny_model
 
-    from autotrain.params import methods
-    from autotrain.batch.padded import PaddedCollator
     from autotrain.batch.packed import PackedCollator
+    from autotrain.batch.padded import PaddedCollator
     from autotrain.model.forward import sequence_logps
+    from autotrain.params import methods
 
     features = [{**f, "label": i % 3 != 0} for i, f in enumerate(random_pairs(ODD, seed=3))]
     model, ref = tiny_model(seed=4), tiny_model(seed=2)

@@ -345,10 +345,10 @@ def test_kto_is_one_loss_however_the_step_is_split_given_the_steps_kl_point(loss
     shares miss it: the point sits inside each example's sigmoid, and no sum of shares can undo that."""
     from test_packing import ODD, assert_same, random_pairs
 
-    from autotrain.params import methods
-    from autotrain.batch.padded import PaddedCollator
     from autotrain.batch.packed import PackedCollator
+    from autotrain.batch.padded import PaddedCollator
     from autotrain.model.forward import sequence_logps
+    from autotrain.params import methods
     from autotrain.train.methods.base import STEP_STATISTIC
 
     features = [{**f, "label": i % 3 != 0, **({} if loss_type == "kto" else {"rejected_ids": []})}

@@ -341,7 +341,7 @@ def test_torch_compile_compiles_the_decoder_layers_for_training_only():
     bought on SmolLM2 is in BENCHMARKS.md."""
     from test_packing import tiny_model
 
-    from autotrain.model.loading import compiled_layers
+    from autotrain.model.compiled import compiled_layers
 
     model = tiny_model(lora=True)
     layers = model.get_base_model().get_decoder().layers

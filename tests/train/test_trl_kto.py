@@ -15,9 +15,9 @@ import torch
 from conftest import make_tokenizer, write_jsonl
 from test_trl_loss_types import LORA, base_model, parity_table, perturbed, reference_of
 
-from autotrain.params import methods
-from autotrain.batch.padded import PaddedCollator
 from autotrain.batch.packed import PackedCollator
+from autotrain.batch.padded import PaddedCollator
+from autotrain.params import methods
 from autotrain.trainers.clm.params import LLMTrainingParams
 
 BETA, DESIRABLE, UNDESIRABLE = 0.4, 1.3, 0.7  # none of them a default, so a setting lost on the way shows

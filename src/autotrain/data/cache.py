@@ -78,8 +78,21 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 def _code_fingerprint() -> str:
     """The source of the modules that turn rows into ids: an edit to them (in development, or a patched install)
     invalidates the cache even when nobody remembered to bump FORMAT."""
-    from autotrain.data import (columns, expand, files, json_file, messages, render, sources, split, templates,
-                                thinking, tokenize, turns, unpaired)
+    from autotrain.data import (
+        columns,
+        expand,
+        files,
+        json_file,
+        messages,
+        render,
+        sources,
+        split,
+        templates,
+        thinking,
+        tokenize,
+        turns,
+        unpaired,
+    )
 
     digest = hashlib.sha256()
     for module in (split, files, json_file, sources, templates, columns, messages, expand, thinking, turns, render,

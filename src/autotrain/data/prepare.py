@@ -14,7 +14,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from autotrain.params import methods
 from autotrain.data.cache import TokenCache
 from autotrain.data.render import Columns, Renderer, pick_template, resolve_columns
 from autotrain.data.sources import Split, load_split
@@ -22,7 +21,7 @@ from autotrain.data.split import Sampled
 from autotrain.data.tokenize import Limits, TokenizedSplit, resolve_block_size, write_tokens
 from autotrain.data.unpaired import weight_advice
 from autotrain.errors import DataError, ParamsError
-from autotrain.params import LLMTrainingParams
+from autotrain.params import LLMTrainingParams, methods
 
 logger = logging.getLogger("autotrain")
 

@@ -40,8 +40,8 @@ from autotrain.model.block_mask import strip_block_mask
 from autotrain.model.kernel_dtypes import use_one_dtype
 from autotrain.model.layer_masks import layer_windows, per_layer, unpackable_layers, windowed_mask_mod, within_window
 from autotrain.model.loading import unwrap
-from autotrain.private import attention_of
 from autotrain.model.vision_collate import vision_inputs
+from autotrain.private import attention_of
 
 logger = logging.getLogger("autotrain")
 

@@ -89,9 +89,8 @@ class MethodParams(Schema):
     prompt_loss: bool = Field(
         False,
         validation_alias=AliasChoices("prompt_loss", "orpo_prompt_loss"),
-        description="Put the prompt tokens under the NLL term too, in every method that has one (ORPO as TRL does it, "
-        "SFT; DPO only reports its NLL). Off: the NLL covers only the completion, as the ORPO paper defines it. "
-        "Earlier name: orpo_prompt_loss.",
+        description="The prompt tokens under the NLL term too (ORPO as TRL does it, SFT; DPO only reports its NLL). "
+        "Off: the completion only, as the ORPO paper. Earlier name: orpo_prompt_loss.",
     )
     response_only_loss: bool = Field(
         True, description="aitraining's name for the opposite of --prompt-loss: --no-response-only-loss is --prompt-loss."

@@ -82,20 +82,17 @@ class DataParams(Schema):
     )
     image_column: str | None = Field(
         None,
-        description="Column of each row's images (paths relative to the data file, bytes or datasets Images): "
-        "trains a vision-language model.",
+        description="Column of each row's images (paths, bytes, datasets Images): a vision-language run.",
     )
-    train_vision: bool = Field(False, description="With --image-column, also train the vision encoder (else frozen).")
+    train_vision: bool = Field(False, description="With --image-column, train the vision encoder too.")
     label_column: str | None = Field(
-        None, description="kto's unpaired rows: the column saying whether each completion is desirable (true) or not "
-        "(false). Default: 'label' when the data has one and no rejected column."
+        None, description="kto: the column of true/false labels of single answers. Default: 'label' if present."
     )
     trust_remote_code: bool = Field(False, description="Allow the model's own Python code from its repository.")
     max_samples: int | None = Field(
         None,
         ge=1,
-        description="Train on at most N rows of the training split, evenly spaced over it (every len/N-th row, as "
-        "aitraining picks them); the validation split keeps its first max(1, N/5) rows.",
+        description="Train on at most N rows, evenly spaced (as aitraining); validation: its first max(1, N/5).",
     )
     model_max_length: int = Field(
         2048,

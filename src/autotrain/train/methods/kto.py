@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from autotrain.model.forward import sequence_logps
-from autotrain.train.losses import PairTerms, Subsets, kl_baseline
 from autotrain.params.methods import spec
+from autotrain.train.losses import PairTerms, Subsets, kl_baseline
 from autotrain.train.methods.base import STEP_STATISTIC, Method, ReferenceSums, pair_nll
 from autotrain.train.pair_losses import kto_loss
 
