@@ -142,6 +142,7 @@ def run(params: LLMTrainingParams, folder_checked: bool = False, opened: Any = N
     from autotrain.data.prepare import prepare_data
     from autotrain.judge.before_after import BeforeAfter
     from autotrain.model import loading, vision
+    from autotrain.model.compiled import compiled_layers
     from autotrain.outputs import final as outputs
     from autotrain.outputs.checkpoints import clear_staging, finish, set_aside_newer
     from autotrain.outputs.plots import plot_training
