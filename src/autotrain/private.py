@@ -11,6 +11,9 @@ transformers.Trainer's own (the loop overrides a few) are autotrain.train.traine
   .kernel_dtypes) relies on the registry being global and a view of it reading what was registered.
 - `nn.Module._compiled_call_impl`: the slot torch's `nn.Module.compile` fills; emptied, the module runs eagerly again
   (torch has no public way back; --torch-compile compiles the decoder layers for training only).
+- `LRScheduler._last_lr`: what `get_last_lr()` returns, and so the rate transformers logs for a step. A resume that
+  sets new rates on the optimizer (autotrain.train.resume) sets it too, or the first resumed step's record would
+  carry the old schedule's rate.
 - `argparse.ArgumentParser._actions` and `argparse._SubParsersAction`: every flag the command line knows, for the
   closest-name hint of an unknown flag (argparse offers no public list).
 
@@ -44,6 +47,14 @@ def load_balancing_loss(model: Any) -> Callable[..., Any] | None:
     return getattr(sys.modules[type(model).__module__], "load_balancing_loss_func", None)
 
 
+def set_last_rates(scheduler: Any, rates: list[float]) -> None:
+    """What `scheduler.get_last_lr()` gives from now on: `rates`, the ones just set on its optimizer."""
+    if not hasattr(scheduler, "_last_lr"):
+        raise RuntimeError("torch's LRScheduler keeps no _last_lr: this torch records rates differently; resume with "
+                           "the checkpoint's learning rate, or install a torch between 2.4 and 2.13")
+    scheduler._last_lr = list(rates)
+
+
 def uncompile(module: Any) -> None:
     """Undo `module.compile()`: the module's forward runs eagerly again."""
     if not hasattr(module, "_compiled_call_impl"):
@@ -63,15 +74,19 @@ def parser_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
 
 
 def check_argparse() -> None:
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--probe")
-    if not hasattr(argparse, "_SubParsersAction") or [a.dest for a in getattr(parser, "_actions", [])] != ["probe"]:
+    try:
+        parser = argparse.ArgumentParser(add_help=False)
+        parser.add_argument("--probe")
+        ok = hasattr(argparse, "_SubParsersAction") and [a.dest for a in parser._actions] == ["probe"]
+    except Exception:  # noqa: BLE001 - argparse itself without the members it is built on
+        ok = False
+    if not ok:
         raise RuntimeError("argparse.ArgumentParser._actions is not what this version of aitraining was written for "
                            f"(Python {sys.version.split()[0]}); use Python 3.10 to 3.13")
 
 
 def check_transformers() -> None:
-    """The transformers members above, on a config built in memory (no model, no download)."""
+    """The transformers and torch members above, on objects built in memory (no model, no download)."""
     from transformers import AttentionInterface, PretrainedConfig
 
     config = PretrainedConfig()
@@ -88,6 +103,13 @@ def check_transformers() -> None:
 
     if not callable(getattr(modeling_mixtral, "load_balancing_loss_func", None)):
         problems.append("the MoE modeling modules no longer define load_balancing_loss_func")
+    import torch
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    if not hasattr(torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0), "_last_lr"):
+        problems.append("torch's LRScheduler keeps no _last_lr (the rate a resumed step logs)")
+    if not hasattr(torch.nn.Module(), "_compiled_call_impl"):
+        problems.append("torch's nn.Module keeps no _compiled_call_impl (--torch-compile's undo)")
     if problems:
-        raise RuntimeError("transformers is not what this version of aitraining was written for: "
-                           + "; ".join(problems) + "; install a transformers version between 5.17 and 5.25")
+        raise RuntimeError("transformers or torch is not what this version of aitraining was written for: "
+                           + "; ".join(problems) + "; install transformers 5.17 to 5.25 and torch 2.4 to 2.13")

@@ -113,6 +113,11 @@ def test_a_new_lr_and_length_are_applied_from_the_resumed_step_and_recorded(tmp_
     assert used.rates.keys() == expected.keys()
     for step, rate in expected.items():
         assert used.rates[step] == pytest.approx(rate, rel=1e-12), step
+    # The record says the rate each step used: metrics.jsonl's learning_rate of the first resumed step too.
+    logged = {row["step"]: row["learning_rate"] for row in map(json.loads, (project / "metrics.jsonl").open())
+              if "learning_rate" in row and row["step"] > 4}
+    assert logged and all(logged[step] == pytest.approx(expected[step], rel=1e-9) for step in logged), logged
+    assert 5 in logged
     saved = json.loads((project / "training_params.json").read_text())
     assert (saved["lr"], saved["max_steps"]) == (1e-3, 12)
     card = (project / "README.md").read_text()

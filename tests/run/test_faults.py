@@ -160,7 +160,7 @@ def test_sigterm_during_the_final_save_stops_like_one_during_training(tmp_path, 
 
 
 def test_non_finite_loss_stops_before_the_weights_change(tmp_path, chat_model, monkeypatch):
-    from autotrain.params.methods import orpo as orpo_module
+    from autotrain.train.methods import orpo as orpo_module
 
     calls = {"n": 0}
     real = orpo_module.METHOD

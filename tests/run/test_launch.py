@@ -56,7 +56,7 @@ def plain_env(monkeypatch):
 
 
 def gpus(count: int):
-    return mock.patch.object(preflight, "cuda_devices", return_value=count)
+    return mock.patch.object(processes, "cuda_devices", return_value=count)
 
 
 def written_config(tmp_path: Path, params: LLMTrainingParams, processes: int) -> Path:

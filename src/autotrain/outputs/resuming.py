@@ -53,7 +53,7 @@ _STATE = ("batch_size", "gradient_accumulation", "seed", "optimizer", "weight_de
 SCHEDULE = ("lr", "warmup_ratio", "min_lr_rate", "epochs", "max_steps")
 _HOW = ("max_grad_norm", "mixed_precision", "disable_gradient_checkpointing", "auto_find_batch_size",
         "attn_implementation", "use_flash_attention_2", "packing", "padding", "precompute_ref_logps", "ddp_timeout",
-        "save_processed_data")
+        "save_processed_data", "torch_compile")
 _OUTPUTS = ("eval_strategy", "eval_steps", "sample_answers", "use_enhanced_eval", "eval_metrics", "custom_metrics",
             "log", "logging_steps", "save_total_limit", "save_strategy", "save_steps", "wandb_run_id",
             "wandb_visualizer", "merge_adapter", "push_to_hub", "repo_id", "hub_private", "username", "use_sweep",

@@ -157,7 +157,7 @@ class _Pass:
         handle = self.model.register_forward_hook(lambda module, args, output: returned.append(output.logits))
         try:
             with torch.no_grad(), self.autocast():
-                out = sequence_logps(self.model, self.batch).sums[: self.batch["num_pairs"]].float()
+                out = sequence_logps(self.model, self.batch, own_logits=1).sums[: self.batch["num_pairs"]].float()
         finally:
             handle.remove()
         # The last position of each row; a padded row's may be padding, whose logits need not be finite.

@@ -18,6 +18,7 @@ from transformers import TrainerCallback
 
 from autotrain.errors import ParamsError
 from autotrain.outputs.resuming import SCHEDULE
+from autotrain.private import set_last_rates
 
 
 def check_weights(model: torch.nn.Module, checkpoint: Path | None, peft: bool, name: str) -> None:
@@ -60,6 +61,7 @@ class RatesFromSchedule(TrainerCallback):
         for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
             group["initial_lr"] = base
             group["lr"] = base * factor(scheduler.last_epoch)
+        set_last_rates(scheduler, [group["lr"] for group in optimizer.param_groups])  # the rate logged for this step
         return control
 
 
