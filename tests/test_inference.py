@@ -235,6 +235,14 @@ def test_an_unfinished_project_is_named_with_its_newest_checkpoint(tmp_path, cha
     assert main(argv) == 2
     assert capsys.readouterr().err.endswith("; its newest checkpoint is checkpoint-10: finish the run with its "
                                             "training command and --resume-from-checkpoint auto\n")
+    # A checkpoint named instead of its run: said so, not "train it again" (it is a part of a run, not a run).
+    for name in ("training_params.json", "config.json"):  # what a checkpoint holds of its run
+        (project / "checkpoint-10" / name).write_bytes((project / name).read_bytes())
+    argv[3] = str(project / "checkpoint-10")
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (f"error: project_name: {project / 'checkpoint-10'} is a checkpoint of the run "
+                                       f"in {project}, not a finished run; give the run's folder ({project}), once "
+                                       "it has finished\n")
 
 
 def test_a_conversation_prompt_without_a_template_is_refused_as_training_refuses_it(tmp_path, base_model,

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import VOCAB_SIZE, make_model_dir, make_tokenizer, write_jsonl
 
-from autotrain.errors import ParamsError
+from autotrain.errors import ModelError, ParamsError
 from autotrain.judge.session import Answers, JudgingStopped, judge
 from autotrain.judge.spec import DEFAULT_TEMPLATE, KEY_VARIABLE, JudgeSpec, fill, parse
 from autotrain.outputs.judge_report import SUMMARY_FILE, VERDICTS_FILE
@@ -417,3 +417,10 @@ def test_compare_refuses_training_flags_and_needs_a_judge(tmp_path, chat_model, 
         "--compare-output",
         "error: --compare needs --judge SPEC (a local model, a reward model or an OpenAI-compatible URL)",
         "error: --judge without --train judges a finished run: add --project-name DIR (or --train)"]
+
+
+def test_a_judge_model_that_is_not_there_is_named_as_the_judge(tmp_path):
+    from autotrain.judge.spec import check
+
+    with pytest.raises(ModelError, match=rf"^judge: {tmp_path / 'nowhere'}: no such model folder"):
+        check(str(tmp_path / "nowhere"), None)

@@ -188,6 +188,9 @@ def check(text: str, template: str | None, embedded: bool = False) -> JudgeSpec:
         api_key(spec.url)
         return JudgeSpec(spec.text, spec.url, served_model(spec))
     if not embedded:
-        model_files.check(spec.model)
+        try:
+            model_files.check(spec.model)
+        except ModelError as exc:  # one line that says which model it is: the judge, not the one to train
+            raise ModelError(f"judge: {exc}") from None
         judge_kind(spec.model)
     return spec

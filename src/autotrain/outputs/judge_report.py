@@ -100,4 +100,4 @@ def card_lines(folder: Path) -> list[str]:
                         f"be judged with `{summary['finish']}`."]
     lines += [describe(summary), "", *table(summary)]
     return lines + ["", "The length-controlled win rate is the win probability at equal length, from a logistic fit "
-                    "on the length difference as in AlpacaEval-LC (README, 'Judged win rates')."]
+                    "on the length difference as in AlpacaEval-LC (aitraining's docs/evaluation.md, 'Judged win rates')."]

@@ -243,7 +243,11 @@ def unfinished(project: Path) -> str | None:
     and the tokenizer, so without it the model may be half written or missing."""
     if (project / CARD_FILE).is_file():
         return None
-    from autotrain.outputs.checkpoints import checkpoints
+    from autotrain.outputs.checkpoints import checkpoints, step_of
+
+    if step_of(project) is not None and (project.parent / PARAMS_FILE).is_file():
+        return (f"{project} is a checkpoint of the run in {project.parent}, not a finished run; give the run's folder "
+                f"({project.parent}){'' if (project.parent / CARD_FILE).is_file() else ', once it has finished'}")
 
     found = checkpoints(project) if project.is_dir() else []
     then = (f"its newest checkpoint is {found[-1].name}: finish the run with its training command and "

@@ -191,7 +191,7 @@ def check_settings(checkpoint: Path, params: LLMTrainingParams) -> None:
         parts.append(shown("lr", *changed["lr"]) + f" ({params.scheduler} keeps the rate it reached in the checkpoint)")
     raise ParamsError(
         f"resume_from_checkpoint: {checkpoint} was trained with other settings: {', '.join(parts)}; a resume continues "
-        "the same training and cannot change them (README, Faults and resuming): give the values of its "
+        "the same training and cannot change them (docs/outputs-and-resuming.md): give the values of its "
         f"{PARAMS_FILE}, or train anew in another --project-name"
     )
 
