@@ -161,7 +161,7 @@ def run_trl(prep: Prepared, root: Path) -> tuple[Clock, int]:
         lr_scheduler_type=p.scheduler, warmup_steps=p.warmup_ratio, weight_decay=p.weight_decay,
         max_grad_norm=p.max_grad_norm, seed=p.seed, data_seed=p.seed, gradient_checkpointing=False, beta=0.1,
         max_length=1024, remove_unused_columns=False, report_to=[], logging_steps=10**6, save_strategy="no",
-        disable_tqdm=True, use_cpu=True, dataloader_num_workers=0)
+        disable_tqdm=True, use_cpu=True, dataloader_num_workers=0, bf16=False)  # fp32 as ours: TRL defaults to bf16
     lora = LoraConfig(r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=0.05, bias="none", task_type="CAUSAL_LM",
                       target_modules="all-linear") if p.peft else None
     trainer = ORPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(prep.text),
