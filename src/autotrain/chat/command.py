@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import errno
-import ipaddress
 import os
 import socket
 import sys
 from typing import Any
 
 from autotrain.errors import ParamsError
+from autotrain.judge.spec import loopback
 
 USAGE = "aitraining chat [--project-name DIR | --projects-dir DIR] [--host 127.0.0.1] [--port 7860]"
 # The environment the server runs in: nothing is fetched from, or reported to, the hub.
@@ -60,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
 
     _check_extra()
     listening = bind(args.host, args.port)
-    if not _loopback(args.host):
+    if not loopback(args.host):
         port = listening.getsockname()[1]
         print(f"warning: --host {args.host} serves the page, and the loaded model's answers, to every machine that "
               f"reaches this one on port {port}; the default, 127.0.0.1, keeps it on this machine", file=sys.stderr)
@@ -116,15 +116,6 @@ def bind(host: str, port: int) -> socket.socket:
                               "--port") from None
         raise ParamsError(f"--host {host} --port {port}: cannot serve there ({exc.strerror})") from None
     return listening
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _url_host(listening: socket.socket) -> str:

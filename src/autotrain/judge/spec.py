@@ -55,14 +55,18 @@ detailed as the question needs. The order in which the answers appear must not i
 Which answer is better? Reply with one letter: A or B."""
 
 
-def local_host(url: str) -> bool:
-    host = urllib.parse.urlsplit(url).hostname or ""
+def loopback(host: str) -> bool:
+    """Whether `host` (a name or an address) is this machine's loopback: what never leaves the machine."""
     if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def local_host(url: str) -> bool:
+    return loopback(urllib.parse.urlsplit(url).hostname or "")
 
 
 def api_key(url: str) -> str | None:

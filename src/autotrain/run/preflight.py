@@ -25,7 +25,7 @@ from typing import Any
 from autotrain.errors import ParamsError
 from autotrain.outputs.project_folder import project_dir  # noqa: F401 - where callers look for it
 from autotrain.params import DEFAULT_MODEL, LLMTrainingParams, methods
-from autotrain.params.packages import LOW_RANK_OPTIMIZERS, OPTIMIZER_PACKAGES  # noqa: F401 - LOW_RANK re-exported
+from autotrain.params.packages import OPTIMIZER_PACKAGES
 from autotrain.run import processes
 from autotrain.train.arguments import bf16_accelerator, bf16_on_cpu
 
